@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install test demo bench-external bench-speed clean
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[test,data]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	mkdir -p out/demo
+	$(VENV)/bin/autovit-nas spaces
+	$(VENV)/bin/autovit-lat hw list
+	$(VENV)/bin/autovit-lat estimate autovit:xxs --hw iphone13 --plot out/demo/autovit_xxs_iphone13.png
+	$(VENV)/bin/autovit-lat compare autovit:xxs autovit:xs autovit:s timm:mobilevit_xxs timm:mobilevit_xs \
+		timm:mobilenetv3_large_100 timm:deit_tiny_patch16_224 --hw iphone13 --hw v100 --plot out/demo/breakdown.png
+	@echo "demo pictures: out/demo/breakdown.png out/demo/autovit_xxs_iphone13.png"
+
+bench-external: install
+	$(PY) benchmarks/external.py
+
+bench-speed: install
+	$(PY) benchmarks/estimate_speed.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,52 @@
+"""What every command shares: one-line errors with exit codes, JSON on stdout, rich on stderr."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+
+from autovit.latmodel.errors import AutoVitError
+
+# Human output goes to stderr so that --json output on stdout is never mixed with it.
+console = Console(stderr=True)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=None, default=_jsonable) + "\n")
+    sys.stdout.flush()
+
+
+def _jsonable(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def run(group: click.Group) -> None:
+    """Run a click group; expected errors become one line on stderr and an exit code."""
+    try:
+        group.main(standalone_mode=False)
+    except AutoVitError as e:
+        console.print(f"[bold red]error:[/] {_one_line(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        console.print("[bold red]error:[/] interrupted", highlight=False)
+        sys.exit(130)
+    except click.ClickException as e:
+        console.print(f"[bold red]error:[/] {_one_line(e.format_message())} (see --help)", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[bold red]error:[/] interrupted", highlight=False)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    sys.exit(0)
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())

@@ -1,0 +1,89 @@
+"""`autovit-nas`: search spaces (and, as later issues land, supernet training and search)."""
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from autovit.cli.common import console, print_json, run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Hybrid CNN/ViT architecture search.
+
+    \b
+    Examples:
+      autovit-nas spaces
+      autovit-nas spaces --check my_space.toml
+      autovit-nas spaces --sample 3 --space xxs --seed 0 --json
+    """
+
+
+@cli.command()
+@click.option("--check", "check_path", type=click.Path(dir_okay=False), default=None,
+              help="Validate a space TOML file (or an architecture JSON with --space).")
+@click.option("--space", "space_name", default=None, help="Space for --sample / an architecture check.")
+@click.option("--sample", type=int, default=0, help="Draw this many architectures uniformly (needs --space).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def spaces(check_path: str | None, space_name: str | None, sample: int, seed: int, as_json: bool) -> None:
+    """List the search spaces with their sizes, validate a space or architecture file, or sample."""
+    import random
+
+    from autovit.latmodel.errors import AutoVitError
+    from autovit.nas.arch import load_arch
+    from autovit.nas.params import count_params
+    from autovit.nas.space import BUILTIN_SPACES, load_space
+
+    if sample < 0:
+        raise AutoVitError(f"--sample must be >= 0, got {sample}")
+    if sample:
+        if not space_name:
+            raise AutoVitError("--sample needs --space xxs|xs|s or a space file")
+        sp = load_space(space_name)
+        rng = random.Random(seed)
+        archs = [sp.sample(rng) for _ in range(sample)]
+        if as_json:
+            print_json([a.to_dict() | {"params": count_params(a)} for a in archs])
+        else:
+            for a in archs:
+                console.print(a.to_json(), highlight=False)
+        return
+    if check_path:
+        if check_path.endswith(".json"):
+            if not space_name:
+                raise AutoVitError("checking an architecture needs --space NAME")
+            arch = load_space(space_name).check(load_arch(check_path))
+            result = {"file": check_path, "valid": True, "params": count_params(arch)}
+        else:
+            sp = load_space(check_path)
+            result = {"file": check_path, "valid": True, "name": sp.name, "count": sp.count()}
+        print_json(result) if as_json else console.print(f"{check_path}: valid", highlight=False)
+        return
+    rows = []
+    for name in BUILTIN_SPACES:
+        sp = load_space(name)
+        rows.append({
+            "name": name, "count": sp.count(), "count_without_width_rule": sp.count(monotonic=False),
+            "params_min": count_params(sp.smallest()), "params_max": count_params(sp.largest()),
+            "paper_params_range_m": list(sp.params_range_m or ()), "resolutions": list(sp.resolutions),
+        })
+    if as_json:
+        print_json(rows)
+        return
+    t = Table(title="search spaces (SPEC.md section 2)")
+    for col in ("space", "architectures", "without width rule", "params (M)", "paper (M)"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], f"{r['count']:.3e}", f"{r['count_without_width_rule']:.3e}",
+                  f"{r['params_min'] / 1e6:.2f}-{r['params_max'] / 1e6:.2f}",
+                  "-".join(f"{x:g}" for x in r["paper_params_range_m"]))
+    console.print(t)
+
+
+def main() -> None:
+    run(cli)
+
+
+if __name__ == "__main__":
+    main()

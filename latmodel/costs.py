@@ -1,0 +1,186 @@
+"""Price each ONNX op: FLOPs, activation and weight elements, GEMM shape, parallel work.
+
+Everything here is counted at the graph's own batch size and in elements, not bytes: the
+requested batch and dtype are applied at estimate time (timing.py), so one graph serves every
+batch size and precision. Activation quantities scale linearly with the batch (every sample is
+independent); weights do not.
+
+FLOPs count a multiply-add as 2 FLOPs (timm's "GMACs" are half of ours).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from autovit.latmodel.graph import OpGraph, OpNode, TensorInfo
+
+CATEGORIES = ("conv", "dwconv", "attention", "linear", "norm", "activation", "elementwise",
+              "layout", "pooling", "other")
+
+ACTIVATIONS = {
+    "Relu": 1, "LeakyRelu": 2, "PRelu": 2, "Clip": 2, "Sigmoid": 4, "HardSigmoid": 3,
+    "HardSwish": 4, "Tanh": 6, "Erf": 8, "Gelu": 10, "Elu": 4, "Selu": 5, "Softplus": 6,
+    "Mish": 10, "Softsign": 3, "ThresholdedRelu": 1, "Celu": 4,
+}
+ELEMENTWISE = {
+    "Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Pow": 4, "Sqrt": 4, "Reciprocal": 2, "Neg": 1,
+    "Abs": 1, "Exp": 4, "Log": 4, "Where": 1, "Equal": 1, "Less": 1, "Greater": 1,
+    "LessOrEqual": 1, "GreaterOrEqual": 1, "Not": 1, "And": 1, "Or": 1, "Xor": 1, "Max": 1,
+    "Min": 1, "Mean": 1, "Sum": 1, "Cast": 0, "Floor": 1, "Ceil": 1, "Round": 1, "Sin": 4,
+    "Cos": 4, "Mod": 2, "Sign": 1, "IsNaN": 1, "IsInf": 1, "BitShift": 1,
+}
+NORMS = {"LayerNormalization": 8, "BatchNormalization": 2, "InstanceNormalization": 8,
+         "GroupNormalization": 8, "LpNormalization": 4, "MeanVarianceNormalization": 8,
+         "SimplifiedLayerNormalization": 6, "RMSNormalization": 6}
+SOFTMAX = {"Softmax": 5, "LogSoftmax": 6}
+POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
+REDUCES = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+           "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ArgMax", "ArgMin"}
+# Ops that only change how a tensor is indexed; a backend may elide or copy (profile decides).
+VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+LAYOUT = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND",
+          "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth", "ScatterND", "ScatterElements",
+          "Compress", "ReverseSequence", "Trilu", "CenterCropPad"}
+OTHER_COMPUTE = {"Resize": 8, "Upsample": 8, "GridSample": 12, "CumSum": 1, "TopK": 4,
+                 "NonZero": 1, "Einsum": 0, "Range": 1, "ConstantOfShape": 0}
+
+
+@dataclass
+class OpCost:
+    """The work of one op at the graph's batch size (elements, FLOPs; no device involved)."""
+
+    name: str
+    op_type: str
+    category: str
+    klass: str  # matrix | vector | layout | view
+    flops: float
+    in_elems: int  # activation elements read
+    out_elems: int  # activation elements written
+    w_elems: int  # weight elements read (not scaled by batch)
+    work_elems: int  # independent output elements (parallel work for vector ops)
+    gemm: tuple[int, int, int, int] | None = None  # (count, M, N, K)
+    batch_in: str = "m"  # where the batch multiplies a GEMM: "m" (folded into rows) or "count"
+    known: bool = True
+    act_shapes: list[tuple[int, ...]] = field(default_factory=list)  # activations touched (for layout padding)
+
+
+def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
+    return t.shape if t is not None else None
+
+
+def _numel(shape: tuple[int, ...] | None) -> int:
+    return int(np.prod(shape)) if shape is not None else 0
+
+
+def op_cost(g: OpGraph, op: OpNode) -> OpCost:
+    """Price one op of `g`. Unknown ops are priced as a memory-bound copy with known=False."""
+    t = g.tensors
+    acts = [t[i] for i in op.inputs if i in t and t[i].kind in ("activation", "input")]
+    weights = [t[i] for i in op.inputs if i in t and t[i].kind == "weight"]
+    outs = [t[o] for o in op.outputs if o in t]
+    in_elems = sum(a.numel for a in acts)
+    out_elems = sum(o.numel for o in outs)
+    if out_elems == 0 and outs and outs[0].shape is None:
+        out_elems = max((a.numel for a in acts), default=0)  # unknown shape: assume same size as input
+    w_elems = sum(w.numel for w in weights)
+    shapes = [s for s in (_shape(a) for a in acts + outs) if s]
+    ot = op.op_type
+    if ot == "Gather" and len(op.inputs) > 1 and t.get(op.inputs[1]) is not None \
+            and t[op.inputs[1]].kind == "static" and t[op.inputs[1]].numel <= 1:
+        # x[i] with a constant i exports as Gather but is a slice: converters and runtimes
+        # treat it as one (Core ML slice_by_index, a view in PyTorch), so it is priced as one.
+        ot = "Slice"
+
+    def mk(category: str, klass: str, flops: float, work: int | None = None, **kw) -> OpCost:
+        return OpCost(op.name, ot, category, klass, float(flops), in_elems, out_elems, w_elems,
+                      work if work is not None else max(out_elems, 1), act_shapes=shapes, **kw)
+
+    if ot in ("Conv", "ConvTranspose"):
+        return _conv_cost(op, t, mk, in_elems, out_elems)
+    if ot in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        return _matmul_cost(op, t, mk)
+    if ot in ACTIVATIONS:
+        return mk("activation", "vector", ACTIVATIONS[ot] * out_elems)
+    if ot in ELEMENTWISE:
+        return mk("elementwise", "vector", ELEMENTWISE[ot] * out_elems)
+    if ot in NORMS:
+        return mk("norm", "vector", NORMS[ot] * out_elems)
+    if ot in SOFTMAX:
+        return mk("attention", "vector", SOFTMAX[ot] * out_elems)
+    if ot in POOLS:
+        k = op.attrs.get("kernel_shape", [1])
+        window = int(np.prod(k)) if ot in ("MaxPool", "AveragePool", "LpPool") else 0
+        flops = window * out_elems if window else in_elems
+        return mk("pooling", "vector", flops, work=max(out_elems, in_elems // 64, 1))
+    if ot in REDUCES:
+        # A mean over the last axis only is the statistics step of a decomposed LayerNorm.
+        axes = op.attrs.get("axes")
+        if axes is None and len(op.inputs) > 1 and op.inputs[1] in t and t[op.inputs[1]].value is not None:
+            axes = list(np.atleast_1d(t[op.inputs[1]].value))
+        rank = len(acts[0].shape) if acts and acts[0].shape else 0
+        last_only = axes is not None and len(axes) == 1 and int(axes[0]) in (-1, rank - 1)
+        return mk("norm" if last_only and ot == "ReduceMean" else "pooling", "vector", in_elems,
+                  work=max(out_elems, in_elems // 64, 1))
+    if ot in VIEWS:
+        return mk("layout", "view", 0)
+    if ot in LAYOUT:
+        return mk("layout", "layout", 0)
+    if ot in OTHER_COMPUTE:
+        return mk("other", "vector", OTHER_COMPUTE[ot] * out_elems)
+    return mk("other", "layout", 0, known=False)
+
+
+def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elems: int) -> OpCost:
+    x = t.get(op.inputs[0])
+    w = t.get(op.inputs[1]) if len(op.inputs) > 1 else None
+    y = t.get(op.outputs[0])
+    group = int(op.attrs.get("group", 1))
+    if not (x and w and y and x.shape and w.shape and y.shape):
+        return mk("conv", "vector", 2 * out_elems, known=True)
+    kernel = int(np.prod(w.shape[2:])) if len(w.shape) > 2 else 1
+    if op.op_type == "ConvTranspose":
+        n, cin = x.shape[0], x.shape[1]
+        cout = y.shape[1]
+        rows = n * int(np.prod(x.shape[2:]))
+        k = cin // group
+        flops = 2.0 * rows * (cout // group) * k * kernel * group
+        return mk("conv", "matrix", flops, gemm=(group, rows, cout // group, k * kernel))
+    n, cin = x.shape[0], x.shape[1]
+    cout = y.shape[1]
+    spatial = int(np.prod(y.shape[2:])) if len(y.shape) > 2 else 1
+    cin_g = cin // group
+    macs = n * cout * spatial * cin_g * kernel
+    bias = out_elems if len(op.inputs) > 2 else 0
+    if group > 1 and cin_g == 1:  # depthwise: no reduction over channels, runs on vector units
+        return mk("dwconv", "vector", 2.0 * macs + bias)
+    return mk("conv", "matrix", 2.0 * macs + bias, gemm=(group, n * spatial, cout // group, cin_g * kernel))
+
+
+def _matmul_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:
+    a, b = t.get(op.inputs[0]), t.get(op.inputs[1])
+    y = t.get(op.outputs[0])
+    if not (a and b and a.shape and b.shape):
+        out = y.numel if y is not None else 0
+        return mk("linear", "vector", 2 * out)
+    if op.op_type == "Gemm":
+        m, k = a.shape[::-1] if op.attrs.get("transA", 0) else a.shape
+        n = b.shape[0] if op.attrs.get("transB", 0) else b.shape[1]
+        bias = m * n if len(op.inputs) > 2 else 0
+        return mk("linear", "matrix", 2.0 * m * n * k + bias, gemm=(1, m, n, k))
+    sa, sb = (a.shape if len(a.shape) > 1 else (1,) + a.shape), (b.shape if len(b.shape) > 1 else b.shape + (1,))
+    m, k, n = sa[-2], sa[-1], sb[-1]
+    lead = np.broadcast_shapes(sa[:-2], sb[:-2]) if (len(sa) > 2 or len(sb) > 2) else ()
+    count = int(np.prod(lead)) if lead else 1
+    a_act, b_act = a.kind in ("activation", "input"), b.kind in ("activation", "input")
+    flops = 2.0 * count * m * n * k
+    if a_act and b_act:  # activation x activation: attention scores or attention-weighted values
+        return mk("attention", "matrix", flops, gemm=(count, m, n, k), batch_in="count")
+    if a_act and len(sb) == 2:  # x @ W: every leading dim is a row of one GEMM
+        return mk("linear", "matrix", flops, gemm=(1, count * m, n, k), batch_in="m")
+    return mk("linear", "matrix", flops, gemm=(count, m, n, k), batch_in="count")
+
+
+def price_graph(g: OpGraph) -> dict[str, OpCost]:
+    """OpCost for every op of `g`, keyed by op name (execution order is g.order)."""
+    return {name: op_cost(g, g.op(name)) for name in g.order}

@@ -1,0 +1,197 @@
+"""Kernel formation: which ops a backend runs as one launch (nn-Meter's split of the problem).
+
+The rules are data in the hardware profile (FusionRule). A fused kernel reads only the
+activations that come from outside it and writes only those read outside it: the intermediate
+tensors stay in registers or on-chip memory, which is where fusion saves time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autovit.latmodel.costs import CATEGORIES, OpCost
+from autovit.latmodel.graph import OpGraph
+from autovit.latmodel.hardware import FusionRule, HardwareProfile
+
+# Which op decides a fused kernel's category: the first present in this order.
+_CATEGORY_PRIORITY = ("attention", "conv", "dwconv", "linear", "norm", "pooling", "activation",
+                      "elementwise", "other", "layout")
+
+
+@dataclass
+class Kernel:
+    """One launch: ops fused by the profile's rules, priced at the graph's batch size."""
+
+    name: str
+    ops: list[str]
+    op_types: list[str]
+    category: str
+    klass: str  # matrix | vector | layout | view
+    flops: float
+    in_elems: int  # activation elements read from outside the kernel
+    out_elems: int  # activation elements written for readers outside the kernel
+    w_elems: int
+    work_elems: int
+    gemm: tuple[int, int, int, int] | None
+    batch_in: str
+    act_shapes: list[tuple[int, ...]]
+    unsupported: bool = False  # needs the profile's fallback engine
+
+
+def _selects(selector: str, cost: OpCost) -> bool:
+    if selector.startswith("@"):
+        return cost.category == selector[1:]
+    return selector == cost.op_type
+
+
+def _any(selectors: tuple[str, ...], cost: OpCost) -> bool:
+    return any(_selects(s, cost) for s in selectors)
+
+
+class _Former:
+    def __init__(self, g: OpGraph, costs: dict[str, OpCost], profile: HardwareProfile):
+        self.g, self.costs, self.profile = g, costs, profile
+        self.assigned: dict[str, int] = {}
+        self.consumers: dict[str, list[str]] = {}
+        for name in g.order:
+            for i in g.op(name).inputs:
+                self.consumers.setdefault(i, []).append(name)
+        self.producers = {o: n for n in g.order for o in g.op(n).outputs}
+        self.graph_outputs = {o for o in self.producers if o not in self.consumers}
+        self.position = {n: i for i, n in enumerate(g.order)}
+
+    def only_reader(self, op_name: str) -> str | None:
+        """The single op reading `op_name`'s only output, if there is exactly one."""
+        outs = self.g.op(op_name).outputs
+        if len(outs) != 1 or outs[0] in self.graph_outputs:
+            return None
+        readers = self.consumers.get(outs[0], [])
+        return readers[0] if len(readers) == 1 else None
+
+    def _chain(self, start: str, rule: FusionRule) -> list[str]:
+        ops = [start]
+        cur = start
+        while len(ops) - 1 < rule.max_tail:
+            nxt = self.only_reader(cur)
+            if nxt is None or nxt in self.assigned or not _any(rule.tail, self.costs[nxt]):
+                break
+            ops.append(nxt)
+            cur = nxt
+        return ops
+
+    def _pattern(self, start: str, pattern: tuple[str, ...]) -> list[str]:
+        ops: list[str] = []
+        cur: str | None = start
+        for step in pattern:
+            optional = step.startswith("?")
+            choices = tuple(step.lstrip("?").split("|"))
+            if cur is not None and cur not in self.assigned and _any(choices, self.costs[cur]):
+                ops.append(cur)
+                cur = self.only_reader(cur)
+            elif not optional:
+                return []
+        return ops
+
+    def _prologue(self, ops: list[str], rule: FusionRule) -> list[str]:
+        """Producers of the kernel's inputs that the kernel can read in place (no launch, no copy)."""
+        absorbed: list[str] = []
+        frontier = list(ops)
+        for _ in range(2):  # at most two steps back, e.g. a Transpose then a scale Mul
+            nxt = []
+            for name in frontier:
+                for i in self.g.op(name).inputs:
+                    prod = self.producers.get(i)
+                    if (prod and prod not in self.assigned and prod not in absorbed
+                            and _any(rule.prologue, self.costs[prod])
+                            and self.only_reader(prod) in ops + absorbed):
+                        absorbed.append(prod)
+                        nxt.append(prod)
+            frontier = nxt
+        return absorbed
+
+    def form(self) -> list[tuple[list[str], FusionRule | None]]:
+        """Kernels in execution order, each with the rule that formed it (None: a lone op)."""
+        groups: list[tuple[list[str], FusionRule]] = []
+        # Exact patterns first (most specific), then head/tail rules; ops in execution order.
+        for rule in sorted(self.profile.fusion, key=lambda r: 0 if r.pattern else 1):
+            for name in self.g.order:
+                if name in self.assigned:
+                    continue
+                if rule.pattern:
+                    ops = self._pattern(name, rule.pattern)
+                elif _any(rule.head, self.costs[name]):
+                    ops = self._chain(name, rule)
+                else:
+                    continue
+                if ops and rule.prologue:
+                    ops = ops + self._prologue(ops, rule)
+                if len(ops) < 2:
+                    continue
+                for o in ops:
+                    self.assigned[o] = len(groups)
+                groups.append((ops, rule))
+        ordered: list[tuple[list[str], FusionRule | None]] = []
+        emitted: set[int] = set()
+        for name in self.g.order:
+            gid = self.assigned.get(name)
+            if gid is None:
+                ordered.append(([name], None))
+            elif gid not in emitted:
+                emitted.add(gid)
+                ops, rule = groups[gid]
+                ordered.append((sorted(ops, key=self.position.__getitem__), rule))
+        return ordered
+
+
+def form_kernels(g: OpGraph, costs: dict[str, OpCost], profile: HardwareProfile) -> list[Kernel]:
+    """Group the ops of `g` into kernels according to `profile`'s fusion rules."""
+    former = _Former(g, costs, profile)
+    unsupported = set(profile.fallback.unsupported_ops) if profile.fallback else set()
+    return [_merge(g, costs, ops, rule, former, unsupported) for ops, rule in former.form()]
+
+
+def _klass_on(c: OpCost, profile: HardwareProfile) -> str:
+    """A layout op is free where the backend only rewrites strides, a copy elsewhere."""
+    if c.op_type in profile.elided:
+        return "view"
+    return "layout" if c.klass == "view" else c.klass
+
+
+def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRule | None,
+           former: _Former, unsupported: set[str]) -> Kernel:
+    cs = [costs[o] for o in ops]
+    if len(ops) == 1:
+        c = cs[0]
+        return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former.profile), c.flops,
+                      c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
+                      c.op_type in unsupported)
+    inside = set(ops)
+    produced = {o for n in ops for o in g.op(n).outputs}
+    ext_in: dict[str, int] = {}
+    ext_out: dict[str, int] = {}
+    shapes = []
+    for n in ops:
+        for i in g.op(n).inputs:
+            t = g.tensors.get(i)
+            if t is not None and t.kind in ("activation", "input") and i not in produced:
+                ext_in[i] = t.numel
+                if t.shape:
+                    shapes.append(t.shape)
+        for o in g.op(n).outputs:
+            readers = former.consumers.get(o, [])
+            if o in former.graph_outputs or any(r not in inside for r in readers):
+                t = g.tensors.get(o)
+                ext_out[o] = t.numel if t is not None else 0
+                if t is not None and t.shape:
+                    shapes.append(t.shape)
+    category = rule.category if rule is not None and rule.category in CATEGORIES else next(
+        (cat for cat in _CATEGORY_PRIORITY if any(c.category == cat for c in cs)), "other")
+    # The kernel runs on the engine of its heaviest op.
+    main = max(cs, key=lambda c: (c.klass == "matrix", c.flops))
+    klass = "matrix" if any(c.klass == "matrix" for c in cs) else (
+        "vector" if any(c.klass == "vector" for c in cs) else ("layout" if any(c.klass == "layout" for c in cs) else "view"))
+    return Kernel(
+        name=main.name, ops=ops, op_types=[c.op_type for c in cs], category=category, klass=klass,
+        flops=sum(c.flops for c in cs), in_elems=sum(ext_in.values()), out_elems=sum(ext_out.values()),
+        w_elems=sum(c.w_elems for c in cs), work_elems=max(c.work_elems for c in cs), gemm=main.gemm,
+        batch_in=main.batch_in, act_shapes=shapes, unsupported=any(c.op_type in unsupported for c in cs),
+    )

@@ -1,0 +1,194 @@
+"""Time one kernel on one device, then a whole network.
+
+Per kernel (all times in seconds inside, ms outside):
+
+    t_compute = FLOPs / (peak[engine, dtype] * efficiency[engine] * utilization)
+    t_memory  = activation bytes from cache / cache bandwidth
+              + (activation bytes not in cache + weight bytes) / (DRAM bandwidth * memory efficiency)
+              (both divided by the share of units the kernel can keep busy)
+    t_device  = launch + max(t_compute, t_memory)
+
+The max is the stated choice: a kernel overlaps its loads with its arithmetic (a roofline);
+tests/test_timing.py pins it. Utilization is wave quantization: the kernel's work tiles spread
+over `units x tiles_per_unit` slots in whole waves, and a tile padded past the tensor's edge
+(or past the tensor-core channel multiple) is wasted work.
+
+A network is its kernels in order (batch-1 inference is sequential). On a synchronous host
+(CPU, Neural Engine) the times add up, each with the per-op dispatch cost. On an asynchronous
+host (CUDA) the host queues launches ahead of the device: the device starts kernel i when it
+has finished kernel i-1 and the host has issued it, so the total is
+end_i = max(end_{i-1}, issue_i) + t_device_i with issue_i = issue_{i-1} + dispatch,
+which is the sum of device times when they are long and the sum of dispatch costs when short.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from autovit.latmodel.hardware import HardwareProfile
+from autovit.latmodel.kernels import Kernel
+
+
+@dataclass
+class KernelTime:
+    kernel: Kernel
+    ms: float  # contribution to the network's latency
+    device_ms: float  # launch + max(compute, memory)
+    compute_ms: float
+    memory_ms: float
+    overhead_ms: float  # launch + dispatch (+ engine switch)
+    bound: str  # compute | memory | overhead
+    flops: float
+    bytes: float
+    engine: str
+
+
+def _ceil_to(x: int, m: int) -> int:
+    return -(-x // m) * m if m > 1 else x
+
+
+def gemm_tiles(gemm: tuple[int, int, int, int], profile: HardwareProfile) -> int:
+    """Output tiles of a GEMM (count, M, N, K): its units of parallel work."""
+    count, m, n, _ = gemm
+    tm, tn = profile.gemm_tile
+    return count * math.ceil(m / tm) * math.ceil(n / tn)
+
+
+# Shortest reduction slice a split-K GEMM hands to one unit (cuBLAS/CUTLASS split-K heuristics).
+_SPLIT_K_MIN = 256
+
+
+def split_k(gemm: tuple[int, int, int, int], profile: HardwareProfile) -> int:
+    """How many ways the reduction is split when there are too few output tiles to fill the units."""
+    tiles = gemm_tiles(gemm, profile)
+    if tiles >= profile.units:
+        return 1
+    return max(1, min(profile.units // tiles, math.ceil(gemm[3] / _SPLIT_K_MIN)))
+
+
+def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile, dtype: str) -> float:
+    """Share of the matrix engine's peak a GEMM of shape (count, M, N, K) can use (0..1].
+
+    Tiles (split along K when they are too few) run in whole waves over the units; a tile
+    hanging over the tensor's edge, or channels short of the engine's multiple, is wasted.
+    """
+    count, m, n, k = gemm
+    tm, tn = profile.gemm_tile
+    align = profile.matrix_align.get(dtype, 1)
+    splits = split_k(gemm, profile)
+    waves = math.ceil(gemm_tiles(gemm, profile) * splits / profile.units)
+    util = count * m * n * splits / (waves * profile.units * tm * tn)
+    # Channels that miss the engine's multiple are padded (tensor cores need N, K % 8 == 0 in fp16).
+    util *= (n / _ceil_to(n, align)) * (k / _ceil_to(k, align))
+    # Short reductions cannot fill the pipeline: half speed at K = k_half.
+    if profile.k_half > 0:
+        util *= k / (k + profile.k_half)
+    return min(max(util, 1e-6), 1.0)
+
+
+def vector_utilization(work: float, profile: HardwareProfile) -> float:
+    """Share of units busy for `work` independent elements split in blocks of vector_block."""
+    blocks = max(1, math.ceil(work / profile.vector_block))
+    slots = profile.units * profile.tiles_per_unit
+    waves = math.ceil(blocks / slots)
+    return blocks / (waves * slots)
+
+
+def padded_elems(shape: tuple[int, ...], elem_bytes: int, align_bytes: int) -> int:
+    """Elements a tensor occupies when its last axis is padded to `align_bytes` (e.g. ANE: 64)."""
+    if not shape:
+        return 1
+    last = shape[-1] * elem_bytes
+    padded_last = _ceil_to(last, align_bytes) // elem_bytes
+    return int(math.prod(shape[:-1]) * padded_last)
+
+
+def _scaled_gemm(k: Kernel, scale: float) -> tuple[int, int, int, int]:
+    count, m, n, kk = k.gemm  # type: ignore[misc]
+    if k.batch_in == "count":
+        return (max(1, round(count * scale)), m, n, kk)
+    return (count, max(1, round(m * scale)), n, kk)
+
+
+def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> KernelTime:
+    """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch)."""
+    eb = profile.dtype_bytes(dtype)
+    fb = profile.fallback if k.unsupported else None
+    engine = fb.name if fb else profile.name
+    if k.klass == "view":
+        # A view: only the host pays, to record new strides.
+        ms = profile.view_dispatch_us * 1e-3
+        return KernelTime(k, ms, 0.0, 0.0, 0.0, ms, "overhead", 0.0, 0.0, engine)
+
+    act_elems = k.in_elems + k.out_elems
+    if profile.last_axis_align_bytes and k.act_shapes:
+        padded = sum(padded_elems(s, eb, profile.last_axis_align_bytes) for s in k.act_shapes)
+        plain = sum(math.prod(s) for s in k.act_shapes)
+        if plain:
+            act_elems = act_elems * padded / plain
+    act_bytes = act_elems * scale * eb
+    w_bytes = k.w_elems * eb
+    flops = k.flops * scale
+
+    if k.klass == "matrix" and k.gemm is not None:
+        gemm = _scaled_gemm(k, scale)
+        util = matrix_utilization(gemm, profile, dtype)
+        peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * profile.eff_matrix
+        units_share = min(1.0, gemm_tiles(gemm, profile) * split_k(gemm, profile) / profile.units)
+    else:
+        units_share = vector_utilization(k.work_elems * scale, profile)
+        util = units_share
+        peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * profile.eff_vector
+    t_compute = flops / (peak * util) if flops > 0 else 0.0
+
+    # Activations were just written by the previous kernel: they come from cache as far as the
+    # kernel's working set fits in it. Weights are read cold from DRAM once per inference.
+    cache = profile.cache_mib * 2**20
+    hit = min(1.0, cache / act_bytes) if act_bytes > 0 else 1.0
+    t_memory = (act_bytes * hit / (profile.cache_gbps * 1e9)
+                + (act_bytes * (1 - hit) + w_bytes) / (profile.dram_gbps * 1e9 * profile.eff_memory))
+    t_memory /= max(units_share, 1e-3)
+    if k.klass == "layout":
+        t_memory *= profile.layout_penalty
+
+    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6
+    t_device = launch + max(t_compute, t_memory)
+    overhead = launch + profile.dispatch_us * 1e-6
+    if max(t_compute, t_memory) < overhead:
+        bound = "overhead"
+    else:
+        bound = "compute" if t_compute >= t_memory else "memory"
+    return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
+                      bound, flops, act_bytes + w_bytes, engine)
+
+
+def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str,
+                 scale: float) -> tuple[float, list[KernelTime]]:
+    """Latency (ms) of the kernels run in order, and each kernel's share of it."""
+    times = [kernel_time(k, profile, dtype, scale) for k in kernels]
+    dispatch = profile.dispatch_us * 1e-3
+    fb = profile.fallback
+    prev_engine = profile.name
+    if profile.async_dispatch:
+        issue = end = 0.0
+        for t in times:
+            if t.kernel.klass == "view":
+                issue += t.ms
+                t.ms = 0.0
+                continue
+            issue += dispatch
+            new_end = max(end, issue) + t.device_ms
+            t.ms = new_end - end
+            end = new_end
+        return end, times
+    total = 0.0
+    for t in times:
+        if t.kernel.klass != "view":
+            t.ms = t.device_ms + dispatch
+            if fb is not None and t.engine != prev_engine:
+                # Switching engines costs a synchronisation and moving the inputs across.
+                t.ms += fb.switch_us * 1e-3 + t.bytes / (fb.transfer_gbps * 1e9) * 1e3
+                t.overhead_ms += fb.switch_us * 1e-3
+                prev_engine = t.engine
+        total += t.ms
+    return total, times

@@ -1,0 +1,242 @@
+"""An AutoViT architecture as data: a frozen dataclass that round-trips to JSON.
+
+A configuration is standalone: it carries every structural setting the builder needs
+(strides, head dimension, patch size, ...), so a preset or a user's file can be built
+without naming the search space it came from.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from autovit.latmodel.errors import AutoVitError
+
+ARCH_FORMAT = "autovit-arch/1"
+
+
+@dataclass(frozen=True)
+class MBConvStage:
+    """`depth` MobileNetV2 inverted residuals; the first has `stride`."""
+
+    width: int
+    depth: int
+    kernel: int = 3
+    expansion: float = 1.0
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class TransformerLayer:
+    """One pre-norm transformer layer: `heads` x head_dim attention, MLP of `mlp_ratio` x width."""
+
+    heads: int
+    mlp_ratio: float
+
+
+@dataclass(frozen=True)
+class TransformerStage:
+    """A stride-`stride` MBConv to `width` channels, then a MobileViT block of `len(layers)` layers."""
+
+    width: int
+    layers: tuple[TransformerLayer, ...]
+    stride: int = 2
+
+    @property
+    def depth(self) -> int:
+        return len(self.layers)
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """A whole network: stem -> MBConv stages -> transformer stages -> MBPool head."""
+
+    resolution: int
+    stem_width: int
+    mbconv: tuple[MBConvStage, ...]
+    transformer: tuple[TransformerStage, ...]
+    head_dim: int = 16
+    patch: int = 2
+    conv_kernel: int = 3
+    downsample_expansion: float = 2.0
+    head_expansion: int = 6
+    num_classes: int = 1000
+    stem_kernel: int = 3
+    stem_stride: int = 2
+    name: str = field(default="", compare=False)
+    space: str = field(default="", compare=False)  # the space it was drawn from, checked on load
+
+    @property
+    def num_transformer_stages(self) -> int:
+        return len(self.transformer)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = ARCH_FORMAT
+        return d
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            from autovit.latmodel.io import atomic_write_text
+
+            atomic_write_text(Path(path), text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ArchConfig":
+        return arch_from_dict(d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ArchConfig":
+        return load_arch(path)
+
+    def with_num_classes(self, num_classes: int) -> "ArchConfig":
+        from dataclasses import replace
+
+        return replace(self, num_classes=num_classes)
+
+
+def _take(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if key not in d:
+        raise AutoVitError(f"architecture: missing field '{where}{key}'")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, kind):
+        raise AutoVitError(f"architecture: field '{where}{key}' must be {_kind_name(kind)}, got {v!r}")
+    return v
+
+
+def _opt(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    return _take(d, key, where, kind) if key in d else default
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _known_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise AutoVitError(
+            f"architecture: unknown field '{where}{unknown[0]}' (known: {', '.join(sorted(allowed))})"
+        )
+
+
+def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
+    """Parse and type-check a JSON dict; raises AutoVitError naming the bad field."""
+    if not isinstance(d, dict):
+        raise AutoVitError("architecture: expected a JSON object")
+    top = {f.name for f in fields(ArchConfig)} | {"format"}
+    _known_keys(d, top, "")
+    if d.get("format", ARCH_FORMAT) != ARCH_FORMAT:
+        raise AutoVitError(f"architecture: format {d.get('format')!r} is not {ARCH_FORMAT!r}")
+    mb = []
+    for i, s in enumerate(_take(d, "mbconv", "", list)):
+        w = f"mbconv[{i}]."
+        if not isinstance(s, dict):
+            raise AutoVitError(f"architecture: '{w[:-1]}' must be an object")
+        _known_keys(s, {f.name for f in fields(MBConvStage)}, w)
+        mb.append(
+            MBConvStage(
+                width=_take(s, "width", w, int),
+                depth=_take(s, "depth", w, int),
+                kernel=_opt(s, "kernel", w, int, 3),
+                expansion=float(_opt(s, "expansion", w, (int, float), 1.0)),
+                stride=_opt(s, "stride", w, int, 1),
+            )
+        )
+    tr = []
+    for i, s in enumerate(_take(d, "transformer", "", list)):
+        w = f"transformer[{i}]."
+        if not isinstance(s, dict):
+            raise AutoVitError(f"architecture: '{w[:-1]}' must be an object")
+        _known_keys(s, {"width", "layers", "stride"}, w)
+        layers = []
+        for j, layer in enumerate(_take(s, "layers", w, list)):
+            lw = f"{w}layers[{j}]."
+            if not isinstance(layer, dict):
+                raise AutoVitError(f"architecture: '{lw[:-1]}' must be an object")
+            _known_keys(layer, {"heads", "mlp_ratio"}, lw)
+            layers.append(
+                TransformerLayer(
+                    heads=_take(layer, "heads", lw, int),
+                    mlp_ratio=float(_take(layer, "mlp_ratio", lw, (int, float))),
+                )
+            )
+        tr.append(
+            TransformerStage(
+                width=_take(s, "width", w, int),
+                layers=tuple(layers),
+                stride=_opt(s, "stride", w, int, 2),
+            )
+        )
+    scalars: dict[str, Any] = {}
+    for f in fields(ArchConfig):
+        if f.name in ("mbconv", "transformer") or f.name not in d:
+            continue
+        kind: type | tuple[type, ...] = (int, float) if f.name == "downsample_expansion" else (
+            str if f.name in ("name", "space") else int)
+        scalars[f.name] = _take(d, f.name, "", kind)
+    for required in ("resolution", "stem_width"):
+        if required not in scalars:
+            raise AutoVitError(f"architecture: missing field '{required}'")
+    arch = ArchConfig(mbconv=tuple(mb), transformer=tuple(tr), **scalars)
+    check_structure(arch)
+    return arch
+
+
+def check_structure(arch: ArchConfig) -> None:
+    """Checks that make any configuration buildable, whatever space it belongs to."""
+    positive = {
+        "resolution": arch.resolution, "stem_width": arch.stem_width, "head_dim": arch.head_dim,
+        "patch": arch.patch, "conv_kernel": arch.conv_kernel, "head_expansion": arch.head_expansion,
+        "num_classes": arch.num_classes, "stem_kernel": arch.stem_kernel, "stem_stride": arch.stem_stride,
+    }
+    for k, v in positive.items():
+        if v <= 0:
+            raise AutoVitError(f"architecture: '{k}' must be > 0, got {v}")
+    if arch.downsample_expansion <= 0:
+        raise AutoVitError("architecture: 'downsample_expansion' must be > 0")
+    if not arch.transformer:
+        raise AutoVitError("architecture: needs at least one transformer stage")
+    for i, s in enumerate(arch.mbconv):
+        for k in ("width", "depth", "kernel", "stride"):
+            if getattr(s, k) <= 0:
+                raise AutoVitError(f"architecture: 'mbconv[{i}].{k}' must be > 0, got {getattr(s, k)}")
+        if s.kernel % 2 == 0:
+            raise AutoVitError(f"architecture: 'mbconv[{i}].kernel' must be odd, got {s.kernel}")
+        if s.expansion <= 0:
+            raise AutoVitError(f"architecture: 'mbconv[{i}].expansion' must be > 0")
+    for i, s in enumerate(arch.transformer):
+        if s.width <= 0 or s.stride <= 0 or not s.layers:
+            raise AutoVitError(f"architecture: 'transformer[{i}]' needs width > 0, stride > 0 and >= 1 layer")
+        for j, layer in enumerate(s.layers):
+            if layer.heads <= 0 or layer.mlp_ratio <= 0:
+                raise AutoVitError(f"architecture: 'transformer[{i}].layers[{j}]' needs heads > 0 and mlp_ratio > 0")
+
+
+def load_arch(path: str | Path) -> ArchConfig:
+    """Read an architecture JSON file; errors name the file and the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise AutoVitError(f"architecture file not found: {p}")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AutoVitError(f"{p}: not valid JSON ({e})") from None
+    try:
+        return arch_from_dict(d)
+    except AutoVitError as e:
+        raise AutoVitError(f"{p}: {e}") from None
+
+
+def mlp_hidden(width: int, ratio: float) -> int:
+    """MLP hidden units for a layer of `width` channels (rounded to an integer)."""
+    return int(round(width * ratio))
+
+
+def expanded(width: int, ratio: float) -> int:
+    """Hidden channels of an MBConv with input `width` and expansion `ratio`."""
+    return int(round(width * ratio))

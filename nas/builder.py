@@ -1,0 +1,174 @@
+"""One builder: ArchConfig -> a static torch.nn.Module.
+
+Layout (SPEC.md section 2): conv stem -> MBConv stages -> per transformer stage a stride-s MBConv
+to the stage width followed by a MobileViT block -> MBPool head (1x1 conv to head_expansion x
+width, global average pool, linear classifier). Activations are SiLU, as in MobileViT.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autovit.nas.arch import ArchConfig, TransformerLayer, expanded, mlp_hidden
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias) + BatchNorm + optional SiLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True):
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.SiLU() if act else nn.Identity(),
+        )
+
+
+class MBConv(nn.Module):
+    """MobileNetV2 inverted residual; expansion 1 has no expand conv."""
+
+    def __init__(self, cin: int, cout: int, stride: int, kernel: int, expansion: float):
+        super().__init__()
+        hidden = expanded(cin, expansion)
+        self.expand = ConvBNAct(cin, hidden, 1) if expansion != 1 else nn.Identity()
+        self.dw = ConvBNAct(hidden, hidden, kernel, stride, groups=hidden)
+        self.project = ConvBNAct(hidden, cout, 1, act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with q/k/v width = heads x head_dim (may differ from `dim`)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.qkv = nn.Linear(dim, 3 * heads * head_dim)
+        self.proj = nn.Linear(heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(y.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer layer."""
+
+    def __init__(self, dim: int, layer: TransformerLayer, head_dim: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, layer.heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_hidden(dim, layer.mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def unfold_patches(x: torch.Tensor, patch: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """[B, C, H, W] -> [B * P, N, C]: P = patch^2 sequences of N = HW / P tokens.
+
+    H and W must be multiples of `patch` (the block resizes first when they are not).
+    """
+    b, c, h, w = x.shape
+    nh, nw = h // patch, w // patch
+    x = x.reshape(b, c, nh, patch, nw, patch).permute(0, 3, 5, 2, 4, 1)
+    return x.reshape(b * patch * patch, nh * nw, c), (nh, nw)
+
+
+def fold_patches(x: torch.Tensor, batch: int, grid: tuple[int, int], patch: int) -> torch.Tensor:
+    """Inverse of unfold_patches: [B * P, N, C] -> [B, C, H, W]."""
+    nh, nw = grid
+    c = x.shape[-1]
+    x = x.reshape(batch, patch, patch, nh, nw, c).permute(0, 5, 3, 1, 4, 2)
+    return x.reshape(batch, c, nh * patch, nw * patch)
+
+
+class MobileViTBlock(nn.Module):
+    """Local n x n conv -> 1x1 to d -> unfold -> L transformer layers -> fold -> 1x1 back ->
+    concat with the input -> n x n fusion conv (MobileViT v1)."""
+
+    def __init__(self, channels: int, dim: int, layers: tuple[TransformerLayer, ...], head_dim: int,
+                 patch: int, kernel: int):
+        super().__init__()
+        self.patch = patch
+        self.local = ConvBNAct(channels, channels, kernel)
+        self.to_tokens = nn.Conv2d(channels, dim, 1, bias=False)
+        self.transformer = nn.Sequential(*[TransformerBlock(dim, layer, head_dim) for layer in layers])
+        self.norm = nn.LayerNorm(dim)
+        self.from_tokens = ConvBNAct(dim, channels, 1)
+        self.fuse = ConvBNAct(2 * channels, channels, kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.to_tokens(self.local(x))
+        h, w = y.shape[-2:]
+        ph, pw = math.ceil(h / self.patch) * self.patch, math.ceil(w / self.patch) * self.patch
+        resized = (ph, pw) != (h, w)
+        if resized:
+            y = F.interpolate(y, size=(ph, pw), mode="bilinear", align_corners=False)
+        tokens, grid = unfold_patches(y, self.patch)
+        tokens = self.norm(self.transformer(tokens))
+        y = fold_patches(tokens, x.shape[0], grid, self.patch)
+        if resized:
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([x, self.from_tokens(y)], dim=1))
+
+
+class AutoViT(nn.Module):
+    """A static AutoViT network built from an ArchConfig (timm-style surface)."""
+
+    def __init__(self, arch: ArchConfig):
+        super().__init__()
+        self.arch = arch
+        self.stem = ConvBNAct(3, arch.stem_width, arch.stem_kernel, arch.stem_stride)
+        blocks: list[nn.Module] = []
+        c = arch.stem_width
+        for st in arch.mbconv:
+            for i in range(st.depth):
+                blocks.append(MBConv(c, st.width, st.stride if i == 0 else 1, st.kernel, st.expansion))
+                c = st.width
+        for st in arch.transformer:
+            blocks.append(MBConv(c, st.width, st.stride, arch.conv_kernel, arch.downsample_expansion))
+            c = st.width
+            blocks.append(MobileViTBlock(c, st.width, st.layers, arch.head_dim, arch.patch, arch.conv_kernel))
+        self.stages = nn.Sequential(*blocks)
+        self.num_features = c * arch.head_expansion
+        self.head_conv = ConvBNAct(c, self.num_features, 1)
+        self.classifier = nn.Linear(self.num_features, arch.num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_conv(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+
+def build_model(arch: ArchConfig) -> AutoViT:
+    """The static network for `arch` (random initialisation, train mode)."""
+    return AutoViT(arch)

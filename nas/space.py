@@ -1,0 +1,366 @@
+"""Search spaces as data: load a space file, validate an architecture against it, count it,
+and draw architectures uniformly from it.
+
+The monotonic-width rule (SPEC.md section 2: "widths never decrease") is applied to every
+width of the transformer part, read in network order: the stage width, each layer's attention
+width (heads x head_dim) and each layer's MLP hidden width. Uniform sampling under that rule
+is exact: a dynamic programme counts the completions of every partial choice and each choice
+is drawn in proportion to them, so no rejection loop is needed and none can spin forever.
+"""
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.nas.arch import (
+    ArchConfig,
+    MBConvStage,
+    TransformerLayer,
+    TransformerStage,
+    mlp_hidden,
+)
+
+BUILTIN_SPACES = ("xxs", "xs", "s")
+
+
+@dataclass(frozen=True)
+class MBConvChoices:
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    kernels: tuple[int, ...]
+    expansions: tuple[float, ...]
+    stride: int
+
+
+@dataclass(frozen=True)
+class TransformerChoices:
+    widths: tuple[int, ...]
+    depths: tuple[int, ...]
+    heads: tuple[int, ...]
+    mlp_ratios: tuple[float, ...]
+    stride: int
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    resolutions: tuple[int, ...]
+    stem_widths: tuple[int, ...]
+    stem_kernel: int
+    stem_stride: int
+    mbconv: tuple[MBConvChoices, ...]
+    transformer: tuple[TransformerChoices, ...]
+    num_transformer_stages: tuple[int, ...]
+    head_dim: int
+    patch: int
+    conv_kernel: int
+    downsample_expansion: float
+    head_expansion: int
+    num_classes: int
+    monotonic_widths: bool
+    params_range_m: tuple[float, float] | None = None
+    source: str = ""
+
+    # ---- counting -------------------------------------------------------------------------
+    def count(self, monotonic: bool | None = None) -> int:
+        """Number of distinct architectures (exact integer)."""
+        mono = self.monotonic_widths if monotonic is None else monotonic
+        fixed = len(self.resolutions) * len(self.stem_widths)
+        for st in self.mbconv:
+            fixed *= len(st.widths) * len(st.depths) * len(st.kernels) * len(st.expansions)
+        counter = _TransformerCounter(self, mono)
+        return fixed * sum(counter.total(n) for n in self.num_transformer_stages)
+
+    # ---- sampling -------------------------------------------------------------------------
+    def sample(self, rng: random.Random | int | None = None) -> ArchConfig:
+        """One architecture drawn uniformly from the space (monotonic rule included)."""
+        r = rng if isinstance(rng, random.Random) else random.Random(rng)
+        counter = _TransformerCounter(self, self.monotonic_widths)
+        totals = [counter.total(n) for n in self.num_transformer_stages]
+        n = self.num_transformer_stages[_weighted_index(r, totals)]
+        mb = tuple(
+            MBConvStage(
+                width=r.choice(st.widths), depth=r.choice(st.depths), kernel=r.choice(st.kernels),
+                expansion=r.choice(st.expansions), stride=st.stride,
+            )
+            for st in self.mbconv
+        )
+        return self._arch(r.choice(self.resolutions), r.choice(self.stem_widths), mb, counter.draw(n, r))
+
+    def largest(self) -> ArchConfig:
+        return self._extreme(max)
+
+    def smallest(self) -> ArchConfig:
+        return self._extreme(min)
+
+    def _extreme(self, pick) -> ArchConfig:
+        mb = tuple(
+            MBConvStage(width=pick(s.widths), depth=pick(s.depths), kernel=pick(s.kernels),
+                        expansion=pick(s.expansions), stride=s.stride)
+            for s in self.mbconv
+        )
+        n = pick(self.num_transformer_stages)
+        tr = tuple(
+            TransformerStage(
+                width=pick(s.widths),
+                layers=tuple(TransformerLayer(pick(s.heads), pick(s.mlp_ratios)) for _ in range(pick(s.depths))),
+                stride=s.stride,
+            )
+            for s in self.transformer[:n]
+        )
+        return self._arch(pick(self.resolutions), pick(self.stem_widths), mb, tr)
+
+    def _arch(self, resolution: int, stem: int, mb: tuple[MBConvStage, ...],
+              tr: tuple[TransformerStage, ...]) -> ArchConfig:
+        return ArchConfig(
+            resolution=resolution, stem_width=stem, mbconv=mb, transformer=tr,
+            head_dim=self.head_dim, patch=self.patch, conv_kernel=self.conv_kernel,
+            downsample_expansion=self.downsample_expansion, head_expansion=self.head_expansion,
+            num_classes=self.num_classes, stem_kernel=self.stem_kernel, stem_stride=self.stem_stride,
+            space=self.source.removeprefix("builtin:") if self.source.startswith("builtin:") else self.source,
+        )
+
+    # ---- validation -----------------------------------------------------------------------
+    def problems(self, arch: ArchConfig) -> list[str]:
+        """Every way `arch` falls outside this space, each naming the field and the allowed values."""
+        out: list[str] = []
+
+        def need(field: str, value: Any, allowed: tuple) -> None:
+            if value not in allowed:
+                out.append(f"{field} = {_fmt(value)} not in {{{', '.join(_fmt(a) for a in allowed)}}}")
+
+        def same(field: str, value: Any, expected: Any) -> None:
+            if value != expected:
+                out.append(f"{field} = {_fmt(value)} but space '{self.name}' fixes it to {_fmt(expected)}")
+
+        need("resolution", arch.resolution, self.resolutions)
+        need("stem_width", arch.stem_width, self.stem_widths)
+        for f in ("head_dim", "patch", "conv_kernel", "downsample_expansion", "head_expansion",
+                  "stem_kernel", "stem_stride"):
+            same(f, getattr(arch, f), getattr(self, f))
+        if len(arch.mbconv) != len(self.mbconv):
+            out.append(f"mbconv has {len(arch.mbconv)} stages, space '{self.name}' has {len(self.mbconv)}")
+        for i, (st, ch) in enumerate(zip(arch.mbconv, self.mbconv)):
+            need(f"mbconv[{i}].width", st.width, ch.widths)
+            need(f"mbconv[{i}].depth", st.depth, ch.depths)
+            need(f"mbconv[{i}].kernel", st.kernel, ch.kernels)
+            need(f"mbconv[{i}].expansion", st.expansion, ch.expansions)
+            same(f"mbconv[{i}].stride", st.stride, ch.stride)
+        need("number of transformer stages", len(arch.transformer), self.num_transformer_stages)
+        for i, (st, ch) in enumerate(zip(arch.transformer, self.transformer)):
+            need(f"transformer[{i}].width", st.width, ch.widths)
+            need(f"transformer[{i}].depth", st.depth, ch.depths)
+            same(f"transformer[{i}].stride", st.stride, ch.stride)
+            for j, layer in enumerate(st.layers):
+                need(f"transformer[{i}].layers[{j}].heads", layer.heads, ch.heads)
+                need(f"transformer[{i}].layers[{j}].mlp_ratio", layer.mlp_ratio, ch.mlp_ratios)
+        if self.monotonic_widths:
+            out.extend(monotonic_problems(arch))
+        return out
+
+    def check(self, arch: ArchConfig) -> ArchConfig:
+        """Raise AutoVitError naming the first problems if `arch` is outside the space."""
+        probs = self.problems(arch)
+        if probs:
+            more = f" (and {len(probs) - 3} more)" if len(probs) > 3 else ""
+            raise AutoVitError(f"architecture outside space '{self.name}': " + "; ".join(probs[:3]) + more)
+        return arch
+
+
+def monotonic_problems(arch: ArchConfig) -> list[str]:
+    """Where a width of the transformer part shrinks with depth."""
+    out = []
+    prev_w, prev_a, prev_m = 0, 0, 0
+    for i, st in enumerate(arch.transformer):
+        if st.width < prev_w:
+            out.append(f"transformer[{i}].width = {st.width} < {prev_w} before it (monotonic-width rule)")
+        prev_w = st.width
+        for j, layer in enumerate(st.layers):
+            a, m = layer.heads * arch.head_dim, mlp_hidden(st.width, layer.mlp_ratio)
+            if a < prev_a:
+                out.append(f"transformer[{i}].layers[{j}] attention width {a} < {prev_a} before it (monotonic-width rule)")
+            if m < prev_m:
+                out.append(f"transformer[{i}].layers[{j}] MLP width {m} < {prev_m} before it (monotonic-width rule)")
+            prev_a, prev_m = max(prev_a, a), max(prev_m, m)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _weighted_index(r: random.Random, weights: list[int]) -> int:
+    """Index drawn with probability weights[i] / sum(weights), exact for big integers."""
+    x = r.randrange(sum(weights))
+    for i, w in enumerate(weights):
+        if x < w:
+            return i
+        x -= w
+    raise AssertionError("unreachable")
+
+
+class _TransformerCounter:
+    """Counts and samples the transformer part under the monotonic-width rule.
+
+    State after a layer: (stage, layers left in it, stage width, attention width, MLP width).
+    """
+
+    def __init__(self, space: SearchSpace, monotonic: bool) -> None:
+        self.space = space
+        self.mono = monotonic
+        self._count = lru_cache(maxsize=None)(self._count_uncached)
+
+    def _layer_options(self, s: int, w: int, a: int, m: int) -> list[tuple[int, float, int, int]]:
+        hd = self.space.head_dim
+        ch = self.space.transformer[s]
+        opts = []
+        for h in ch.heads:
+            for r in ch.mlp_ratios:
+                na, nm = h * hd, mlp_hidden(w, r)
+                if not self.mono or (na >= a and nm >= m):
+                    opts.append((h, r, max(a, na), max(m, nm)))
+        return opts
+
+    def _stage_options(self, s: int, prev_w: int) -> list[tuple[int, int]]:
+        ch = self.space.transformer[s]
+        return [(w, d) for w in ch.widths if not self.mono or w >= prev_w for d in ch.depths]
+
+    def _count_uncached(self, n: int, s: int, k: int, w: int, a: int, m: int) -> int:
+        if k == 0:
+            if s == n - 1:
+                return 1
+            return sum(self._count(n, s + 1, d, w2, a, m) for w2, d in self._stage_options(s + 1, w))
+        return sum(self._count(n, s, k - 1, w, na, nm) for _, _, na, nm in self._layer_options(s, w, a, m))
+
+    def total(self, n: int) -> int:
+        if n > len(self.space.transformer):
+            return 0
+        return sum(self._count(n, 0, d, w, 0, 0) for w, d in self._stage_options(0, 0))
+
+    def draw(self, n: int, r: random.Random) -> tuple[TransformerStage, ...]:
+        stages: list[TransformerStage] = []
+        a = m = 0
+        prev_w = 0
+        for s in range(n):
+            opts = self._stage_options(s, prev_w)
+            w, d = opts[_weighted_index(r, [self._count(n, s, d, w, a, m) for w, d in opts])]
+            layers = []
+            for k in range(d, 0, -1):
+                lopts = self._layer_options(s, w, a, m)
+                h, ratio, a, m = lopts[_weighted_index(r, [self._count(n, s, k - 1, w, na, nm)
+                                                           for _, _, na, nm in lopts])]
+                layers.append(TransformerLayer(heads=h, mlp_ratio=ratio))
+            stages.append(TransformerStage(width=w, layers=tuple(layers), stride=self.space.transformer[s].stride))
+            prev_w = w
+        return tuple(stages)
+
+
+# ---- loading ---------------------------------------------------------------------------------
+def _ints(d: dict, key: str, where: str, positive: bool = True) -> tuple[int, ...]:
+    v = _field(d, key, where)
+    if not isinstance(v, list) or not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise AutoVitError(f"space {where}: '{key}' must be a non-empty list of integers, got {v!r}")
+    if positive and min(v) <= 0:
+        raise AutoVitError(f"space {where}: '{key}' values must be > 0, got {v!r}")
+    if len(set(v)) != len(v):
+        raise AutoVitError(f"space {where}: '{key}' has repeated values {v!r}")
+    return tuple(v)
+
+
+def _floats(d: dict, key: str, where: str) -> tuple[float, ...]:
+    v = _field(d, key, where)
+    if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise AutoVitError(f"space {where}: '{key}' must be a non-empty list of numbers, got {v!r}")
+    if min(v) <= 0:
+        raise AutoVitError(f"space {where}: '{key}' values must be > 0, got {v!r}")
+    return tuple(float(x) for x in v)
+
+
+def _int(d: dict, key: str, where: str, default: int | None = None) -> int:
+    v = d.get(key, default) if default is not None else _field(d, key, where)
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise AutoVitError(f"space {where}: '{key}' must be a positive integer, got {v!r}")
+    return v
+
+
+def _field(d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        raise AutoVitError(f"space {where}: missing field '{key}'")
+    return d[key]
+
+
+def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
+    where = source or "file"
+    name = _field(d, "name", where)
+    if not isinstance(name, str) or not name:
+        raise AutoVitError(f"space {where}: 'name' must be a non-empty string")
+    stem = _field(d, "stem", where)
+    mbs, trs = _field(d, "mbconv", where), _field(d, "transformer", where)
+    if not isinstance(stem, dict) or not isinstance(mbs, list) or not isinstance(trs, list) or not trs:
+        raise AutoVitError(f"space {where}: needs a [stem] table and [[mbconv]], [[transformer]] lists")
+    mb = tuple(
+        MBConvChoices(
+            widths=_ints(s, "widths", f"{where} mbconv[{i}]"), depths=_ints(s, "depths", f"{where} mbconv[{i}]"),
+            kernels=_ints(s, "kernels", f"{where} mbconv[{i}]"),
+            expansions=_floats(s, "expansions", f"{where} mbconv[{i}]"), stride=_int(s, "stride", f"{where} mbconv[{i}]"),
+        )
+        for i, s in enumerate(mbs)
+    )
+    tr = tuple(
+        TransformerChoices(
+            widths=_ints(s, "widths", f"{where} transformer[{i}]"), depths=_ints(s, "depths", f"{where} transformer[{i}]"),
+            heads=_ints(s, "heads", f"{where} transformer[{i}]"),
+            mlp_ratios=_floats(s, "mlp_ratios", f"{where} transformer[{i}]"),
+            stride=_int(s, "stride", f"{where} transformer[{i}]"),
+        )
+        for i, s in enumerate(trs)
+    )
+    for i, k in enumerate(x for s in mb for x in s.kernels):
+        if k % 2 == 0:
+            raise AutoVitError(f"space {where}: MBConv kernels must be odd, got {k}")
+    nstages = _ints(d, "num_transformer_stages", where)
+    if max(nstages) > len(tr):
+        raise AutoVitError(
+            f"space {where}: 'num_transformer_stages' allows {max(nstages)} but only {len(tr)} [[transformer]] stages are listed")
+    prange = d.get("params_range_m")
+    mono = d.get("monotonic_widths", True)
+    if not isinstance(mono, bool):
+        raise AutoVitError(f"space {where}: 'monotonic_widths' must be true or false")
+    dexp = d.get("downsample_expansion", 2)
+    if not isinstance(dexp, (int, float)) or isinstance(dexp, bool) or dexp <= 0:
+        raise AutoVitError(f"space {where}: 'downsample_expansion' must be a positive number")
+    space = SearchSpace(
+        name=name, resolutions=_ints(d, "resolutions", where), stem_widths=_ints(stem, "widths", f"{where} stem"),
+        stem_kernel=_int(stem, "kernel", f"{where} stem", 3), stem_stride=_int(stem, "stride", f"{where} stem", 2),
+        mbconv=mb, transformer=tr, num_transformer_stages=nstages,
+        head_dim=_int(d, "head_dim", where), patch=_int(d, "patch", where, 2),
+        conv_kernel=_int(d, "conv_kernel", where, 3), downsample_expansion=float(dexp),
+        head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
+        monotonic_widths=mono, params_range_m=tuple(prange) if prange else None, source=source,
+    )
+    if space.count() == 0:
+        raise AutoVitError(f"space {where}: no architecture satisfies the monotonic-width rule; widen the choices")
+    return space
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path."""
+    key = str(name_or_path)
+    if key.lower() in BUILTIN_SPACES:
+        ref = resources.files("autovit.nas") / "spaces" / f"{key.lower()}.toml"
+        return space_from_dict(tomllib.loads(ref.read_text()), source=f"builtin:{key.lower()}")
+    p = Path(key)
+    if not p.is_file():
+        raise AutoVitError(
+            f"unknown space '{key}': use one of {', '.join(BUILTIN_SPACES)} or the path of a space TOML file")
+    try:
+        d = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise AutoVitError(f"space {p}: not valid TOML ({e})") from None
+    return space_from_dict(d, source=str(p))

@@ -1,0 +1,62 @@
+import re
+from importlib import resources
+
+import pytest
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.hardware import builtin_names, load_profile
+
+REQUIRED = {"v100", "a100", "h100", "rtx3090", "rtx4090", "iphone13", "cpu-x86"}
+
+
+def test_required_profiles_exist_and_load():
+    assert REQUIRED <= set(builtin_names())
+    for name in builtin_names():
+        p = load_profile(name)
+        assert p.name == name and p.units > 0 and p.dram_gbps > 0
+
+
+def test_every_figure_has_a_source_comment():
+    """Hardware facts live in TOML with a source for each figure (brief, 'Layout')."""
+    sections_with_facts = {"compute", "memory", "cpu", "overhead", "fallback", "efficiency"}
+    for f in resources.files("autovit.hw_profiles").iterdir():
+        if not f.name.endswith(".toml"):
+            continue
+        section = ""
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if line.startswith("["):
+                section = line.strip("[] ")
+            elif section in sections_with_facts and re.match(r"^\w+\s*=\s*[\d\[{]", line):
+                assert "#" in line, f"{f.name}:{n} has a figure without a source comment: {line}"
+
+
+def test_cpu_peak_follows_core_count(tmp_path):
+    p = tmp_path / "cpu16.toml"
+    p.write_text('base = "cpu-x86"\nname = "cpu16"\n[cpu]\ncores = 16\n')
+    assert load_profile(str(p)).matrix_tflops["fp32"] == pytest.approx(2 * load_profile("cpu-x86").matrix_tflops["fp32"])
+
+
+def test_malformed_profile_names_the_field(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('base = "v100"\nname = "bad"\n[memory]\ndram_gbps = "fast"\n')
+    with pytest.raises(AutoVitError, match="memory.dram_gbps"):
+        load_profile(str(p))
+    p.write_text('base = "v100"\nname = "bad"\n[efficiency]\nmatrix = 1.5\n')
+    with pytest.raises(AutoVitError, match="efficiency.matrix"):
+        load_profile(str(p))
+    p.write_text("name = 'x'\nkind = 'gpu'\n")
+    with pytest.raises(AutoVitError, match="missing field"):
+        load_profile(str(p))
+    p.write_text("name = [")
+    with pytest.raises(AutoVitError, match="not valid TOML"):
+        load_profile(str(p))
+
+
+def test_unknown_hw_lists_valid_ones():
+    with pytest.raises(AutoVitError, match="v100"):
+        load_profile("tpu-v9")
+
+
+def test_ane_is_fp16_only():
+    with pytest.raises(AutoVitError, match="--dtype fp16"):
+        load_profile("iphone13").check_dtype("fp32")
