@@ -53,6 +53,13 @@ def _graph_path(cache: Path, key: str) -> Path:
     return cache / "graphs" / f"{key.replace('/', '_')}.pkl"
 
 
+def _quiet_worker() -> None:
+    """The TorchScript exporter prints whole IR graphs on failure: keep stdout for our JSON."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+
 def _export_timm(model: str, size: int, out: str) -> str:
     """Worker: timm model -> OpGraph pickle. Returns 'ok' or the reason it was skipped."""
     import warnings
@@ -106,7 +113,7 @@ def _run_jobs(jobs: list[tuple], jobs_n: int, label: str) -> dict[str, str]:
     with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), transient=False, console=_stderr_console()) as prog:
         task = prog.add_task(label, total=len(jobs))
-        with ProcessPoolExecutor(max_workers=jobs_n) as pool:
+        with ProcessPoolExecutor(max_workers=jobs_n, initializer=_quiet_worker) as pool:
             futs = {pool.submit(fn, *args): key for fn, key, *args in jobs}
             for f in as_completed(futs):
                 try:
@@ -121,6 +128,12 @@ def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _unresolved_share(g) -> float:
+    """Share of ops whose output shape ONNX inference could not resolve (priced blind)."""
+    unknown = sum(1 for n in g.order if any(g.tensors[o].shape is None for o in g.op(n).outputs))
+    return unknown / max(len(g), 1)
 
 
 def timm_rows(data: Path) -> dict[str, list[dict]]:
@@ -223,7 +236,10 @@ def main() -> None:
                     sk[reason] = sk.get(reason, 0) + 1
                     continue
                 batch = int(r["infer_batch_size"])
-                est, _, _ = predict(gp, hw, batch, dtype, profiles)
+                est, g, _ = predict(gp, hw, batch, dtype, profiles)
+                if _unresolved_share(g) > 0.1:
+                    sk["shapes not inferable"] = sk.get("shapes not inferable", 0) + 1
+                    continue
                 pred.append(est.latency_ms)
                 meas.append(float(r["infer_step_time"]))
                 flops.append(float(r["infer_gmacs"]) * batch)

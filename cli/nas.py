@@ -81,6 +81,37 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
     console.print(t)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON array on stdout.")
+def presets(as_json: bool) -> None:
+    """The paper's searched models (Table 5) as standalone configurations, with parameter
+    counts next to the paper's."""
+    from autovit.nas.params import count_params
+    from autovit.nas.presets import PAPER_PARAMS_M, PRESETS, load_preset
+    from autovit.nas.space import load_space
+
+    rows = []
+    for name in PRESETS:
+        arch = load_preset(name)
+        rows.append({
+            "preset": f"autovit:{name}", "params": count_params(arch), "paper_params_m": PAPER_PARAMS_M[name],
+            "widths": [s.width for s in arch.transformer], "heads": [s.layers[0].heads for s in arch.transformer],
+            "mlp_ratios": [s.layers[0].mlp_ratio for s in arch.transformer],
+            "depths": [s.depth for s in arch.transformer], "resolution": arch.resolution,
+            "in_space": not load_space(name).problems(arch),
+        })
+    if as_json:
+        print_json(rows)
+        return
+    t = Table(title="AutoViT presets (paper Table 5)")
+    for col in ("preset", "params (M)", "paper (M)", "widths", "heads", "MLP ratios", "depths", f"in its space"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['paper_params_m']:g}", str(r["widths"]),
+                  str(r["heads"]), str(r["mlp_ratios"]), str(r["depths"]), "yes" if r["in_space"] else "no")
+    console.print(t)
+
+
 def main() -> None:
     run(cli)
 

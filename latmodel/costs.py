@@ -9,6 +9,7 @@ FLOPs count a multiply-add as 2 FLOPs (timm's "GMACs" are half of ours).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,10 +70,6 @@ def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
     return t.shape if t is not None else None
 
 
-def _numel(shape: tuple[int, ...] | None) -> int:
-    return int(np.prod(shape)) if shape is not None else 0
-
-
 def op_cost(g: OpGraph, op: OpNode) -> OpCost:
     """Price one op of `g`. Unknown ops are priced as a memory-bound copy with known=False."""
     t = g.tensors
@@ -110,7 +107,7 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
         return mk("attention", "vector", SOFTMAX[ot] * out_elems)
     if ot in POOLS:
         k = op.attrs.get("kernel_shape", [1])
-        window = int(np.prod(k)) if ot in ("MaxPool", "AveragePool", "LpPool") else 0
+        window = math.prod(k) if ot in ("MaxPool", "AveragePool", "LpPool") else 0
         flops = window * out_elems if window else in_elems
         return mk("pooling", "vector", flops, work=max(out_elems, in_elems // 64, 1))
     if ot in REDUCES:
@@ -138,17 +135,17 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
     group = int(op.attrs.get("group", 1))
     if not (x and w and y and x.shape and w.shape and y.shape):
         return mk("conv", "vector", 2 * out_elems, known=True)
-    kernel = int(np.prod(w.shape[2:])) if len(w.shape) > 2 else 1
+    kernel = math.prod(w.shape[2:])
     if op.op_type == "ConvTranspose":
         n, cin = x.shape[0], x.shape[1]
         cout = y.shape[1]
-        rows = n * int(np.prod(x.shape[2:]))
+        rows = n * math.prod(x.shape[2:])
         k = cin // group
         flops = 2.0 * rows * (cout // group) * k * kernel * group
         return mk("conv", "matrix", flops, gemm=(group, rows, cout // group, k * kernel))
     n, cin = x.shape[0], x.shape[1]
     cout = y.shape[1]
-    spatial = int(np.prod(y.shape[2:])) if len(y.shape) > 2 else 1
+    spatial = math.prod(y.shape[2:])
     cin_g = cin // group
     macs = n * cout * spatial * cin_g * kernel
     bias = out_elems if len(op.inputs) > 2 else 0
@@ -171,7 +168,7 @@ def _matmul_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:
     sa, sb = (a.shape if len(a.shape) > 1 else (1,) + a.shape), (b.shape if len(b.shape) > 1 else b.shape + (1,))
     m, k, n = sa[-2], sa[-1], sb[-1]
     lead = np.broadcast_shapes(sa[:-2], sb[:-2]) if (len(sa) > 2 or len(sb) > 2) else ()
-    count = int(np.prod(lead)) if lead else 1
+    count = math.prod(lead) if lead else 1
     a_act, b_act = a.kind in ("activation", "input"), b.kind in ("activation", "input")
     flops = 2.0 * count * m * n * k
     if a_act and b_act:  # activation x activation: attention scores or attention-weighted values

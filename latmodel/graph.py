@@ -9,6 +9,7 @@ Tensors are sorted into four kinds, because the cost model treats them different
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape)) if self.shape is not None else 0
+        # math.prod: np.prod costs microseconds per call on tiny tuples, and this is the hot path.
+        return math.prod(self.shape) if self.shape is not None else 0
 
     @property
     def is_float(self) -> bool:
@@ -162,6 +164,80 @@ def _fix_inputs(model: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> 
     return shapes
 
 
+def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:  # onnx raises several types for malformed graphs
+        raise AutoVitError(f"{source or 'model'}: ONNX shape inference failed ({str(e).splitlines()[0][:160]})") from None
+
+
+def _has_unknown_shapes(model: onnx.ModelProto) -> bool:
+    known = {vi.name for vi in list(model.graph.value_info) + list(model.graph.input) if _dims(vi)}
+    known |= {i.name for i in model.graph.initializer}
+    return any(o and o not in known for n in model.graph.node for o in n.output if n.op_type != "Constant")
+
+
+# Largest static tensor evaluated while inferring shapes (shape arithmetic is a few integers).
+_FOLD_MAX_ELEMS = 100_000
+
+
+def _infer_node_by_node(model: onnx.ModelProto, data_inputs: set[str]) -> dict[str, onnx.TypeProto]:
+    """Shapes of every tensor, one node at a time, evaluating the ops that depend only on
+    constants and on tensor shapes (onnx.reference) so that shape arithmetic done at run time
+    (e.g. TF-style "same" padding computed from x.shape) becomes known. Valid because every
+    input shape is fixed. Used only where the whole-graph inference leaves gaps."""
+    from onnx import defs
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    opset = {o.domain: o.version for o in model.opset_import}
+    types: dict[str, onnx.TypeProto] = {vi.name: vi.type for vi in list(g.value_info) + list(g.input)}
+    values: dict[str, np.ndarray] = {}
+    for init in g.initializer:
+        types[init.name] = onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims))
+        if int(np.prod(init.dims)) <= _FOLD_MAX_ELEMS:
+            values[init.name] = numpy_helper.to_array(init)
+    dynamic = set(data_inputs)
+    for node in g.node:
+        ins = [i for i in node.input if i]
+        is_dynamic = node.op_type not in _SHAPE_OF and any(i in dynamic for i in ins)
+        if is_dynamic:
+            dynamic.update(node.output)
+        else:
+            try:
+                if node.op_type == "Shape":
+                    dims = [d.dim_value for d in types[node.input[0]].tensor_type.shape.dim]
+                    attrs = {a.name: a.i for a in node.attribute}
+                    if all(d > 0 for d in dims):
+                        out = [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)]
+                    else:
+                        out = None
+                elif all(i in values for i in ins):
+                    out = ReferenceEvaluator(node).run(None, {i: values[i] for i in ins})
+                else:
+                    out = None
+            except Exception:
+                out = None  # the reference runtime cannot evaluate it: fall through to inference
+            if out is not None:
+                for name, v in zip(node.output, out):
+                    v = np.asarray(v)
+                    types[name] = onnx.helper.make_tensor_type_proto(
+                        onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+                    if v.size <= _FOLD_MAX_ELEMS:
+                        values[name] = v
+                continue
+        if not all(i in types for i in ins):
+            continue
+        try:
+            schema = defs.get_schema(node.op_type, opset.get(node.domain, 1), node.domain)
+            data = {i: numpy_helper.from_array(values[i], i) for i in ins if i in values}
+            outs = onnx.shape_inference.infer_node_outputs(schema, node, {i: types[i] for i in ins}, data)
+        except Exception:
+            continue  # unknown op or failed inference: its outputs stay unknown
+        types.update(outs)
+    return types
+
+
 def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,
                 source: str = "") -> OpGraph:
     """Shape-infer `model` and keep the ops that do work at run time.
@@ -171,14 +247,14 @@ def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = No
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     shapes = _fix_inputs(model_copy, input_shape)
-    try:
-        inferred = shape_inference.infer_shapes(model_copy, check_type=False, strict_mode=False, data_prop=True)
-    except Exception as e:  # onnx raises several types for malformed graphs
-        raise AutoVitError(f"{source or 'model'}: ONNX shape inference failed ({str(e).splitlines()[0][:160]})") from None
+    inferred = _infer(model_copy, source)
     g = inferred.graph
+    extra_types = _infer_node_by_node(inferred, set(shapes)) if _has_unknown_shapes(inferred) else {}
 
     tensors: dict[str, TensorInfo] = {}
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
+    value_infos = list(g.value_info) + list(g.input) + list(g.output)
+    value_infos += [onnx.helper.make_value_info(name, t) for name, t in extra_types.items()]
+    for vi in value_infos:
         dims = _dims(vi)
         shape = tuple(int(d) for d in dims) if dims and all(isinstance(d, int) and d > 0 for d in dims) else (
             () if vi.type.tensor_type.HasField("shape") and not dims else None)
