@@ -49,8 +49,12 @@ def find_data(explicit: str | None) -> Path:
     sys.exit("external-latency data not found: pass --data PATH (the shared/external-latency folder)")
 
 
+# Bump when what an export puts in the graph changes (v2: BatchNorm kept, not folded).
+GRAPH_CACHE_VERSION = 2
+
+
 def _graph_path(cache: Path, key: str) -> Path:
-    return cache / "graphs" / f"{key.replace('/', '_')}.pkl"
+    return cache / f"graphs-v{GRAPH_CACHE_VERSION}" / f"{key.replace('/', '_')}.pkl"
 
 
 def _quiet_worker() -> None:
@@ -173,6 +177,22 @@ def evaluate(name: str, pred: list[float], meas: list[float], flops: list[float]
     }
 
 
+def markdown_table(results: list[dict]) -> str:
+    """The docs/BENCHMARKS.md table: ours vs the two baselines, per set."""
+    head = ("| set | n | skipped | Kendall tau (ours / FLOPs / FLOPs+act fit) | Spearman (ours) "
+            "| median APE % (ours / FLOPs / fit) | within 10 % | within 25 % | scale |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for r in results:
+        f, l = r["baselines"]["flops_proportional"], r["baselines"]["lstsq_flops_activations"]
+        skipped = ", ".join(f"{v} {k}" for k, v in r["skipped"].items()) or "0"
+        rows.append(
+            f"| {r['set']} | {r['n']} | {skipped} | {r['kendall_tau']:.3f} / {f['kendall_tau']:.3f} / "
+            f"{l['kendall_tau']:.3f} | {r['spearman']:.3f} | {r['median_ape']:.1f} / {f['median_ape']:.1f} / "
+            f"{l['median_ape']:.1f} | {r['within_10']:.1f} | {r['within_25']:.1f} | {r['scale']:.3g} |")
+    return head + "\n".join(rows) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="shared/external-latency folder (found automatically)")
@@ -183,14 +203,18 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--cache", default=str(HERE / ".cache"))
     ap.add_argument("--out", default=str(HERE / "results" / "external.jsonl"))
+    ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a results file and exit")
     args = ap.parse_args()
+    if args.table:
+        print(markdown_table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line]))
+        return
 
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
 
     data = find_data(args.data)
     cache = Path(args.cache)
-    (cache / "graphs").mkdir(parents=True, exist_ok=True)
+    _graph_path(cache, "x").parent.mkdir(parents=True, exist_ok=True)
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
     results = []
     t0 = time.time()
@@ -208,7 +232,8 @@ def main() -> None:
             sk: dict[str, int] = {}
             keep = []
             for r in rs:
-                if args.n and len(keep) >= args.n:
+                # Exports can fail; take a margin of candidates and keep the first --n that work.
+                if args.n and len(keep) >= int(args.n * 1.2):
                     break
                 if float(r["param_count"] or 0) > MAX_PARAMS_M:
                     sk[f"over {MAX_PARAMS_M:g} M params"] = sk.get(f"over {MAX_PARAMS_M:g} M params", 0) + 1
@@ -228,6 +253,8 @@ def main() -> None:
             pred, meas, flops, acts = [], [], [], []
             sk = dict(skipped[s])
             for r in chosen[s]:
+                if args.n and len(pred) >= args.n:
+                    break
                 key = f"timm__{r['model']}__{r['infer_img_size']}"
                 gp = _graph_path(cache, key)
                 if not gp.exists():

@@ -308,9 +308,11 @@ def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = No
                 graph.add_edge(producer[i], name, tensor=i)
         for o in op.outputs:
             producer[o] = name
-    # Weights are counted once even when several ops read them (tied embeddings, shared heads).
-    weights = {t.name for t in tensors.values() if t.kind == "weight"}
-    params = sum(tensors[w].numel for w in weights)
+    # Weights are counted once even when several ops read them (tied embeddings, shared heads);
+    # BatchNorm running statistics are buffers, not parameters.
+    buffers = {op.inputs[i] for op in (graph.nodes[n]["op"] for n in order)
+               if op.op_type == "BatchNormalization" for i in (3, 4) if i < len(op.inputs)}
+    params = sum(t.numel for t in tensors.values() if t.kind == "weight" and t.name not in buffers)
     unknown_shapes = [n for n in order if any(tensors[o].shape is None for o in graph.nodes[n]["op"].outputs)]
     if unknown_shapes:
         warn.append(f"{len(unknown_shapes)} ops have outputs of unknown shape (priced from their inputs): "

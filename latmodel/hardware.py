@@ -75,11 +75,15 @@ class HardwareProfile:
     view_dispatch_us: float
     async_dispatch: bool
     eff_matrix: float
+    eff_gemm: float
     eff_vector: float
     eff_memory: float
     layout_penalty: float
     k_half: float
     elided: tuple[str, ...]
+    strided_readers: tuple[str, ...]
+    nchw_conv_relayout: tuple[str, ...]
+    relayout_categories: tuple[str, ...]
     fusion: tuple[FusionRule, ...]
     fallback: Fallback | None = None
     source: str = ""
@@ -97,7 +101,7 @@ class HardwareProfile:
         return dtype
 
     # Free parameters: what data sheets cannot give. Calibration (issue 3) fits exactly these.
-    FREE_PARAMETERS = ("eff_matrix", "eff_vector", "eff_memory", "launch_us", "dispatch_us",
+    FREE_PARAMETERS = ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us", "dispatch_us",
                        "layout_penalty", "k_half")
 
 
@@ -218,6 +222,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
     if default_dtype not in dtypes:
         raise AutoVitError(f"hardware profile {where}: field 'default_dtype' {default_dtype!r} is not in 'dtypes'")
     effs = {k: float(_get(d, f"efficiency.{k}", _NUM, where, positive=True)) for k in ("matrix", "vector", "memory")}
+    effs["gemm"] = float(_get(d, "efficiency.gemm", _NUM, where, effs["matrix"], positive=True))
     for k, v in effs.items():
         if v > 1:
             raise AutoVitError(f"hardware profile {where}: field 'efficiency.{k}' is a fraction of peak, must be <= 1, got {v}")
@@ -236,10 +241,12 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         dispatch_us=float(_get(d, "overhead.dispatch_us", _NUM, where)),
         view_dispatch_us=float(_get(d, "overhead.view_dispatch_us", _NUM, where, 0.0)),
         async_dispatch=_get(d, "overhead.async", bool, where),
-        eff_matrix=effs["matrix"], eff_vector=effs["vector"], eff_memory=effs["memory"],
+        eff_matrix=effs["matrix"], eff_gemm=effs["gemm"], eff_vector=effs["vector"], eff_memory=effs["memory"],
         layout_penalty=float(_get(d, "efficiency.layout_penalty", _NUM, where, 1.0, positive=True)),
         k_half=float(_get(d, "efficiency.k_half", _NUM, where, 0.0)),
-        elided=_strs(d, "layout.elided", where, ()), fusion=_fusion(d, where), fallback=fb,
+        elided=_strs(d, "layout.elided", where, ()), strided_readers=_strs(d, "layout.strided_readers", where, ()),
+        nchw_conv_relayout=_strs(d, "layout.nchw_conv_relayout", where, ()),
+        relayout_categories=_strs(d, "layout.relayout_categories", where, ("conv",)), fusion=_fusion(d, where), fallback=fb,
         source=where, calibration=d.get("calibration", {}),
     )
 

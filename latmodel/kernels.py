@@ -149,8 +149,24 @@ def form_kernels(g: OpGraph, costs: dict[str, OpCost], profile: HardwareProfile)
     return [_merge(g, costs, ops, rule, former, unsupported) for ops, rule in former.form()]
 
 
-def _klass_on(c: OpCost, profile: HardwareProfile) -> str:
-    """A layout op is free where the backend only rewrites strides, a copy elsewhere."""
+def _klass_on(c: OpCost, profile: HardwareProfile, former: "_Former") -> str:
+    """A layout op is free where the backend only rewrites strides, a copy elsewhere.
+
+    With `strided_readers` (PyTorch eager), a Transpose is only a new set of strides when every
+    reader accepts strided input (BLAS, attention, slices, elementwise); the copy happens in the
+    reshape that needs contiguous memory after it.
+    """
+    if profile.strided_readers:
+        op = former.g.op(c.name)
+        if c.op_type == "Transpose":
+            readers = former.consumers.get(op.outputs[0], [])
+            if readers and all(_any(profile.strided_readers, former.costs[r]) for r in readers):
+                return "view"
+            return "layout"
+        if c.klass == "view" and op.inputs:
+            prod = former.producers.get(op.inputs[0])
+            if prod is not None and former.costs[prod].op_type == "Transpose":
+                return "layout"
     if c.op_type in profile.elided:
         return "view"
     return "layout" if c.klass == "view" else c.klass
@@ -161,7 +177,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
     cs = [costs[o] for o in ops]
     if len(ops) == 1:
         c = cs[0]
-        return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former.profile), c.flops,
+        return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former.profile, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
                       c.op_type in unsupported)
     inside = set(ops)

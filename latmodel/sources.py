@@ -31,11 +31,13 @@ def timm_model(name: str, img_size: int | None = None):
 
 
 def onnx_from_module(model, side: int, batch: int = 1, with_weights: bool = False) -> onnx.ModelProto:
-    """ONNX of a torch module at a fixed input size; by default without weight values, which
-    latency estimation does not need (parameters stay as shaped graph inputs)."""
+    """ONNX of a torch module at a fixed input size, as a latency model wants it: without weight
+    values (parameters stay shaped graph inputs) and with BatchNorm kept as its own op (whether
+    it fuses is the hardware profile's call)."""
     from autovit.nas.export import export_onnx_bytes
 
-    return onnx.load_from_string(export_onnx_bytes(model, (batch, 3, side, side), with_weights=with_weights))
+    return onnx.load_from_string(export_onnx_bytes(model, (batch, 3, side, side), with_weights=with_weights,
+                                                   fold_batchnorm=False))
 
 
 def arch_graph(arch, source: str = "") -> OpGraph:

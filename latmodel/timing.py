@@ -126,6 +126,11 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
         plain = sum(math.prod(s) for s in k.act_shapes)
         if plain:
             act_elems = act_elems * padded / plain
+    if dtype in profile.nchw_conv_relayout and k.category in profile.relayout_categories:
+        # The convolution library works in another layout (NHWC for tensor cores, oneDNN's
+        # channel-blocked nChw16c on CPUs): an NCHW input and output are re-laid out, i.e.
+        # read and written once more each.
+        act_elems *= 3
     act_bytes = act_elems * scale * eb
     w_bytes = k.w_elems * eb
     flops = k.flops * scale
@@ -133,7 +138,10 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         util = matrix_utilization(gemm, profile, dtype)
-        peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * profile.eff_matrix
+        # BLAS GEMMs (linear layers, attention) and implicit-GEMM convolutions reach different
+        # shares of the tensor-core peak: two efficiencies.
+        eff = profile.eff_gemm if k.category in ("linear", "attention") else profile.eff_matrix
+        peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * eff
         units_share = min(1.0, gemm_tiles(gemm, profile) * split_k(gemm, profile) / profile.units)
     else:
         units_share = vector_utilization(k.work_elems * scale, profile)

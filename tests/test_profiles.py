@@ -36,19 +36,16 @@ def test_cpu_peak_follows_core_count(tmp_path):
     assert load_profile(str(p)).matrix_tflops["fp32"] == pytest.approx(2 * load_profile("cpu-x86").matrix_tflops["fp32"])
 
 
-def test_malformed_profile_names_the_field(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ('base = "v100"\nname = "bad"\n[memory]\ndram_gbps = "fast"\n', "memory.dram_gbps"),
+    ('base = "v100"\nname = "bad"\n[efficiency]\nmatrix = 1.5\n', "efficiency.matrix"),
+    ("name = 'x'\nkind = 'gpu'\n", "missing field"),
+    ("name = [", "not valid TOML"),
+])
+def test_malformed_profile_names_the_field(tmp_path, text, message):
     p = tmp_path / "bad.toml"
-    p.write_text('base = "v100"\nname = "bad"\n[memory]\ndram_gbps = "fast"\n')
-    with pytest.raises(AutoVitError, match="memory.dram_gbps"):
-        load_profile(str(p))
-    p.write_text('base = "v100"\nname = "bad"\n[efficiency]\nmatrix = 1.5\n')
-    with pytest.raises(AutoVitError, match="efficiency.matrix"):
-        load_profile(str(p))
-    p.write_text("name = 'x'\nkind = 'gpu'\n")
-    with pytest.raises(AutoVitError, match="missing field"):
-        load_profile(str(p))
-    p.write_text("name = [")
-    with pytest.raises(AutoVitError, match="not valid TOML"):
+    p.write_text(text)
+    with pytest.raises(AutoVitError, match=message):
         load_profile(str(p))
 
 

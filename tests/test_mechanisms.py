@@ -1,0 +1,93 @@
+"""The backend behaviours the model encodes, one test each (tiny hand-made graphs)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from autovit.latmodel.estimate import LatencyModel
+from autovit.latmodel.graph import build_graph
+from autovit.latmodel.hardware import load_profile
+
+from conftest import _init, make_model
+
+
+def conv_bn_relu(c: int = 32, hw: int = 16):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+             helper.make_node("Relu", ["n"], ["y"])]
+    inits = [_init("w", (c, c, 3, 3))] + [_init(k, (c,)) for k in "gbmv"]
+    return build_graph(make_model(nodes, [x], [y], inits))
+
+
+def test_batchnorm_fusion_is_the_profiles_call():
+    g = conv_bn_relu()
+    assert g.params == 32 * 32 * 9 + 2 * 32  # running mean/var are buffers
+    m = LatencyModel(g)
+    ane = [k.op_types for k in m.kernels(load_profile("iphone13"))]
+    cuda = [k.op_types for k in m.kernels(load_profile("v100"))]
+    cpu = [k.op_types for k in m.kernels(load_profile("cpu-x86"))]
+    assert ane == [["Conv", "BatchNormalization", "Relu"]]          # Core ML fuses all three
+    assert cuda == [["Conv"], ["BatchNormalization"], ["Relu"]]    # eager PyTorch: a kernel each
+    assert cpu == [["Conv"], ["BatchNormalization", "Relu"]]       # Inductor: BN + act one loop
+
+
+def _transpose_graph(reader: str):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1])]
+    inits = []
+    if reader == "MatMul":
+        nodes.append(helper.make_node("MatMul", ["t", "w"], ["y"]))
+        inits.append(_init("w", (64, 16)))
+    else:
+        nodes.append(helper.make_node("Reshape", ["t", "s"], ["y"]))
+        inits.append(numpy_helper.from_array(np.array([4, -1], dtype=np.int64), "s"))
+    return build_graph(make_model(nodes, [x], [y], inits))
+
+
+def test_pytorch_transposes_are_views_until_a_reshape_copies():
+    cuda = replace(load_profile("v100"), fusion=())  # look at the layout rule alone
+    into_matmul = {k.op_types[0]: k.klass for k in LatencyModel(_transpose_graph("MatMul")).kernels(cuda)}
+    assert into_matmul["Transpose"] == "view"
+    into_reshape = {k.op_types[0]: k.klass for k in LatencyModel(_transpose_graph("Reshape")).kernels(cuda)}
+    assert into_reshape["Transpose"] == "layout" or into_reshape["Reshape"] == "layout"
+
+
+def test_nchw_fp16_convolutions_pay_a_relayout():
+    g = conv_bn_relu(c=64, hw=56)
+    v100 = load_profile("v100")
+    conv = next(t for t in LatencyModel(g).estimate(v100, 64, "fp16").kernels if t.kernel.op_types == ["Conv"])
+    plain = replace(v100, nchw_conv_relayout=())
+    conv_plain = next(t for t in LatencyModel(g).estimate(plain, 64, "fp16").kernels if t.kernel.op_types == ["Conv"])
+    act_bytes = conv_plain.bytes - 64 * 64 * 9 * 2
+    assert conv.bytes - conv_plain.bytes == pytest.approx(2 * act_bytes)
+    fp32 = next(t for t in LatencyModel(g).estimate(v100, 64, "fp32").kernels if t.kernel.op_types == ["Conv"])
+    assert fp32.bytes == pytest.approx(2 * conv_plain.bytes)  # fp32: twice the bytes of fp16, no relayout
+
+
+def test_gemm_and_conv_efficiencies_are_separate():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096, 1024])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = build_graph(make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], [_init("w", (1024, 1024))]))
+    v100 = load_profile("v100")
+    fast = LatencyModel(g).estimate(v100, 1, "fp16").kernels[0].compute_ms
+    slow = LatencyModel(g).estimate(replace(v100, eff_gemm=v100.eff_gemm / 2), 1, "fp16").kernels[0].compute_ms
+    assert slow == pytest.approx(2 * fast)
+
+
+def test_tanh_gelu_is_one_kernel():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 128])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    c = [numpy_helper.from_array(np.array(v, dtype=np.float32), f"c{i}") for i, v in enumerate([0.044715, 0.79788, 1.0, 0.5])]
+    nodes = [helper.make_node("Mul", ["x", "x"], ["a"]), helper.make_node("Mul", ["x", "a"], ["b"]),
+             helper.make_node("Mul", ["c0", "b"], ["d"]), helper.make_node("Add", ["x", "d"], ["e"]),
+             helper.make_node("Mul", ["c1", "e"], ["f"]), helper.make_node("Tanh", ["f"], ["h"]),
+             helper.make_node("Add", ["c2", "h"], ["i"]), helper.make_node("Mul", ["x", "i"], ["j"]),
+             helper.make_node("Mul", ["c3", "j"], ["y"])]
+    g = build_graph(make_model(nodes, [x], [y], c))
+    for hw in ("v100", "iphone13", "cpu-x86"):
+        ks = [k for k in LatencyModel(g).kernels(load_profile(hw)) if k.klass != "view"]
+        assert len(ks) == 1 and ks[0].category == "activation", hw
