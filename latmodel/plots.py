@@ -43,6 +43,8 @@ def breakdown_png(estimates: list[Estimate], path: str | Path) -> Path:
     ax.set_title("Predicted latency by op category")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     ax.tick_params(axis="x", labelsize=7)
+    if len(estimates) > 4:
+        plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
     return _save(fig, path)
 
 

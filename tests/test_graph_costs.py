@@ -95,3 +95,20 @@ def test_parse_input_shape():
     for bad in ("a,b", "0,3,2,2", ""):
         with pytest.raises(AutoVitError):
             parse_input_shape(bad)
+
+
+def test_atomic_write_keeps_old_file_on_failure_and_normal_permissions(tmp_path):
+    import os
+
+    from autovit.latmodel.io import atomic_write_bytes
+
+    p = tmp_path / "lut.json"
+    atomic_write_bytes(p, b"old")
+
+    with pytest.raises(TypeError):
+        atomic_write_bytes(p, object())  # type: ignore[arg-type]  # fails mid-write
+    assert p.read_bytes() == b"old"
+    assert [f.name for f in tmp_path.iterdir()] == ["lut.json"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask
