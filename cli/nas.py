@@ -25,8 +25,11 @@ def cli() -> None:
 @click.option("--space", "space_name", default=None, help="Space for --sample / an architecture check.")
 @click.option("--sample", type=int, default=0, help="Draw this many architectures uniformly (needs --space).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="With --sample: write each architecture to OUT/arch_NNN.json.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
-def spaces(check_path: str | None, space_name: str | None, sample: int, seed: int, as_json: bool) -> None:
+def spaces(check_path: str | None, space_name: str | None, sample: int, seed: int, out_dir: str | None,
+           as_json: bool) -> None:
     """List the search spaces with their sizes, validate a space or architecture file, or sample."""
     import random
 
@@ -43,11 +46,19 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
         sp = load_space(space_name)
         rng = random.Random(seed)
         archs = [sp.sample(rng) for _ in range(sample)]
+        if out_dir:
+            from pathlib import Path
+
+            for i, a in enumerate(archs):
+                a.to_json(Path(out_dir) / f"arch_{i:03d}.json")
         if as_json:
-            print_json([a.to_dict() | {"params": count_params(a)} for a in archs])
+            print_json([a.to_dict() for a in archs])  # each loadable as an architecture file
         else:
-            for a in archs:
+            for i, a in enumerate(archs):
+                console.print(f"[bold]#{i}[/] {count_params(a) / 1e6:.3f} M params", highlight=False)
                 console.print(a.to_json(), highlight=False)
+            if out_dir:
+                console.print(f"wrote {len(archs)} files to {out_dir}")
         return
     if check_path:
         if check_path.endswith(".json"):

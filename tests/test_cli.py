@@ -139,8 +139,11 @@ def test_nas_spaces(capsys, tmp_path):
     code, out, _ = run_cli(nas, ["spaces", "--json"], capsys)
     rows = json.loads(out)
     assert code == 0 and [r["name"] for r in rows] == ["xxs", "xs", "s"]
-    code, out, _ = run_cli(nas, ["spaces", "--sample", "2", "--space", "xxs", "--json"], capsys)
+    code, out, _ = run_cli(nas, ["spaces", "--sample", "2", "--space", "xxs", "--json", "--out", str(tmp_path / "a")], capsys)
     assert code == 0 and len(json.loads(out)) == 2
+    from autovit.nas.arch import arch_from_dict, load_arch
+
+    assert arch_from_dict(json.loads(out)[1]) == load_arch(tmp_path / "a" / "arch_001.json")  # samples load as they are
     bad = tmp_path / "s.toml"
     bad.write_text("name = 'x'\n")
     code, _, err = run_cli(nas, ["spaces", "--check", str(bad)], capsys)
