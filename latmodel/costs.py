@@ -43,6 +43,8 @@ VIEWS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
 LAYOUT = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND",
           "Expand", "Tile", "Pad", "DepthToSpace", "SpaceToDepth", "ScatterND", "ScatterElements",
           "Compress", "ReverseSequence", "Trilu", "CenterCropPad"}
+# Gates per recurrent cell: every step is gates x (input + hidden) x hidden multiply-adds.
+RECURRENT = {"LSTM": 4, "GRU": 3, "RNN": 1}
 OTHER_COMPUTE = {"Resize": 8, "Upsample": 8, "GridSample": 12, "CumSum": 1, "TopK": 4,
                  "NonZero": 1, "Einsum": 0, "Range": 1, "ConstantOfShape": 0}
 
@@ -97,6 +99,8 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
         return _conv_cost(op, t, mk, in_elems, out_elems)
     if ot in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
         return _matmul_cost(op, t, mk)
+    if ot in RECURRENT:
+        return _recurrent_cost(op, t, mk)
     if ot in ACTIVATIONS:
         return mk("activation", "vector", ACTIVATIONS[ot] * out_elems)
     if ot in ELEMENTWISE:
@@ -176,6 +180,20 @@ def _matmul_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:
     if a_act and len(sb) == 2:  # x @ W: every leading dim is a row of one GEMM
         return mk("linear", "matrix", flops, gemm=(1, count * m, n, k), batch_in="m")
     return mk("linear", "matrix", flops, gemm=(count, m, n, k), batch_in="count")
+
+
+def _recurrent_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:
+    """X [T, B, I], hidden size H: T sequential steps of a (B, gates x H, I + H) GEMM. Only one
+    step's outputs are independent, so that is the parallel work."""
+    x = t.get(op.inputs[0])
+    hidden = int(op.attrs.get("hidden_size", 0))
+    dirs = 2 if op.attrs.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+    if not (x and x.shape and len(x.shape) == 3 and hidden):
+        return mk("linear", "vector", 0, known=False)
+    steps, batch, inp = x.shape
+    gates = RECURRENT[op.op_type]
+    flops = 2.0 * steps * batch * dirs * gates * hidden * (inp + hidden)
+    return mk("linear", "vector", flops, work=batch * dirs * gates * hidden)
 
 
 def price_graph(g: OpGraph) -> dict[str, OpCost]:

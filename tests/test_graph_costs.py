@@ -112,3 +112,12 @@ def test_atomic_write_keeps_old_file_on_failure_and_normal_permissions(tmp_path)
     umask = os.umask(0)
     os.umask(umask)
     assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_lstm_is_priced():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [10, 2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=16, direction="bidirectional")
+    g = build_graph(make_model([node], [x], [y], [_init("w", (2, 64, 8)), _init("r", (2, 64, 16))]))
+    (c,) = price_graph(g).values()
+    assert c.known and c.flops == 2 * 10 * 2 * 2 * 4 * 16 * (8 + 16)
