@@ -56,16 +56,19 @@ def test_pytorch_transposes_are_views_until_a_reshape_copies():
     assert into_reshape["Transpose"] == "layout" or into_reshape["Reshape"] == "layout"
 
 
-def test_nchw_fp16_convolutions_pay_a_relayout():
+def test_conv_relayout_reads_and_writes_activations_once_more():
     g = conv_bn_relu(c=64, hw=56)
-    v100 = load_profile("v100")
-    conv = next(t for t in LatencyModel(g).estimate(v100, 64, "fp16").kernels if t.kernel.op_types == ["Conv"])
-    plain = replace(v100, nchw_conv_relayout=())
-    conv_plain = next(t for t in LatencyModel(g).estimate(plain, 64, "fp16").kernels if t.kernel.op_types == ["Conv"])
-    act_bytes = conv_plain.bytes - 64 * 64 * 9 * 2
-    assert conv.bytes - conv_plain.bytes == pytest.approx(2 * act_bytes)
-    fp32 = next(t for t in LatencyModel(g).estimate(v100, 64, "fp32").kernels if t.kernel.op_types == ["Conv"])
-    assert fp32.bytes == pytest.approx(2 * conv_plain.bytes)  # fp32: twice the bytes of fp16, no relayout
+    cpu = load_profile("cpu-x86")  # oneDNN without pre-packed weights: NCHW <-> blocked per call
+    assert "fp32" in cpu.nchw_conv_relayout and "dwconv" in cpu.relayout_categories
+
+    def conv_bytes(profile):
+        est = LatencyModel(g).estimate(profile, 8)
+        return next(t.bytes for t in est.kernels if t.kernel.op_types[0] == "Conv")
+
+    weights = 64 * 64 * 9 * 4
+    plain = conv_bytes(replace(cpu, nchw_conv_relayout=()))
+    assert conv_bytes(cpu) - weights == pytest.approx(3 * (plain - weights))
+    assert load_profile("v100").nchw_conv_relayout == ()  # cuDNN 8+ transposes inside the kernel
 
 
 def test_gemm_and_conv_efficiencies_are_separate():
