@@ -1,0 +1,104 @@
+"""Where the latency model is wrong on the external sets, by family and by mechanism.
+
+    python benchmarks/residuals.py            # after benchmarks/external.py (uses its graph cache)
+
+Prints one JSON object per set: the residual r = log(scale x predicted / measured) averaged per
+model family (families with >= 3 models, most under- and over-predicted first), and the
+correlation of r with the share of predicted time in each op category; for the OFA sets, the
+correlation of r with resolution, mean kernel size, mean expand ratio and number of blocks.
+Positive r: predicted too slow.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pickle
+import random
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from external import OFA_SETS, TIMM_SETS, _graph_path, _unresolved_share, find_data, timm_rows  # noqa: E402
+
+
+def _residuals(pred: list[float], meas: list[float]) -> np.ndarray:
+    from autovit.latmodel.metrics import global_scale
+
+    p, m = np.array(pred), np.array(meas)
+    return np.log(p * global_scale(p, m) / m)
+
+
+def _corr(x, r) -> float:
+    return round(float(np.corrcoef(np.asarray(x, float), r)[0, 1]), 3)
+
+
+def _category_corr(shares: list[dict[str, float]], r: np.ndarray) -> dict[str, float]:
+    cats = sorted({c for s in shares for c, v in s.items() if v > 0})
+    return {c: _corr([s.get(c, 0.0) for s in shares], r) for c in cats}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data")
+    ap.add_argument("--cache", default=str(HERE / ".cache"))
+    ap.add_argument("--ofa-n", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from autovit.latmodel.estimate import LatencyModel
+    from autovit.latmodel.hardware import load_profile
+
+    data, cache = find_data(args.data), Path(args.cache)
+    rows = timm_rows(data)
+    for name, (_, hw, dtype) in TIMM_SETS.items():
+        profile = load_profile(hw)
+        pred, meas, fams, shares = [], [], [], []
+        for r in rows[name]:
+            gp = _graph_path(cache, f"timm__{r['model']}__{r['infer_img_size']}")
+            if not gp.exists():
+                continue
+            g = pickle.loads(gp.read_bytes())
+            if _unresolved_share(g) > 0.1:
+                continue
+            est = LatencyModel(g).estimate(profile, int(r["infer_batch_size"]), dtype)
+            pred.append(est.latency_ms)
+            meas.append(float(r["infer_step_time"]))
+            fams.append(re.split(r"[_\d]", r["model"])[0])
+            shares.append({c: v / est.latency_ms for c, v in est.breakdown.items()})
+        res = _residuals(pred, meas)
+        by_fam = defaultdict(list)
+        for f, x in zip(fams, res):
+            by_fam[f].append(x)
+        fam = sorted((round(float(np.mean(v)), 3), f, len(v)) for f, v in by_fam.items() if len(v) >= 3)
+        print(json.dumps({"set": name, "n": len(res), "family_mean_log_residual": {
+            "under": [{"family": f, "n": n, "r": m} for m, f, n in fam[:6]],
+            "over": [{"family": f, "n": n, "r": m} for m, f, n in fam[::-1][:6]]},
+            "corr_with_category_share": _category_corr(shares, res)}))
+
+    with open(data / "help-ofa/ofa_mbv3_latency_ms.csv") as f:
+        ofa = list(csv.DictReader(f))
+    ofa = random.Random(args.seed).sample(ofa, min(args.ofa_n, len(ofa)))
+    models = [(r, LatencyModel(pickle.loads(_graph_path(cache, f"ofa__{r['idx']}").read_bytes())))
+              for r in ofa if _graph_path(cache, f"ofa__{r['idx']}").exists()]
+    v100 = load_profile("v100")
+    feats = {
+        "resolution": [int(r["resolution"]) for r, _ in models],
+        "mean_kernel": [np.mean([int(k) for k in r["ks"].split()]) for r, _ in models],
+        "mean_expand": [np.mean([int(k) for k in r["e"].split()]) for r, _ in models],
+        "blocks": [sum(int(x) for x in r["d"].split()) for r, _ in models],
+    }
+    for name, b in OFA_SETS.items():
+        res = _residuals([m.estimate(v100, b, "fp32").latency_ms for _, m in models],
+                         [float(r[f"v100_{b}"]) for r, _ in models])
+        print(json.dumps({"set": name, "n": len(res), "corr_with_setting": {k: _corr(v, res) for k, v in feats.items()}}))
+
+
+if __name__ == "__main__":
+    main()
