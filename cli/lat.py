@@ -157,6 +157,103 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
         console.print(f"wrote {plot}")
 
 
+@cli.command()
+@click.option("--hw", "hw", required=True, help="The profile of the device you measure on (e.g. local-cpu).")
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "torch-cuda", "coreml"]), default="onnxruntime",
+              show_default=True)
+@click.option("--preset", type=click.Choice(["paper46"]), default=None, help="The paper's 46 modules.")
+@click.option("--space", "space_name", default=None, help="Every distinct block of a space (xxs, xs, s or a TOML).")
+@click.option("--blocks", "blocks_file", type=click.Path(dir_okay=False), default=None,
+              help="A JSON list of block descriptions (see `BlockSpec`).")
+@click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="LUT file [default: luts/HW.json]; an existing one is resumed.")
+@click.option("--threads", type=int, default=None, help="Threads [default: physical cores].")
+@click.option("--ci-pct", type=float, default=2.0, show_default=True,
+              help="Stop timing a block when its median's 95 % CI is within this %.")
+@click.option("--max-repeats", type=int, default=300, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Summary as one JSON object on stdout.")
+def profile(hw: str, backend: str, preset: str | None, space_name: str | None, blocks_file: str | None, mode: str,
+            out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, as_json: bool) -> None:
+    """Measure blocks on this machine into a lookup table (LUT).
+
+    \b
+    Examples:
+      autovit-lat profile --hw local-cpu --backend onnxruntime --preset paper46 --out luts/local-cpu.json
+      autovit-lat profile --hw local-cpu --space xxs
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from autovit.latmodel.hardware import load_profile
+    from autovit.latmodel.lut import Lut, load_lut
+    from autovit.latmodel.measure import TimingPolicy, check_backend, environment, physical_cores
+    from autovit.latmodel.modules import BlockSpec, paper46, space_blocks
+    from autovit.latmodel.profiler import profile_blocks
+
+    chosen = [x for x in (preset, space_name, blocks_file) if x]
+    if len(chosen) != 1:
+        raise AutoVitError("give exactly one module set: --preset paper46, --space NAME or --blocks FILE")
+    if threads is not None and threads <= 0:
+        raise AutoVitError(f"--threads must be a positive integer, got {threads}")
+    if ci_pct <= 0 or max_repeats < 5:
+        raise AutoVitError("--ci-pct must be > 0 and --max-repeats >= 5")
+    check_backend(backend)
+    device = load_profile(hw).name
+    if preset:
+        blocks = paper46()
+    elif space_name:
+        from autovit.nas.space import load_space
+
+        blocks = space_blocks(load_space(space_name))
+    else:
+        try:
+            blocks = [BlockSpec.from_dict(d) for d in json.loads(Path(blocks_file).read_text())]
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise AutoVitError(f"--blocks {blocks_file}: expected a JSON list of block descriptions ({e})") from None
+    threads = threads or physical_cores()
+    out = Path(out_path or f"luts/{device}.json")
+    policy = TimingPolicy(ci_pct=ci_pct, max_repeats=max_repeats)
+    if out.exists():
+        lut = load_lut(out, device)
+        if lut.backend != backend:
+            raise AutoVitError(f"{out} was measured with {lut.backend}, not {backend}; use another --out")
+    else:
+        lut = Lut(device, backend, environment(backend, threads), policy.__dict__)
+    todo = [b for b in blocks if not lut.has(mode, b)]
+    console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure "
+                  f"({backend}, {threads} threads)", highlight=False)
+    t0 = time.time()
+    failures: list = []
+    try:
+        with Progress(TextColumn("[bold]profile[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.description}"), console=console) as prog:
+            task = prog.add_task("", total=len(todo))
+
+            def step(block, m, err) -> None:
+                prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
+
+            measured, failures = profile_blocks(todo, lut, out, backend, threads, mode, policy, step)
+    except KeyboardInterrupt:
+        console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
+                      "run the same command to resume", highlight=False)
+        raise SystemExit(130) from None
+    if not lut.entries:
+        lut.save(out)
+    summary = {"lut": str(out), "device": device, "backend": backend, "threads": threads, "mode": mode,
+               "blocks": len(blocks), "measured": measured, "already_there": len(blocks) - len(todo),
+               "failed": [{"block": k, "error": e} for k, e in failures], "wall_s": round(time.time() - t0, 1)}
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"measured {measured} blocks in {summary['wall_s']} s -> {out}", highlight=False)
+        for k, e in failures:
+            console.print(f"[yellow]failed:[/] {k}: {e}", highlight=False)
+
+
 @cli.group()
 def hw() -> None:
     """Hardware profiles (hw_profiles/*.toml)."""

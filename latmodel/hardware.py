@@ -299,7 +299,62 @@ def _resolved_dict(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[dict[
     return d, where
 
 
+def _read_first_line(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
+def _size_mib(text: str | None) -> float:
+    """'1024K' / '32M' (sysfs cache sizes) -> MiB."""
+    if not text:
+        return 0.0
+    unit = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1].upper(), 1 / 2**20)
+    number = text[:-1] if text[-1].isalpha() else text
+    return float(number) * unit
+
+
+def detect_local_cpu() -> dict[str, Any]:
+    """This machine's [cpu] table and cache size, read from the OS (Linux; else what os tells)."""
+    from autovit.latmodel.measure import physical_cores
+
+    flags, mhz = "", 0.0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags") and not flags:
+                    flags = line
+                elif line.startswith("cpu MHz") and not mhz:
+                    mhz = float(line.split(":")[1])
+    except OSError:
+        pass
+    max_khz = _read_first_line("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    ghz = int(max_khz) / 1e6 if max_khz and max_khz.isdigit() else (mhz / 1e3 if mhz else 2.5)
+    simd = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+    cores = physical_cores()
+    # Private caches count once per core, shared ones once.
+    cache = 0.0
+    for i in range(8):
+        base = f"/sys/devices/system/cpu/cpu0/cache/index{i}"
+        level, kind = _read_first_line(f"{base}/level"), _read_first_line(f"{base}/type")
+        if level is None:
+            break
+        if kind == "Instruction" or level == "1":
+            continue
+        shared = _read_first_line(f"{base}/shared_cpu_list") or "0"
+        per_core = "," not in shared and "-" not in shared
+        cache += _size_mib(_read_first_line(f"{base}/size")) * (cores if per_core else 1)
+    out: dict[str, Any] = {"cpu": {"cores": cores, "ghz": round(ghz, 3), "simd_bits": simd}}
+    if cache > 0:
+        out["memory"] = {"cache_mib": round(cache, 2)}
+    return out
+
+
 def load_profile(name_or_path: str) -> HardwareProfile:
     """A built-in profile by name (see builtin_names()) or a TOML file by path."""
     d, where = _resolved_dict(name_or_path)
+    if d.get("detect"):
+        d = _merge(d, detect_local_cpu())
     return profile_from_dict(d, where)

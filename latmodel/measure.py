@@ -1,0 +1,168 @@
+"""Measuring latency the way a performance engineer would accept.
+
+Warm-up runs first, then timed runs until the 95 % confidence interval of the median is within
+`ci_pct` of it (distribution-free: order statistics of a binomial around the median) or the
+cap is reached. The median and inter-quartile range are kept; runs beyond 1.5 IQR of the
+quartiles are flagged as outliers, not dropped (the median already resists them).
+
+Backends time one callable each: `onnxruntime` (CPU), `torch` (CPU eager), `torch-cuda` (CUDA
+events around each run, synchronised), `coreml` (macOS only).
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from autovit.latmodel.errors import AutoVitError
+
+BACKENDS = ("onnxruntime", "torch", "torch-cuda", "coreml")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency statistics of one module, in ms."""
+
+    median_ms: float
+    iqr_ms: float
+    q1_ms: float
+    q3_ms: float
+    repeats: int
+    outliers: int
+    ci_pct: float  # half-width of the 95 % CI of the median, as % of the median
+    converged: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    warmup: int = 10
+    min_repeats: int = 20
+    max_repeats: int = 300
+    ci_pct: float = 2.0  # stop when the median's 95 % CI half-width is within this %
+    max_seconds: float = 20.0  # per module, on top of warm-up
+
+
+def median_ci_halfwidth_pct(samples: list[float]) -> float:
+    """Half-width of the distribution-free 95 % CI of the median, as % of the median."""
+    xs = sorted(samples)
+    n = len(xs)
+    if n < 6:
+        return float("inf")
+    # Ranks n/2 -+ 1.96 sqrt(n)/2 bound the median with ~95 % probability (binomial, p = 1/2).
+    half = 1.96 * math.sqrt(n) / 2
+    lo = max(0, int(math.floor(n / 2 - half)) - 1)
+    hi = min(n - 1, int(math.ceil(n / 2 + half)))
+    med = statistics.median(xs)
+    return (xs[hi] - xs[lo]) / 2 / med * 100 if med > 0 else float("inf")
+
+
+def summarize(samples_ms: list[float], ci_target: float) -> Measurement:
+    xs = sorted(samples_ms)
+    q1, med, q3 = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else (xs[0],) * 3
+    iqr = q3 - q1
+    outliers = sum(1 for x in xs if x < q1 - 1.5 * iqr or x > q3 + 1.5 * iqr)
+    ci = median_ci_halfwidth_pct(xs)
+    return Measurement(med, iqr, q1, q3, len(xs), outliers, ci, ci <= ci_target)
+
+
+def time_callable(run: Callable[[], object], policy: TimingPolicy = TimingPolicy(),
+                  clock: Callable[[], float] = time.perf_counter,
+                  timed: Callable[[Callable[[], object]], float] | None = None) -> Measurement:
+    """Median latency (ms) of `run()` under `policy`.
+
+    `timed`, when given, times one call itself and returns ms (CUDA events do this); otherwise
+    the wall clock around the call is used.
+    """
+    for _ in range(policy.warmup):
+        run()
+    samples: list[float] = []
+    start = clock()
+    while len(samples) < policy.max_repeats:
+        if timed is not None:
+            samples.append(timed(run))
+        else:
+            t0 = clock()
+            run()
+            samples.append((clock() - t0) * 1e3)
+        if len(samples) >= policy.min_repeats and (
+                median_ci_halfwidth_pct(samples) <= policy.ci_pct or clock() - start > policy.max_seconds):
+            break
+    return summarize(samples, policy.ci_pct)
+
+
+def cuda_event_timer(torch_module) -> Callable[[Callable[[], object]], float]:
+    """Times one call with CUDA events; synchronises so the kernel work is inside the interval."""
+    def timed(run: Callable[[], object]) -> float:
+        start = torch_module.cuda.Event(enable_timing=True)
+        end = torch_module.cuda.Event(enable_timing=True)
+        torch_module.cuda.synchronize()
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    return timed
+
+
+def check_backend(backend: str) -> None:
+    """Fail early, in one line, when a backend cannot run on this machine."""
+    if backend not in BACKENDS:
+        raise AutoVitError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if backend == "coreml" and platform.system() != "Darwin":
+        raise AutoVitError("--backend coreml needs macOS (Core ML runs models only there); use onnxruntime or torch here")
+    if backend == "torch-cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AutoVitError("--backend torch-cuda needs a CUDA GPU and none is visible; use onnxruntime or torch here")
+
+
+def physical_cores() -> int:
+    """Physical cores of this machine (logical / threads per core where the OS says)."""
+    try:
+        siblings = {}
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    siblings[(phys, core)] = True
+        if siblings:
+            return len(siblings)
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def environment(backend: str, threads: int | None) -> dict:
+    """What a measurement depends on, recorded next to it."""
+    import numpy
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    governor = None
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor") as f:
+            governor = f.read().strip()
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(), "governor": governor,
+        "os": platform.platform(), "python": platform.python_version(), "backend": backend, "threads": threads,
+        "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "numpy": numpy.__version__},
+    }

@@ -1,0 +1,203 @@
+"""The building blocks a lookup table (LUT) measures, as data.
+
+A BlockSpec holds every setting that changes a block's shape; its `key` names a LUT entry.
+Blocks are built from the same layers as the full network (nas/builder.py), at the feature-map
+size where they occur, so a measured block is the block the network runs.
+
+Kinds:
+- conv:        the stem, 3 -> width, k x k, stride 2
+- mbconv:      one inverted residual, cin -> cout
+- mvit_convs:  a MobileViT block without its transformer layers (local conv, 1x1 in/out,
+               unfold/fold, fusion conv) at width C
+- transformer: one transformer layer on P = patch^2 sequences of N tokens
+- head:        MBPool (1x1 conv, pool, classifier)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from autovit.latmodel.errors import AutoVitError
+
+KINDS = ("conv", "mbconv", "mvit_convs", "transformer", "head")
+
+
+@dataclass(frozen=True, order=True)
+class BlockSpec:
+    kind: str
+    hw: int  # input feature-map side (px)
+    cin: int
+    cout: int
+    kernel: int = 3
+    stride: int = 1
+    expansion: float = 1.0
+    heads: int = 0
+    mlp_ratio: float = 0.0
+    head_dim: int = 0
+    patch: int = 2
+    num_classes: int = 0
+
+    @property
+    def key(self) -> str:
+        """Stable, human-readable LUT key with only the fields that matter for this kind."""
+        parts = {k: v for k, v in self.to_dict().items() if k in _KEY_FIELDS[self.kind]}
+        return self.kind + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in parts.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BlockSpec":
+        known = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or d.get("kind") not in KINDS or not known >= set(d):
+            raise AutoVitError(f"not a block description: {d!r}")
+        return cls(**d)
+
+    def input_shape(self, batch: int = 1) -> tuple[int, ...]:
+        if self.kind == "transformer":
+            n = (self.hw // self.patch) ** 2
+            return (batch * self.patch * self.patch, n, self.cin)
+        return (batch, self.cin, self.hw, self.hw)
+
+    def build(self):
+        """The torch module for this block (eval mode)."""
+        from autovit.nas import builder as b
+        from autovit.nas.arch import TransformerLayer
+
+        if self.kind == "conv":
+            m = b.ConvBNAct(self.cin, self.cout, self.kernel, self.stride)
+        elif self.kind == "mbconv":
+            m = b.MBConv(self.cin, self.cout, self.stride, self.kernel, self.expansion)
+        elif self.kind == "mvit_convs":
+            m = b.MobileViTBlock(self.cin, self.cout, (), max(self.head_dim, 1), self.patch, self.kernel)
+        elif self.kind == "transformer":
+            m = b.TransformerBlock(self.cin, TransformerLayer(self.heads, self.mlp_ratio), self.head_dim)
+        elif self.kind == "head":
+            m = _Head(self.cin, self.cout, self.num_classes)
+        else:  # pragma: no cover - from_dict rejects unknown kinds
+            raise AutoVitError(f"unknown block kind {self.kind}")
+        return m.eval()
+
+
+_KEY_FIELDS = {
+    "conv": ("hw", "cin", "cout", "kernel", "stride"),
+    "mbconv": ("hw", "cin", "cout", "kernel", "stride", "expansion"),
+    "mvit_convs": ("hw", "cin", "cout", "kernel", "patch"),
+    "transformer": ("hw", "cin", "heads", "mlp_ratio", "head_dim", "patch"),
+    "head": ("hw", "cin", "cout", "num_classes"),
+}
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+class _Head(nn.Module):
+    """MBPool as a standalone block: 1x1 conv to `feats`, global average pool, classifier."""
+
+    def __init__(self, cin: int, feats: int, classes: int) -> None:
+        super().__init__()
+        from autovit.nas.builder import ConvBNAct
+
+        self.conv = ConvBNAct(cin, feats, 1)
+        self.fc = nn.Linear(feats, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+# ---- module sets --------------------------------------------------------------------------
+def paper46(resolution: int = 256) -> list[BlockSpec]:
+    """The paper's 46 LUT modules (SPEC.md section 4), each at the feature-map size where the XXS
+    space first uses that width: Conv {16, 24}, MBConv {16, 24, 32, 48}, transformer layers
+    {48, 64, 80, 96, 112} x heads {2, 3, 4, 5} x MLP ratio {1.5, 2}."""
+    from autovit.nas.space import load_space
+
+    sp = load_space("xxs")
+    out = [BlockSpec("conv", resolution, 3, w, sp.stem_kernel, sp.stem_stride) for w in (16, 24)]
+    side = resolution // sp.stem_stride
+    first_mb: dict[int, int] = {}
+    for st in sp.mbconv:
+        side //= st.stride
+        for w in st.widths:
+            first_mb.setdefault(w, side)
+    out += [BlockSpec("mbconv", first_mb[w], w, w, 3, 1, 1.0) for w in (16, 24, 32, 48)]
+    first_tr: dict[int, int] = {}
+    for st in sp.transformer:
+        side //= st.stride
+        for w in st.widths:
+            first_tr.setdefault(w, side)
+    for w in (48, 64, 80, 96, 112):
+        for h in (2, 3, 4, 5):
+            for r in (1.5, 2.0):
+                out.append(BlockSpec("transformer", first_tr[w], w, w, heads=h, mlp_ratio=r,
+                                     head_dim=sp.head_dim, patch=sp.patch))
+    return out
+
+
+def arch_blocks(arch) -> list[BlockSpec]:
+    """An AutoViT architecture as the sequence of blocks it runs (for LUT sums and profiling)."""
+    side = arch.resolution
+    blocks = [BlockSpec("conv", side, 3, arch.stem_width, arch.stem_kernel, arch.stem_stride)]
+    side = -(-side // arch.stem_stride)
+    c = arch.stem_width
+    for st in arch.mbconv:
+        for i in range(st.depth):
+            stride = st.stride if i == 0 else 1
+            blocks.append(BlockSpec("mbconv", side, c, st.width, st.kernel, stride, st.expansion))
+            side = -(-side // stride)
+            c = st.width
+    for st in arch.transformer:
+        blocks.append(BlockSpec("mbconv", side, c, st.width, arch.conv_kernel, st.stride, arch.downsample_expansion))
+        side = -(-side // st.stride)
+        c = st.width
+        blocks.append(BlockSpec("mvit_convs", side, c, c, arch.conv_kernel, patch=arch.patch, head_dim=arch.head_dim))
+        tokens_side = -(-side // arch.patch) * arch.patch
+        for layer in st.layers:
+            blocks.append(BlockSpec("transformer", tokens_side, c, c, heads=layer.heads, mlp_ratio=layer.mlp_ratio,
+                                    head_dim=arch.head_dim, patch=arch.patch))
+    blocks.append(BlockSpec("head", side, c, c * arch.head_expansion, num_classes=arch.num_classes))
+    return blocks
+
+
+def space_blocks(space) -> list[BlockSpec]:
+    """Every distinct block the space can produce (sorted). Walks the choices stage by stage, so
+    it is exact without enumerating the ~1e10 architectures."""
+    out: set[BlockSpec] = set()
+    for res in space.resolutions:
+        side = -(-res // space.stem_stride)
+        ins = set()
+        for w in space.stem_widths:
+            out.add(BlockSpec("conv", res, 3, w, space.stem_kernel, space.stem_stride))
+            ins.add(w)
+        for st in space.mbconv:
+            next_side = -(-side // st.stride)
+            outs = set()
+            for cin in ins:
+                for w in st.widths:
+                    for k in st.kernels:
+                        for e in st.expansions:
+                            out.add(BlockSpec("mbconv", side, cin, w, k, st.stride, e))
+                            if max(st.depths) > 1:
+                                out.add(BlockSpec("mbconv", next_side, w, w, k, 1, e))
+                    outs.add(w)
+            ins, side = outs, next_side
+        for i, st in enumerate(space.transformer[:max(space.num_transformer_stages)]):
+            next_side = -(-side // st.stride)
+            for cin in ins:
+                for w in st.widths:
+                    out.add(BlockSpec("mbconv", side, cin, w, space.conv_kernel, st.stride, space.downsample_expansion))
+            tokens_side = -(-next_side // space.patch) * space.patch
+            for w in st.widths:
+                out.add(BlockSpec("mvit_convs", next_side, w, w, space.conv_kernel, patch=space.patch, head_dim=space.head_dim))
+                for h in st.heads:
+                    for r in st.mlp_ratios:
+                        out.add(BlockSpec("transformer", tokens_side, w, w, heads=h, mlp_ratio=r,
+                                          head_dim=space.head_dim, patch=space.patch))
+                if i + 1 in space.num_transformer_stages:
+                    out.add(BlockSpec("head", next_side, w, w * space.head_expansion, num_classes=space.num_classes))
+            ins, side = set(st.widths), next_side
+    return sorted(out)

@@ -1,0 +1,178 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.lut import LUT_SCHEMA, Lut, load_lut
+from autovit.latmodel.measure import (
+    TimingPolicy, check_backend, cuda_event_timer, median_ci_halfwidth_pct, summarize, time_callable)
+from autovit.latmodel.modules import BlockSpec, arch_blocks, paper46, space_blocks
+from autovit.latmodel.profiler import profile_blocks
+from autovit.nas.space import load_space
+
+from test_cli import assert_one_line_error, run_cli
+
+FAST = TimingPolicy(warmup=1, min_repeats=5, max_repeats=6, ci_pct=50.0)
+SMALL = [BlockSpec("mbconv", 8, 8, 8, 3, 1, 1.0), BlockSpec("transformer", 4, 16, 16, heads=2, mlp_ratio=2.0, head_dim=8)]
+
+
+def test_paper46_is_the_papers_table():
+    blocks = paper46()
+    kinds = [b.kind for b in blocks]
+    assert len(blocks) == 46 and kinds.count("conv") == 2 and kinds.count("mbconv") == 4
+    assert len({b.key for b in blocks}) == 46
+
+
+@pytest.mark.parametrize("name", ["xxs", "xs", "s"])
+def test_space_blocks_cover_every_sampled_architecture(name):
+    sp = load_space(name)
+    blocks = set(space_blocks(sp))
+    for seed in range(40):
+        assert set(arch_blocks(sp.sample(seed))) <= blocks
+
+
+def test_statistics():
+    xs = [1.0] * 50 + [1.1] * 50
+    m = summarize(xs, 5.0)
+    assert m.median_ms == pytest.approx(1.05) and m.repeats == 100 and m.converged
+    assert summarize([1.0] * 20 + [50.0], 5.0).outliers == 1
+    assert median_ci_halfwidth_pct([1, 2, 3]) == math.inf
+
+
+def test_time_callable_stops_when_the_median_is_stable():
+    ticks = iter(range(10_000))
+    m = time_callable(lambda: None, TimingPolicy(warmup=2, min_repeats=10, max_repeats=200, ci_pct=1.0),
+                      clock=lambda: next(ticks) * 1e-3)  # every run takes exactly 1 ms
+    assert m.repeats == 10 and m.median_ms == pytest.approx(1.0) and m.converged
+
+
+def test_cuda_timer_synchronises_and_reads_events():
+    calls = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+        def record(self): calls.append("record")
+        def synchronize(self): calls.append("event-sync")
+        def elapsed_time(self, other): return 2.5
+
+    class Cuda:
+        Event = FakeEvent
+        @staticmethod
+        def synchronize(): calls.append("device-sync")
+
+    class FakeTorch:
+        cuda = Cuda
+
+    ms = cuda_event_timer(FakeTorch)(lambda: calls.append("run"))
+    assert ms == 2.5 and calls == ["device-sync", "record", "run", "record", "event-sync"]
+
+
+def test_backends_that_cannot_run_here():
+    import platform
+
+    if platform.system() != "Darwin":
+        with pytest.raises(AutoVitError, match="needs macOS"):
+            check_backend("coreml")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(AutoVitError, match="needs a CUDA GPU"):
+            check_backend("torch-cuda")
+
+
+def _lut_file(tmp_path, **changes):
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    lut.add("isolated", SMALL[0], {"median_ms": 0.1})
+    d = lut.to_dict() | changes
+    p = tmp_path / "lut.json"
+    p.write_text(json.dumps(d))
+    return p, d
+
+
+def test_lut_round_trip_and_bad_luts(tmp_path):
+    p, d = _lut_file(tmp_path)
+    assert load_lut(p, "local-cpu").median_ms("isolated", SMALL[0]) == 0.1
+    assert load_lut(p, "local-cpu@calibrated")  # same device
+    with pytest.raises(AutoVitError, match="measured on 'local-cpu', not 'v100'"):
+        load_lut(p, "v100")
+    p, _ = _lut_file(tmp_path, schema="autovit-lut/0")
+    with pytest.raises(AutoVitError, match="schema"):
+        load_lut(p)
+    p.write_text(json.dumps(d)[:40])
+    with pytest.raises(AutoVitError, match="corrupted or truncated"):
+        load_lut(p)
+    for bad in (float("nan"), -1.0, 0.0, "fast"):
+        e = dict(d["entries"])
+        key = next(iter(e))
+        e[key] = dict(e[key], median_ms=bad)
+        p.write_text(json.dumps(d | {"entries": e}))
+        with pytest.raises(AutoVitError, match="must be finite and > 0"):
+            load_lut(p)
+
+
+def test_failing_block_is_reported_and_the_rest_measured(tmp_path):
+    broken = BlockSpec("mbconv", 8, 8, 8, 3, 0, 1.0)  # stride 0: torch refuses it before ONNX Runtime sees it
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    measured, failures = profile_blocks([broken] + SMALL, lut, tmp_path / "l.json", "onnxruntime", 1, "isolated", FAST)
+    assert measured == 2 and len(failures) == 1 and failures[0][0] == broken.key
+    assert len(load_lut(tmp_path / "l.json").entries) == 2
+
+
+def test_interrupted_profile_is_intact_and_resumes(tmp_path):
+    out = tmp_path / "l.json"
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+
+    def stop_after_first(block, m, err):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile_blocks(SMALL, lut, out, "onnxruntime", 1, "isolated", FAST, stop_after_first)
+    resumed = load_lut(out, "local-cpu")
+    assert len(resumed.entries) == 1
+    measured, _ = profile_blocks(SMALL, resumed, out, "onnxruntime", 1, "isolated", FAST)
+    assert measured == 1 and len(load_lut(out).entries) == 2
+
+
+def test_profile_cli_resumes_and_refuses_bad_input(tmp_path, capsys):
+    blocks = tmp_path / "blocks.json"
+    blocks.write_text(json.dumps([b.to_dict() for b in SMALL]))
+    out = tmp_path / "lut.json"
+    args = ["profile", "--hw", "local-cpu", "--blocks", str(blocks), "--out", str(out), "--max-repeats", "6",
+            "--ci-pct", "50", "--json"]
+    code, stdout, _ = run_cli(__import__("autovit.cli.lat", fromlist=["x"]), args, capsys)
+    assert code == 0 and json.loads(stdout)["measured"] == 2
+    code, stdout, _ = run_cli(__import__("autovit.cli.lat", fromlist=["x"]), args, capsys)
+    assert code == 0 and json.loads(stdout)["measured"] == 0 and json.loads(stdout)["already_there"] == 2
+    lat = __import__("autovit.cli.lat", fromlist=["x"])
+    code, _, err = run_cli(lat, ["profile", "--hw", "v100", "--blocks", str(blocks), "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "not 'v100'")
+    code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--backend", "coreml", "--preset", "paper46"], capsys)
+    assert_one_line_error(code, err, "macOS")
+    code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--preset", "paper46", "--space", "xxs"], capsys)
+    assert_one_line_error(code, err, "exactly one module set")
+
+
+def test_ctrl_c_during_profile_leaves_a_valid_lut(tmp_path):
+    """A real SIGINT to the real command: the LUT on disk stays valid and the run resumes."""
+    out = tmp_path / "lut.json"
+    cmd = [sys.executable, "-m", "autovit.cli.lat", "profile", "--hw", "local-cpu", "--space", "xxs",
+           "--out", str(out), "--max-repeats", "6", "--ci-pct", "50"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out.exists() and len(json.loads(out.read_text())["entries"]) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume" in err
+    saved = load_lut(out, "local-cpu")
+    assert 3 <= len(saved.entries) < len(space_blocks(load_space("xxs")))
+    assert json.loads(out.read_text())["schema"] == LUT_SCHEMA
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
