@@ -1,0 +1,36 @@
+from dataclasses import replace
+
+import pytest
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.fit import ProfileCalibrator
+from autovit.latmodel.hardware import load_profile
+from autovit.latmodel.modules import BlockSpec
+
+BLOCKS = [BlockSpec("conv", 64, 3, 16, 3, 2), BlockSpec("conv", 64, 3, 24, 3, 2),
+          BlockSpec("mbconv", 32, 16, 16, 3, 1, 1.0), BlockSpec("mbconv", 16, 24, 32, 3, 2, 2.0),
+          BlockSpec("mbconv", 16, 32, 32, 3, 1, 1.0)] + [
+          BlockSpec("transformer", hw, w, w, heads=h, mlp_ratio=2.0, head_dim=16)
+          for hw, w, h in ((16, 48, 2), (8, 64, 3), (8, 80, 4), (4, 96, 2), (4, 112, 4), (16, 64, 4))]
+
+
+def test_fit_recovers_parameters_it_generated():
+    """Measurements made by the model itself with known parameters: the fit must find them."""
+    base = load_profile("cpu-x86")
+    names = ("eff_matrix", "eff_vector", "dispatch_us")
+    truth = replace(base, eff_matrix=0.35, eff_vector=0.12, dispatch_us=9.0)
+    cal = ProfileCalibrator(base, names)
+    measured = [cal._model(b).estimate(truth, 1).latency_ms for b in BLOCKS]
+    c = cal.fit(BLOCKS, measured)
+    assert c.rms_log_error < 1e-3
+    assert c.params["eff_matrix"] == pytest.approx(0.35, rel=0.02)
+    assert c.params["dispatch_us"] == pytest.approx(9.0, rel=0.05)
+    assert list(cal.predict(BLOCKS)) == pytest.approx(measured, rel=1e-3)
+
+
+def test_refuses_fewer_points_than_parameters():
+    cal = ProfileCalibrator(load_profile("cpu-x86"))
+    with pytest.raises(AutoVitError, match="at least as many measured blocks as free parameters"):
+        cal.fit(BLOCKS[:3], [1.0, 1.0, 1.0])
+    with pytest.raises(AutoVitError, match="calibrate first"):
+        ProfileCalibrator(load_profile("cpu-x86")).predict(BLOCKS)
