@@ -35,6 +35,10 @@ NORMS = {"LayerNormalization": 8, "BatchNormalization": 2, "InstanceNormalizatio
          "GroupNormalization": 8, "LpNormalization": 4, "MeanVarianceNormalization": 8,
          "SimplifiedLayerNormalization": 6, "RMSNormalization": 6}
 SOFTMAX = {"Softmax": 5, "LogSoftmax": 6}
+# Ops that evaluate a transcendental function (exp, tanh, erf, log) per output element: their
+# price per call is the profile's `transcendental_flops`, not one FLOP.
+TRANSCENDENTAL = {"Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Erf", "Exp", "Log", "Gelu", "Elu", "Selu",
+                  "Softplus", "Mish", "Celu", "Pow", "Sin", "Cos"}
 POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"}
 REDUCES = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
            "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp", "ArgMax", "ArgMin"}
@@ -66,6 +70,7 @@ class OpCost:
     batch_in: str = "m"  # where the batch multiplies a GEMM: "m" (folded into rows) or "count"
     known: bool = True
     act_shapes: list[tuple[int, ...]] = field(default_factory=list)  # activations touched (for layout padding)
+    transcendentals: int = 0  # exp/tanh/erf/log evaluations
 
 
 def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
@@ -93,7 +98,8 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
 
     def mk(category: str, klass: str, flops: float, work: int | None = None, **kw) -> OpCost:
         return OpCost(op.name, ot, category, klass, float(flops), in_elems, out_elems, w_elems,
-                      work if work is not None else max(out_elems, 1), act_shapes=shapes, **kw)
+                      work if work is not None else max(out_elems, 1), act_shapes=shapes,
+                      transcendentals=out_elems if ot in TRANSCENDENTAL else 0, **kw)
 
     if ot in ("Conv", "ConvTranspose"):
         return _conv_cost(op, t, mk, in_elems, out_elems)

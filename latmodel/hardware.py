@@ -66,6 +66,7 @@ class HardwareProfile:
     tiles_per_unit: int
     vector_block: int
     matrix_align: dict[str, int]
+    transcendental_flops: float
     dram_gbps: float
     cache_mib: float
     cache_gbps: float
@@ -102,7 +103,7 @@ class HardwareProfile:
 
     # Free parameters: what data sheets cannot give. Calibration (issue 3) fits exactly these.
     FREE_PARAMETERS = ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us", "dispatch_us",
-                       "layout_penalty", "k_half")
+                       "view_dispatch_us", "layout_penalty", "k_half")
 
 
 # ---- schema -----------------------------------------------------------------------------------
@@ -232,6 +233,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         units=_get(d, "compute.units", int, where, positive=True), matrix_tflops=matrix, vector_tflops=vector,
         gemm_tile=(tile[0], tile[1]), tiles_per_unit=_get(d, "compute.tiles_per_unit", int, where, positive=True),
         vector_block=_get(d, "compute.vector_block", int, where, positive=True),
+        transcendental_flops=float(_get(d, "compute.transcendental_flops", _NUM, where, 1.0, positive=True)),
         matrix_align=_per_dtype(d, "compute.matrix_align", where, int) if "matrix_align" in d.get("compute", {}) else {},
         dram_gbps=float(_get(d, "memory.dram_gbps", _NUM, where, positive=True)),
         cache_mib=float(_get(d, "memory.cache_mib", _NUM, where)),

@@ -133,7 +133,8 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
         act_elems *= 3
     act_bytes = act_elems * scale * eb
     w_bytes = k.w_elems * eb
-    flops = k.flops * scale
+    # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
+    flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
 
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
