@@ -115,7 +115,7 @@ def presets(as_json: bool) -> None:
         print_json(rows)
         return
     t = Table(title="AutoViT presets (paper Table 5)")
-    for col in ("preset", "params (M)", "paper (M)", "widths", "heads", "MLP ratios", "depths", f"in its space"):
+    for col in ("preset", "params (M)", "paper (M)", "widths", "heads", "MLP ratios", "depths", "in its space"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['paper_params_m']:g}", str(r["widths"]),
