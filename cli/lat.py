@@ -254,6 +254,56 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
             console.print(f"[yellow]failed:[/] {k}: {e}", highlight=False)
 
 
+@cli.command()
+@click.option("--hw", "hw", required=True, help="The data-sheet profile to calibrate (e.g. local-cpu).")
+@click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="LUT from `autovit-lat profile`.")
+@click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Profile file to write [default: $AUTOVIT_HOME/profiles/HW@calibrated.toml].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: bool) -> None:
+    """Fit a profile's free parameters to measured blocks; writes HW@calibrated.
+
+    \b
+    Example:
+      autovit-lat calibrate --hw local-cpu --lut luts/local-cpu.json
+      autovit-lat estimate autovit:xxs --hw local-cpu@calibrated
+    """
+    from datetime import date
+
+    from autovit.latmodel.fit import ProfileCalibrator
+    from autovit.latmodel.hardware import load_profile, write_calibrated_profile
+    from autovit.latmodel.lut import load_lut
+    from autovit.latmodel.modules import BlockSpec
+
+    profile = load_profile(hw)
+    lut = load_lut(lut_path, profile.name)
+    entries = [e for e in lut.entries.values() if e.get("mode") == mode]
+    blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
+    measured = [float(e["median_ms"]) for e in entries]
+    calibrator = ProfileCalibrator(profile)
+    with console.status(f"fitting {len(calibrator.names)} parameters to {len(blocks)} blocks", spinner="dots"):
+        cal = calibrator.fit(blocks, measured)
+    record = {"lut": str(lut_path), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
+              "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
+              "at_bound": cal.at_bound}
+    written = write_calibrated_profile(hw, cal.params, record, out_path)
+    if as_json:
+        print_json({"profile": str(written), **cal.to_dict()})
+        return
+    t = Table(title=f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
+    for col in ("parameter", "data sheet", "fitted", "+-"):
+        t.add_column(col, justify="left" if col == "parameter" else "right")
+    for n, v in cal.params.items():
+        t.add_row(n, f"{getattr(profile, n):.4g}", f"{v:.4g}", f"{cal.stderr[n]:.2g}")
+    console.print(t)
+    console.print("fit error (MAPE by block kind): " + ", ".join(f"{k} {v:.1f} %" for k, v in cal.mape_by_kind.items())
+                  + f"; RMS log error {cal.rms_log_error:.3f}", highlight=False)
+    for w in cal.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.print(f"wrote {written}; use --hw {profile.name}@calibrated", highlight=False)
+
+
 @cli.group()
 def hw() -> None:
     """Hardware profiles (hw_profiles/*.toml)."""
@@ -263,20 +313,26 @@ def hw() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON array on stdout.")
 def hw_list(as_json: bool) -> None:
     """List the built-in hardware profiles."""
-    from autovit.latmodel.hardware import builtin_names, load_profile
+    from autovit.latmodel.hardware import builtin_names, calibrated_names, load_profile
 
-    profiles = [load_profile(n) for n in builtin_names()]
+    profiles = [load_profile(n) for n in builtin_names() + calibrated_names()]
     if as_json:
         print_json([{"name": p.name, "kind": p.kind, "runtime": p.runtime, "dtypes": list(p.dtypes),
-                     "matrix_tflops": p.matrix_tflops, "dram_gbps": p.dram_gbps, "description": p.description}
+                     "matrix_tflops": p.matrix_tflops, "dram_gbps": p.dram_gbps, "description": p.description,
+                     "calibration": {k: p.calibration.get(k) for k in ("lut", "date", "rms_log_error")}
+                     if p.calibration else None}
                     for p in profiles])
         return
     t = Table(title="hardware profiles")
     for col in ("name", "kind", "runtime", "dtypes", "peak TFLOPS", "DRAM GB/s", "description"):
         t.add_column(col)
     for p in profiles:
+        desc = p.description
+        if p.calibration:
+            c = p.calibration
+            desc = f"calibrated {c.get('date')} on {c.get('lut')}, RMS log error {c.get('rms_log_error', 0):.3f}"
         t.add_row(p.name, p.kind, p.runtime, ",".join(p.dtypes),
-                  " / ".join(f"{k} {v:g}" for k, v in p.matrix_tflops.items()), f"{p.dram_gbps:g}", p.description)
+                  " / ".join(f"{k} {v:.4g}" for k, v in p.matrix_tflops.items()), f"{p.dram_gbps:g}", desc)
     console.print(t)
 
 

@@ -264,8 +264,74 @@ def builtin_names() -> list[str]:
                   if p.name.endswith(".toml") and not p.name.startswith("_"))
 
 
+# Where a free parameter lives in a profile TOML (section, key).
+PARAMETER_FIELDS = {
+    "eff_matrix": ("efficiency", "matrix"), "eff_gemm": ("efficiency", "gemm"), "eff_vector": ("efficiency", "vector"),
+    "eff_memory": ("efficiency", "memory"), "layout_penalty": ("efficiency", "layout_penalty"),
+    "k_half": ("efficiency", "k_half"), "launch_us": ("overhead", "launch_us"),
+    "dispatch_us": ("overhead", "dispatch_us"), "view_dispatch_us": ("overhead", "view_dispatch_us"),
+}
+CALIBRATED_SUFFIX = "@calibrated"
+
+
+def user_profile_dir() -> Path:
+    """Where calibrated profiles are written: $AUTOVIT_HOME/profiles (default ~/.autovit)."""
+    import os
+
+    return Path(os.environ.get("AUTOVIT_HOME", Path.home() / ".autovit")) / "profiles"
+
+
+def calibrated_names() -> list[str]:
+    d = user_profile_dir()
+    return sorted(p.name[:-5] for p in d.glob(f"*{CALIBRATED_SUFFIX}.toml")) if d.is_dir() else []
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(float(v)) if isinstance(v, float) else str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(x)}' for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def write_calibrated_profile(base: str, params: dict[str, float], calibration: dict[str, Any],
+                             path: str | Path | None = None) -> Path:
+    """A profile that starts from `base` and overrides the fitted free parameters (atomic write)."""
+    from autovit.latmodel.io import atomic_write_text
+
+    name = f"{Path(base).stem.split('@')[0]}{CALIBRATED_SUFFIX}"
+    sections: dict[str, dict[str, Any]] = {}
+    for param, value in params.items():
+        section, key = PARAMETER_FIELDS[param]
+        sections.setdefault(section, {})[key] = value
+    lines = ["# Written by `autovit-lat calibrate`: the fitted free parameters of the base profile.",
+             f"name = {_toml_value(name)}", f"base = {_toml_value(base)}",
+             f"description = {_toml_value('calibrated from ' + str(calibration.get('lut', '?')))}", ""]
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    lines.append("[calibration]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in calibration.items()]
+    out = Path(path) if path else user_profile_dir() / f"{name}.toml"
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out
+
+
 def _read_toml(name_or_path: str) -> tuple[dict[str, Any], str]:
     p = Path(name_or_path)
+    if name_or_path.endswith(CALIBRATED_SUFFIX) and not p.is_file():
+        p = user_profile_dir() / f"{name_or_path}.toml"
+        if not p.is_file():
+            raise AutoVitError(f"no calibrated profile '{name_or_path}' in {p.parent}; run "
+                               f"`autovit-lat calibrate --hw {name_or_path[:-len(CALIBRATED_SUFFIX)]} --lut LUT` first")
+        name_or_path = str(p)
     if name_or_path.endswith(".toml") or p.is_file():
         if not p.is_file():
             raise AutoVitError(f"hardware profile file not found: {p}")

@@ -34,3 +34,38 @@ def test_refuses_fewer_points_than_parameters():
         cal.fit(BLOCKS[:3], [1.0, 1.0, 1.0])
     with pytest.raises(AutoVitError, match="calibrate first"):
         ProfileCalibrator(load_profile("cpu-x86")).predict(BLOCKS)
+
+
+def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys):
+    import json
+
+    from autovit.cli import lat
+    from autovit.latmodel.lut import Lut
+    from test_cli import assert_one_line_error, run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    base = load_profile("cpu-x86")
+    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
+    cal = ProfileCalibrator(base)
+    lut = Lut("cpu-x86", "onnxruntime", {}, {})
+    for b in BLOCKS:
+        lut.add("isolated", b, {"median_ms": cal._model(b).estimate(truth, 1).latency_ms})
+    lut.save(tmp_path / "lut.json")
+    code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["rms_log_error"] < 0.05 and result["profile"].endswith("cpu-x86@calibrated.toml")
+    calibrated = load_profile("cpu-x86@calibrated")
+    assert calibrated.calibration["n_points"] == len(BLOCKS) and calibrated.units == base.units
+    code, out, _ = run_cli(lat, ["hw", "list", "--json"], capsys)
+    assert any(p["name"] == "cpu-x86@calibrated" and p["calibration"] for p in json.loads(out))
+    code, out, _ = run_cli(lat, ["estimate", "autovit:xxs", "--hw", "cpu-x86@calibrated", "--json"], capsys)
+    assert code == 0 and json.loads(out)["hw"] == "cpu-x86@calibrated"
+    # Too few blocks, and a calibrated profile that does not exist yet.
+    small = Lut("cpu-x86", "onnxruntime", {}, {})
+    small.add("isolated", BLOCKS[0], {"median_ms": 0.5})
+    small.save(tmp_path / "small.json")
+    code, _, err = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "small.json")], capsys)
+    assert_one_line_error(code, err, "at least as many measured blocks")
+    code, _, err = run_cli(lat, ["estimate", "autovit:xxs", "--hw", "v100@calibrated"], capsys)
+    assert_one_line_error(code, err, "no calibrated profile")
