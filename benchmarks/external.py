@@ -73,13 +73,12 @@ def _export_timm(model: str, size: int, out: str) -> str:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     from autovit.latmodel.errors import AutoVitError
-    from autovit.latmodel.graph import build_graph
     from autovit.latmodel.io import atomic_write_bytes
-    from autovit.latmodel.sources import onnx_from_module, timm_model
+    from autovit.latmodel.sources import module_graph, timm_model
 
     try:
         m, side = timm_model(model, size)
-        g = build_graph(onnx_from_module(m, size), source=f"timm:{model}@{size}")
+        g = module_graph(m, (1, 3, size, size), source=f"timm:{model}@{size}")
     except AutoVitError as e:
         return f"skip: {str(e).split(';')[0]}"
     except Exception as e:  # a model our exporter or onnx cannot handle: counted, not fatal
@@ -97,12 +96,11 @@ def _export_ofa(idx: int, res: int, ks: str, e: str, d: str, out: str) -> str:
     torch.set_num_threads(1)
     from ofa_mbv3 import OFAMobileNetV3, parse_row
 
-    from autovit.latmodel.graph import build_graph
     from autovit.latmodel.io import atomic_write_bytes
-    from autovit.latmodel.sources import onnx_from_module
+    from autovit.latmodel.sources import module_graph
 
     model = OFAMobileNetV3(*parse_row(ks, e, d))
-    g = build_graph(onnx_from_module(model, res), source=f"ofa:{idx}")
+    g = module_graph(model, (1, 3, res, res), source=f"ofa:{idx}")
     atomic_write_bytes(Path(out), pickle.dumps(g))
     return "ok"
 

@@ -30,15 +30,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
 
 
 def block_model(block: BlockSpec) -> LatencyModel:
-    """The latency model of one block, exported the way networks are for estimation
-    (weight-less, BatchNorm kept for the profile to fuse), at the block's own input shape."""
-    import onnx
+    """The latency model of one block, exported as networks are, at the block's own input shape."""
+    from autovit.latmodel.sources import module_graph
 
-    from autovit.latmodel.graph import build_graph
-    from autovit.nas.export import export_onnx_bytes
-
-    data = export_onnx_bytes(block.build(), block.input_shape(), with_weights=False, fold_batchnorm=False)
-    return LatencyModel(build_graph(onnx.load_from_string(data), source=block.key))
+    return LatencyModel(module_graph(block.build(), block.input_shape(), source=block.key))
 
 
 @dataclass
@@ -52,9 +47,6 @@ class Calibration:
     rms_log_error: float
     mape_by_kind: dict[str, float]
     warnings: list[str] = field(default_factory=list)
-
-    def apply(self, profile: HardwareProfile) -> HardwareProfile:
-        return replace(profile, **self.params)
 
     def to_dict(self) -> dict[str, Any]:
         return {"params": self.params, "stderr": self.stderr, "at_bound": self.at_bound, "n_points": self.n_points,
@@ -70,7 +62,7 @@ class ProfileCalibrator:
         # A parameter the profile cannot use would be unidentifiable: leave it out.
         if profile.async_dispatch is False and profile.kind == "cpu":
             names = tuple(n for n in names if n != "launch_us")
-        self.names = tuple(n for n in names if n in BOUNDS)
+        self.names = tuple(names)
         self._models: dict[str, LatencyModel] = {}
         self.calibration: Calibration | None = None
 

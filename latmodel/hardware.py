@@ -51,6 +51,16 @@ class Fallback:
     transfer_gbps: float
 
 
+# Free parameters: what data sheets cannot give, and where each lives in a profile TOML
+# (section, key). Calibration fits exactly these.
+PARAMETER_FIELDS = {
+    "eff_matrix": ("efficiency", "matrix"), "eff_gemm": ("efficiency", "gemm"), "eff_vector": ("efficiency", "vector"),
+    "eff_memory": ("efficiency", "memory"), "launch_us": ("overhead", "launch_us"),
+    "dispatch_us": ("overhead", "dispatch_us"), "view_dispatch_us": ("overhead", "view_dispatch_us"),
+    "layout_penalty": ("efficiency", "layout_penalty"), "k_half": ("efficiency", "k_half"),
+}
+
+
 @dataclass(frozen=True)
 class HardwareProfile:
     name: str
@@ -101,9 +111,7 @@ class HardwareProfile:
                 f"hardware '{self.name}' does not compute in {dtype}; use --dtype {' or '.join(self.dtypes)}")
         return dtype
 
-    # Free parameters: what data sheets cannot give. Calibration (issue 3) fits exactly these.
-    FREE_PARAMETERS = ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us", "dispatch_us",
-                       "view_dispatch_us", "layout_penalty", "k_half")
+    FREE_PARAMETERS = tuple(PARAMETER_FIELDS)
 
 
 # ---- schema -----------------------------------------------------------------------------------
@@ -264,13 +272,6 @@ def builtin_names() -> list[str]:
                   if p.name.endswith(".toml") and not p.name.startswith("_"))
 
 
-# Where a free parameter lives in a profile TOML (section, key).
-PARAMETER_FIELDS = {
-    "eff_matrix": ("efficiency", "matrix"), "eff_gemm": ("efficiency", "gemm"), "eff_vector": ("efficiency", "vector"),
-    "eff_memory": ("efficiency", "memory"), "layout_penalty": ("efficiency", "layout_penalty"),
-    "k_half": ("efficiency", "k_half"), "launch_us": ("overhead", "launch_us"),
-    "dispatch_us": ("overhead", "dispatch_us"), "view_dispatch_us": ("overhead", "view_dispatch_us"),
-}
 CALIBRATED_SUFFIX = "@calibrated"
 
 

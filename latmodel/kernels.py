@@ -150,13 +150,14 @@ def form_kernels(g: OpGraph, costs: dict[str, OpCost], profile: HardwareProfile)
     return [_merge(g, costs, ops, rule, former, unsupported) for ops, rule in former.form()]
 
 
-def _klass_on(c: OpCost, profile: HardwareProfile, former: "_Former") -> str:
+def _klass_on(c: OpCost, former: "_Former") -> str:
     """A layout op is free where the backend only rewrites strides, a copy elsewhere.
 
     With `strided_readers` (PyTorch eager), a Transpose is only a new set of strides when every
     reader accepts strided input (BLAS, attention, slices, elementwise); the copy happens in the
     reshape that needs contiguous memory after it.
     """
+    profile = former.profile
     if profile.strided_readers:
         op = former.g.op(c.name)
         if c.op_type == "Transpose":
@@ -178,7 +179,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
     cs = [costs[o] for o in ops]
     if len(ops) == 1:
         c = cs[0]
-        return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former.profile, former), c.flops,
+        return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
                       c.op_type in unsupported, c.transcendentals)
     inside = set(ops)

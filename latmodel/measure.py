@@ -125,19 +125,19 @@ def check_backend(backend: str) -> None:
 
 
 def physical_cores() -> int:
-    """Physical cores of this machine (logical / threads per core where the OS says)."""
+    """Physical cores of this machine: distinct (socket, core) pairs in /proc/cpuinfo, else the
+    logical CPU count."""
     try:
-        siblings = {}
+        cores: set[tuple[str | None, str]] = set()
         with open("/proc/cpuinfo") as f:
-            phys = core = None
+            phys = None
             for line in f:
                 if line.startswith("physical id"):
                     phys = line.split(":")[1].strip()
                 elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                    siblings[(phys, core)] = True
-        if siblings:
-            return len(siblings)
+                    cores.add((phys, line.split(":")[1].strip()))
+        if cores:
+            return len(cores)
     except OSError:
         pass
     return os.cpu_count() or 1

@@ -30,22 +30,18 @@ def measure_block(block: BlockSpec, backend: str, threads: int, policy: TimingPo
         sess = ort.InferenceSession(export_onnx_bytes(module, shape), opts, providers=["CPUExecutionProvider"])
         feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         return time_callable(lambda: sess.run(None, feed), policy)
-    if backend == "torch":
-        torch.set_num_threads(threads)
-        x = torch.randn(shape)
+    if backend in ("torch", "torch-cuda"):
+        cuda = backend == "torch-cuda"
+        if not cuda:
+            torch.set_num_threads(threads)
+        device = "cuda" if cuda else "cpu"
+        module = module.to(device)
+        x = torch.randn(shape, device=device)
 
         def run() -> None:
             with torch.inference_mode():
                 module(x)
-        return time_callable(run, policy)
-    if backend == "torch-cuda":
-        module = module.cuda()
-        x = torch.randn(shape, device="cuda")
-
-        def run_cuda() -> None:
-            with torch.inference_mode():
-                module(x)
-        return time_callable(run_cuda, policy, timed=cuda_event_timer(torch))
+        return time_callable(run, policy, timed=cuda_event_timer(torch) if cuda else None)
     raise AutoVitError(f"backend '{backend}' cannot measure here")  # coreml: check_backend already refused off macOS
 
 

@@ -30,28 +30,29 @@ def timm_model(name: str, img_size: int | None = None):
     return model.eval(), side
 
 
-def onnx_from_module(model, side: int, batch: int = 1, with_weights: bool = False) -> onnx.ModelProto:
-    """ONNX of a torch module at a fixed input size, as a latency model wants it: without weight
-    values (parameters stay shaped graph inputs) and with BatchNorm kept as its own op (whether
-    it fuses is the hardware profile's call)."""
+def module_graph(model, input_shape: tuple[int, ...], source: str = "") -> OpGraph:
+    """Op graph of a torch module at a fixed input shape, exported as a latency model wants it:
+    without weight values (parameters stay shaped graph inputs) and with BatchNorm kept as its
+    own op (whether it fuses is the hardware profile's call)."""
     from autovit.nas.export import export_onnx_bytes
 
-    return onnx.load_from_string(export_onnx_bytes(model, (batch, 3, side, side), with_weights=with_weights,
-                                                   fold_batchnorm=False))
+    data = export_onnx_bytes(model, input_shape, with_weights=False, fold_batchnorm=False)
+    return build_graph(onnx.load_from_string(data), source=source)
 
 
 def arch_graph(arch, source: str = "") -> OpGraph:
     """Op graph of an AutoViT ArchConfig at batch 1."""
     from autovit.nas.builder import build_model
 
-    return build_graph(onnx_from_module(build_model(arch), arch.resolution), source=source or arch.name or "arch")
+    side = arch.resolution
+    return module_graph(build_model(arch), (1, 3, side, side), source=source or arch.name or "arch")
 
 
 def graph_for(source: str, input_shape: tuple[int, ...] | None = None) -> OpGraph:
     """The op graph at batch 1 (or the ONNX file's own batch) for any supported source."""
     if source.startswith("timm:"):
         model, side = timm_model(source[5:])
-        return build_graph(onnx_from_module(model, side), source=source)
+        return module_graph(model, (1, 3, side, side), source=source)
     if source.startswith("autovit:"):
         from autovit.nas.presets import load_preset
 

@@ -69,3 +69,12 @@ def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys
     assert_one_line_error(code, err, "at least as many measured blocks")
     code, _, err = run_cli(lat, ["estimate", "autovit:xxs", "--hw", "v100@calibrated"], capsys)
     assert_one_line_error(code, err, "no calibrated profile")
+
+
+def test_every_free_parameter_has_bounds():
+    from autovit.latmodel.fit import BOUNDS
+    from autovit.latmodel.hardware import HardwareProfile
+
+    assert set(BOUNDS) == set(HardwareProfile.FREE_PARAMETERS)
+    assert HardwareProfile.FREE_PARAMETERS == ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us",
+                                               "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half")
