@@ -45,6 +45,12 @@ def run(group: click.Group) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except OSError as e:
+        # A path the user gave cannot be read or written (missing folder, a file where a folder
+        # should be, permissions, full disk): say which and why, like any other bad input.
+        where = f" {e.filename}" if e.filename else ""
+        console.print(f"[bold red]error:[/] cannot use{where}: {e.strerror or e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     sys.exit(0)
 
 

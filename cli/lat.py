@@ -216,6 +216,7 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
             raise AutoVitError(f"--blocks {blocks_file}: expected a JSON list of block descriptions ({e})") from None
     threads = threads or physical_cores()
     out = Path(out_path or f"luts/{device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)  # fail before measuring anything, not after
     policy = TimingPolicy(ci_pct=ci_pct, max_repeats=max_repeats)
     if out.exists():
         lut = load_lut(out, device)

@@ -176,3 +176,39 @@ def test_ctrl_c_during_profile_leaves_a_valid_lut(tmp_path):
     assert 3 <= len(saved.entries) < len(space_blocks(load_space("xxs")))
     assert json.loads(out.read_text())["schema"] == LUT_SCHEMA
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+def test_profile_cli_bad_inputs(tmp_path, capsys):
+    lat = __import__("autovit.cli.lat", fromlist=["x"])
+    base = ["profile", "--hw", "local-cpu", "--out", str(tmp_path / "l.json")]
+    code, _, err = run_cli(lat, base + ["--blocks", str(tmp_path / "missing.json")], capsys)
+    assert_one_line_error(code, err, "--blocks")
+    garbage = tmp_path / "g.json"
+    for text in ("not json", '{"kind": "conv"}', '[{"kind": "warp-drive", "hw": 8}]', "[1, 2]"):
+        garbage.write_text(text)
+        code, _, err = run_cli(lat, base + ["--blocks", str(garbage)], capsys)
+        assert_one_line_error(code, err)
+    code, _, err = run_cli(lat, base + ["--preset", "paper46", "--threads", "0"], capsys)
+    assert_one_line_error(code, err, "--threads")
+    code, _, err = run_cli(lat, base + ["--preset", "paper46", "--ci-pct", "0"], capsys)
+    assert_one_line_error(code, err, "--ci-pct")
+    lut = Lut("local-cpu", "torch", {}, {})
+    lut.add("isolated", SMALL[0], {"median_ms": 0.2})
+    lut.save(tmp_path / "l.json")
+    code, _, err = run_cli(lat, base + ["--preset", "paper46"], capsys)
+    assert_one_line_error(code, err, "measured with torch, not onnxruntime")
+    assert load_lut(tmp_path / "l.json").backend == "torch"  # the existing LUT is untouched
+
+
+def test_unwritable_output_paths_are_one_line_errors(tmp_path, capsys):
+    lat = __import__("autovit.cli.lat", fromlist=["x"])
+    nas = __import__("autovit.cli.nas", fromlist=["x"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", "xxs", "--out", str(a_file / "sub")], capsys)
+    assert_one_line_error(code, err, "cannot use")
+    blocks = tmp_path / "b.json"
+    blocks.write_text(json.dumps([SMALL[0].to_dict()]))
+    code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--blocks", str(blocks), "--out",
+                                 str(a_file / "lut.json"), "--max-repeats", "6", "--ci-pct", "50"], capsys)
+    assert_one_line_error(code, err, "cannot use")
