@@ -161,7 +161,8 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--hw", "hw", required=True, help="The profile of the device you measure on (e.g. local-cpu).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "torch", "torch-cuda", "coreml"]), default="onnxruntime",
               show_default=True)
-@click.option("--preset", type=click.Choice(["paper46"]), default=None, help="The paper's 46 modules.")
+@click.option("--preset", type=click.Choice(["paper46", "calib50"]), default=None,
+              help="paper46: the paper's 46 modules; calib50: 50 blocks covering every block kind of XXS/XS/S (for calibrate).")
 @click.option("--space", "space_name", default=None, help="Every distinct block of a space (xxs, xs, s or a TOML).")
 @click.option("--blocks", "blocks_file", type=click.Path(dir_okay=False), default=None,
               help="A JSON list of block descriptions (see `BlockSpec`).")
@@ -172,15 +173,19 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--ci-pct", type=float, default=2.0, show_default=True,
               help="Stop timing a block when its median's 95 % CI is within this %.")
 @click.option("--max-repeats", type=int, default=300, show_default=True)
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Bursts per block, one pass over all blocks each; the lowest burst median is kept (robust to slow spells of shared machines).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as one JSON object on stdout.")
 def profile(hw: str, backend: str, preset: str | None, space_name: str | None, blocks_file: str | None, mode: str,
-            out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, as_json: bool) -> None:
+            out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, rounds: int,
+            as_json: bool) -> None:
     """Measure blocks on this machine into a lookup table (LUT).
 
     \b
     Examples:
       autovit-lat profile --hw local-cpu --backend onnxruntime --preset paper46 --out luts/local-cpu.json
-      autovit-lat profile --hw local-cpu --space xxs
+      autovit-lat profile --hw local-cpu --space xxs --mode ablation
+      autovit-lat profile --hw local-cpu --preset calib50 --rounds 5 --out luts/calib50.json
     """
     import json
     import time
@@ -191,20 +196,22 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.lut import Lut, load_lut
     from autovit.latmodel.measure import TimingPolicy, check_backend, environment, physical_cores
-    from autovit.latmodel.modules import BlockSpec, paper46, space_blocks
+    from autovit.latmodel.modules import BlockSpec, calib50, paper46, space_blocks
     from autovit.latmodel.profiler import profile_blocks
 
     chosen = [x for x in (preset, space_name, blocks_file) if x]
     if len(chosen) != 1:
-        raise AutoVitError("give exactly one module set: --preset paper46, --space NAME or --blocks FILE")
+        raise AutoVitError("give exactly one module set: --preset paper46|calib50, --space NAME or --blocks FILE")
     if threads is not None and threads <= 0:
         raise AutoVitError(f"--threads must be a positive integer, got {threads}")
     if ci_pct <= 0 or max_repeats < 5:
         raise AutoVitError("--ci-pct must be > 0 and --max-repeats >= 5")
+    if rounds < 1:
+        raise AutoVitError(f"--rounds must be >= 1, got {rounds}")
     check_backend(backend)
     device = load_profile(hw).name
     if preset:
-        blocks = paper46()
+        blocks = paper46() if preset == "paper46" else calib50()
     elif space_name:
         from autovit.nas.space import load_space
 
@@ -217,14 +224,17 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     threads = threads or physical_cores()
     out = Path(out_path or f"luts/{device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)  # fail before measuring anything, not after
-    policy = TimingPolicy(ci_pct=ci_pct, max_repeats=max_repeats)
+    policy = TimingPolicy(ci_pct=ci_pct, max_repeats=max_repeats, rounds=rounds)
     if out.exists():
         lut = load_lut(out, device)
         if lut.backend != backend:
             raise AutoVitError(f"{out} was measured with {lut.backend}, not {backend}; use another --out")
     else:
         lut = Lut(device, backend, environment(backend, threads), policy.__dict__)
-    todo = [b for b in blocks if not lut.has(mode, b)]
+    from autovit.latmodel.profiler import rounds_done
+
+    todo = [b for b in blocks if rounds_done(lut, mode, b) < rounds]
+    bursts = sum(rounds - rounds_done(lut, mode, b) for b in todo)
     console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure "
                   f"({backend}, {threads} threads)", highlight=False)
     t0 = time.time()
@@ -232,12 +242,13 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     try:
         with Progress(TextColumn("[bold]profile[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       TextColumn("{task.description}"), console=console) as prog:
-            task = prog.add_task("", total=len(todo))
+            task = prog.add_task("", total=bursts)
 
             def step(block, m, err) -> None:
                 prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
 
             measured, failures = profile_blocks(todo, lut, out, backend, threads, mode, policy, step)
+            prog.update(task, completed=bursts)
     except KeyboardInterrupt:
         console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
                       "run the same command to resume", highlight=False)
@@ -271,6 +282,7 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
       autovit-lat estimate autovit:xxs --hw local-cpu@calibrated
     """
     from datetime import date
+    from pathlib import Path
 
     from autovit.latmodel.fit import ProfileCalibrator
     from autovit.latmodel.hardware import load_profile, write_calibrated_profile
@@ -282,10 +294,10 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
     measured = [float(e["median_ms"]) for e in entries]
-    calibrator = ProfileCalibrator(profile)
+    calibrator = ProfileCalibrator(profile, mode=mode)
     with console.status(f"fitting {len(calibrator.names)} parameters to {len(blocks)} blocks", spinner="dots"):
         cal = calibrator.fit(blocks, measured)
-    record = {"lut": str(lut_path), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
+    record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
               "at_bound": cal.at_bound}
     written = write_calibrated_profile(hw, cal.params, record, out_path)
@@ -303,6 +315,120 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     for w in cal.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
     console.print(f"wrote {written}; use --hw {profile.name}@calibrated", highlight=False)
+
+
+@cli.command()
+@click.option("--hw", "hw", required=True, help="Profile to predict with (e.g. local-cpu@calibrated): the device you measure on.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "torch", "torch-cuda", "coreml"]), default="onnxruntime",
+              show_default=True)
+@click.option("--models", "models_spec", default="random:100", show_default=True,
+              help="Random subnets: random:N (spread over --space), or none.")
+@click.option("--space", "spaces", default="xxs,xs,s", show_default=True, help="Spaces to draw subnets from.")
+@click.option("--zoo", default="default", show_default=True,
+              help="Held-out timm models: default (20 models), none, or a comma-separated list of timm names.")
+@click.option("--lut", "lut_path", type=click.Path(dir_okay=False), default=None,
+              help="LUT for the LUT-sum predictor, e.g. one profiled with --space [default: the one --hw was calibrated on].")
+@click.option("--lut-mode", type=click.Choice(["isolated", "ablation"]), default=None,
+              help="LUT entries to use [default: the calibration's mode, else isolated].")
+@click.option("--rounds", type=int, default=5, show_default=True, help="Bursts per model, one pass over all models each.")
+@click.option("--threads", type=int, default=None, help="Threads [default: physical cores].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Scatter PNG: predicted vs measured, log-log.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the full result JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut_path: str | None,
+             lut_mode: str | None, rounds: int, threads: int | None, seed: int, plot: str | None,
+             out_path: str | None, as_json: bool) -> None:
+    """Measure random subnets and a held-out timm zoo here; compare four predictors.
+
+    \b
+    Example:
+      autovit-lat validate --hw local-cpu@calibrated --backend onnxruntime --models random:100 \\
+          --space xxs,xs,s --zoo default --plot scatter.png
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from autovit.latmodel import validate as v
+    from autovit.latmodel.hardware import load_profile
+    from autovit.latmodel.io import atomic_write_text
+    from autovit.latmodel.lut import load_lut
+    from autovit.latmodel.measure import TimingPolicy, check_backend, environment, physical_cores
+    from autovit.latmodel.oracle import LutOracle
+
+    n_random = v.parse_models(models_spec)
+    space_names = [s.strip() for s in spaces.split(",") if s.strip()]
+    if n_random and not space_names:
+        raise AutoVitError("--space is empty: name at least one space (xxs, xs, s)")
+    if rounds < 1:
+        raise AutoVitError(f"--rounds must be >= 1, got {rounds}")
+    if threads is not None and threads <= 0:
+        raise AutoVitError(f"--threads must be a positive integer, got {threads}")
+    check_backend(backend)
+    for p in (plot, out_path):
+        if p and not Path(p).parent.is_dir():
+            raise AutoVitError(f"cannot write {p}: folder {Path(p).parent} does not exist")
+    profile = load_profile(hw)
+    calib_lut = profile.calibration.get("lut")
+    lut_path = lut_path or calib_lut
+    if not lut_path:
+        raise AutoVitError(f"no LUT: pass --lut PATH (profile '{profile.name}' is not calibrated, so it names none)")
+    lut = load_lut(lut_path, profile.name)
+    mode = lut_mode or profile.calibration.get("mode", "isolated")
+    oracle = LutOracle(lut, profile, mode)
+    # The baselines are fitted on the data the analytical model was calibrated on, nothing else.
+    factors = v.baseline_factors(load_lut(calib_lut, profile.name) if calib_lut else lut, mode)
+    zoo_names = [] if zoo == "none" else list(v.DEFAULT_ZOO) if zoo == "default" else [z.strip() for z in zoo.split(",") if z.strip()]
+    cands = v.random_candidates(n_random, space_names, seed) + v.zoo_candidates(zoo_names)
+    if not cands:
+        raise AutoVitError("nothing to validate: --models none and --zoo none")
+    threads = threads or physical_cores()
+    policy = TimingPolicy(warmup=3, min_repeats=10, max_repeats=40, ci_pct=2.0, max_seconds=3.0)
+    t0 = time.time()
+    try:
+        with Progress(TextColumn("[bold]{task.fields[phase]}[/]"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), TextColumn("{task.description}"), console=console) as prog:
+            task = prog.add_task("", total=len(cands), phase="predict")
+            step = lambda c, err: prog.update(task, advance=1, description=c.name + ("  failed" if err else ""))  # noqa: E731
+            failed = v.price(cands, profile, oracle, factors, step)
+            bad = {n for n, _ in failed}
+            todo = [c for c in cands if c.name not in bad]
+            prog.update(task, completed=0, total=len(todo) * rounds, phase=f"measure ({rounds} rounds)")
+            failed += v.measure(todo, backend, threads, rounds, policy, step)
+    except KeyboardInterrupt:
+        console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
+        raise SystemExit(130) from None
+    result = {"hw": profile.name, "backend": backend, "threads": threads, "lut": str(lut_path), "lut_mode": mode,
+              "calibration_lut": calib_lut,
+              "seed": seed, "rounds": rounds, "spaces": space_names, "baseline_factors": factors,
+              "lut_coverage": sum(1 for c in cands if c.predicted.get("lut") is not None),
+              **v.report(cands), "failed": [{"model": n, "error": e} for n, e in failed],
+              "environment": environment(backend, threads), "wall_s": round(time.time() - t0, 1)}
+    if out_path:
+        atomic_write_text(Path(out_path), json.dumps(result, indent=1) + "\n")
+    if plot:
+        v.scatter_png(cands, plot)
+    if as_json:
+        print_json(result)
+        return
+    t = Table(title=f"{result['n_models']} models on {profile.name} ({backend}, {threads} threads); "
+                    f"noise floor CV {result['noise_floor_cv'] * 100:.1f} %")
+    for col in ("set", "predictor", "n", "MAPE%", "RMSPE%", "<=5%", "<=10%", "tau", "rho"):
+        t.add_column(col, justify="left" if col in ("set", "predictor") else "right")
+    for g, d in result["by_set"].items():
+        for p in v.PREDICTORS:
+            if p in d:
+                m = d[p]
+                t.add_row(g, p, str(m["n"]), f"{m['mape']:.1f}", f"{m['rmspe']:.1f}", f"{m['within_5']:.0f}",
+                          f"{m['within_10']:.0f}", f"{m['kendall_tau']:.3f}", f"{m['spearman']:.3f}")
+    console.print(t)
+    for f in result["failed"]:
+        console.print(f"[yellow]failed:[/] {f['model']}: {f['error']} (left out of the figures)", highlight=False)
+    if plot:
+        console.print(f"wrote {plot}", highlight=False)
 
 
 @cli.group()

@@ -71,10 +71,39 @@ class OpCost:
     known: bool = True
     act_shapes: list[tuple[int, ...]] = field(default_factory=list)  # activations touched (for layout padding)
     transcendentals: int = 0  # exp/tanh/erf/log evaluations
+    runs: int = 0  # contiguous runs a strided copy moves (a transpose of the last axis: one per element)
+    rows: int = 0  # rows a last-axis reduction walks (LayerNorm, Softmax): each ends in a horizontal reduction
 
 
 def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
     return t.shape if t is not None else None
+
+
+def _transpose_runs(shape: tuple[int, ...] | None, perm) -> int:
+    """Contiguous runs a transpose copies: elements / the longest input suffix that stays the
+    output's suffix in order. A copy's cost per run is what makes a permute of short inner axes
+    (MobileViT's unfold moves 2-element runs) many times slower than its bytes."""
+    if not shape:
+        return 0
+    rank = len(shape)
+    perm = list(perm) if perm is not None else list(range(rank))[::-1]
+    # Size-1 axes do not break a run.
+    kept = [a for a in perm if shape[a] != 1]
+    for i in range(len(kept)):
+        rest = kept[:i] + kept[i + 1:]
+        if rest == sorted(rest):
+            # One axis moved (a batched 2-D transpose, e.g. K^T in attention): runtimes copy it
+            # in cache-blocked tiles (ORT/MLAS MlasTranspose), at bandwidth, not run by run.
+            return 0
+    run = 1
+    expect = max((a for a in range(rank) if shape[a] != 1), default=-1)
+    for a in reversed(kept):
+        if a != expect:
+            break
+        run *= shape[a]
+        expect = max((b for b in range(a) if shape[b] != 1), default=-1)
+    n = math.prod(shape)
+    return n // run if run < n else 0
 
 
 def op_cost(g: OpGraph, op: OpNode) -> OpCost:
@@ -111,10 +140,12 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
         return mk("activation", "vector", ACTIVATIONS[ot] * out_elems)
     if ot in ELEMENTWISE:
         return mk("elementwise", "vector", ELEMENTWISE[ot] * out_elems)
+    last = acts[0].shape[-1] if acts and acts[0].shape else 0
+    rows = out_elems // last if last else 0
     if ot in NORMS:
-        return mk("norm", "vector", NORMS[ot] * out_elems)
+        return mk("norm", "vector", NORMS[ot] * out_elems, rows=rows if ot != "BatchNormalization" else 0)
     if ot in SOFTMAX:
-        return mk("attention", "vector", SOFTMAX[ot] * out_elems)
+        return mk("attention", "vector", SOFTMAX[ot] * out_elems, rows=rows)
     if ot in POOLS:
         k = op.attrs.get("kernel_shape", [1])
         window = math.prod(k) if ot in ("MaxPool", "AveragePool", "LpPool") else 0
@@ -131,6 +162,8 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
                   work=max(out_elems, in_elems // 64, 1))
     if ot in VIEWS:
         return mk("layout", "view", 0)
+    if ot == "Transpose":
+        return mk("layout", "layout", 0, runs=_transpose_runs(acts[0].shape if acts else None, op.attrs.get("perm")))
     if ot in LAYOUT:
         return mk("layout", "layout", 0)
     if ot in OTHER_COMPUTE:

@@ -70,14 +70,16 @@ class LatencyModel:
             self._kernels[key] = form_kernels(self.graph, self.costs, profile)
         return self._kernels[key]
 
-    def estimate(self, profile: HardwareProfile, batch: int | None = None, dtype: str | None = None) -> Estimate:
-        """Latency of the graph on `profile` at `batch` (default: the graph's) in `dtype`."""
+    def estimate(self, profile: HardwareProfile, batch: int | None = None, dtype: str | None = None,
+                 edges: tuple[bool, bool] = (False, False), per_run: bool = True) -> Estimate:
+        """Latency of the graph on `profile` at `batch` (default: the graph's) in `dtype`;
+        `edges` and `per_run` price it as a part of a larger network (timing.network_time)."""
         b = self.graph.batch if batch is None else batch
         if not isinstance(b, int) or b <= 0:
             raise AutoVitError(f"batch must be a positive integer, got {batch!r}")
         dt = profile.check_dtype(dtype or profile.default_dtype)
         scale = b / self.graph.batch
-        total, times = network_time(self.kernels(profile), profile, dt, scale)
+        total, times = network_time(self.kernels(profile), profile, dt, scale, edges, per_run)
         breakdown = {c: 0.0 for c in CATEGORIES}
         for t in times:
             breakdown[t.kernel.category] += t.ms

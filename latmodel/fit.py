@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -26,6 +26,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     # Strided copies of >3-D permutations run far below bandwidth on CPUs (ORT: 10-40x slower
     # than a streaming copy), so the layout multiplier needs room.
     "layout_penalty": (0.1, 100.0), "k_half": (0.0, 1024.0),
+    "run_us": (0.0, 500.0), "layout_run_ns": (0.0, 100.0), "transcendental_flops": (1.0, 200.0),
+    "reduce_row_ns": (0.0, 1000.0),
 }
 
 
@@ -34,6 +36,28 @@ def block_model(block: BlockSpec) -> LatencyModel:
     from autovit.latmodel.sources import module_graph
 
     return LatencyModel(module_graph(block.build(), block.input_shape(), source=block.key))
+
+
+Pricer = Callable[[HardwareProfile], float]
+
+
+def block_pricer(block: BlockSpec, mode: str = "isolated") -> Pricer:
+    """profile -> predicted ms of what a LUT entry of `mode` measured for `block`: the block
+    alone (isolated), or lead-in + block minus lead-in (ablation, see profiler.py)."""
+    if mode == "isolated":
+        model = block_model(block)
+        # At the graph's own batch: a transformer block's input is (patches, tokens, C), batch 1
+        # of the network is `patches` sequences here.
+        return lambda prof: model.estimate(prof).latency_ms
+    from torch import nn
+
+    from autovit.latmodel.profiler import lead_in
+    from autovit.latmodel.sources import module_graph
+
+    shape = block.input_shape()
+    with_block = LatencyModel(module_graph(nn.Sequential(lead_in(block), block.build()).eval(), shape, block.key))
+    without = LatencyModel(module_graph(lead_in(block).eval(), shape, block.key))
+    return lambda prof: with_block.estimate(prof).latency_ms - without.estimate(prof).latency_ms
 
 
 @dataclass
@@ -54,33 +78,58 @@ class Calibration:
 
 
 class ProfileCalibrator:
-    """fit(blocks, measured_ms) -> Calibration; predict(blocks) -> ms with the fitted profile."""
+    """fit(blocks, measured_ms) -> Calibration; predict(blocks) -> ms with the fitted profile.
 
-    def __init__(self, profile: HardwareProfile, parameters: tuple[str, ...] | None = None):
+    `fit_pricers` fits to anything priced by the model (whole networks, for example): a pricer
+    maps a profile to predicted ms."""
+
+    def __init__(self, profile: HardwareProfile, parameters: tuple[str, ...] | None = None, mode: str = "isolated"):
         self.profile = profile
+        self.mode = mode
         names = parameters or HardwareProfile.FREE_PARAMETERS
         # A parameter the profile cannot use would be unidentifiable: leave it out.
         if profile.async_dispatch is False and profile.kind == "cpu":
             names = tuple(n for n in names if n != "launch_us")
         self.names = tuple(names)
-        self._models: dict[str, LatencyModel] = {}
+        self._pricers: dict[str, Pricer] = {}
         self.calibration: Calibration | None = None
 
-    def _model(self, block: BlockSpec) -> LatencyModel:
-        if block.key not in self._models:
-            self._models[block.key] = block_model(block)
-        return self._models[block.key]
+    def _pricer(self, block: BlockSpec) -> Pricer:
+        if block.key not in self._pricers:
+            self._pricers[block.key] = block_pricer(block, self.mode)
+        return self._pricers[block.key]
 
-    def _predict_with(self, x: np.ndarray, blocks: list[BlockSpec]) -> np.ndarray:
-        prof = replace(self.profile, **dict(zip(self.names, map(float, x))))
-        return np.array([self._model(b).estimate(prof, 1).latency_ms for b in blocks])
+    def _profile_with(self, x: np.ndarray) -> HardwareProfile:
+        return replace(self.profile, **dict(zip(self.names, map(float, x))))
+
+    @staticmethod
+    def _price(pricers: list[Pricer], prof: HardwareProfile) -> np.ndarray:
+        # Ablation differences can come out <= 0 for a tiny block; keep logs finite.
+        return np.maximum(np.array([p(prof) for p in pricers]), 1e-6)
+
+    def _visible(self, pricers: list[Pricer]) -> tuple[str, ...]:
+        """The parameters these data can see: one that changes no prediction (a per-run term of
+        an op the blocks lack) is unidentifiable and keeps its data-sheet value."""
+        base = self._price(pricers, self.profile)
+        seen = []
+        for n in self.names:
+            lo, hi = BOUNDS[n]
+            v = float(getattr(self.profile, n))
+            bumped = replace(self.profile, **{n: hi if v < (lo + hi) / 2 else lo})
+            if np.any(np.abs(self._price(pricers, bumped) - base) > 1e-6 * base):
+                seen.append(n)
+        return tuple(seen)
 
     def fit(self, blocks: list[BlockSpec], measured_ms: list[float]) -> Calibration:
+        return self.fit_pricers([self._pricer(b) for b in blocks], measured_ms, [b.kind for b in blocks])
+
+    def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str]) -> Calibration:
         y = np.asarray(measured_ms, float)
-        if len(blocks) < len(self.names):
+        self.names = self._visible(pricers)
+        if len(pricers) < len(self.names):
             raise AutoVitError(
                 f"calibration needs at least as many measured blocks as free parameters "
-                f"({len(self.names)}: {', '.join(self.names)}); the LUT has {len(blocks)}")
+                f"({len(self.names)}: {', '.join(self.names)}); the LUT has {len(pricers)}")
         lo = np.array([BOUNDS[n][0] for n in self.names])
         hi = np.array([BOUNDS[n][1] for n in self.names])
         x0 = np.clip([float(getattr(self.profile, n)) for n in self.names], lo, hi)
@@ -88,8 +137,8 @@ class ProfileCalibrator:
         scale = np.maximum(hi - lo, 1e-9)
 
         def residuals(z: np.ndarray) -> np.ndarray:
-            pred = self._predict_with(lo + z * scale, blocks)
-            return np.log(np.maximum(pred, 1e-9)) - np.log(y)
+            pred = self._price(pricers, self._profile_with(lo + z * scale))
+            return np.log(pred) - np.log(y)
 
         res = least_squares(residuals, (x0 - lo) / scale, bounds=(0.0, 1.0), loss="soft_l1", f_scale=0.1,
                             diff_step=1e-3)
@@ -103,16 +152,16 @@ class ProfileCalibrator:
             stderr = np.full(len(x), math.nan)
         at_bound = [n for n, z in zip(self.names, res.x) if z < 1e-3 or z > 1 - 1e-3]
         pred = np.exp(r) * y
-        kinds: dict[str, list[float]] = {}
-        for b, p, m in zip(blocks, pred, y):
-            kinds.setdefault(b.kind, []).append(abs(p - m) / m * 100)
+        by_kind: dict[str, list[float]] = {}
+        for k, p, m in zip(kinds, pred, y):
+            by_kind.setdefault(k, []).append(abs(p - m) / m * 100)
         warnings = [f"{n} is pinned at its bound {self._bound_text(n, x[i])}"
                     for i, n in enumerate(self.names) if n in at_bound]
         self.calibration = Calibration(
             params={n: float(v) for n, v in zip(self.names, x)},
             stderr={n: float(s) for n, s in zip(self.names, stderr)}, at_bound=at_bound, n_points=len(y),
             rms_log_error=float(np.sqrt(np.mean(r ** 2))),
-            mape_by_kind={k: float(np.mean(v)) for k, v in kinds.items()}, warnings=warnings)
+            mape_by_kind={k: float(np.mean(v)) for k, v in by_kind.items()}, warnings=warnings)
         return self.calibration
 
     @staticmethod
@@ -120,8 +169,11 @@ class ProfileCalibrator:
         lo, hi = BOUNDS[name]
         return f"({value:g}; allowed {lo:g}..{hi:g}): the data cannot pin it down or the model lacks a term"
 
-    def predict(self, blocks: list[BlockSpec]) -> np.ndarray:
+    def fitted_profile(self) -> HardwareProfile:
         if self.calibration is None:
             raise AutoVitError("calibrate first: fit() has not run")
-        x = np.array([self.calibration.params[n] for n in self.names])
-        return self._predict_with(x, blocks)
+        return replace(self.profile, **self.calibration.params)
+
+    def predict(self, blocks: list[BlockSpec]) -> np.ndarray:
+        prof = self.fitted_profile()
+        return np.array([self._pricer(b)(prof) for b in blocks])

@@ -58,6 +58,9 @@ PARAMETER_FIELDS = {
     "eff_memory": ("efficiency", "memory"), "launch_us": ("overhead", "launch_us"),
     "dispatch_us": ("overhead", "dispatch_us"), "view_dispatch_us": ("overhead", "view_dispatch_us"),
     "layout_penalty": ("efficiency", "layout_penalty"), "k_half": ("efficiency", "k_half"),
+    "run_us": ("overhead", "run_us"), "layout_run_ns": ("efficiency", "layout_run_ns"),
+    "reduce_row_ns": ("efficiency", "reduce_row_ns"),
+    "transcendental_flops": ("compute", "transcendental_flops"),
 }
 
 
@@ -91,6 +94,11 @@ class HardwareProfile:
     eff_memory: float
     layout_penalty: float
     k_half: float
+    run_us: float  # once per inference: the runtime's call overhead (ORT session.run: input/output binding)
+    reduce_row_ns: float  # per row of a last-axis reduction (LayerNorm, Softmax)
+    layout_run_ns: float  # per contiguous run of a strided copy (a transpose moving the last axis)
+    weights_cached: bool  # weights stay in cache between inferences when the model fits (CPU, large L3)
+    chain_reorder: bool  # convolutions run in a blocked layout with reorders at the ends of conv chains (ORT NCHWc)
     elided: tuple[str, ...]
     strided_readers: tuple[str, ...]
     nchw_conv_relayout: tuple[str, ...]
@@ -254,6 +262,11 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         eff_matrix=effs["matrix"], eff_gemm=effs["gemm"], eff_vector=effs["vector"], eff_memory=effs["memory"],
         layout_penalty=float(_get(d, "efficiency.layout_penalty", _NUM, where, 1.0, positive=True)),
         k_half=float(_get(d, "efficiency.k_half", _NUM, where, 0.0)),
+        run_us=float(_get(d, "overhead.run_us", _NUM, where, 0.0)),
+        layout_run_ns=float(_get(d, "efficiency.layout_run_ns", _NUM, where, 0.0)),
+        reduce_row_ns=float(_get(d, "efficiency.reduce_row_ns", _NUM, where, 0.0)),
+        weights_cached=_get(d, "memory.weights_cached", bool, where, False),
+        chain_reorder=_get(d, "layout.chain_reorder", bool, where, False),
         elided=_strs(d, "layout.elided", where, ()), strided_readers=_strs(d, "layout.strided_readers", where, ()),
         nchw_conv_relayout=_strs(d, "layout.nchw_conv_relayout", where, ()),
         relayout_categories=_strs(d, "layout.relayout_categories", where, ("conv",)), fusion=_fusion(d, where), fallback=fb,

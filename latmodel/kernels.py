@@ -36,6 +36,8 @@ class Kernel:
     act_shapes: list[tuple[int, ...]]
     unsupported: bool = False  # needs the profile's fallback engine
     transcendentals: int = 0
+    runs: int = 0  # contiguous runs of strided copies (see costs.OpCost.runs)
+    rows: int = 0  # rows of last-axis reductions (see costs.OpCost.rows)
 
 
 def _selects(selector: str, cost: OpCost) -> bool:
@@ -181,7 +183,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         c = cs[0]
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
-                      c.op_type in unsupported, c.transcendentals)
+                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows)
     inside = set(ops)
     produced = {o for n in ops for o in g.op(n).outputs}
     ext_in: dict[str, int] = {}
@@ -212,5 +214,6 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         flops=sum(c.flops for c in cs), in_elems=sum(ext_in.values()), out_elems=sum(ext_out.values()),
         w_elems=sum(c.w_elems for c in cs), work_elems=max(c.work_elems for c in cs), gemm=main.gemm,
         batch_in=main.batch_in, act_shapes=shapes, unsupported=any(c.op_type in unsupported for c in cs),
-        transcendentals=sum(c.transcendentals for c in cs),
+        transcendentals=sum(c.transcendentals for c in cs), runs=sum(c.runs for c in cs),
+        rows=sum(c.rows for c in cs),
     )

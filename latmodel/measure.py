@@ -47,6 +47,7 @@ class TimingPolicy:
     max_repeats: int = 300
     ci_pct: float = 2.0  # stop when the median's 95 % CI half-width is within this %
     max_seconds: float = 20.0  # per module, on top of warm-up
+    rounds: int = 1  # bursts per module, spread over the run (see profiler.py); the best round's median is kept
 
 
 def median_ci_halfwidth_pct(samples: list[float]) -> float:

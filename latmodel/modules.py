@@ -138,6 +138,32 @@ def paper46(resolution: int = 256) -> list[BlockSpec]:
     return out
 
 
+# Blocks per kind in the calibration design: the kinds the networks spend their time in get more.
+_CALIB_QUOTA = {"conv": 3, "mbconv": 15, "mvit_convs": 10, "transformer": 18, "head": 4}
+
+
+def calib50(spaces: tuple[str, ...] = ("xxs", "xs", "s")) -> list[BlockSpec]:
+    """A 50-block calibration design covering every kind of block the spaces use (paper46 has no
+    MobileViT unfold/fold and no head, so a fit on it cannot see their terms). Per kind, blocks
+    are spread evenly over the range of sizes (sorted by input elements x output channels), so
+    small, dispatch-bound blocks and large, compute-bound ones are both present. Deterministic."""
+    from autovit.nas.space import load_space
+
+    pool: set[BlockSpec] = set()
+    for name in spaces:
+        pool |= set(space_blocks(load_space(name)))
+    out = []
+    for kind, quota in _CALIB_QUOTA.items():
+        blocks = sorted((b for b in pool if b.kind == kind),
+                        key=lambda b: (b.hw * b.hw * b.cin * max(b.cout, 1) * (b.expansion or 1) * (b.mlp_ratio or 1), b))
+        if len(blocks) <= quota:
+            out += blocks
+            continue
+        idx = sorted({round(i * (len(blocks) - 1) / (quota - 1)) for i in range(quota)})
+        out += [blocks[i] for i in idx]
+    return out
+
+
 def arch_blocks(arch) -> list[BlockSpec]:
     """An AutoViT architecture as the sequence of blocks it runs (for LUT sums and profiling)."""
     side = arch.resolution

@@ -1,4 +1,19 @@
-"""Measure blocks on this machine and fill a lookup table (resumable, Ctrl-C safe)."""
+"""Measure blocks on this machine and fill a lookup table (resumable, Ctrl-C safe).
+
+Each block is measured in `policy.rounds` bursts, one pass over all blocks per round, so a
+block's bursts are spread over the whole run. Shared and virtual machines change speed for tens
+of seconds at a time (this project's 2-core VM: a 6.6 ms model runs at 10 ms for ~40 s, then
+recovers); a burst caught in a slow spell shows as a high round median, and the entry keeps the
+lowest round median: the latency of the machine when nothing else competes for it. Every
+round's median is stored, so the spread is visible.
+
+Modes:
+- isolated: the block alone, from its own input to its own output, one runtime call.
+- ablation: the paper's way, a difference of two models: latency(lead-in + block) minus
+  latency(lead-in). The lead-in (a 1x1 convolution, or a linear layer for token blocks) hands
+  the block its input the way a preceding layer would, so the per-call cost of the runtime and
+  the layout conversions at the model's edges cancel out of the difference.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,15 +24,16 @@ from autovit.latmodel.lut import Lut
 from autovit.latmodel.measure import Measurement, TimingPolicy, check_backend, cuda_event_timer, time_callable
 from autovit.latmodel.modules import BlockSpec
 
+Runner = tuple[Callable[[], object], Callable | None]
 
-def measure_block(block: BlockSpec, backend: str, threads: int, policy: TimingPolicy) -> Measurement:
-    """Latency (ms) of one block at batch 1 with `backend` on `threads` threads."""
+
+def prepare(module, shape: tuple[int, ...], backend: str, threads: int) -> Runner:
+    """A ready-to-time call of `module` on one input of `shape` with `backend`: (run, timed),
+    where `timed` (CUDA events) times one call itself and None means wall clock."""
     import numpy as np
     import torch
 
     check_backend(backend)
-    module = block.build()
-    shape = block.input_shape()
     if backend == "onnxruntime":
         import onnxruntime as ort
 
@@ -29,45 +45,114 @@ def measure_block(block: BlockSpec, backend: str, threads: int, policy: TimingPo
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(export_onnx_bytes(module, shape), opts, providers=["CPUExecutionProvider"])
         feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        return time_callable(lambda: sess.run(None, feed), policy)
+        return (lambda: sess.run(None, feed)), None
     if backend in ("torch", "torch-cuda"):
         cuda = backend == "torch-cuda"
         if not cuda:
             torch.set_num_threads(threads)
         device = "cuda" if cuda else "cpu"
-        module = module.to(device)
+        module = module.eval().to(device)
         x = torch.randn(shape, device=device)
 
         def run() -> None:
             with torch.inference_mode():
                 module(x)
-        return time_callable(run, policy, timed=cuda_event_timer(torch) if cuda else None)
+        return run, (cuda_event_timer(torch) if cuda else None)
     raise AutoVitError(f"backend '{backend}' cannot measure here")  # coreml: check_backend already refused off macOS
+
+
+def lead_in(block: BlockSpec):
+    """The layer that feeds `block` in ablation mode: it keeps the block's input shape."""
+    from torch import nn
+
+    from autovit.nas.builder import ConvBNAct
+
+    if block.kind == "transformer":
+        return nn.Linear(block.cin, block.cin)
+    return ConvBNAct(block.cin, block.cin, 1)
+
+
+def block_runners(block: BlockSpec, mode: str, backend: str, threads: int) -> list[Runner]:
+    """[block] for isolated mode, [lead-in + block, lead-in] for ablation."""
+    from torch import nn
+
+    shape = block.input_shape()
+    if mode == "isolated":
+        return [prepare(block.build(), shape, backend, threads)]
+    return [prepare(nn.Sequential(lead_in(block), block.build()), shape, backend, threads),
+            prepare(lead_in(block), shape, backend, threads)]
+
+
+def measure_block(block: BlockSpec, backend: str, threads: int, policy: TimingPolicy) -> Measurement:
+    """Latency (ms) of one block at batch 1 with `backend` on `threads` threads (one burst)."""
+    run, timed = prepare(block.build(), block.input_shape(), backend, threads)
+    return time_callable(run, policy, timed=timed)
+
+
+def _merge_round(entry: dict | None, mode: str, bursts: list[Measurement]) -> dict:
+    """Fold one round's burst(s) into a LUT entry: every round's median kept, the best one used."""
+    rounds = list(entry.get("round_medians", [])) if entry else []
+    withs = list(entry.get("with_round_ms", [])) if entry else []
+    withouts = list(entry.get("without_round_ms", [])) if entry else []
+    if mode == "isolated":
+        m = bursts[0]
+        rounds.append(m.median_ms)
+        best = m if not entry or m.median_ms <= entry["median_ms"] else None
+        out = dict(entry) if best is None else m.to_dict()
+        out["round_medians"] = rounds
+        return out
+    withs.append(bursts[0].median_ms)
+    withouts.append(bursts[1].median_ms)
+    diff = min(withs) - min(withouts)
+    rounds.append(withs[-1] - withouts[-1])
+    # A block cheaper than the noise of the difference still gets a positive entry (LUT entries
+    # must be > 0), flagged so that nobody mistakes it for a measurement.
+    floor = 0.01 * min(withs)
+    return {"median_ms": max(diff, floor), "below_noise": diff < floor, "with_ms": min(withs),
+            "without_ms": min(withouts), "with_round_ms": withs, "without_round_ms": withouts,
+            "round_medians": rounds, "iqr_ms": bursts[0].iqr_ms, "repeats": bursts[0].repeats,
+            "outliers": bursts[0].outliers, "ci_pct": bursts[0].ci_pct, "converged": bursts[0].converged}
+
+
+def rounds_done(lut: Lut, mode: str, block: BlockSpec) -> int:
+    e = lut.entries.get(Lut.entry_key(mode, block))
+    if e is None:
+        return 0
+    return len(e.get("round_medians", [])) or 1  # entries written before rounds existed count as one
 
 
 def profile_blocks(blocks: list[BlockSpec], lut: Lut, path: str | Path, backend: str, threads: int,
                    mode: str, policy: TimingPolicy,
                    on_progress: Callable[[BlockSpec, Measurement | None, str | None], None] | None = None
                    ) -> tuple[int, list[tuple[str, str]]]:
-    """Measure every block not yet in `lut`, saving after each. Returns (measured, failures)."""
-    if mode != "isolated":
-        raise AutoVitError("--mode ablation is not implemented yet; use --mode isolated")
-    measured, failures = 0, []
-    for block in blocks:
-        if lut.has(mode, block):
-            continue
-        try:
-            m = measure_block(block, backend, threads, policy)
-        except AutoVitError:
-            raise
-        except Exception as e:  # a block the backend cannot run: report it, go on with the rest
-            failures.append((block.key, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+    """Measure every block of `blocks` until it has `policy.rounds` rounds in `lut`, one pass
+    over the blocks per round, saving after each burst. Returns (blocks completed, failures)."""
+    if mode not in ("isolated", "ablation"):
+        raise AutoVitError(f"unknown mode '{mode}': use isolated or ablation")
+    runners: dict[str, list[Runner]] = {}
+    failures: dict[str, str] = {}
+    completed = set()
+    for r in range(policy.rounds):
+        for block in blocks:
+            if block.key in failures or rounds_done(lut, mode, block) > r:
+                continue
+            try:
+                if block.key not in runners:
+                    runners[block.key] = block_runners(block, mode, backend, threads)
+                bursts = [time_callable(run, policy, timed=timed) for run, timed in runners[block.key]]
+            except AutoVitError:
+                raise
+            except Exception as e:  # a block the backend cannot run: report it, go on with the rest
+                failures[block.key] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                if on_progress:
+                    on_progress(block, None, failures[block.key])
+                continue
+            key = Lut.entry_key(mode, block)
+            merged = _merge_round(lut.entries.get(key), mode, bursts)
+            lut.add(mode, block, merged)
+            lut.save(path)
+            if rounds_done(lut, mode, block) >= policy.rounds:
+                completed.add(block.key)
             if on_progress:
-                on_progress(block, None, failures[-1][1])
-            continue
-        lut.add(mode, block, m.to_dict())
-        lut.save(path)
-        measured += 1
-        if on_progress:
-            on_progress(block, m, None)
-    return measured, failures
+                on_progress(block, bursts[0], None)
+    return len(completed), list(failures.items())

@@ -110,8 +110,10 @@ def _scaled_gemm(k: Kernel, scale: float) -> tuple[int, int, int, int]:
     return (count, max(1, round(m * scale)), n, kk)
 
 
-def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> KernelTime:
-    """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch)."""
+def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
+                weight_hit: float = 0.0) -> KernelTime:
+    """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch); the share
+    `weight_hit` of its weights is read from cache instead of DRAM."""
     eb = profile.dtype_bytes(dtype)
     fb = profile.fallback if k.unsupported else None
     engine = fb.name if fb else profile.name
@@ -149,16 +151,23 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
         util = units_share
         peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * profile.eff_vector
     t_compute = flops / (peak * util) if flops > 0 else 0.0
+    # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
+    # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
+    t_compute += k.rows * scale * profile.reduce_row_ns * 1e-9 / max(profile.units * units_share, 1.0)
 
     # Activations were just written by the previous kernel: they come from cache as far as the
-    # kernel's working set fits in it. Weights are read cold from DRAM once per inference.
+    # kernel's working set fits in it. Weights are read cold from DRAM once per inference unless
+    # the profile says they stay cached (`weight_hit`, set per network).
     cache = profile.cache_mib * 2**20
     hit = min(1.0, cache / act_bytes) if act_bytes > 0 else 1.0
-    t_memory = (act_bytes * hit / (profile.cache_gbps * 1e9)
-                + (act_bytes * (1 - hit) + w_bytes) / (profile.dram_gbps * 1e9 * profile.eff_memory))
+    t_memory = ((act_bytes * hit + w_bytes * weight_hit) / (profile.cache_gbps * 1e9)
+                + (act_bytes * (1 - hit) + w_bytes * (1 - weight_hit)) / (profile.dram_gbps * 1e9 * profile.eff_memory))
     t_memory /= max(units_share, 1e-3)
     if k.klass == "layout":
         t_memory *= profile.layout_penalty
+        # A strided copy pays per contiguous run (address arithmetic, a short load and store);
+        # runtimes run these loops on one thread, so the runs do not split over the units.
+        t_memory += k.runs * scale * profile.layout_run_ns * 1e-9
 
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6
     t_device = launch + max(t_compute, t_memory)
@@ -171,10 +180,68 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
                       bound, flops, act_bytes + w_bytes, engine)
 
 
-def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str,
-                 scale: float) -> tuple[float, list[KernelTime]]:
-    """Latency (ms) of the kernels run in order, and each kernel's share of it."""
-    times = [kernel_time(k, profile, dtype, scale) for k in kernels]
+# Ops that ONNX Runtime's NCHWc transformer runs in the blocked layout (so no reorder around them).
+_BLOCKED_OK = ("conv", "dwconv", "activation", "elementwise")
+# Channels per block of the NCHWc layout on AVX2/AVX-512 (MLAS: MlasNchwcGetBlockSize = 8 or 16);
+# a convolution whose input channels are not a multiple of 8 reads NCHW directly (the stem).
+_NCHWC_MIN_BLOCK = 8
+
+
+def _reorder_ms(elems: float, profile: HardwareProfile, dtype: str) -> float:
+    """One reorder between NCHW and the blocked layout: a copy priced as a layout kernel, plus its dispatch (ms)."""
+    b = 2 * elems * profile.dtype_bytes(dtype)
+    return (b / (profile.cache_gbps * 1e9) * profile.layout_penalty + profile.dispatch_us * 1e-6) * 1e3
+
+
+def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype: str, scale: float,
+                        edges: tuple[bool, bool] = (False, False)) -> None:
+    """Add the reorders a blocked-layout runtime inserts where a conv chain starts (NCHW -> blocked)
+    and where a consumer that needs NCHW reads a chain's output (blocked -> NCHW), including the
+    graph's output. Kernels are in execution order; a chain is followed along that order.
+    `edges`: the graph's input arrives blocked / its output may stay blocked (a block inside a
+    network, between two convolutions)."""
+    blocked = edges[0]
+    last = None
+    for t in times:
+        k = t.kernel
+        if k.klass == "view":
+            continue
+        if k.category in ("conv", "dwconv"):
+            cin = k.act_shapes[0][1] if k.act_shapes and len(k.act_shapes[0]) == 4 else 0
+            if not blocked and cin % _NCHWC_MIN_BLOCK == 0 and cin > 0:
+                extra = _reorder_ms(k.in_elems * scale, profile, dtype)
+                t.device_ms += extra
+                t.ms += extra
+                t.overhead_ms += profile.dispatch_us * 1e-3
+            blocked = True
+        elif blocked and k.category not in _BLOCKED_OK:
+            extra = _reorder_ms(k.in_elems * scale, profile, dtype)
+            t.device_ms += extra
+            t.ms += extra
+            t.overhead_ms += profile.dispatch_us * 1e-3
+            blocked = False
+        last = t
+    if blocked and last is not None and not edges[1]:
+        extra = _reorder_ms(last.kernel.out_elems * scale, profile, dtype)
+        last.device_ms += extra
+        last.ms += extra
+
+
+def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, scale: float,
+                 edges: tuple[bool, bool] = (False, False), per_run: bool = True) -> tuple[float, list[KernelTime]]:
+    """Latency (ms) of the kernels run in order, and each kernel's share of it.
+
+    For a part of a network (a block priced on its own, then summed): `edges` says whether its
+    input arrives in the runtime's blocked layout and whether its output may stay in it, and
+    per_run=False leaves out the once-per-inference call overhead."""
+    weight_hit = 0.0
+    if profile.weights_cached:
+        # Repeated inference of a model whose weights fit in the last-level cache finds them there.
+        w_total = sum(k.w_elems for k in kernels) * profile.dtype_bytes(dtype)
+        weight_hit = min(1.0, profile.cache_mib * 2**20 / w_total) if w_total else 1.0
+    times = [kernel_time(k, profile, dtype, scale, weight_hit) for k in kernels]
+    if profile.chain_reorder:
+        _add_chain_reorders(times, profile, dtype, scale, edges)
     dispatch = profile.dispatch_us * 1e-3
     fb = profile.fallback
     prev_engine = profile.name
@@ -190,7 +257,7 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str,
             t.ms = new_end - end
             end = new_end
         return end, times
-    total = 0.0
+    total = profile.run_us * 1e-3 if per_run else 0.0
     for t in times:
         if t.kernel.klass != "view":
             t.ms = t.device_ms + dispatch

@@ -11,7 +11,8 @@ BLOCKS = [BlockSpec("conv", 64, 3, 16, 3, 2), BlockSpec("conv", 64, 3, 24, 3, 2)
           BlockSpec("mbconv", 32, 16, 16, 3, 1, 1.0), BlockSpec("mbconv", 16, 24, 32, 3, 2, 2.0),
           BlockSpec("mbconv", 16, 32, 32, 3, 1, 1.0)] + [
           BlockSpec("transformer", hw, w, w, heads=h, mlp_ratio=2.0, head_dim=16)
-          for hw, w, h in ((16, 48, 2), (8, 64, 3), (8, 80, 4), (4, 96, 2), (4, 112, 4), (16, 64, 4))]
+          for hw, w, h in ((16, 48, 2), (8, 64, 3), (8, 80, 4), (4, 96, 2), (4, 112, 4), (16, 64, 4), (8, 48, 3),
+                        (16, 80, 2), (4, 64, 5))]
 
 
 def test_fit_recovers_parameters_it_generated():
@@ -20,7 +21,7 @@ def test_fit_recovers_parameters_it_generated():
     names = ("eff_matrix", "eff_vector", "dispatch_us")
     truth = replace(base, eff_matrix=0.35, eff_vector=0.12, dispatch_us=9.0)
     cal = ProfileCalibrator(base, names)
-    measured = [cal._model(b).estimate(truth, 1).latency_ms for b in BLOCKS]
+    measured = [cal._pricer(b)(truth) for b in BLOCKS]
     c = cal.fit(BLOCKS, measured)
     assert c.rms_log_error < 1e-3
     assert c.params["eff_matrix"] == pytest.approx(0.35, rel=0.02)
@@ -49,7 +50,7 @@ def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys
     cal = ProfileCalibrator(base)
     lut = Lut("cpu-x86", "onnxruntime", {}, {})
     for b in BLOCKS:
-        lut.add("isolated", b, {"median_ms": cal._model(b).estimate(truth, 1).latency_ms})
+        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
     lut.save(tmp_path / "lut.json")
     code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
     assert code == 0
@@ -77,4 +78,5 @@ def test_every_free_parameter_has_bounds():
 
     assert set(BOUNDS) == set(HardwareProfile.FREE_PARAMETERS)
     assert HardwareProfile.FREE_PARAMETERS == ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us",
-                                               "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half")
+                                               "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half",
+                                               "run_us", "layout_run_ns", "reduce_row_ns", "transcendental_flops")

@@ -94,3 +94,61 @@ def test_tanh_gelu_is_one_kernel():
     for hw in ("v100", "iphone13", "cpu-x86"):
         ks = [k for k in LatencyModel(g).kernels(load_profile(hw)) if k.klass != "view"]
         assert len(ks) == 1 and ks[0].category == "activation", hw
+
+
+def _permute_graph(shape, perm):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return build_graph(make_model([helper.make_node("Transpose", ["x"], ["y"], perm=list(perm))], [x], [y]))
+
+
+def test_strided_permutes_pay_per_contiguous_run():
+    from autovit.latmodel.costs import _transpose_runs
+
+    # MobileViT's unfold moves 2-element runs: one run per element.
+    assert _transpose_runs((1, 48, 16, 2, 16, 2), (0, 3, 5, 2, 4, 1)) == 48 * 16 * 2 * 16 * 2
+    assert _transpose_runs((4, 256, 3, 2, 16), (2, 0, 3, 1, 4)) == 4 * 256 * 3 * 2  # 16-float runs kept
+    assert _transpose_runs((8, 256, 16), (0, 2, 1)) == 0  # a batched 2-D transpose: blocked, no per-run cost
+    assert _transpose_runs((1, 4, 5), (0, 1, 2)) == 0
+    cpu = load_profile("local-cpu")
+    unfold = _permute_graph((1, 48, 16, 2, 16, 2), (0, 3, 5, 2, 4, 1))
+    slow = LatencyModel(unfold).estimate(replace(cpu, layout_run_ns=10.0)).latency_ms
+    fast = LatencyModel(unfold).estimate(replace(cpu, layout_run_ns=0.0)).latency_ms
+    assert slow - fast == pytest.approx(48 * 16 * 2 * 16 * 2 * 10e-6, rel=1e-6)
+
+
+def test_blocked_layout_reorders_at_the_ends_of_conv_chains():
+    g = conv_bn_relu(c=32, hw=16)
+    cpu = replace(load_profile("local-cpu"), run_us=0.0)
+    plain = LatencyModel(g).estimate(replace(cpu, chain_reorder=False)).latency_ms
+    both = LatencyModel(g).estimate(cpu).latency_ms
+    inside = LatencyModel(g).estimate(cpu, edges=(True, True)).latency_ms
+    assert inside == pytest.approx(plain)  # between two convolutions nothing is reordered
+    assert both > LatencyModel(g).estimate(cpu, edges=(True, False)).latency_ms > inside
+    # 3-channel inputs (an image) are read as they are: no reorder before the stem.
+    stem = conv_bn_relu(c=3, hw=16)
+    assert LatencyModel(stem).estimate(cpu, edges=(False, True)).latency_ms == pytest.approx(
+        LatencyModel(stem).estimate(replace(cpu, chain_reorder=False)).latency_ms)
+
+
+def test_cached_weights_and_per_run_overhead():
+    g = conv_bn_relu(c=512, hw=1)  # weight-bound: 9.4 MB of weights, 4.7 MFLOP
+    cpu = load_profile("local-cpu")
+    cold = LatencyModel(g).estimate(replace(cpu, weights_cached=False)).latency_ms
+    warm = LatencyModel(g).estimate(cpu).latency_ms
+    assert warm < cold
+    with_run = LatencyModel(g).estimate(replace(cpu, run_us=50.0)).latency_ms
+    assert with_run - LatencyModel(g).estimate(replace(cpu, run_us=0.0)).latency_ms == pytest.approx(0.05)
+    assert LatencyModel(g).estimate(replace(cpu, run_us=50.0), per_run=False).latency_ms == pytest.approx(
+        LatencyModel(g).estimate(replace(cpu, run_us=0.0)).latency_ms)
+
+
+def test_short_rows_of_layernorm_cost_per_row():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 48])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = build_graph(make_model([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1)], [x], [y],
+                               [_init("s", (48,)), _init("b", (48,))]))
+    assert LatencyModel(g).costs[next(iter(LatencyModel(g).costs))].rows == 1024
+    cpu = replace(load_profile("local-cpu"), reduce_row_ns=0.0)
+    base = LatencyModel(g).estimate(cpu).latency_ms
+    assert LatencyModel(g).estimate(replace(cpu, reduce_row_ns=100.0)).latency_ms > base

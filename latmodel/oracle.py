@@ -1,0 +1,107 @@
+"""Latency oracles for the search: many AutoViT architectures in, an array of ms out.
+
+A search prices thousands of candidates, so an oracle never exports a network: it splits an
+architecture into the blocks it runs (modules.arch_blocks) and adds per-block costs that are
+computed once and cached.
+
+- AnalyticalOracle: each block priced by the analytical model as a part of a network (its
+  layout at the edges follows its neighbours, the runtime's per-call cost counted once per
+  network), for any profile, data-sheet or calibrated.
+- LutOracle: the paper's method, the sum of measured LUT entries when every block of the
+  architecture is in the LUT; the analytical oracle for the rest. `coverage` counts both.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.hardware import HardwareProfile
+from autovit.latmodel.lut import Lut
+from autovit.latmodel.modules import BlockSpec, arch_blocks
+
+# Blocks whose last kernel is a convolution hand on the runtime's blocked layout; blocks that
+# start with a convolution take it.
+_ENDS_CONV = frozenset({"conv", "mbconv", "mvit_convs"})
+_STARTS_CONV = frozenset({"mbconv", "mvit_convs", "head"})
+
+
+class AnalyticalOracle:
+    """latency_ms(archs) -> ms per architecture (batch 1) from cached per-block estimates on `profile`."""
+
+    def __init__(self, profile: HardwareProfile):
+        self.profile = profile
+        self.name = f"analytical:{profile.name}"
+        self._block_ms: dict[tuple[BlockSpec, bool, bool], float] = {}
+        self._models: dict[BlockSpec, object] = {}
+
+    def block_ms(self, block: BlockSpec, in_blocked: bool = False, out_blocked: bool = False) -> float:
+        key = (block, in_blocked, out_blocked)
+        ms = self._block_ms.get(key)
+        if ms is None:
+            from autovit.latmodel.fit import block_model
+
+            model = self._models.get(block)
+            if model is None:
+                model = self._models[block] = block_model(block)
+            # Each block at its graph's own batch: one image (a transformer block's batch is its patches).
+            ms = model.estimate(self.profile, edges=(in_blocked, out_blocked), per_run=False).latency_ms
+            self._block_ms[key] = ms
+        return ms
+
+    def blocks_ms(self, blocks: Sequence[BlockSpec]) -> float:
+        total = self.profile.run_us * 1e-3
+        n = len(blocks)
+        for i, b in enumerate(blocks):
+            in_blocked = i > 0 and blocks[i - 1].kind in _ENDS_CONV and b.kind in _STARTS_CONV
+            out_blocked = i + 1 < n and b.kind in _ENDS_CONV and blocks[i + 1].kind in _STARTS_CONV
+            total += self.block_ms(b, in_blocked, out_blocked)
+        return total
+
+    def latency_ms(self, archs: Iterable) -> np.ndarray:
+        return np.array([self.blocks_ms(arch_blocks(a)) for a in archs], float)
+
+
+class LutOracle:
+    """The sum of LUT entries (mode `mode`) for architectures whose blocks are all measured,
+    the analytical oracle on `profile` (best: the profile calibrated on this LUT) otherwise."""
+
+    def __init__(self, lut: Lut, profile: HardwareProfile, mode: str = "isolated"):
+        if lut.device.split("@")[0] != profile.name.split("@")[0]:
+            raise AutoVitError(f"LUT was measured on '{lut.device}', the profile is '{profile.name}'; "
+                               "use the LUT of the device you search for")
+        self.lut = lut
+        self.mode = mode
+        self.name = f"lut:{lut.device}"
+        self.fallback = AnalyticalOracle(profile)
+        self._entries: dict[BlockSpec, float] = {}
+        for e in lut.entries.values():
+            if e.get("mode") == mode:
+                self._entries[BlockSpec.from_dict(e["block"])] = float(e["median_ms"])
+        if not self._entries:
+            raise AutoVitError(f"the LUT has no '{mode}' entries; profile with --mode {mode}")
+        self.coverage = {"lut": 0, "analytical": 0}
+
+    def lut_sum(self, blocks: Sequence[BlockSpec]) -> float | None:
+        """The paper's estimate, or None when a block is not in the LUT."""
+        total = 0.0
+        for b in blocks:
+            ms = self._entries.get(b)
+            if ms is None:
+                return None
+            total += ms
+        return total
+
+    def latency_ms(self, archs: Iterable) -> np.ndarray:
+        out = []
+        for a in archs:
+            blocks = arch_blocks(a)
+            ms = self.lut_sum(blocks)
+            if ms is None:
+                self.coverage["analytical"] += 1
+                ms = self.fallback.blocks_ms(blocks)
+            else:
+                self.coverage["lut"] += 1
+            out.append(ms)
+        return np.array(out, float)

@@ -1,0 +1,253 @@
+"""Check latency predictions against real measurements on this machine.
+
+Models: N random subnets of the AutoViT spaces (seeded) and a zoo of timm architectures none of
+which is in any LUT. Four predictors priced on the same models:
+
+- analytical: the latency model with the given profile (best: NAME@calibrated);
+- lut: the paper's LUT sum (AutoViT architectures whose blocks are all in the LUT);
+- flops / params: latency proportional to FLOPs or parameters, the factor fitted on the LUT's
+  blocks (the calibration data), never on the validation models.
+
+Measurement: every model is timed in `rounds` bursts, one pass over all models per round, so
+a slow spell of a shared machine hits one burst of many models rather than every burst of a
+few; a model's latency is its lowest burst median (see profiler.py). The noise floor is the
+median, over models, of the coefficient of variation of its burst medians.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from autovit.latmodel.errors import AutoVitError
+
+# The kinds of models of the paper's comparison (MobileNetV2/V3, MobileViT, DeiT, PiT, LeViT,
+# EfficientNet, EfficientFormer, PoolFormer, ResNet) plus a few other mobile designs.
+DEFAULT_ZOO = (
+    "mobilenetv2_100", "mobilenetv3_large_100", "mobilenetv3_small_100", "mobilevit_xxs", "mobilevit_xs",
+    "mobilevit_s", "deit_tiny_patch16_224", "deit_small_patch16_224", "pit_ti_224", "pit_xs_224", "levit_128s",
+    "levit_128", "efficientnet_b0", "efficientformer_l1", "poolformer_s12", "resnet50", "resnet18",
+    "ghostnet_100", "regnetx_004", "mnasnet_100",
+)
+PREDICTORS = ("analytical", "lut", "flops", "params")
+
+
+@dataclass
+class Candidate:
+    """One model to validate on: how to build it, its input shape, and its predictions (ms)."""
+
+    name: str
+    group: str  # random | zoo
+    build: Callable[[], Any]
+    shape: tuple[int, ...]
+    arch: Any = None
+    flops: float = 0.0
+    params: int = 0
+    predicted: dict[str, float | None] = field(default_factory=dict)
+    round_ms: list[float] = field(default_factory=list)
+
+    @property
+    def measured_ms(self) -> float | None:
+        return min(self.round_ms) if self.round_ms else None
+
+    @property
+    def cv(self) -> float | None:
+        if len(self.round_ms) < 2:
+            return None
+        return float(np.std(self.round_ms, ddof=1) / np.mean(self.round_ms))
+
+
+def parse_models(spec: str) -> int:
+    """'random:100' -> 100; 'none' -> 0."""
+    if spec in ("none", "0"):
+        return 0
+    kind, _, n = spec.partition(":")
+    if kind != "random" or not n.isdigit():
+        raise AutoVitError(f"--models {spec!r}: use random:N (e.g. random:100) or none")
+    return int(n)
+
+
+def random_candidates(n: int, spaces: list[str], seed: int) -> list[Candidate]:
+    """n subnets, spread round-robin over `spaces`, each drawn uniformly (seeded)."""
+    from autovit.nas.builder import build_model
+    from autovit.nas.space import load_space
+
+    loaded = [load_space(s) for s in spaces]
+    out = []
+    for i in range(n):
+        sp = loaded[i % len(loaded)]
+        arch = sp.sample(seed * 100_003 + i)
+        side = arch.resolution
+        out.append(Candidate(f"{sp.name}#{i}", "random", (lambda a=arch: build_model(a)), (1, 3, side, side), arch))
+    return out
+
+
+def zoo_candidates(names: list[str]) -> list[Candidate]:
+    from autovit.latmodel.sources import timm_model
+
+    out = []
+    for name in names:
+        if name.startswith("autovit"):
+            raise AutoVitError(f"--zoo {name}: the zoo is for models outside the AutoViT spaces (held out of every LUT)")
+        model, side = timm_model(name)  # fails early, in one line, for a name timm does not know
+        out.append(Candidate(f"timm:{name}", "zoo", (lambda m=model: m), (1, 3, side, side)))
+    return out
+
+
+def proportional_factor(x: np.ndarray, y: np.ndarray) -> float:
+    """k of y ~ k * x, fitted on log scale (relative errors, as the other predictors)."""
+    ok = (x > 0) & (y > 0)
+    if not ok.any():
+        raise AutoVitError("cannot fit a proportional baseline: no calibration point with positive FLOPs/params")
+    return float(np.exp(np.mean(np.log(y[ok]) - np.log(x[ok]))))
+
+
+def baseline_factors(lut, mode: str = "isolated") -> dict[str, float]:
+    """ms per FLOP and ms per parameter, fitted on the LUT's blocks (the calibration data)."""
+    from autovit.latmodel.fit import block_model
+    from autovit.latmodel.modules import BlockSpec
+
+    flops, params, ms = [], [], []
+    for e in lut.entries.values():
+        if e.get("mode") != mode:
+            continue
+        model = block_model(BlockSpec.from_dict(e["block"]))
+        flops.append(sum(c.flops for c in model.costs.values()))
+        params.append(model.graph.params)
+        ms.append(float(e["median_ms"]))
+    if not ms:
+        raise AutoVitError(f"the LUT has no '{mode}' entries to fit the FLOPs/params baselines on")
+    y = np.array(ms)
+    return {"flops": proportional_factor(np.array(flops, float), y),
+            "params": proportional_factor(np.array(params, float), y)}
+
+
+def price(cands: list[Candidate], profile, lut_oracle, factors: dict[str, float] | None,
+          on_step: Callable[[Candidate, str | None], None] | None = None) -> list[tuple[str, str]]:
+    """Fill every candidate's predictions; returns [(name, error)] for models that could not be priced."""
+    from autovit.latmodel.estimate import LatencyModel
+    from autovit.latmodel.modules import arch_blocks
+    from autovit.latmodel.sources import module_graph
+
+    failed = []
+    for c in cands:
+        try:
+            model = LatencyModel(module_graph(c.build(), c.shape, source=c.name))
+            est = model.estimate(profile)
+            c.flops, c.params = est.flops, model.graph.params
+            c.predicted["analytical"] = est.latency_ms
+            c.predicted["lut"] = lut_oracle.lut_sum(arch_blocks(c.arch)) if (lut_oracle and c.arch) else None
+            if factors:
+                c.predicted["flops"] = factors["flops"] * c.flops
+                c.predicted["params"] = factors["params"] * c.params
+            err = None
+        except AutoVitError:
+            raise
+        except Exception as e:  # noqa: BLE001 - one model the exporter cannot handle must not stop the rest
+            err = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            failed.append((c.name, err))
+        if on_step:
+            on_step(c, err)
+    return failed
+
+
+def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, policy,
+            on_step: Callable[[Candidate, str | None], None] | None = None) -> list[tuple[str, str]]:
+    """Time every candidate in `rounds` passes (see module doc). Returns [(name, error)]."""
+    from autovit.latmodel.measure import time_callable
+    from autovit.latmodel.profiler import prepare
+
+    runners: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for _ in range(rounds):
+        for c in cands:
+            if c.name in failed:
+                continue
+            try:
+                if c.name not in runners:
+                    runners[c.name] = prepare(c.build(), c.shape, backend, threads)
+                run, timed = runners[c.name]
+                c.round_ms.append(time_callable(run, policy, timed=timed).median_ms)
+                err = None
+            except AutoVitError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a model the backend cannot run: report it, measure the rest
+                err = failed[c.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            if on_step:
+                on_step(c, err)
+    return list(failed.items())
+
+
+def metrics(pred: list[float], meas: list[float]) -> dict[str, float]:
+    """mape, rmspe, within_5, within_10 (%), kendall_tau, spearman of predictions as they are
+    (no rescaling: a calibrated predictor must be right in ms)."""
+    from autovit.latmodel.metrics import summary
+
+    if len(pred) < 3:
+        return {}
+    s = summary(pred, meas, rescale=False)
+    return {k: s[k] for k in ("mape", "rmspe", "within_5", "within_10", "kendall_tau", "spearman", "median_ape")}
+
+
+def report(cands: list[Candidate]) -> dict[str, Any]:
+    """Metrics per predictor, over all models and per group, plus the noise floor and rows."""
+    done = [c for c in cands if c.measured_ms is not None and c.predicted.get("analytical") is not None]
+    groups = {"all": done, "random": [c for c in done if c.group == "random"],
+              "zoo": [c for c in done if c.group == "zoo"]}
+    by_set: dict[str, dict[str, Any]] = {}
+    for g, cs in groups.items():
+        if not cs:
+            continue
+        by_set[g] = {"n_models": len(cs)}
+        for p in PREDICTORS:
+            pairs = [(c.predicted[p], c.measured_ms) for c in cs if c.predicted.get(p) is not None]
+            if len(pairs) >= 3:
+                by_set[g][p] = metrics([a for a, _ in pairs], [b for _, b in pairs]) | {"n": len(pairs)}
+    cvs = [c.cv for c in done if c.cv is not None]
+    rows = [{"model": c.name, "group": c.group, "measured_ms": c.measured_ms, "round_ms": c.round_ms,
+             "cv": c.cv, "flops": c.flops, "params": c.params,
+             **{f"pred_{p}_ms": c.predicted.get(p) for p in PREDICTORS},
+             **({"arch": c.arch.to_dict()} if c.arch is not None and hasattr(c.arch, "to_dict") else {})}
+            for c in done]
+    out = {"n_models": len(done), "noise_floor_cv": float(np.median(cvs)) if cvs else math.nan}
+    out["predictors"] = {p: v for p, v in by_set.get("all", {}).items() if p in PREDICTORS}
+    out["by_set"] = by_set
+    out["rows"] = rows
+    return out
+
+
+def scatter_png(cands: list[Candidate], path) -> Any:
+    """Predicted vs measured, log-log, one colour per predictor, with y = x and +-10 % lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autovit.latmodel.plots import _save
+
+    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    colours = {"analytical": "tab:blue", "lut": "tab:green", "flops": "tab:orange", "params": "tab:gray"}
+    lo, hi = math.inf, 0.0
+    for p in PREDICTORS:
+        for group, marker in (("random", "o"), ("zoo", "^")):
+            pts = [(c.measured_ms, c.predicted[p]) for c in cands if c.group == group and c.measured_ms
+                   and c.predicted.get(p)]
+            if not pts:
+                continue
+            x, y = np.array(pts).T
+            lo, hi = min(lo, x.min(), y.min()), max(hi, x.max(), y.max())
+            ax.scatter(x, y, s=14, marker=marker, alpha=0.7, color=colours[p], label=f"{p} ({group})")
+    if hi > 0:
+        line = np.array([lo * 0.8, hi * 1.25])
+        ax.plot(line, line, "k-", lw=0.8)
+        ax.plot(line, line * 1.1, "k:", lw=0.6)
+        ax.plot(line, line * 0.9, "k:", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title("predicted vs measured (dotted: +-10 %)")
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, path)

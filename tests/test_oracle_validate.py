@@ -1,0 +1,141 @@
+"""LUT and analytical oracles, ablation profiling with rounds, and `validate`."""
+import json
+
+import numpy as np
+import pytest
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.estimate import LatencyModel
+from autovit.latmodel.fit import block_model, block_pricer
+from autovit.latmodel.hardware import load_profile
+from autovit.latmodel.lut import Lut, load_lut
+from autovit.latmodel.measure import TimingPolicy
+from autovit.latmodel.modules import BlockSpec, arch_blocks, calib50
+from autovit.latmodel.oracle import AnalyticalOracle, LutOracle
+from autovit.latmodel.profiler import profile_blocks
+from autovit.latmodel.sources import arch_graph
+from autovit.latmodel import validate as v
+from autovit.nas.space import load_space
+
+from test_cli import assert_one_line_error, run_cli
+
+CPU = load_profile("local-cpu")
+FAST = TimingPolicy(warmup=1, min_repeats=5, max_repeats=6, ci_pct=50.0)
+TINY = [BlockSpec("mbconv", 8, 8, 8, 3, 1, 1.0), BlockSpec("transformer", 4, 16, 16, heads=2, mlp_ratio=2.0, head_dim=8)]
+
+
+def test_block_sum_equals_the_whole_network():
+    """The oracle's per-block sum (edges from the neighbours, one run overhead) must match the
+    model of the exported network, or the search would optimise something else."""
+    oracle = AnalyticalOracle(CPU)
+    for name in ("xxs", "s"):
+        arch = load_space(name).sample(3)
+        whole = LatencyModel(arch_graph(arch)).estimate(CPU).latency_ms
+        assert oracle.latency_ms([arch])[0] == pytest.approx(whole, rel=0.02)
+
+
+def test_transformer_blocks_are_priced_at_their_own_batch():
+    # A transformer block's input is (patches, tokens, C): all patches are one image's work.
+    b = BlockSpec("transformer", 8, 64, 64, heads=4, mlp_ratio=2.0, head_dim=16, patch=2)
+    assert block_model(b).graph.batch == 4
+    assert block_pricer(b)(CPU) == pytest.approx(block_model(b).estimate(CPU).latency_ms)
+
+
+def test_lut_oracle_sums_entries_and_falls_back():
+    sp = load_space("xxs")
+    arch = sp.sample(1)
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    for i, b in enumerate(arch_blocks(arch)):
+        lut.add("isolated", b, {"median_ms": 0.1 * (i + 1)})
+    oracle = LutOracle(lut, CPU)
+    other = sp.sample(2)
+    got = oracle.latency_ms([arch, other])
+    assert got[0] == pytest.approx(sum(lut.median_ms("isolated", b) for b in arch_blocks(arch)))
+    assert got[1] == pytest.approx(AnalyticalOracle(CPU).latency_ms([other])[0])
+    assert oracle.coverage == {"lut": 1, "analytical": 1}
+    with pytest.raises(AutoVitError, match="measured on 'local-cpu'"):
+        LutOracle(lut, load_profile("v100"))
+    with pytest.raises(AutoVitError, match="no 'ablation' entries"):
+        LutOracle(lut, CPU, mode="ablation")
+
+
+def test_calib50_covers_every_kind_within_the_budget():
+    blocks = calib50()
+    assert len(blocks) == 50 and len(set(blocks)) == 50
+    assert {b.kind for b in blocks} == {"conv", "mbconv", "mvit_convs", "transformer", "head"}
+
+
+def test_ablation_and_rounds(tmp_path):
+    out = tmp_path / "l.json"
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    policy = TimingPolicy(warmup=1, min_repeats=5, max_repeats=6, ci_pct=50.0, rounds=2)
+    measured, failures = profile_blocks(TINY, lut, out, "onnxruntime", 1, "ablation", policy)
+    assert measured == 2 and not failures
+    saved = load_lut(out)
+    for e in saved.entries.values():
+        assert e["mode"] == "ablation" and len(e["with_round_ms"]) == 2 and len(e["round_medians"]) == 2
+        assert e["median_ms"] > 0
+        assert e["median_ms"] == pytest.approx(max(e["with_ms"] - e["without_ms"], 0.01 * e["with_ms"]))
+    # A third round on resume adds one burst per block and keeps the best.
+    policy3 = TimingPolicy(warmup=1, min_repeats=5, max_repeats=6, ci_pct=50.0, rounds=3)
+    lut2 = load_lut(out)
+    profile_blocks(TINY[:1], lut2, out, "onnxruntime", 1, "isolated", policy3)
+    e = load_lut(out).entries[Lut.entry_key("isolated", TINY[0])]
+    assert len(e["round_medians"]) == 3 and e["median_ms"] == min(e["round_medians"])
+
+
+def test_validate_metrics_and_report():
+    cands = []
+    for i, (p, m) in enumerate([(1.0, 1.0), (2.15, 2.0), (2.9, 3.0), (4.0, 4.5)]):
+        c = v.Candidate(f"m{i}", "random", lambda: None, (1, 3, 8, 8))
+        c.predicted = {"analytical": p, "lut": None, "flops": 2 * m, "params": m}
+        c.round_ms = [m, m * 1.1]
+        cands.append(c)
+    r = v.report(cands)
+    a = r["predictors"]["analytical"]
+    assert r["n_models"] == 4 and a["kendall_tau"] == pytest.approx(1.0)
+    assert a["within_10"] == 75.0 and a["within_5"] == 50.0
+    assert r["predictors"]["params"]["mape"] == pytest.approx(0.0)
+    assert r["predictors"]["flops"]["mape"] == pytest.approx(100.0)
+    assert "lut" not in r["predictors"]
+    assert r["noise_floor_cv"] == pytest.approx(np.std([1, 1.1], ddof=1) / 1.05)
+    assert v.proportional_factor(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(2.0)
+
+
+def test_validate_reports_a_model_that_fails_and_goes_on():
+    good = v.random_candidates(1, ["xxs"], 0)[0]
+    bad = v.Candidate("broken", "zoo", lambda: (_ for _ in ()).throw(RuntimeError("no such op")), (1, 3, 8, 8))
+    failed = v.price([bad, good], CPU, None, {"flops": 1e-9, "params": 1e-6})
+    assert failed == [("broken", "RuntimeError: no such op")]
+    assert good.predicted["analytical"] > 0 and good.predicted["lut"] is None
+
+
+def test_validate_cli(tmp_path, capsys):
+    lat = __import__("autovit.cli.lat", fromlist=["x"])
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    for b in calib50()[:12]:
+        lut.add("isolated", b, {"median_ms": block_pricer(b)(CPU)})
+    lut.save(tmp_path / "lut.json")
+    out, plot = tmp_path / "r.json", tmp_path / "s.png"
+    code, stdout, _ = run_cli(lat, ["validate", "--hw", "local-cpu", "--lut", str(tmp_path / "lut.json"),
+                                    "--models", "random:3", "--space", "xxs", "--zoo", "mobilenetv3_small_050",
+                                    "--rounds", "2", "--plot", str(plot), "--out", str(out), "--json"], capsys)
+    assert code == 0
+    r = json.loads(stdout)
+    assert r["n_models"] == 4 and set(r["predictors"]) >= {"analytical", "flops", "params"}
+    for key in ("mape", "rmspe", "within_5", "within_10", "kendall_tau", "spearman"):
+        assert key in r["predictors"]["analytical"]
+    assert r["noise_floor_cv"] >= 0 and len(r["rows"]) == 4 and all(len(x["round_ms"]) == 2 for x in r["rows"])
+    assert json.loads(out.read_text())["n_models"] == 4 and plot.read_bytes()[:4] == b"\x89PNG"
+    base = ["validate", "--hw", "local-cpu", "--lut", str(tmp_path / "lut.json")]
+    for args, needle in ((["--models", "lots"], "random:N"), (["--zoo", "autovit_xxs"], "outside the AutoViT"),
+                         (["--zoo", "not_a_timm_model_x"], "unknown timm model"),
+                         (["--models", "none", "--zoo", "none"], "nothing to validate"),
+                         (["--rounds", "0"], "--rounds"), (["--backend", "coreml"], "macOS"),
+                         (["--plot", str(tmp_path / "no" / "s.png")], "does not exist")):
+        code, _, err = run_cli(lat, base + args, capsys)
+        assert_one_line_error(code, err, needle)
+    code, _, err = run_cli(lat, ["validate", "--hw", "local-cpu"], capsys)
+    assert_one_line_error(code, err, "--lut")
+    code, _, err = run_cli(lat, ["validate", "--hw", "v100", "--lut", str(tmp_path / "lut.json")], capsys)
+    assert_one_line_error(code, err, "not 'v100'")
