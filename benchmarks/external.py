@@ -175,6 +175,59 @@ def evaluate(name: str, pred: list[float], meas: list[float], flops: list[float]
     }
 
 
+def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list[float], flops: list[float],
+                   k: int, seed: int) -> dict:
+    """Calibrate `profile` on k seeded rows of a set, evaluate on the others; the FLOPs- and
+    parameter-proportional baselines are fitted on the same k rows. Errors are not rescaled:
+    the calibration has to get the milliseconds right."""
+    from autovit.latmodel.fit import ProfileCalibrator
+    from autovit.latmodel.metrics import summary
+    from autovit.latmodel.validate import proportional_factor
+
+    n = len(nets)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    train, test = order[:k], order[k:]
+    m = np.array(meas)
+    pricers = [lambda p, lm=lm, b=b: lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets]
+    t0 = time.time()
+    cal = ProfileCalibrator(profile)
+    fit = cal.fit_pricers([pricers[i] for i in train], m[train].tolist(), ["network"] * k)
+    fitted = cal.fitted_profile()
+    ours = np.array([pricers[i](fitted) for i in test])
+    before = np.array([pricers[i](profile) for i in test])
+    f = np.array(flops)
+    params = np.array([pp for _, _, pp in nets])
+    base = {"flops": proportional_factor(f[train], m[train]) * f[test],
+            "params": proportional_factor(params[train], m[train]) * params[test]}
+    keep = ("kendall_tau", "spearman", "median_ape", "mape", "within_10", "within_25")
+    mt = m[test]
+    return {
+        "set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed,
+        **{key: round(v, 4) for key, v in summary(ours, mt, rescale=False).items() if key in keep},
+        "uncalibrated": {key: round(v, 4) for key, v in summary(before, mt, rescale=False).items() if key in keep},
+        "baselines": {b: {key: round(v, 4) for key, v in summary(p, mt, rescale=False).items() if key in keep}
+                      for b, p in base.items()},
+        "fitted": {key: round(v, 5) for key, v in fit.params.items()}, "at_bound": fit.at_bound,
+        "train_rms_log_error": round(fit.rms_log_error, 4), "fit_s": round(time.time() - t0, 1),
+    }
+
+
+def kshot_table(results: list[dict]) -> str:
+    """The docs/BENCHMARKS.md table of --kshot runs."""
+    head = ("| set | K | n test | Kendall tau (calibrated / data sheet / FLOPs / params) "
+            "| median APE % (calibrated / data sheet / FLOPs / params) | within 10 % (cal.) | params at bound |\n"
+            "|---|---|---|---|---|---|---|\n")
+    rows = []
+    for r in results:
+        u, f, p = r["uncalibrated"], r["baselines"]["flops"], r["baselines"]["params"]
+        rows.append(f"| {r['set']} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
+                    f"{f['kendall_tau']:.3f} / {p['kendall_tau']:.3f} | {r['median_ape']:.1f} / {u['median_ape']:.1f} / "
+                    f"{f['median_ape']:.1f} / {p['median_ape']:.1f} | {r['within_10']:.1f} | "
+                    f"{', '.join(r['at_bound']) or '-'} |")
+    return head + "\n".join(rows) + "\n"
+
+
 def markdown_table(results: list[dict]) -> str:
     """The docs/BENCHMARKS.md table: ours vs the two baselines, per set."""
     head = ("| set | n | skipped | Kendall tau (ours / FLOPs / FLOPs+act fit) | Spearman (ours) "
@@ -201,11 +254,16 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--cache", default=str(HERE / ".cache"))
     ap.add_argument("--out", default=str(HERE / "results" / "external.jsonl"))
+    ap.add_argument("--kshot", type=int, default=0, metavar="K",
+                    help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest")
     ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a results file and exit")
     args = ap.parse_args()
     if args.table:
-        print(markdown_table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line]))
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line]
+        print(kshot_table(rows) if rows and "k" in rows[0] else markdown_table(rows))
         return
+    if args.kshot and args.out == str(HERE / "results" / "external.jsonl"):
+        args.out = str(HERE / "results" / "external_kshot.jsonl")
 
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
@@ -249,6 +307,7 @@ def main() -> None:
         for s in timm_wanted:
             _, hw, dtype = TIMM_SETS[s]
             pred, meas, flops, acts = [], [], [], []
+            nets: list[tuple] = []  # (LatencyModel, batch, params) per kept row, for --kshot
             sk = dict(skipped[s])
             for r in chosen[s]:
                 if args.n and len(pred) >= args.n:
@@ -261,15 +320,19 @@ def main() -> None:
                     sk[reason] = sk.get(reason, 0) + 1
                     continue
                 batch = int(r["infer_batch_size"])
-                est, g, _ = predict(gp, hw, batch, dtype, profiles)
+                est, g, lm = predict(gp, hw, batch, dtype, profiles)
                 if _unresolved_share(g) > 0.1:
                     sk["shapes not inferable"] = sk.get("shapes not inferable", 0) + 1
                     continue
+                nets.append((lm, batch, float(r["param_count"] or 0) * 1e6))
                 pred.append(est.latency_ms)
                 meas.append(float(r["infer_step_time"]))
                 flops.append(float(r["infer_gmacs"]) * batch)
                 acts.append(float(r["infer_macts"]) * batch)
-            res = evaluate(s, pred, meas, flops, acts, sk, hw, {"dtype": dtype, "source": TIMM_SETS[s][0]})
+            if args.kshot:
+                res = kshot_evaluate(s, profiles[hw], dtype, nets, meas, flops, args.kshot, args.seed)
+            else:
+                res = evaluate(s, pred, meas, flops, acts, sk, hw, {"dtype": dtype, "source": TIMM_SETS[s][0]})
             results.append(res)
             print(json.dumps(res), flush=True)
 
@@ -298,16 +361,23 @@ def main() -> None:
         for s in ofa_wanted:
             b = OFA_SETS[s]
             pred, meas, flops, acts = [], [], [], []
+            nets = []
             for r in ofa:
                 if r["idx"] not in models:
                     continue
                 g, lm = models[r["idx"]]
+                nets.append((lm, b, float(g.params)))
                 est = lm.estimate(v100["v100"], b, "fp32")
                 pred.append(est.latency_ms)
                 meas.append(float(r[f"v100_{b}"]))
                 flops.append(est.flops)
                 acts.append(sum(c.out_elems for c in lm.costs.values()) * b)
             skipped = {"export failed": len(ofa) - len(models)} if len(models) < len(ofa) else {}
+            if args.kshot:
+                res = kshot_evaluate(s, v100["v100"], "fp32", nets, meas, flops, args.kshot, args.seed)
+                results.append(res)
+                print(json.dumps(res), flush=True)
+                continue
             res = evaluate(s, pred, meas, flops, acts, skipped, "v100",
                            {"dtype": "fp32", "batch": b, "source": "help-ofa/ofa_mbv3_latency_ms.csv"})
             # The issue's reference point: the number of blocks alone ranks batch-1 latency well.

@@ -330,7 +330,7 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
               help="LUT for the LUT-sum predictor, e.g. one profiled with --space [default: the one --hw was calibrated on].")
 @click.option("--lut-mode", type=click.Choice(["isolated", "ablation"]), default=None,
               help="LUT entries to use [default: the calibration's mode, else isolated].")
-@click.option("--rounds", type=int, default=5, show_default=True, help="Bursts per model, one pass over all models each.")
+@click.option("--rounds", type=int, default=10, show_default=True, help="Bursts per model, one pass over all models each.")
 @click.option("--threads", type=int, default=None, help="Threads [default: physical cores].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Scatter PNG: predicted vs measured, log-log.")
@@ -386,7 +386,8 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     if not cands:
         raise AutoVitError("nothing to validate: --models none and --zoo none")
     threads = threads or physical_cores()
-    policy = TimingPolicy(warmup=3, min_repeats=10, max_repeats=40, ci_pct=2.0, max_seconds=3.0)
+    # Short bursts, many rounds: a model's best burst has more chances to fall in a quiet spell.
+    policy = TimingPolicy(warmup=2, min_repeats=6, max_repeats=15, ci_pct=2.0, max_seconds=1.5)
     t0 = time.time()
     try:
         with Progress(TextColumn("[bold]{task.fields[phase]}[/]"), BarColumn(), MofNCompleteColumn(),

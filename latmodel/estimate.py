@@ -58,14 +58,17 @@ class LatencyModel:
     def __init__(self, graph: OpGraph):
         self.graph = graph
         self.costs: dict[str, OpCost] = price_graph(graph)
-        self._kernels: dict[str, list[Kernel]] = {}
+        self._kernels: dict[tuple, list[Kernel]] = {}
         unknown = sorted({c.op_type for c in self.costs.values() if not c.known})
         self.warnings = list(graph.warnings)
         if unknown:
             self.warnings.append(f"ops without a cost rule, priced as memory copies: {', '.join(unknown)}")
 
     def kernels(self, profile: HardwareProfile) -> list[Kernel]:
-        key = f"{profile.source}:{id(profile)}"
+        # Kernels depend only on the profile's fusion and layout rules, so profiles that differ
+        # in numbers alone (a calibration's trial values) share them.
+        fb = profile.fallback.unsupported_ops if profile.fallback else None
+        key = (profile.fusion, profile.elided, profile.strided_readers, fb)
         if key not in self._kernels:
             self._kernels[key] = form_kernels(self.graph, self.costs, profile)
         return self._kernels[key]

@@ -150,7 +150,7 @@ class ProfileCalibrator:
             stderr = np.sqrt(np.clip(np.diag(cov), 0, None)) * scale
         except np.linalg.LinAlgError:
             stderr = np.full(len(x), math.nan)
-        at_bound = [n for n, z in zip(self.names, res.x) if z < 1e-3 or z > 1 - 1e-3]
+        at_bound = [n for n, z in zip(self.names, res.x) if z < 1e-4 or z > 1 - 1e-4]
         pred = np.exp(r) * y
         by_kind: dict[str, list[float]] = {}
         for k, p, m in zip(kinds, pred, y):

@@ -164,29 +164,36 @@ def calib50(spaces: tuple[str, ...] = ("xxs", "xs", "s")) -> list[BlockSpec]:
     return out
 
 
-def arch_blocks(arch) -> list[BlockSpec]:
-    """An AutoViT architecture as the sequence of blocks it runs (for LUT sums and profiling)."""
+def arch_block_fields(arch) -> list[tuple]:
+    """The blocks an AutoViT architecture runs, in order, as BlockSpec field tuples (kind, hw,
+    cin, cout, kernel, stride, expansion, heads, mlp_ratio, head_dim, patch, num_classes).
+    Tuples hash and compare in C: the search's oracle looks up ~10^5 of them per second."""
     side = arch.resolution
-    blocks = [BlockSpec("conv", side, 3, arch.stem_width, arch.stem_kernel, arch.stem_stride)]
+    hd, p = arch.head_dim, arch.patch
+    out = [("conv", side, 3, arch.stem_width, arch.stem_kernel, arch.stem_stride, 1.0, 0, 0.0, 0, 2, 0)]
     side = -(-side // arch.stem_stride)
     c = arch.stem_width
     for st in arch.mbconv:
         for i in range(st.depth):
             stride = st.stride if i == 0 else 1
-            blocks.append(BlockSpec("mbconv", side, c, st.width, st.kernel, stride, st.expansion))
+            out.append(("mbconv", side, c, st.width, st.kernel, stride, st.expansion, 0, 0.0, 0, 2, 0))
             side = -(-side // stride)
             c = st.width
     for st in arch.transformer:
-        blocks.append(BlockSpec("mbconv", side, c, st.width, arch.conv_kernel, st.stride, arch.downsample_expansion))
+        out.append(("mbconv", side, c, st.width, arch.conv_kernel, st.stride, arch.downsample_expansion, 0, 0.0, 0, 2, 0))
         side = -(-side // st.stride)
         c = st.width
-        blocks.append(BlockSpec("mvit_convs", side, c, c, arch.conv_kernel, patch=arch.patch, head_dim=arch.head_dim))
-        tokens_side = -(-side // arch.patch) * arch.patch
+        out.append(("mvit_convs", side, c, c, arch.conv_kernel, 1, 1.0, 0, 0.0, hd, p, 0))
+        tokens_side = -(-side // p) * p
         for layer in st.layers:
-            blocks.append(BlockSpec("transformer", tokens_side, c, c, heads=layer.heads, mlp_ratio=layer.mlp_ratio,
-                                    head_dim=arch.head_dim, patch=arch.patch))
-    blocks.append(BlockSpec("head", side, c, c * arch.head_expansion, num_classes=arch.num_classes))
-    return blocks
+            out.append(("transformer", tokens_side, c, c, 3, 1, 1.0, layer.heads, layer.mlp_ratio, hd, p, 0))
+    out.append(("head", side, c, c * arch.head_expansion, 3, 1, 1.0, 0, 0.0, 0, 2, arch.num_classes))
+    return out
+
+
+def arch_blocks(arch) -> list[BlockSpec]:
+    """An AutoViT architecture as the sequence of blocks it runs (for LUT sums and profiling)."""
+    return [BlockSpec(*f) for f in arch_block_fields(arch)]
 
 
 def space_blocks(space) -> list[BlockSpec]:

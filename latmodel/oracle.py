@@ -12,6 +12,7 @@ computed once and cached.
 """
 from __future__ import annotations
 
+from dataclasses import astuple
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.hardware import HardwareProfile
 from autovit.latmodel.lut import Lut
-from autovit.latmodel.modules import BlockSpec, arch_blocks
+from autovit.latmodel.modules import BlockSpec, arch_block_fields
 
 # Blocks whose last kernel is a convolution hand on the runtime's blocked layout; blocks that
 # start with a convolution take it.
@@ -33,34 +34,39 @@ class AnalyticalOracle:
     def __init__(self, profile: HardwareProfile):
         self.profile = profile
         self.name = f"analytical:{profile.name}"
-        self._block_ms: dict[tuple[BlockSpec, bool, bool], float] = {}
-        self._models: dict[BlockSpec, object] = {}
+        self._block_ms: dict[tuple, float] = {}
+        self._models: dict[tuple, object] = {}
 
-    def block_ms(self, block: BlockSpec, in_blocked: bool = False, out_blocked: bool = False) -> float:
-        key = (block, in_blocked, out_blocked)
+    def block_ms(self, block: BlockSpec | tuple, in_blocked: bool = False, out_blocked: bool = False) -> float:
+        """ms of one block (a BlockSpec or its field tuple) inside a network."""
+        f = block if isinstance(block, tuple) else astuple(block)
+        key = (f, in_blocked, out_blocked)
         ms = self._block_ms.get(key)
         if ms is None:
             from autovit.latmodel.fit import block_model
 
-            model = self._models.get(block)
+            model = self._models.get(f)
             if model is None:
-                model = self._models[block] = block_model(block)
+                model = self._models[f] = block_model(BlockSpec(*f))
             # Each block at its graph's own batch: one image (a transformer block's batch is its patches).
             ms = model.estimate(self.profile, edges=(in_blocked, out_blocked), per_run=False).latency_ms
             self._block_ms[key] = ms
         return ms
 
-    def blocks_ms(self, blocks: Sequence[BlockSpec]) -> float:
+    def blocks_ms(self, blocks: Sequence[BlockSpec | tuple]) -> float:
+        fs = [b if isinstance(b, tuple) else astuple(b) for b in blocks]
         total = self.profile.run_us * 1e-3
-        n = len(blocks)
-        for i, b in enumerate(blocks):
-            in_blocked = i > 0 and blocks[i - 1].kind in _ENDS_CONV and b.kind in _STARTS_CONV
-            out_blocked = i + 1 < n and b.kind in _ENDS_CONV and blocks[i + 1].kind in _STARTS_CONV
-            total += self.block_ms(b, in_blocked, out_blocked)
+        n = len(fs)
+        for i, f in enumerate(fs):
+            in_blocked = i > 0 and fs[i - 1][0] in _ENDS_CONV and f[0] in _STARTS_CONV
+            out_blocked = i + 1 < n and f[0] in _ENDS_CONV and fs[i + 1][0] in _STARTS_CONV
+            key = (f, in_blocked, out_blocked)
+            ms = self._block_ms.get(key)
+            total += ms if ms is not None else self.block_ms(f, in_blocked, out_blocked)
         return total
 
     def latency_ms(self, archs: Iterable) -> np.ndarray:
-        return np.array([self.blocks_ms(arch_blocks(a)) for a in archs], float)
+        return np.array([self.blocks_ms(arch_block_fields(a)) for a in archs], float)
 
 
 class LutOracle:
@@ -75,19 +81,19 @@ class LutOracle:
         self.mode = mode
         self.name = f"lut:{lut.device}"
         self.fallback = AnalyticalOracle(profile)
-        self._entries: dict[BlockSpec, float] = {}
+        self._entries: dict[tuple, float] = {}
         for e in lut.entries.values():
             if e.get("mode") == mode:
-                self._entries[BlockSpec.from_dict(e["block"])] = float(e["median_ms"])
+                self._entries[astuple(BlockSpec.from_dict(e["block"]))] = float(e["median_ms"])
         if not self._entries:
             raise AutoVitError(f"the LUT has no '{mode}' entries; profile with --mode {mode}")
         self.coverage = {"lut": 0, "analytical": 0}
 
-    def lut_sum(self, blocks: Sequence[BlockSpec]) -> float | None:
+    def lut_sum(self, blocks: Sequence[BlockSpec | tuple]) -> float | None:
         """The paper's estimate, or None when a block is not in the LUT."""
         total = 0.0
         for b in blocks:
-            ms = self._entries.get(b)
+            ms = self._entries.get(b if isinstance(b, tuple) else astuple(b))
             if ms is None:
                 return None
             total += ms
@@ -96,7 +102,7 @@ class LutOracle:
     def latency_ms(self, archs: Iterable) -> np.ndarray:
         out = []
         for a in archs:
-            blocks = arch_blocks(a)
+            blocks = arch_block_fields(a)
             ms = self.lut_sum(blocks)
             if ms is None:
                 self.coverage["analytical"] += 1
