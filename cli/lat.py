@@ -174,11 +174,13 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
               help="Stop timing a block when its median's 95 % CI is within this %.")
 @click.option("--max-repeats", type=int, default=300, show_default=True)
 @click.option("--rounds", type=int, default=3, show_default=True,
-              help="Bursts per block, one pass over all blocks each; the lowest burst median is kept (robust to slow spells of shared machines).")
+              help="Bursts per block, one pass over all blocks each (robust to slow spells of shared machines).")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Time a reference model between bursts and express entries at the LUT's reference speed.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as one JSON object on stdout.")
 def profile(hw: str, backend: str, preset: str | None, space_name: str | None, blocks_file: str | None, mode: str,
             out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, rounds: int,
-            as_json: bool) -> None:
+            reference: bool, as_json: bool) -> None:
     """Measure blocks on this machine into a lookup table (LUT).
 
     \b
@@ -247,7 +249,12 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
             def step(block, m, err) -> None:
                 prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
 
-            measured, failures = profile_blocks(todo, lut, out, backend, threads, mode, policy, step)
+            monitor = None
+            if reference and todo:
+                from autovit.latmodel.profiler import drift_monitor
+
+                monitor = drift_monitor(backend, threads, policy)
+            measured, failures = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
             prog.update(task, completed=bursts)
     except KeyboardInterrupt:
         console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
@@ -256,6 +263,7 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     if not lut.entries:
         lut.save(out)
     summary = {"lut": str(out), "device": device, "backend": backend, "threads": threads, "mode": mode,
+               "reference": lut.reference,
                "blocks": len(blocks), "measured": measured, "already_there": len(blocks) - len(todo),
                "failed": [{"block": k, "error": e} for k, e in failures], "wall_s": round(time.time() - t0, 1)}
     if as_json:
@@ -331,13 +339,15 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
 @click.option("--lut-mode", type=click.Choice(["isolated", "ablation"]), default=None,
               help="LUT entries to use [default: the calibration's mode, else isolated].")
 @click.option("--rounds", type=int, default=10, show_default=True, help="Bursts per model, one pass over all models each.")
+@click.option("--reference/--no-reference", default=True, show_default=True,
+              help="Time a reference model between bursts; express latencies at the LUT's reference speed.")
 @click.option("--threads", type=int, default=None, help="Threads [default: physical cores].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Scatter PNG: predicted vs measured, log-log.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the full result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut_path: str | None,
-             lut_mode: str | None, rounds: int, threads: int | None, seed: int, plot: str | None,
+             lut_mode: str | None, rounds: int, reference: bool, threads: int | None, seed: int, plot: str | None,
              out_path: str | None, as_json: bool) -> None:
     """Measure random subnets and a held-out timm zoo here; compare four predictors.
 
@@ -398,7 +408,14 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
             bad = {n for n, _ in failed}
             todo = [c for c in cands if c.name not in bad]
             prog.update(task, completed=0, total=len(todo) * rounds, phase=f"measure ({rounds} rounds)")
-            failed += v.measure(todo, backend, threads, rounds, policy, step)
+            monitor = None
+            if reference:
+                from autovit.latmodel.profiler import drift_monitor
+
+                monitor = drift_monitor(backend, threads, policy)
+            ref_lut = load_lut(calib_lut, profile.name) if calib_lut else lut
+            failed += v.measure(todo, backend, threads, rounds, policy, step, monitor,
+                                ref_lut.reference.get("ref_ms"))
     except KeyboardInterrupt:
         console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
         raise SystemExit(130) from None
@@ -415,8 +432,8 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     if as_json:
         print_json(result)
         return
-    t = Table(title=f"{result['n_models']} models on {profile.name} ({backend}, {threads} threads); "
-                    f"noise floor CV {result['noise_floor_cv'] * 100:.1f} %")
+    t = Table(title=f"{result['n_models']} models on {profile.name} ({backend}, {threads} threads); noise floor CV "
+                    f"{result['noise_floor_cv'] * 100:.1f} % ({result['noise_floor_cv_raw'] * 100:.1f} % raw)")
     for col in ("set", "predictor", "n", "MAPE%", "RMSPE%", "<=5%", "<=10%", "tau", "rho"):
         t.add_column(col, justify="left" if col in ("set", "predictor") else "right")
     for g, d in result["by_set"].items():
@@ -428,6 +445,9 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     console.print(t)
     for f in result["failed"]:
         console.print(f"[yellow]failed:[/] {f['model']}: {f['error']} (left out of the figures)", highlight=False)
+    if n_random and result["lut_coverage"] < n_random:
+        console.print(f"note: the LUT covers {result['lut_coverage']} of {n_random} subnets; for the LUT-sum predictor "
+                      "on all of them pass --lut with a LUT profiled with --space xxs/xs/s", highlight=False)
     if plot:
         console.print(f"wrote {plot}", highlight=False)
 

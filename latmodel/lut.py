@@ -30,6 +30,8 @@ class Lut:
     policy: dict[str, Any]
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: str = field(default_factory=lambda: _now())
+    # The drift monitor's reference model and speed (measure.DriftMonitor): {"model", "ref_ms"}.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def entry_key(mode: str, block: BlockSpec) -> str:
@@ -47,7 +49,8 @@ class Lut:
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": LUT_SCHEMA, "device": self.device, "backend": self.backend, "created": self.created,
-                "updated": _now(), "environment": self.environment, "policy": self.policy, "entries": self.entries}
+                "updated": _now(), "environment": self.environment, "policy": self.policy,
+                "reference": self.reference, "entries": self.entries}
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
@@ -85,8 +88,11 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
             BlockSpec.from_dict(e["block"])
         except (KeyError, TypeError, AutoVitError):
             raise AutoVitError(f"{p}: entry '{key}' has no valid block description") from None
+    ref = d.get("reference") or {}
+    if ref and not (isinstance(ref.get("ref_ms"), (int, float)) and math.isfinite(ref["ref_ms"]) and ref["ref_ms"] > 0):
+        raise AutoVitError(f"{p}: field 'reference.ref_ms' must be a positive number; re-run `autovit-lat profile`")
     return Lut(d["device"], d["backend"], d.get("environment", {}), d.get("policy", {}), d["entries"],
-               d.get("created", _now()))
+               d.get("created", _now()), ref)
 
 
 def _base_name(device: str) -> str:

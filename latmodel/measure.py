@@ -15,7 +15,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from autovit.latmodel.errors import AutoVitError
@@ -96,6 +96,48 @@ def time_callable(run: Callable[[], object], policy: TimingPolicy = TimingPolicy
                 median_ci_halfwidth_pct(samples) <= policy.ci_pct or clock() - start > policy.max_seconds):
             break
     return summarize(samples, policy.ci_pct)
+
+
+@dataclass
+class DriftMonitor:
+    """A fixed reference model timed before every `every` measurements, to express them at one
+    machine speed.
+
+    Shared and virtual machines change speed for tens of seconds at a time (this project's
+    2-core VM: the same model at 6.6 ms for a minute, then at 10-17 ms); such a slow spell
+    moves every workload alike, so a burst measured right after a reference burst is scaled by
+    ref_ms / reference burst. `ref_ms` is the reference speed all measurements are expressed
+    at: the LUT's (its fastest reference burst), so that a LUT and a later validation agree.
+    Raw values are always kept next to the scaled ones.
+    """
+
+    run: Callable[[], object]
+    policy: TimingPolicy
+    timed: Callable | None = None
+    every: int = 8
+    model: str = ""
+    history: list = field(default_factory=list)
+    _since: int = 0
+
+    def before_item(self) -> float:
+        """The reference burst median (ms) adjacent to the next measurement."""
+        if not self.history or self._since >= self.every:
+            self.history.append(time_callable(self.run, self.policy, timed=self.timed).median_ms)
+            self._since = 0
+        self._since += 1
+        return self.history[-1]
+
+    @property
+    def fastest_ms(self) -> float | None:
+        return min(self.history) if self.history else None
+
+
+def at_reference(raw_ms: list[float], reference_ms: list[float], ref_ms: float | None) -> float:
+    """A measurement's value at the reference speed: the median over rounds of raw x ref / reference;
+    without a reference, the lowest raw round (the least disturbed one)."""
+    if ref_ms and reference_ms and len(reference_ms) == len(raw_ms):
+        return float(statistics.median(r * ref_ms / c for r, c in zip(raw_ms, reference_ms)))
+    return float(min(raw_ms))
 
 
 def cuda_event_timer(torch_module) -> Callable[[Callable[[], object]], float]:

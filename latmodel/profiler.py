@@ -2,10 +2,11 @@
 
 Each block is measured in `policy.rounds` bursts, one pass over all blocks per round, so a
 block's bursts are spread over the whole run. Shared and virtual machines change speed for tens
-of seconds at a time (this project's 2-core VM: a 6.6 ms model runs at 10 ms for ~40 s, then
-recovers); a burst caught in a slow spell shows as a high round median, and the entry keeps the
-lowest round median: the latency of the machine when nothing else competes for it. Every
-round's median is stored, so the spread is visible.
+of seconds at a time (this project's 2-core VM: a 6.6 ms model runs at 10-17 ms for a minute,
+then recovers). With a drift monitor (the default of `autovit-lat profile`), a reference model
+is timed before every few bursts and each burst is expressed at the LUT's reference speed
+(measure.DriftMonitor); an entry is the median over its rounds. Without one, an entry is its
+lowest round (the least disturbed). Every round's raw median is stored either way.
 
 Modes:
 - isolated: the block alone, from its own input to its own output, one runtime call.
@@ -21,7 +22,8 @@ from typing import Callable
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import Lut
-from autovit.latmodel.measure import Measurement, TimingPolicy, check_backend, cuda_event_timer, time_callable
+from autovit.latmodel.measure import (
+    DriftMonitor, Measurement, TimingPolicy, at_reference, check_backend, cuda_event_timer, time_callable)
 from autovit.latmodel.modules import BlockSpec
 
 Runner = tuple[Callable[[], object], Callable | None]
@@ -73,6 +75,21 @@ def _first_calls(run: Callable[[], object]) -> Callable[[], object]:
     return run
 
 
+REFERENCE_MODEL = "autovit:xxs"
+
+
+def drift_monitor(backend: str, threads: int, policy: TimingPolicy, every: int = 8) -> DriftMonitor:
+    """The reference model (the XXS preset, a mix of convolutions, attention and layout ops:
+    what the measured blocks are made of) ready to time between measurements."""
+    from autovit.nas.builder import build_model
+    from autovit.nas.presets import load_preset
+
+    arch = load_preset(REFERENCE_MODEL)
+    side = arch.resolution
+    run, timed = prepare(build_model(arch), (1, 3, side, side), backend, threads)
+    return DriftMonitor(run, policy, timed, every, REFERENCE_MODEL)
+
+
 def lead_in(block: BlockSpec):
     """The layer that feeds `block` in ablation mode: it keeps the block's input shape."""
     from torch import nn
@@ -101,29 +118,48 @@ def measure_block(block: BlockSpec, backend: str, threads: int, policy: TimingPo
     return time_callable(run, policy, timed=timed)
 
 
-def _merge_round(entry: dict | None, mode: str, bursts: list[Measurement]) -> dict:
-    """Fold one round's burst(s) into a LUT entry: every round's median kept, the best one used."""
-    rounds = list(entry.get("round_medians", [])) if entry else []
-    withs = list(entry.get("with_round_ms", [])) if entry else []
-    withouts = list(entry.get("without_round_ms", [])) if entry else []
-    if mode == "isolated":
-        m = bursts[0]
-        rounds.append(m.median_ms)
-        best = m if not entry or m.median_ms <= entry["median_ms"] else None
-        out = dict(entry) if best is None else m.to_dict()
-        out["round_medians"] = rounds
-        return out
-    withs.append(bursts[0].median_ms)
-    withouts.append(bursts[1].median_ms)
-    diff = min(withs) - min(withouts)
-    rounds.append(withs[-1] - withouts[-1])
-    # A block cheaper than the noise of the difference still gets a positive entry (LUT entries
-    # must be > 0), flagged so that nobody mistakes it for a measurement.
-    floor = 0.01 * min(withs)
-    return {"median_ms": max(diff, floor), "below_noise": diff < floor, "with_ms": min(withs),
-            "without_ms": min(withouts), "with_round_ms": withs, "without_round_ms": withouts,
-            "round_medians": rounds, "iqr_ms": bursts[0].iqr_ms, "repeats": bursts[0].repeats,
-            "outliers": bursts[0].outliers, "ci_pct": bursts[0].ci_pct, "converged": bursts[0].converged}
+def _add_round(entry: dict | None, mode: str, bursts: list[Measurement], reference_ms: float | None) -> dict:
+    """One round's burst(s) appended to a LUT entry's raw lists (values are set by _settle)."""
+    e = {k: v for k, v in (entry or {}).items() if k not in ("mode", "block")}
+    e.setdefault("round_medians", [])
+    if mode == "ablation":
+        e.setdefault("with_round_ms", []).append(bursts[0].median_ms)
+        e.setdefault("without_round_ms", []).append(bursts[1].median_ms)
+        e["round_medians"].append(bursts[0].median_ms - bursts[1].median_ms)
+    else:
+        e["round_medians"].append(bursts[0].median_ms)
+    if reference_ms is not None:
+        e.setdefault("round_reference_ms", []).append(reference_ms)
+    m = bursts[0]
+    e.update(iqr_ms=m.iqr_ms, repeats=m.repeats, outliers=m.outliers, ci_pct=m.ci_pct, converged=m.converged)
+    return e
+
+
+def _settle(e: dict, mode: str, ref_ms: float | None) -> None:
+    """Set an entry's median_ms (ms at the LUT's reference speed, measure.at_reference)."""
+    refs = e.get("round_reference_ms", [])
+    if mode == "ablation":
+        with_ms = at_reference(e["with_round_ms"], refs, ref_ms)
+        without_ms = at_reference(e["without_round_ms"], refs, ref_ms)
+        diff = with_ms - without_ms
+        # A block cheaper than the noise of the difference still gets a positive entry (LUT
+        # entries must be > 0), flagged so that nobody mistakes it for a measurement.
+        floor = 0.01 * with_ms
+        e.update(median_ms=max(diff, floor), below_noise=diff < floor, with_ms=with_ms, without_ms=without_ms)
+    else:
+        e["median_ms"] = at_reference(e["round_medians"], refs, ref_ms)
+
+
+def settle_lut(lut: Lut, monitor: DriftMonitor | None) -> None:
+    """Re-express every entry at the LUT's reference speed (the fastest reference burst so far)."""
+    if monitor is not None and monitor.fastest_ms is not None:
+        old = lut.reference.get("ref_ms")
+        ref = min(monitor.fastest_ms, old) if old else monitor.fastest_ms
+        lut.reference = {"model": monitor.model, "ref_ms": ref}
+    ref_ms = lut.reference.get("ref_ms")
+    for e in lut.entries.values():
+        if "round_medians" in e:
+            _settle(e, e["mode"], ref_ms)
 
 
 def rounds_done(lut: Lut, mode: str, block: BlockSpec) -> int:
@@ -135,10 +171,11 @@ def rounds_done(lut: Lut, mode: str, block: BlockSpec) -> int:
 
 def profile_blocks(blocks: list[BlockSpec], lut: Lut, path: str | Path, backend: str, threads: int,
                    mode: str, policy: TimingPolicy,
-                   on_progress: Callable[[BlockSpec, Measurement | None, str | None], None] | None = None
-                   ) -> tuple[int, list[tuple[str, str]]]:
+                   on_progress: Callable[[BlockSpec, Measurement | None, str | None], None] | None = None,
+                   monitor: DriftMonitor | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Measure every block of `blocks` until it has `policy.rounds` rounds in `lut`, one pass
-    over the blocks per round, saving after each burst. Returns (blocks completed, failures)."""
+    over the blocks per round, saving after each burst. With a drift monitor, entries are at the
+    LUT's reference speed (measure.DriftMonitor). Returns (blocks completed, failures)."""
     if mode not in ("isolated", "ablation"):
         raise AutoVitError(f"unknown mode '{mode}': use isolated or ablation")
     runners: dict[str, list[Runner]] = {}
@@ -151,6 +188,7 @@ def profile_blocks(blocks: list[BlockSpec], lut: Lut, path: str | Path, backend:
             try:
                 if block.key not in runners:
                     runners[block.key] = block_runners(block, mode, backend, threads)
+                reference_ms = monitor.before_item() if monitor else None
                 bursts = [time_callable(run, policy, timed=timed) for run, timed in runners[block.key]]
             except AutoVitError:
                 raise
@@ -160,8 +198,8 @@ def profile_blocks(blocks: list[BlockSpec], lut: Lut, path: str | Path, backend:
                     on_progress(block, None, failures[block.key])
                 continue
             key = Lut.entry_key(mode, block)
-            merged = _merge_round(lut.entries.get(key), mode, bursts)
-            lut.add(mode, block, merged)
+            lut.add(mode, block, _add_round(lut.entries.get(key), mode, bursts, reference_ms))
+            settle_lut(lut, monitor)
             lut.save(path)
             if rounds_done(lut, mode, block) >= policy.rounds:
                 completed.add(block.key)

@@ -10,8 +10,11 @@ which is in any LUT. Four predictors priced on the same models:
 
 Measurement: every model is timed in `rounds` bursts, one pass over all models per round, so
 a slow spell of a shared machine hits one burst of many models rather than every burst of a
-few; a model's latency is its lowest burst median (see profiler.py). The noise floor is the
-median, over models, of the coefficient of variation of its burst medians.
+few. With the drift monitor (default) a reference model is timed before every few bursts and a
+model's latency is the median of its bursts expressed at the calibration LUT's reference speed
+(measure.DriftMonitor), so that the LUT and the validation are measured at one machine speed;
+the raw figures (lowest burst, no correction) are reported next to them. The noise floor is the
+median, over models, of the coefficient of variation of its bursts (corrected and raw).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.measure import at_reference
 
 # The kinds of models of the paper's comparison (MobileNetV2/V3, MobileViT, DeiT, PiT, LeViT,
 # EfficientNet, EfficientFormer, PoolFormer, ResNet) plus a few other mobile designs.
@@ -46,17 +50,36 @@ class Candidate:
     flops: float = 0.0
     params: int = 0
     predicted: dict[str, float | None] = field(default_factory=dict)
-    round_ms: list[float] = field(default_factory=list)
+    round_ms: list[float] = field(default_factory=list)  # raw burst medians, one per round
+    reference_ms: list[float] = field(default_factory=list)  # the drift monitor's burst before each
+    ref_ms: float | None = None  # the reference speed measurements are expressed at
+
+    def _scaled(self) -> list[float]:
+        if self.ref_ms and len(self.reference_ms) == len(self.round_ms):
+            return [r * self.ref_ms / c for r, c in zip(self.round_ms, self.reference_ms)]
+        return list(self.round_ms)
 
     @property
     def measured_ms(self) -> float | None:
+        return at_reference(self.round_ms, self.reference_ms, self.ref_ms) if self.round_ms else None
+
+    @property
+    def raw_ms(self) -> float | None:
+        """The lowest raw burst median: the measurement without drift correction."""
         return min(self.round_ms) if self.round_ms else None
+
+    @staticmethod
+    def _cv(xs: list[float]) -> float | None:
+        return float(np.std(xs, ddof=1) / np.mean(xs)) if len(xs) >= 2 else None
 
     @property
     def cv(self) -> float | None:
-        if len(self.round_ms) < 2:
-            return None
-        return float(np.std(self.round_ms, ddof=1) / np.mean(self.round_ms))
+        """Spread of the rounds after drift correction (the noise left in a measurement)."""
+        return self._cv(self._scaled())
+
+    @property
+    def raw_cv(self) -> float | None:
+        return self._cv(self.round_ms)
 
 
 def parse_models(spec: str) -> int:
@@ -154,8 +177,10 @@ def price(cands: list[Candidate], profile, lut_oracle, factors: dict[str, float]
 
 
 def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, policy,
-            on_step: Callable[[Candidate, str | None], None] | None = None) -> list[tuple[str, str]]:
-    """Time every candidate in `rounds` passes (see module doc). Returns [(name, error)]."""
+            on_step: Callable[[Candidate, str | None], None] | None = None,
+            monitor=None, ref_ms: float | None = None) -> list[tuple[str, str]]:
+    """Time every candidate in `rounds` passes (see module doc); with a drift monitor, express
+    them at `ref_ms` (default: the fastest reference burst of this run). Returns [(name, error)]."""
     from autovit.latmodel.measure import time_callable
     from autovit.latmodel.profiler import prepare
 
@@ -169,6 +194,8 @@ def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, pol
                 if c.name not in runners:
                     runners[c.name] = prepare(c.build(), c.shape, backend, threads)
                 run, timed = runners[c.name]
+                if monitor is not None:
+                    c.reference_ms.append(monitor.before_item())
                 c.round_ms.append(time_callable(run, policy, timed=timed).median_ms)
                 err = None
             except AutoVitError:
@@ -177,6 +204,9 @@ def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, pol
                 err = failed[c.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
             if on_step:
                 on_step(c, err)
+    if monitor is not None:
+        for c in cands:
+            c.ref_ms = ref_ms or monitor.fastest_ms
     return list(failed.items())
 
 
@@ -206,14 +236,24 @@ def report(cands: list[Candidate]) -> dict[str, Any]:
             if len(pairs) >= 3:
                 by_set[g][p] = metrics([a for a, _ in pairs], [b for _, b in pairs]) | {"n": len(pairs)}
     cvs = [c.cv for c in done if c.cv is not None]
-    rows = [{"model": c.name, "group": c.group, "measured_ms": c.measured_ms, "round_ms": c.round_ms,
-             "cv": c.cv, "flops": c.flops, "params": c.params,
+    raw_cvs = [c.raw_cv for c in done if c.raw_cv is not None]
+    rows = [{"model": c.name, "group": c.group, "measured_ms": c.measured_ms, "raw_ms": c.raw_ms, "round_ms": c.round_ms,
+             "reference_ms": c.reference_ms, "cv": c.cv, "raw_cv": c.raw_cv, "flops": c.flops, "params": c.params,
              **{f"pred_{p}_ms": c.predicted.get(p) for p in PREDICTORS},
              **({"arch": c.arch.to_dict()} if c.arch is not None and hasattr(c.arch, "to_dict") else {})}
             for c in done]
-    out = {"n_models": len(done), "noise_floor_cv": float(np.median(cvs)) if cvs else math.nan}
+    out = {"n_models": len(done), "noise_floor_cv": float(np.median(cvs)) if cvs else math.nan,
+           "noise_floor_cv_raw": float(np.median(raw_cvs)) if raw_cvs else math.nan,
+           "reference_ms": done[0].ref_ms if done else None}
     out["predictors"] = {p: v for p, v in by_set.get("all", {}).items() if p in PREDICTORS}
     out["by_set"] = by_set
+    # The same predictors against the raw measurements (lowest burst, no drift correction).
+    out["by_set_raw"] = {}
+    for g, cs in groups.items():
+        raw = {p: metrics([c.predicted[p] for c in cs if c.predicted.get(p) is not None],
+                          [c.raw_ms for c in cs if c.predicted.get(p) is not None]) for p in PREDICTORS}
+        if cs:
+            out["by_set_raw"][g] = {p: m for p, m in raw.items() if m}
     out["rows"] = rows
     return out
 

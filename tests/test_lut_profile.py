@@ -214,3 +214,18 @@ def test_unwritable_output_paths_are_one_line_errors(tmp_path, capsys):
     code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--blocks", str(blocks), "--out",
                                  str(a_file / "lut.json"), "--max-repeats", "6", "--ci-pct", "50"], capsys)
     assert_one_line_error(code, err, "cannot use")
+
+
+def test_drift_monitor_scales_bursts_to_the_reference_speed(monkeypatch):
+    from autovit.latmodel import measure
+    from autovit.latmodel.measure import DriftMonitor, Measurement, at_reference
+
+    # A slow spell doubles every workload: at the reference speed both rounds read the same.
+    assert at_reference([10.0, 20.0], [5.0, 10.0], 5.0) == pytest.approx(10.0)
+    assert at_reference([10.0, 20.0], [], None) == 10.0  # no reference: the least disturbed round
+    speeds = iter([5.0, 10.0, 6.0])
+    monkeypatch.setattr(measure, "time_callable",
+                        lambda run, policy, timed=None: Measurement(next(speeds), 0, 0, 0, 5, 0, 1.0, True))
+    mon = DriftMonitor(lambda: None, FAST, every=2)
+    got = [mon.before_item() for _ in range(5)]
+    assert got == [5.0, 5.0, 10.0, 10.0, 6.0] and mon.fastest_ms == 5.0
