@@ -3,7 +3,10 @@
 Models: N random subnets of the AutoViT spaces (seeded) and a zoo of timm architectures none of
 which is in any LUT. Four predictors priced on the same models:
 
-- analytical: the latency model with the given profile (best: NAME@calibrated);
+- analytical: the latency model with the given profile (best: NAME@calibrated) on the
+  exported network;
+- analytical_blocks: for AutoViT architectures, the same model summed block by block as the
+  search's oracle does (oracle.AnalyticalOracle, the LUT's construction);
 - lut: the paper's LUT sum (AutoViT architectures whose blocks are all in the LUT);
 - flops / params: latency proportional to FLOPs or parameters, the factor fitted on the LUT's
   blocks (the calibration data), never on the validation models.
@@ -35,7 +38,7 @@ DEFAULT_ZOO = (
     "levit_128", "efficientnet_b0", "efficientformer_l1", "poolformer_s12", "resnet50", "resnet18",
     "ghostnet_100", "regnetx_004", "mnasnet_100",
 )
-PREDICTORS = ("analytical", "lut", "flops", "params")
+PREDICTORS = ("analytical", "analytical_blocks", "lut", "flops", "params")
 
 
 @dataclass
@@ -152,15 +155,18 @@ def price(cands: list[Candidate], profile, lut_oracle, factors: dict[str, float]
     """Fill every candidate's predictions; returns [(name, error)] for models that could not be priced."""
     from autovit.latmodel.estimate import LatencyModel
     from autovit.latmodel.modules import arch_blocks
+    from autovit.latmodel.oracle import AnalyticalOracle
     from autovit.latmodel.sources import module_graph
 
     failed = []
+    block_oracle = AnalyticalOracle(profile)
     for c in cands:
         try:
             model = LatencyModel(module_graph(c.build(), c.shape, source=c.name))
             est = model.estimate(profile)
             c.flops, c.params = est.flops, model.graph.params
             c.predicted["analytical"] = est.latency_ms
+            c.predicted["analytical_blocks"] = block_oracle.latency_ms([c.arch])[0] if c.arch else None
             c.predicted["lut"] = lut_oracle.lut_sum(arch_blocks(c.arch)) if (lut_oracle and c.arch) else None
             if factors:
                 c.predicted["flops"] = factors["flops"] * c.flops
@@ -268,7 +274,8 @@ def scatter_png(cands: list[Candidate], path) -> Any:
     from autovit.latmodel.plots import _save
 
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    colours = {"analytical": "tab:blue", "lut": "tab:green", "flops": "tab:orange", "params": "tab:gray"}
+    colours = {"analytical": "tab:blue", "analytical_blocks": "tab:purple", "lut": "tab:green", "flops": "tab:orange",
+               "params": "tab:gray"}
     lo, hi = math.inf, 0.0
     for p in PREDICTORS:
         for group, marker in (("random", "o"), ("zoo", "^")):

@@ -27,11 +27,17 @@ TINY = [BlockSpec("mbconv", 8, 8, 8, 3, 1, 1.0), BlockSpec("transformer", 4, 16,
 def test_block_sum_equals_the_whole_network():
     """The oracle's per-block sum (edges from the neighbours, one run overhead) must match the
     model of the exported network, or the search would optimise something else."""
-    oracle = AnalyticalOracle(CPU)
+    oracle = AnalyticalOracle(CPU, "network")
+    blocks = AnalyticalOracle(CPU)
     for name in ("xxs", "s"):
         arch = load_space(name).sample(3)
         whole = LatencyModel(arch_graph(arch)).estimate(CPU).latency_ms
         assert oracle.latency_ms([arch])[0] == pytest.approx(whole, rel=0.02)
+        # The LUT's construction: every block alone, as measured, summed.
+        alone = sum(block_pricer(b)(CPU) for b in arch_blocks(arch))
+        assert blocks.latency_ms([arch])[0] == pytest.approx(alone)
+    with pytest.raises(AutoVitError, match="construction"):
+        AnalyticalOracle(CPU, "guess")
 
 
 def test_transformer_blocks_are_priced_at_their_own_batch():
