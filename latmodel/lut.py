@@ -76,7 +76,7 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
     for k in ("device", "backend", "entries"):
         if k not in d:
             raise AutoVitError(f"{p}: LUT is missing field '{k}'")
-    if device is not None and _base_name(d["device"]) != _base_name(device):
+    if device is not None and not same_device(d["device"], device):
         raise AutoVitError(f"{p}: LUT was measured on '{d['device']}', not '{device}'; profile this device or pass its LUT")
     if not isinstance(d["entries"], dict):
         raise AutoVitError(f"{p}: LUT field 'entries' must be an object")
@@ -95,6 +95,6 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
                d.get("created", _now()), ref)
 
 
-def _base_name(device: str) -> str:
-    """'local-cpu@calibrated' and 'local-cpu' are the same device."""
-    return Path(device).stem.split("@")[0]
+def same_device(a: str, b: str) -> bool:
+    """'local-cpu@calibrated', 'local-cpu' and a path to local-cpu.toml are the same device."""
+    return Path(a).stem.split("@")[0] == Path(b).stem.split("@")[0]

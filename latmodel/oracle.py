@@ -8,7 +8,7 @@ computed once and cached.
   calibrated. Two constructions: "blocks" (default) prices every block as the LUT measures it,
   alone, with its own call overhead and layout conversions, and sums them: the paper's
   assumption that a network costs the sum of its measured blocks, which holds here (LUT sums of
-  measured blocks: 6.6 % MAPE on 100 subnets, docs/BENCHMARKS.md), and the one that keeps LUT
+  measured blocks: 6.2 % MAPE on 100 subnets, docs/BENCHMARKS.md), and the one that keeps LUT
   entries and analytical fill-ins on one scale inside LutOracle. "network" prices each block
   as a part of the exported network (edges from its neighbours, one call overhead), which
   equals the model of the whole graph (tests/test_oracle_validate.py).
@@ -24,7 +24,7 @@ import numpy as np
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.hardware import HardwareProfile
-from autovit.latmodel.lut import Lut
+from autovit.latmodel.lut import Lut, same_device
 from autovit.latmodel.modules import BlockSpec, arch_block_fields
 
 # Blocks whose last kernel is a convolution hand on the runtime's blocked layout; blocks that
@@ -57,9 +57,10 @@ class AnalyticalOracle:
             if model is None:
                 model = self._models[f] = block_model(BlockSpec(*f))
             # Each block at its graph's own batch: one image (a transformer block's batch is its patches).
-            ms = model.estimate(self.profile, edges=(in_blocked, out_blocked), per_run=False).latency_ms
             if self.construction == "blocks":
                 ms = model.estimate(self.profile).latency_ms
+            else:
+                ms = model.estimate(self.profile, edges=(in_blocked, out_blocked), per_run=False).latency_ms
             self._block_ms[key] = ms
         return ms
 
@@ -85,7 +86,7 @@ class LutOracle:
     the analytical oracle on `profile` (best: the profile calibrated on this LUT) otherwise."""
 
     def __init__(self, lut: Lut, profile: HardwareProfile, mode: str = "isolated"):
-        if lut.device.split("@")[0] != profile.name.split("@")[0]:
+        if not same_device(lut.device, profile.name):
             raise AutoVitError(f"LUT was measured on '{lut.device}', the profile is '{profile.name}'; "
                                "use the LUT of the device you search for")
         self.lut = lut

@@ -112,12 +112,6 @@ def block_runners(block: BlockSpec, mode: str, backend: str, threads: int) -> li
             prepare(lead_in(block), shape, backend, threads)]
 
 
-def measure_block(block: BlockSpec, backend: str, threads: int, policy: TimingPolicy) -> Measurement:
-    """Latency (ms) of one block at batch 1 with `backend` on `threads` threads (one burst)."""
-    run, timed = prepare(block.build(), block.input_shape(), backend, threads)
-    return time_callable(run, policy, timed=timed)
-
-
 def _add_round(entry: dict | None, mode: str, bursts: list[Measurement], reference_ms: float | None) -> dict:
     """One round's burst(s) appended to a LUT entry's raw lists (values are set by _settle)."""
     e = {k: v for k, v in (entry or {}).items() if k not in ("mode", "block")}
