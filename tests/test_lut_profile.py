@@ -229,3 +229,15 @@ def test_drift_monitor_scales_bursts_to_the_reference_speed(monkeypatch):
     mon = DriftMonitor(lambda: None, FAST, every=2)
     got = [mon.before_item() for _ in range(5)]
     assert got == [5.0, 5.0, 10.0, 10.0, 6.0] and mon.fastest_ms == 5.0
+
+
+def test_bad_rounds_and_bad_lut_reference(tmp_path, capsys):
+    lat = __import__("autovit.cli.lat", fromlist=["x"])
+    code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--preset", "paper46", "--rounds", "0",
+                                 "--out", str(tmp_path / "l.json")], capsys)
+    assert_one_line_error(code, err, "--rounds")
+    lut = Lut("local-cpu", "onnxruntime", {}, {}, reference={"model": "autovit:xxs", "ref_ms": -1.0})
+    lut.add("isolated", SMALL[0], {"median_ms": 0.2})
+    lut.save(tmp_path / "bad.json")
+    with pytest.raises(AutoVitError, match="reference.ref_ms"):
+        load_lut(tmp_path / "bad.json")
