@@ -1,4 +1,4 @@
-"""`autovit-nas`: search spaces (and, as later issues land, supernet training and search)."""
+"""`autovit-nas`: search spaces, supernet training, evaluation and export."""
 from __future__ import annotations
 
 import click
@@ -121,6 +121,188 @@ def presets(as_json: bool) -> None:
         t.add_row(r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['paper_params_m']:g}", str(r["widths"]),
                   str(r["heads"]), str(r["mlp_ratios"]), str(r["depths"]), "yes" if r["in_space"] else "no")
     console.print(t)
+
+
+def _resolutions(value: str | None) -> tuple[int, ...] | None:
+    from autovit.latmodel.errors import AutoVitError
+
+    if not value:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise AutoVitError(f"--resolutions takes comma-separated integers (e.g. 48,64), got '{value}'") from None
+
+
+@cli.command()
+@click.option("--space", default="xxs", show_default=True, help="xxs, xs, s or a space TOML file.")
+@click.option("--data", default="mnist5k", show_default=True,
+              help="mnist5k, mnist5k-clutter (built in, offline) or a folder with train/ and val/.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder: last.ckpt, best.ckpt, metrics.csv, config.json.")
+@click.option("--resume", type=click.Path(dir_okay=False), default=None,
+              help="Continue from a checkpoint (its configuration is used; --epochs may extend it).")
+@click.option("--recipe", type=click.Choice(["deit", "small"]), default="small", show_default=True,
+              help="deit: the paper's recipe; small: for a few thousand small images.")
+@click.option("--sampling", type=click.Choice(["uniform", "sandwich"]), default="uniform", show_default=True,
+              help="uniform: one subnet per step (the paper); sandwich: largest + smallest + k random, "
+                   "in-place distillation (beyond the paper).")
+@click.option("--sandwich-random", type=int, default=2, show_default=True, help="k for --sampling sandwich.")
+@click.option("--kd", type=click.Choice(["none", "soft", "hard"]), default="none", show_default=True)
+@click.option("--kd-alpha", type=float, default=0.5, show_default=True)
+@click.option("--kd-tau", type=float, default=1.0, show_default=True)
+@click.option("--teacher", default=None, help="timm:NAME (with --teacher-ckpt), a .pt/TorchScript file, or supernet-max.")
+@click.option("--teacher-ckpt", default=None, type=click.Path(dir_okay=False), help="Local weights for a timm teacher.")
+@click.option("--batch-size", type=int, default=None, help="Per process. Default: the recipe's.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate. Default: the recipe's.")
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--warmup-epochs", type=float, default=None)
+@click.option("--clip-grad", type=float, default=None, help="Gradient norm clip. Default: the recipe's.")
+@click.option("--ema/--no-ema", default=None, help="Keep an EMA of the weights and evaluate it.")
+@click.option("--resolutions", default=None, help="Input sides to train (comma list). Default: the data's "
+              "native size for built-in sets, the space's otherwise.")
+@click.option("--eval-random", type=int, default=3, show_default=True,
+              help="Fixed random subnets evaluated each epoch besides max and min.")
+@click.option("--eval-every", type=int, default=1, show_default=True,
+              help="Evaluate the followed subnets every N epochs (always after the last).")
+@click.option("--steps-per-epoch", type=int, default=None, help="Cap on steps per epoch (quick runs).")
+@click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Mixed precision: auto = fp16 on CUDA, off on CPU.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--tensorboard", is_flag=True, help="Also log to OUT/tensorboard (needs the tensorboard package).")
+@click.option("--arch", "arch_file", default=None, type=click.Path(dir_okay=False),
+              help="Train only this subnet (architecture JSON): the stand-alone baseline of ranking studies.")
+@click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
+def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_random, kd, kd_alpha, kd_tau, teacher,
+          teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema, resolutions, eval_random,
+          steps_per_epoch, eval_every, workers, seed, amp, device, tensorboard, arch_file, as_json) -> None:
+    """Train a weight-entangled supernet (SPEC.md section 3).
+
+    \b
+    Examples:
+      autovit-nas train --space xxs --data mnist5k-clutter --epochs 10 --out runs/xxs
+      autovit-nas train --space xxs --data mnist5k-clutter --epochs 20 --out runs/xxs --resume runs/xxs/last.ckpt
+      torchrun --nproc-per-node 2 -m autovit.cli.nas train --space xxs --data mnist5k --out runs/ddp
+    """
+    from pathlib import Path
+
+    from autovit.latmodel.errors import AutoVitError, Interrupted
+    from autovit.nas.train import TrainConfig, train as run_train
+
+    import json
+
+    from autovit.nas.arch import load_arch
+
+    if resume and not Path(resume).is_file():
+        raise AutoVitError(f"--resume {resume}: checkpoint not found")
+    arch = json.loads(load_arch(arch_file).to_json()) if arch_file else None
+    cfg = TrainConfig(
+        space=space, data=data, epochs=epochs, recipe=recipe, sampling=sampling, sandwich_random=sandwich_random,
+        kd=kd, kd_alpha=kd_alpha, kd_tau=kd_tau, teacher=teacher, teacher_ckpt=teacher_ckpt, batch_size=batch_size,
+        lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, clip_grad=clip_grad, ema=ema,
+        resolutions=_resolutions(resolutions), eval_random=eval_random, steps_per_epoch=steps_per_epoch,
+        eval_every=eval_every,
+        workers=workers, seed=seed, amp=amp, device=device, tensorboard=tensorboard, arch=arch,
+    )
+    log = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
+    try:
+        summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None,
+                            progress=not as_json, log=log)
+    except KeyboardInterrupt:
+        last = Path(out_dir) / "last.ckpt"
+        keep = f"{last} (a finished epoch) is intact; continue with --resume {last}" if last.exists() else \
+            "no epoch had finished, so no checkpoint was written"
+        raise Interrupted(f"interrupted: {keep}") from None
+    summary.pop("step_losses")
+    if summary["rank"] != 0:
+        return
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"done: {summary['epochs_done']} epochs in {summary['wall_s']:.0f} s; "
+                      f"best mean top-1 {summary['best']['top1_mean']:.2f} % at epoch {summary['best']['epoch']}; "
+                      f"checkpoints in {out_dir}", highlight=False)
+
+
+_supernet_opt = click.option("--supernet", "ckpt", type=click.Path(dir_okay=False), required=True,
+                             help="A checkpoint written by 'autovit-nas train'.")
+_arch_opt = click.option("--arch", "arch_spec", default="max", show_default=True,
+                         help="max, min, autovit:NAME or an architecture JSON file (from 'spaces --sample --out').")
+_space_opt = click.option("--space", default=None, help="Expected space; an error if the checkpoint's differs.")
+_bn_opt = click.option("--bn-batches", type=int, default=None,
+                       help="Training batches for BatchNorm recalibration. Default: the training run's.")
+
+
+@cli.command(name="eval")
+@_supernet_opt
+@_arch_opt
+@click.option("--data", default=None, help="Evaluation data (default: the checkpoint's).")
+@_space_opt
+@_bn_opt
+@click.option("--batch-size", type=int, default=None)
+@click.option("--ema", is_flag=True, help="Use the EMA weights when the checkpoint has them.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def eval_cmd(ckpt, arch_spec, data, space, bn_batches, batch_size, ema, as_json) -> None:
+    """Top-1/top-5 of a subnet with inherited weights, after BatchNorm recalibration.
+
+    \b
+    Examples:
+      autovit-nas eval --supernet runs/xxs/best.ckpt --arch max
+      autovit-nas eval --supernet runs/xxs/best.ckpt --arch arch.json --json
+    """
+    from autovit.nas.evaluate import evaluate, resolve_arch, supernet_from_checkpoint
+
+    net, cfg, _ = supernet_from_checkpoint(ckpt, space, ema)
+    arch = resolve_arch(arch_spec, net.space)
+    res = {"supernet": ckpt, "arch": arch_spec, "space": net.space.name,
+           **evaluate(net, arch, cfg, data=data, bn_batches=bn_batches, batch_size=batch_size)}
+    if as_json:
+        print_json(res)
+    else:
+        console.print(f"{arch_spec}: top-1 {res['top1']:.2f} %  top-5 {res['top5']:.2f} %  "
+                      f"({res['params'] / 1e6:.3f} M params, {res['resolution']} px, {res['images']} images)",
+                      highlight=False)
+
+
+@cli.command()
+@_supernet_opt
+@_arch_opt
+@click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
+              type=click.Choice(["pt", "onnx", "torchscript", "coreml"]), help="Repeat for several.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--name", default=None, help="File stem (default: the arch name: max, min or the JSON's stem).")
+@_space_opt
+@_bn_opt
+@click.option("--no-recalibrate", is_flag=True, help="Keep the supernet's BatchNorm statistics as they are.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
+def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recalibrate, as_json) -> None:
+    """A standalone subnet with inherited weights (BatchNorm recalibrated) as pt, ONNX,
+    TorchScript or Core ML; ONNX and TorchScript are checked against torch.
+
+    \b
+    Examples:
+      autovit-nas export --supernet runs/xxs/best.ckpt --arch max --format onnx --out out/
+      autovit-lat estimate out/max.onnx --hw iphone13
+    """
+    from pathlib import Path
+
+    from autovit.nas.evaluate import inherited_subnet, resolve_arch, supernet_from_checkpoint
+    from autovit.nas.export import SUFFIX, export_model
+
+    net, cfg, _ = supernet_from_checkpoint(ckpt, space)
+    arch = resolve_arch(arch_spec, net.space)
+    model, _ = inherited_subnet(net, arch, cfg, bn_batches=bn_batches, recalibrate=not no_recalibrate)
+    stem = name or (arch_spec if arch_spec in ("max", "min") else Path(arch_spec.replace(":", "_")).stem)
+    results = [export_model(model, f, Path(out_dir) / f"{stem}{SUFFIX[f]}", arch.resolution) for f in formats]
+    if as_json:
+        print_json(results)
+    else:
+        for r in results:
+            diff = f" (max relative difference {r['max_rel_diff']:.1e})" if "max_rel_diff" in r else ""
+            console.print(f"{r['format']}: {r['path']}: {r['check']}{diff}", highlight=False)
 
 
 def main() -> None:

@@ -15,3 +15,9 @@ class UsageError(AutoVitError):
     """Bad command-line usage (exit code 2, like click)."""
 
     exit_code = 2
+
+
+class Interrupted(AutoVitError):
+    """Ctrl-C during long work; exit code 130 as for SIGINT."""
+
+    exit_code = 130

@@ -119,18 +119,26 @@ class MobileViTBlock(nn.Module):
         self.fuse = ConvBNAct(2 * channels, channels, kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.to_tokens(self.local(x))
-        h, w = y.shape[-2:]
-        ph, pw = math.ceil(h / self.patch) * self.patch, math.ceil(w / self.patch) * self.patch
-        resized = (ph, pw) != (h, w)
-        if resized:
-            y = F.interpolate(y, size=(ph, pw), mode="bilinear", align_corners=False)
-        tokens, grid = unfold_patches(y, self.patch)
-        tokens = self.norm(self.transformer(tokens))
-        y = fold_patches(tokens, x.shape[0], grid, self.patch)
-        if resized:
-            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        y = on_patches(self.to_tokens(self.local(x)), self.patch, lambda t: self.norm(self.transformer(t)))
         return self.fuse(torch.cat([x, self.from_tokens(y)], dim=1))
+
+
+def on_patches(y: torch.Tensor, patch: int, fn) -> torch.Tensor:
+    """Apply `fn` ([B * P, N, C] -> same) to the patch sequences of the map y [B, C, H, W].
+
+    A map whose sides are not multiples of `patch` is resized up first and back after, as
+    MobileViT does; the supernet's blocks call this too, so both builds run the same maths.
+    """
+    h, w = y.shape[-2:]
+    ph, pw = math.ceil(h / patch) * patch, math.ceil(w / patch) * patch
+    resized = (ph, pw) != (h, w)
+    if resized:
+        y = F.interpolate(y, size=(ph, pw), mode="bilinear", align_corners=False)
+    tokens, grid = unfold_patches(y, patch)
+    y = fold_patches(fn(tokens), y.shape[0], grid, patch)
+    if resized:
+        y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    return y
 
 
 class AutoViT(nn.Module):

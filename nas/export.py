@@ -42,3 +42,155 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str 
     p = Path(path)
     atomic_write_bytes(p, export_onnx_bytes(model, input_shape, opset))
     return p
+
+
+# ---- standalone subnets ------------------------------------------------------------------------
+MODEL_FORMAT = "autovit-model/1"
+EXPORT_FORMATS = ("pt", "onnx", "torchscript", "coreml")
+SUFFIX = {"pt": ".pt", "onnx": ".onnx", "torchscript": ".torchscript.pt", "coreml": ".mlpackage"}
+
+
+def save_pt(model: torch.nn.Module, path: str | Path) -> Path:
+    """State dict + architecture JSON in one torch file; `load_pt` rebuilds the model in one call."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save({"format": MODEL_FORMAT, "arch": model.arch.to_json(), "state_dict": model.state_dict()}, buf)
+    p = Path(path)
+    atomic_write_bytes(p, buf.getvalue())
+    return p
+
+
+def load_pt(path: str | Path) -> torch.nn.Module:
+    """The AutoViT model saved by `save_pt` (eval mode)."""
+    import json
+
+    from autovit.latmodel.errors import AutoVitError
+    from autovit.nas.arch import arch_from_dict
+    from autovit.nas.builder import build_model
+
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file of another format
+        raise AutoVitError(f"{path}: not an AutoViT model file ({type(e).__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
+        raise AutoVitError(f"{path}: not an AutoViT model file (export one with 'autovit-nas export --format pt')")
+    model = build_model(arch_from_dict(json.loads(obj["arch"])))
+    model.load_state_dict(obj["state_dict"])
+    return model.eval()
+
+
+def load_model_file(path: str | Path) -> torch.nn.Module:
+    """An AutoViT `.pt` export or a TorchScript file."""
+    from autovit.latmodel.errors import AutoVitError
+
+    try:
+        return load_pt(path)
+    except AutoVitError:
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception:  # noqa: BLE001 - any failure means "not TorchScript either"
+            raise AutoVitError(f"{path}: neither an AutoViT model file (.pt from 'autovit-nas export') "
+                               "nor TorchScript") from None
+
+
+def _max_rel_diff(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-6))
+
+
+def export_model(model: torch.nn.Module, fmt: str, path: str | Path, resolution: int,
+                 tolerance: float = 1e-4) -> dict:
+    """Write `model` (an AutoViT static model) in `fmt`; check what can be run here.
+
+    Returns {"path", "format", "check": ..., "max_rel_diff": ...}. ONNX is run with
+    onnxruntime and TorchScript with torch, both compared with the eager model on one random
+    input (max |diff| / max |logit| <= tolerance). Core ML cannot run on Linux: the package is
+    converted, saved and re-read, its input and output checked.
+    """
+    from autovit.latmodel.errors import AutoVitError
+
+    if fmt not in EXPORT_FORMATS:
+        raise AutoVitError(f"unknown --format '{fmt}': use one of {', '.join(EXPORT_FORMATS)}")
+    model = model.eval()
+    p = Path(path)
+    x = torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = {"path": str(p), "format": fmt}
+    if fmt == "pt":
+        save_pt(model, p)
+        with torch.no_grad():
+            out["max_rel_diff"] = _max_rel_diff(load_pt(p)(x).numpy(), ref)
+        out["check"] = "reloaded with autovit.nas.export.load_pt"
+    elif fmt == "onnx":
+        import onnxruntime as ort
+
+        export_onnx(model, tuple(x.shape), p)
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        out["max_rel_diff"] = _max_rel_diff(sess.run(None, {"input": x.numpy()})[0], ref)
+        out["check"] = "onnxruntime CPU output vs torch"
+    elif fmt == "torchscript":
+        import io as _io
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
+            traced = torch.jit.trace(model, x)
+        buf = _io.BytesIO()
+        torch.jit.save(traced, buf)
+        atomic_write_bytes(p, buf.getvalue())
+        with torch.no_grad():
+            out["max_rel_diff"] = _max_rel_diff(torch.jit.load(str(p))(x).numpy(), ref)
+        out["check"] = "torch.jit.load output vs eager"
+    else:
+        out.update(export_coreml(model, x, p))
+    if "max_rel_diff" in out and not out["max_rel_diff"] <= tolerance:
+        raise AutoVitError(f"{fmt} export of {p} does not reproduce the model: max relative difference "
+                           f"{out['max_rel_diff']:.2e} > {tolerance:g}")
+    return out
+
+
+def export_coreml(model: torch.nn.Module, example: torch.Tensor, path: Path) -> dict:
+    """Core ML ML Program (.mlpackage, a folder) through torch.export.
+
+    Converting a TorchScript trace fails under numpy 2 in coremltools 9: shapes read in
+    forward become `aten::Int` casts of 1-element arrays, which numpy 2 refuses to turn into
+    Python ints. torch.export specialises those shapes to constants for the fixed input, so
+    no such cast reaches the converter.
+    """
+    import logging
+    import os
+    import shutil
+    import tempfile
+
+    import coremltools as ct
+
+    from autovit.latmodel.errors import AutoVitError
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (example,)).run_decompositions({})
+        mlmodel = ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
+                             outputs=[ct.TensorType(name="logits")], convert_to="mlprogram",
+                             minimum_deployment_target=ct.target.iOS16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        staged = tmp / "model.mlpackage"  # coremltools insists on the suffix
+        mlmodel.save(str(staged))
+        spec = ct.utils.load_spec(str(staged))
+        inputs = [i.name for i in spec.description.input]
+        outputs = [o.name for o in spec.description.output]
+        if inputs != ["input"] or outputs != ["logits"]:
+            raise AutoVitError(f"Core ML package has inputs {inputs} / outputs {outputs}, expected input / logits")
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ops = sum(len(b.operations) for f in spec.mlProgram.functions.values() for b in f.block_specializations.values())
+    return {"check": "converted and re-read (Core ML cannot run on Linux)", "mil_ops": ops,
+            "inputs": inputs, "outputs": outputs}

