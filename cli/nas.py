@@ -166,6 +166,7 @@ def _resolutions(value: str | None) -> tuple[int, ...] | None:
               help="Fixed random subnets evaluated each epoch besides max and min.")
 @click.option("--eval-every", type=int, default=1, show_default=True,
               help="Evaluate the followed subnets every N epochs (always after the last).")
+@click.option("--val-images", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--steps-per-epoch", type=int, default=None, help="Cap on steps per epoch (quick runs).")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -178,7 +179,7 @@ def _resolutions(value: str | None) -> tuple[int, ...] | None:
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_random, kd, kd_alpha, kd_tau, teacher,
           teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema, resolutions, eval_random,
-          steps_per_epoch, eval_every, workers, seed, amp, device, tensorboard, arch_file, as_json) -> None:
+          steps_per_epoch, val_images, eval_every, workers, seed, amp, device, tensorboard, arch_file, as_json) -> None:
     """Train a weight-entangled supernet (SPEC.md section 3).
 
     \b
@@ -204,7 +205,7 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
         kd=kd, kd_alpha=kd_alpha, kd_tau=kd_tau, teacher=teacher, teacher_ckpt=teacher_ckpt, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, clip_grad=clip_grad, ema=ema,
         resolutions=_resolutions(resolutions), eval_random=eval_random, steps_per_epoch=steps_per_epoch,
-        eval_every=eval_every,
+        eval_every=eval_every, val_images=val_images,
         workers=workers, seed=seed, amp=amp, device=device, tensorboard=tensorboard, arch=arch,
     )
     log = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
@@ -217,6 +218,7 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
             "no epoch had finished, so no checkpoint was written"
         raise Interrupted(f"interrupted: {keep}") from None
     summary.pop("step_losses")
+    summary.pop("final_state")
     if summary["rank"] != 0:
         return
     if as_json:

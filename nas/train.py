@@ -88,6 +88,7 @@ class TrainConfig:
     bn_batches: int = 8         # batches for BatchNorm recalibration before each evaluation
     eval_every: int = 1         # evaluate the followed subnets every N epochs (and after the last)
     steps_per_epoch: int | None = None  # cap (smoke tests, quick budgets); None: the whole training set
+    val_images: int | None = None       # cap on validation images (quick runs); None: all
     workers: int = 0
     seed: int = 0
     amp: str = "auto"           # auto: fp16 on CUDA, off on CPU
@@ -167,6 +168,15 @@ class DistContext:
                 dist.init_process_group("nccl" if use_cuda else "gloo")
         return cls(rank, world, local, dev)
 
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Give every rank rank 0's BatchNorm statistics. DDP broadcasts them before each
+        forward, so after the last step each rank holds its own batch's update."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for b in module.buffers():
+                dist.broadcast(b, 0)
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -225,6 +235,8 @@ def make_loaders(cfg: TrainConfig, data: DataSource, size: int, ctx: DistContext
     n_bn = min(len(bn_set), cfg.bn_batches * cfg.batch_size)
     bn_idx = np.random.default_rng(cfg.seed + 1).permutation(len(bn_set))[:n_bn].tolist()
     bn = DataLoader(Subset(bn_set, bn_idx), batch_size=cfg.batch_size, shuffle=False, **kw)
+    if cfg.val_images is not None:
+        val_set = Subset(val_set, list(range(min(cfg.val_images, len(val_set)))))
     val = DataLoader(val_set, batch_size=cfg.batch_size * 2, shuffle=False, **kw)
     return Loaders(train, sampler, bn, val, train_set)
 
@@ -432,6 +444,7 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
                            f"{seen * ctx.world / el:.0f} img/s")
         if bar is not None:
             bar.close()
+        ctx.sync_buffers(supernet)
         epoch_s = time.perf_counter() - t0
         row: dict[str, Any] = {
             "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
@@ -472,7 +485,7 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
         writer.close()
     return {"out": str(out), "epochs_done": epoch + 1, "history": history, "best": best,
             "step_losses": step_losses, "wall_s": time.perf_counter() - t_run, "space": space.name,
-            "world_size": ctx.world, "rank": ctx.rank}
+            "world_size": ctx.world, "rank": ctx.rank, "final_state": supernet.state_dict()}
 
 
 def _train_step(cfg: TrainConfig, space: SearchSpace, supernet: Supernet, model: nn.Module, criterion: nn.Module,

@@ -1,0 +1,144 @@
+"""`autovit-nas train / eval / export`: the commands, their outputs and every bad input of issue 4."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autovit.cli import lat, nas
+from autovit.nas.checkpoint import load_checkpoint
+from autovit.nas.train import train
+from tests.test_cli import assert_one_line_error, run_cli
+from tests.test_train import TINY, quiet
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(replace(TINY, epochs=1), out, progress=False, log=quiet)
+    return out / "last.ckpt"
+
+
+def test_train_cli_json_summary(tmp_path, capsys):
+    code, out, _ = run_cli(nas, ["train", "--space", "xxs", "--data", "mnist5k", "--epochs", "1",
+                                 "--steps-per-epoch", "2", "--batch-size", "16", "--eval-random", "0",
+                                 "--val-images", "32", "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0
+    res = json.loads(out)
+    assert res["epochs_done"] == 1 and res["space"] == "xxs"
+    assert {"top1_max", "top1_min"} <= set(res["history"][0])
+    assert (tmp_path / "last.ckpt").exists() and (tmp_path / "best.ckpt").exists()
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "config.json").exists()
+
+
+def test_eval_json(ckpt, capsys):
+    code, out, _ = run_cli(nas, ["eval", "--supernet", str(ckpt), "--arch", "min", "--bn-batches", "1",
+                                 "--json"], capsys)
+    assert code == 0
+    res = json.loads(out)
+    assert 0 <= res["top1"] <= res["top5"] <= 100 and res["images"] == 1000 and res["resolution"] == 32
+
+
+def test_export_every_format_and_estimate_the_onnx(ckpt, tmp_path, capsys):
+    code, out, err = run_cli(nas, ["export", "--supernet", str(ckpt), "--arch", "min", "--format", "pt",
+                                   "--format", "onnx", "--format", "torchscript", "--format", "coreml",
+                                   "--bn-batches", "1", "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    res = {r["format"]: r for r in json.loads(out)}
+    assert set(res) == {"pt", "onnx", "torchscript", "coreml"}
+    for f in ("pt", "onnx", "torchscript"):
+        assert res[f]["max_rel_diff"] <= 1e-4
+    assert res["coreml"]["outputs"] == ["logits"] and (tmp_path / "min.mlpackage").is_dir()
+    from autovit.nas.export import load_pt
+
+    model = load_pt(tmp_path / "min.pt")
+    assert model.arch.num_classes == 10
+    code, out, _ = run_cli(lat, ["estimate", str(tmp_path / "min.onnx"), "--hw", "iphone13", "--json"], capsys)
+    assert code == 0 and json.loads(out)["latency_ms"] > 0
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"PK\x03\x04 truncated zip", "not a readable AutoViT supernet checkpoint"),
+    (b"hello", "not a readable AutoViT supernet checkpoint"),
+])
+def test_eval_refuses_broken_checkpoints(tmp_path, capsys, content, needle):
+    p = tmp_path / "bad.ckpt"
+    p.write_bytes(content)
+    code, _, err = run_cli(nas, ["eval", "--supernet", str(p)], capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_eval_refuses_a_truncated_real_checkpoint(ckpt, tmp_path, capsys):
+    p = tmp_path / "cut.ckpt"
+    p.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    code, _, err = run_cli(nas, ["eval", "--supernet", str(p)], capsys)
+    assert_one_line_error(code, err, "truncated")
+
+
+def test_eval_refuses_a_torch_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    import torch
+
+    p = tmp_path / "weights.pt"
+    torch.save({"a": torch.zeros(2)}, p)
+    code, _, err = run_cli(nas, ["eval", "--supernet", str(p)], capsys)
+    assert_one_line_error(code, err, "not an AutoViT supernet checkpoint")
+
+
+def test_eval_refuses_another_space(ckpt, capsys):
+    code, _, err = run_cli(nas, ["eval", "--supernet", str(ckpt), "--space", "s"], capsys)
+    assert_one_line_error(code, err, "space 'xxs', not 's'")
+
+
+def test_arch_outside_the_checkpoint_space(ckpt, tmp_path, capsys):
+    code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", "xs", "--out", str(tmp_path)], capsys)
+    assert code == 0
+    code, _, err = run_cli(nas, ["eval", "--supernet", str(ckpt), "--arch", str(tmp_path / "arch_000.json")], capsys)
+    assert_one_line_error(code, err, "outside the supernet's space 'xxs'")
+    code, _, err = run_cli(nas, ["export", "--supernet", str(ckpt), "--arch", "autovit:xxs", "--out", str(tmp_path)],
+                           capsys)
+    assert_one_line_error(code, err, "outside the supernet's space")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "/no/such/folder"], "no such folder"),
+    (["--kd", "soft"], "needs --teacher"),
+    (["--kd", "hard", "--teacher", "timm:resnet18"], "needs --teacher-ckpt"),
+    (["--resume", "/no/such.ckpt"], "checkpoint not found"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--resolutions", "a,b"], "comma-separated integers"),
+])
+def test_train_bad_input(tmp_path, capsys, args, needle):
+    code, _, err = run_cli(nas, ["train", "--out", str(tmp_path / "r"), *args], capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_valid(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autovit.cli.nas", "train", "--data", "mnist5k", "--epochs", "500",
+         "--steps-per-epoch", "1", "--batch-size", "16", "--eval-random", "0", "--val-images", "16",
+         "--out", str(out), "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "last.ckpt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert (out / "last.ckpt").exists(), "no checkpoint appeared"
+        time.sleep(1.0)  # land the signal mid-epoch or mid-write
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "--resume" in lines[0], err
+    ck = load_checkpoint(out / "last.ckpt")
+    assert ck["epoch"] >= 1
+    assert not list(out.glob(".*.tmp"))
