@@ -353,7 +353,13 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     supernet = Supernet(space).to(ctx.device)
     model: nn.Module = supernet
     if ctx.world > 1:
+        import warnings
+
         from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # 1x1 convolutions' weight gradients come back with permuted strides on CPU; DDP copies
+        # them into its buckets correctly and warns on every step.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
         model = DDP(supernet, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                     find_unused_parameters=True)
@@ -406,6 +412,7 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     t_run = time.perf_counter()
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
+        t_epoch_start = time.perf_counter()
         loaders.sampler.set_epoch(epoch)
         if hasattr(loaders.train_set, "set_epoch"):
             loaders.train_set.set_epoch(epoch)
@@ -460,6 +467,8 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
             supernet.train()
             score = float(np.mean([row[f"top1_{n}"] for n in followed])) if evaluated else None
             row["top1_mean"] = score
+            # wall time of the whole run so far (training and evaluation), across resumes
+            row["elapsed_s"] = (history[-1].get("elapsed_s", 0.0) if history else 0.0) + time.perf_counter() - t_epoch_start
             history.append(row)
             is_best = evaluated and (best is None or score > best["top1_mean"])
             if is_best:
