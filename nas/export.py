@@ -82,8 +82,16 @@ def load_pt(path: str | Path) -> torch.nn.Module:
 
 def load_model_file(path: str | Path) -> torch.nn.Module:
     """An AutoViT `.pt` export or a TorchScript file."""
+    import zipfile
+
     from autovit.latmodel.errors import AutoVitError
 
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            # TorchScript archives hold their Python code under <name>/code/
+            scripted = any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
+        if scripted:
+            return torch.jit.load(str(path), map_location="cpu").eval()
     try:
         return load_pt(path)
     except AutoVitError:

@@ -62,6 +62,13 @@ def test_export_every_format_and_estimate_the_onnx(ckpt, tmp_path, capsys):
     assert model.arch.num_classes == 10
     code, out, _ = run_cli(lat, ["estimate", str(tmp_path / "min.onnx"), "--hw", "iphone13", "--json"], capsys)
     assert code == 0 and json.loads(out)["latency_ms"] > 0
+    # an exported model (pt or TorchScript) can teach the next supernet
+    for teacher in ("min.pt", "min.torchscript.pt"):
+        code, out, err = run_cli(nas, ["train", "--data", "mnist5k", "--epochs", "1", "--steps-per-epoch", "1",
+                                       "--batch-size", "16", "--eval-random", "0", "--val-images", "16",
+                                       "--kd", "soft", "--teacher", str(tmp_path / teacher),
+                                       "--out", str(tmp_path / f"kd-{teacher}"), "--json"], capsys)
+        assert code == 0, err
 
 
 @pytest.mark.parametrize("content, needle", [
@@ -111,6 +118,7 @@ def test_arch_outside_the_checkpoint_space(ckpt, tmp_path, capsys):
     (["--kd", "soft"], "needs --teacher"),
     (["--kd", "hard", "--teacher", "timm:resnet18"], "needs --teacher-ckpt"),
     (["--resume", "/no/such.ckpt"], "checkpoint not found"),
+    (["--kd", "soft", "--teacher", "/no/teacher.pt"], "not timm:NAME, supernet-max, or an existing model file"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--resolutions", "a,b"], "comma-separated integers"),
 ])
