@@ -13,8 +13,10 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 
 def step_time(model, x, y, reps: int) -> list[float]:
@@ -67,7 +69,7 @@ def main() -> None:
             sta_t += step_time(static, x, y, args.reps)
         rows.append({"supernet_ms": 1e3 * statistics.median(sup_t), "static_ms": 1e3 * statistics.median(sta_t)})
         rows[-1]["ratio"] = rows[-1]["supernet_ms"] / rows[-1]["static_ms"]
-        print(f"{i + 1}/{args.n}: ratio {rows[-1]['ratio']:.3f}", flush=True, file=__import__("sys").stderr)
+        print(f"{i + 1}/{args.n}: ratio {rows[-1]['ratio']:.3f}", flush=True, file=sys.stderr)
     ratios = [r["ratio"] for r in rows]
     res = {
         "benchmark": "supernet_overhead", "space": args.space, "resolution": args.resolution, "batch": args.batch,
@@ -75,7 +77,7 @@ def main() -> None:
         "median_ratio": statistics.median(ratios), "max_ratio": max(ratios), "min_ratio": min(ratios),
         "target": "median ratio <= 1.2", "met": statistics.median(ratios) <= 1.2, "per_subnet": rows,
     }
-    atomic_write_text(__import__("pathlib").Path(args.out), json.dumps(res, indent=2) + "\n")
+    atomic_write_text(Path(args.out), json.dumps(res, indent=2) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "per_subnet"}))
 
 

@@ -340,6 +340,8 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
                       workers=cfg.workers, device=cfg.device)
     cfg = cfg.resolved()
     ctx = DistContext.setup(cfg.device)
+    if cfg.amp == "on" and ctx.device.type != "cuda":
+        raise AutoVitError("--amp on needs a CUDA device (mixed precision is off on CPU); drop --amp")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -368,8 +370,6 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
                                        warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01, min_lr=cfg.min_lr,
                                        step_on_epochs=False, updates_per_epoch=steps)
     use_amp = ctx.device.type == "cuda" and cfg.amp != "off"
-    if cfg.amp == "on" and ctx.device.type != "cuda":
-        raise AutoVitError("--amp on needs a CUDA device (mixed precision is off on CPU); drop --amp")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     ema = None
     if cfg.ema:

@@ -121,6 +121,7 @@ def test_arch_outside_the_checkpoint_space(ckpt, tmp_path, capsys):
     (["--kd", "soft", "--teacher", "/no/teacher.pt"], "not timm:NAME, supernet-max, or an existing model file"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--resolutions", "a,b"], "comma-separated integers"),
+    (["--amp", "on", "--device", "cpu"], "--amp on needs a CUDA device"),
 ])
 def test_train_bad_input(tmp_path, capsys, args, needle):
     code, _, err = run_cli(nas, ["train", "--out", str(tmp_path / "r"), *args], capsys)

@@ -16,6 +16,7 @@ from PIL import Image
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.checkpoint import load_checkpoint
 from autovit.nas.data import CANVAS, N_TRAIN, mnist5k_split, open_data
+from autovit.nas.space import load_space
 from autovit.nas.supernet import Supernet
 from autovit.nas.train import TrainConfig, TrainingDiverged, train
 
@@ -54,7 +55,7 @@ def test_checkpoint_records_space_and_config(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [
-    dict(sampling="sandwich", sandwich_random=1),
+    dict(sampling="sandwich", sandwich_random=1, resolutions=(24, 32)),  # elastic input resolution too
     dict(kd="hard", teacher="supernet-max"),
     dict(kd="soft", teacher="supernet-max", ema=True, recipe="deit", batch_size=16),
 ])
@@ -64,20 +65,23 @@ def test_sampling_and_distillation_modes_train(tmp_path, kw):
 
 
 def test_stand_alone_arch_trains_only_that_subnet(tmp_path):
-    sp = replace(__import__("autovit.nas.space", fromlist=["x"]).load_space("xxs"), num_classes=10, resolutions=(32,))
-    arch = sp.smallest()
     import json
+
+    sp = tiny_space()
+    arch = sp.smallest()
 
     res = train(replace(TINY, epochs=1, steps_per_epoch=2, arch=json.loads(arch.to_json())), tmp_path,
                 progress=False, log=quiet)
     assert "top1_arch" in res["history"][0] and "top1_max" not in res["history"][0]
     ck = load_checkpoint(tmp_path / "last.ckpt")
-    fresh = Supernet(sp).state_dict()
-    torch.manual_seed(TINY.seed)
+    fresh = _initial_weights(sp, TINY.seed)
     # The fourth transformer stage is not in the smallest subnet (3 stages): it never gets a gradient.
     untouched = [k for k in ck["model"] if k.startswith("mobilevit.3.") and k.endswith("weight")]
-    assert untouched and all(ck["model"][k].shape == fresh[k].shape for k in untouched)
-    assert all(torch.equal(ck["model"][k], _initial_weights(sp, TINY.seed)[k]) for k in untouched)
+    assert untouched and all(torch.equal(ck["model"][k], fresh[k]) for k in untouched)
+
+
+def tiny_space():
+    return replace(load_space("xxs"), num_classes=10, resolutions=(32,))
 
 
 def _initial_weights(space, seed):
@@ -93,6 +97,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     with pytest.raises(TrainingDiverged, match="diverged.*lower --lr"):
         train(replace(TINY, epochs=3), tmp_path, resume=tmp_path / "last.ckpt", progress=False, log=quiet)
     assert hashlib.sha256((tmp_path / "last.ckpt").read_bytes()).hexdigest() == digest
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(monkeypatch):
+    from autovit.nas.train import DistContext
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(AutoVitError, match="no CUDA device"):
+        DistContext.setup("cuda")
 
 
 def test_resume_refuses_another_space(tmp_path):
@@ -221,5 +233,4 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
 
 
 def _initial_weights_for_tiny():
-    sp = replace(__import__("autovit.nas.space", fromlist=["x"]).load_space("xxs"), num_classes=10, resolutions=(32,))
-    return _initial_weights(sp, TINY.seed)
+    return _initial_weights(tiny_space(), TINY.seed)
