@@ -74,14 +74,14 @@ class SearchSpace:
         fixed = len(self.resolutions) * len(self.stem_widths)
         for st in self.mbconv:
             fixed *= len(st.widths) * len(st.depths) * len(st.kernels) * len(st.expansions)
-        counter = _TransformerCounter(self, mono)
+        counter = _counter(self, mono)
         return fixed * sum(counter.total(n) for n in self.num_transformer_stages)
 
     # ---- sampling -------------------------------------------------------------------------
     def sample(self, rng: random.Random | int | None = None) -> ArchConfig:
         """One architecture drawn uniformly from the space (monotonic rule included)."""
         r = rng if isinstance(rng, random.Random) else random.Random(rng)
-        counter = _TransformerCounter(self, self.monotonic_widths)
+        counter = _counter(self, self.monotonic_widths)
         totals = [counter.total(n) for n in self.num_transformer_stages]
         n = self.num_transformer_stages[_weighted_index(r, totals)]
         mb = tuple(
@@ -203,6 +203,12 @@ def _weighted_index(r: random.Random, weights: list[int]) -> int:
             return i
         x -= w
     raise AssertionError("unreachable")
+
+
+@lru_cache(maxsize=32)
+def _counter(space: "SearchSpace", monotonic: bool) -> "_TransformerCounter":
+    """One counter per space: its memoised counts make every later sample cheap."""
+    return _TransformerCounter(space, monotonic)
 
 
 class _TransformerCounter:
