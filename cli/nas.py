@@ -307,6 +307,77 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
             console.print(f"{r['format']}: {r['path']}: {r['check']}{diff}", highlight=False)
 
 
+@cli.command()
+@_supernet_opt
+@click.option("--hw", "devices", multiple=True, required=True, help="Device profile(s) to price on; repeat.")
+@click.option("--latency-budget", required=True, help="2ms for one device, or iphone13=10ms,v100=2ms.")
+@click.option("--param-budget", default=":", show_default=True, help="LOW:HIGH parameters, e.g. 1.0M:1.8M.")
+@click.option("--strategy", type=click.Choice(["coarse-to-fine", "evolution", "random"]), default="coarse-to-fine",
+              show_default=True)
+@click.option("--evaluations", type=int, default=None, help="Accuracy evaluations (default population x generations).")
+@click.option("--population", type=int, default=50, show_default=True)
+@click.option("--generations", type=int, default=20, show_default=True)
+@click.option("--parents", type=int, default=10, show_default=True)
+@click.option("--p-depth", type=float, default=0.2, show_default=True)
+@click.option("--p-layer", type=float, default=0.4, show_default=True)
+@click.option("--coarse", type=int, default=10_000, show_default=True, help="Candidates priced in the coarse stage.")
+@click.option("--val-images", type=int, default=500, show_default=True, help="Fixed validation subset for fitness.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
+def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population, generations, parents,
+           p_depth, p_layer, coarse, val_images, seed, out_dir, as_json) -> None:
+    """Latency-aware search over a trained supernet (SPEC.md section 5; work in progress:
+    analytical oracle only, no --resume yet).
+
+    \b
+    Examples:
+      autovit-nas search --supernet runs/xxs/best.ckpt --hw local-cpu --latency-budget 2ms --out search/cpu
+    """
+    import time
+
+    from autovit.latmodel.errors import AutoVitError
+    from autovit.latmodel.hardware import load_profile
+    from autovit.latmodel.oracle import AnalyticalOracle
+    from autovit.nas.evaluate import AccuracyEvaluator, supernet_from_checkpoint
+    from autovit.nas.search import (Constraints, EvolutionSettings, Searcher, parse_latency_budgets,
+                                    parse_param_window, write_results)
+
+    budgets = parse_latency_budgets(latency_budget, list(devices))
+    window = parse_param_window(param_budget)
+    if min(population, generations, parents) < 1 or parents > population:
+        raise AutoVitError("--population, --generations and --parents must be >= 1, with parents <= population")
+    net, cfg, _ = supernet_from_checkpoint(ckpt)
+    cons = Constraints(window, budgets, {d: AnalyticalOracle(load_profile(d)) for d in devices})
+    evaluator = AccuracyEvaluator(net, cfg, val_images=val_images)
+    t0 = time.perf_counter()
+    stamps: list[float] = []
+
+    def timed(arch):
+        top1 = evaluator(arch)
+        stamps.append(time.perf_counter() - t0)
+        return top1
+
+    searcher = Searcher(net.space, cons, timed, seed=seed)
+    settings = EvolutionSettings(population, generations, parents, p_depth, p_layer)
+    if strategy == "random":
+        result = searcher.random(evaluations or population * generations)
+    elif strategy == "evolution":
+        result = searcher.evolution(settings, evaluations=evaluations)
+    else:
+        result = searcher.coarse_to_fine(settings, coarse=coarse, evaluations=evaluations)
+    summary = write_results(out_dir, {"supernet": ckpt, "strategy": strategy, "seed": seed, "oracle": "analytical",
+                                      "budgets_ms": budgets, "param_window": list(window),
+                                      "wall_s": time.perf_counter() - t0}, result, cons, stamps)
+    if as_json:
+        print_json(summary)
+    else:
+        b = summary["best"]
+        lat = ", ".join(f"{d} {v:.3g} ms" for d, v in b["latency_ms"].items())
+        console.print(f"best of {summary['evaluations']} evaluations: top-1 {b['top1']:.2f} %, "
+                      f"{b['params'] / 1e6:.3f} M params, {lat}; {out_dir}/best_arch.json", highlight=False)
+
+
 def main() -> None:
     run(cli)
 

@@ -70,3 +70,22 @@ def roofline_png(est: Estimate, profile: HardwareProfile, path: str | Path) -> P
     ax.set_title(f"{est.source} on {est.hw} (b{est.batch}, {est.dtype}); marker size = share of latency")
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
+
+
+def pareto_png(latency_ms, top1, budget_ms: float | None, best: int, device: str, path: str | Path) -> Path:
+    """Accuracy vs. latency of every evaluated candidate, the budget line and the winner."""
+    import numpy as np
+
+    lat, acc = np.asarray(latency_ms, float), np.asarray(top1, float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(lat, acc, s=12, alpha=0.6, label="evaluated")
+    order = np.argsort(lat)
+    front = order[np.maximum.accumulate(acc[order]) == acc[order]]
+    ax.plot(lat[front], acc[front], "-", color="C1", label="Pareto front")
+    if budget_ms is not None:
+        ax.axvline(budget_ms, color="C3", ls="--", label=f"budget {budget_ms:g} ms")
+    ax.scatter([lat[best]], [acc[best]], marker="*", s=160, color="C2", zorder=3, label="winner")
+    ax.set_xlabel(f"predicted latency on {device} (ms)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

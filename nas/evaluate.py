@@ -77,3 +77,23 @@ def evaluate(supernet: Supernet, arch: ArchConfig, cfg: TrainConfig, **kw) -> di
     model, loaders = inherited_subnet(supernet, arch, cfg, **kw)
     acc = accuracy(model, loaders.val, arch.resolution, torch.device("cpu"))
     return {**acc, "params": count_params(arch), "resolution": arch.resolution}
+
+
+class AccuracyEvaluator:
+    """arch -> top-1 (%) with inherited weights on a fixed validation subset, BatchNorm
+    recalibrated; data loaders are built once (the search calls this hundreds of times)."""
+
+    def __init__(self, supernet: Supernet, cfg: TrainConfig, val_images: int | None = 500,
+                 bn_batches: int | None = None):
+        self.supernet = supernet
+        cfg = replace(cfg, workers=0, device="cpu", val_images=val_images,
+                      bn_batches=bn_batches or cfg.bn_batches).resolved()
+        self.loaders = make_loaders(cfg, open_data(cfg.data, cfg.seed), max(supernet.space.resolutions),
+                                    DistContext())
+        self.images = val_images
+
+    def __call__(self, arch: ArchConfig) -> float:
+        self.supernet.set_active_subnet(arch)
+        model = self.supernet.get_active_subnet()
+        recalibrate_bn(model, (resize(x, arch.resolution) for x, y, _ in self.loaders.bn if len(y)))
+        return accuracy(model, self.loaders.val, arch.resolution, torch.device("cpu"))["top1"]

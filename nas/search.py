@@ -281,3 +281,41 @@ class Searcher:
         legal = self._draw_legal(min(coarse, 10 * k), coarse)
         legal.sort(key=lambda a: -count_params(a))
         return self.evolution(s, seeds=legal[:k], evaluations=evaluations)
+
+
+# ---- results folder ----------------------------------------------------------------------------
+def write_results(out, settings: dict[str, Any], result: SearchResult, constraints: Constraints,
+                  wall_s: list[float]) -> dict[str, Any]:
+    """search.json, best_arch.json, progress.csv and pareto.png in `out`; returns the summary."""
+    import csv
+    import io
+    from pathlib import Path
+
+    from autovit.latmodel.io import atomic_write_text
+    from autovit.latmodel.plots import pareto_png
+
+    out = Path(out)
+    archs = [h["arch"] for h in result.history]
+    priced = constraints.price(archs)
+    rows = []
+    for i, h in enumerate(result.history):
+        rows.append({"arch": json.loads(h["arch"].to_json()), "params": int(priced["params"][i]),
+                     "latency_ms": {d: float(priced[d][i]) for d in constraints.budgets_ms},
+                     "top1": h["top1"], "generation": h["generation"], "wall_s": wall_s[i]})
+    best_i = max(range(len(rows)), key=lambda i: rows[i]["top1"])
+    summary = {**settings, "evaluations": len(rows), "best": rows[best_i]}
+    atomic_write_text(out / "search.json", json.dumps({**summary, "candidates": rows}, indent=1) + "\n")
+    result.best.to_json(out / "best_arch.json")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["evaluation", "top1", "best_top1", "wall_s"])
+    best = -1.0
+    for i, r in enumerate(rows):
+        best = max(best, r["top1"])
+        w.writerow([i + 1, f"{r['top1']:.4g}", f"{best:.4g}", f"{r['wall_s']:.4g}"])
+    atomic_write_text(out / "progress.csv", buf.getvalue())
+    if constraints.budgets_ms:
+        dev = next(iter(constraints.budgets_ms))
+        pareto_png(priced[dev], [r["top1"] for r in rows], constraints.budgets_ms[dev], best_i, dev,
+                   out / "pareto.png")
+    return summary

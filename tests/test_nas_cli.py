@@ -151,3 +151,29 @@ def test_ctrl_c_keeps_the_last_checkpoint_valid(tmp_path):
     ck = load_checkpoint(out / "last.ckpt")
     assert ck["epoch"] >= 1
     assert not list(out.glob(".*.tmp"))
+
+
+def test_search_writes_the_results_folder(ckpt, tmp_path, capsys):
+    code, out, err = run_cli(nas, ["search", "--supernet", str(ckpt), "--hw", "iphone13", "--latency-budget", "100ms",
+                                   "--population", "4", "--generations", "2", "--parents", "2", "--coarse", "200",
+                                   "--val-images", "16", "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["best"]["latency_ms"]["iphone13"] <= 100 and res["evaluations"] >= 4
+    for name in ("search.json", "best_arch.json", "progress.csv", "pareto.png"):
+        assert (tmp_path / name).exists()
+    code, _, err = run_cli(nas, ["eval", "--supernet", str(ckpt), "--arch", str(tmp_path / "best_arch.json"),
+                                 "--bn-batches", "1", "--json"], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--hw", "v100", "--latency-budget", "fast"], "not a positive time"),
+    (["--hw", "v100", "--hw", "v100", "--latency-budget", "2ms"], "given twice"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--param-budget", "2M:1M"], "reversed"),
+    (["--hw", "v100", "--latency-budget", "0.000001ms"], "no architecture meets the budgets"),
+])
+def test_search_bad_input(ckpt, tmp_path, capsys, args, needle):
+    code, _, err = run_cli(nas, ["search", "--supernet", str(ckpt), *args, "--coarse", "100", "--val-images", "16",
+                                 "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, needle)
