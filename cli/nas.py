@@ -322,43 +322,55 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
 @click.option("--p-layer", type=float, default=0.4, show_default=True)
 @click.option("--coarse", type=int, default=10_000, show_default=True, help="Candidates priced in the coarse stage.")
 @click.option("--val-images", type=int, default=500, show_default=True, help="Fixed validation subset for fitness.")
+@click.option("--latency-oracle", "oracle", default="analytical", show_default=True,
+              help="analytical (the device profile) or lut:PATH (the LUT sum, analytical fallback).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Results folder.")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the search in this folder (same settings; finished evaluations are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population, generations, parents,
-           p_depth, p_layer, coarse, val_images, seed, out_dir, as_json) -> None:
+           p_depth, p_layer, coarse, val_images, oracle, seed, out_dir, resume_dir, as_json) -> None:
     """Latency-aware search over a trained supernet (SPEC.md section 5; work in progress:
-    analytical oracle only, no --resume yet).
+    no measured/FLOPs oracles and no torchrun split yet).
 
     \b
     Examples:
       autovit-nas search --supernet runs/xxs/best.ckpt --hw local-cpu --latency-budget 2ms --out search/cpu
     """
     import time
+    from pathlib import Path
 
     from autovit.latmodel.errors import AutoVitError
-    from autovit.latmodel.hardware import load_profile
-    from autovit.latmodel.oracle import AnalyticalOracle
     from autovit.nas.evaluate import AccuracyEvaluator, supernet_from_checkpoint
-    from autovit.nas.search import (Constraints, EvolutionSettings, Searcher, parse_latency_budgets,
-                                    parse_param_window, write_results)
+    from autovit.nas.search import (Constraints, EvolutionSettings, SearchState, Searcher, make_oracle,
+                                    parse_latency_budgets, parse_param_window, write_results)
+    from autovit.nas.search import arch_key as arch_key_of
 
+    if not out_dir and not resume_dir:
+        raise AutoVitError("give --out DIR (or --resume DIR to continue a search)")
+    if out_dir and resume_dir and Path(out_dir) != Path(resume_dir):
+        raise AutoVitError("--out and --resume name different folders; --resume DIR alone continues in DIR")
+    out_dir = out_dir or resume_dir
     budgets = parse_latency_budgets(latency_budget, list(devices))
     window = parse_param_window(param_budget)
     if min(population, generations, parents) < 1 or parents > population:
         raise AutoVitError("--population, --generations and --parents must be >= 1, with parents <= population")
+    settings_d = {"supernet": str(Path(ckpt).resolve()), "devices": list(devices), "budgets_ms": budgets,
+                  "param_window": list(window), "strategy": strategy, "evaluations": evaluations,
+                  "population": population, "generations": generations, "parents": parents, "p_depth": p_depth,
+                  "p_layer": p_layer, "coarse": coarse, "val_images": val_images, "oracle": oracle, "seed": seed}
+    state = SearchState.open(Path(out_dir), settings_d, resume=bool(resume_dir))
     net, cfg, _ = supernet_from_checkpoint(ckpt)
-    cons = Constraints(window, budgets, {d: AnalyticalOracle(load_profile(d)) for d in devices})
+    cons = Constraints(window, budgets, {d: make_oracle(oracle, d) for d in devices})
     evaluator = AccuracyEvaluator(net, cfg, val_images=val_images)
-    t0 = time.perf_counter()
-    stamps: list[float] = []
+    t0 = time.perf_counter() - state.elapsed_s
 
     def timed(arch):
-        top1 = evaluator(arch)
-        stamps.append(time.perf_counter() - t0)
-        return top1
+        return evaluator(arch)
 
-    searcher = Searcher(net.space, cons, timed, seed=seed)
+    searcher = Searcher(net.space, cons, timed, seed=seed, known=state.results,
+                        on_result=lambda key, top1: state.record(key, top1, time.perf_counter() - t0))
     settings = EvolutionSettings(population, generations, parents, p_depth, p_layer)
     if strategy == "random":
         result = searcher.random(evaluations or population * generations)
@@ -366,9 +378,8 @@ def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, p
         result = searcher.evolution(settings, evaluations=evaluations)
     else:
         result = searcher.coarse_to_fine(settings, coarse=coarse, evaluations=evaluations)
-    summary = write_results(out_dir, {"supernet": ckpt, "strategy": strategy, "seed": seed, "oracle": "analytical",
-                                      "budgets_ms": budgets, "param_window": list(window),
-                                      "wall_s": time.perf_counter() - t0}, result, cons, stamps)
+    stamps = [state.wall_s[k] for k in (arch_key_of(h["arch"]) for h in result.history)]
+    summary = write_results(out_dir, {**settings_d, "wall_s": time.perf_counter() - t0}, result, cons, stamps)
     if as_json:
         print_json(summary)
     else:

@@ -191,16 +191,27 @@ class Searcher:
     """Runs a strategy under constraints with a cached evaluator; every strategy is seeded."""
 
     def __init__(self, space: SearchSpace, constraints: Constraints, evaluate: Callable[[ArchConfig], float],
-                 seed: int = 0):
+                 seed: int = 0, known: dict[str, float] | None = None,
+                 on_result: Callable[[str, float], None] | None = None):
+        """`known`: results of an interrupted run with the same settings. Resuming replays the
+        strategy from the seed and takes these instead of evaluating again, so the replay makes
+        the same decisions and continues exactly. `on_result(key, top1)` follows every new one."""
         self.space, self.constraints, self._evaluate = space, constraints, evaluate
         self.rng = random.Random(seed)
+        self.known = dict(known or {})
+        self.on_result = on_result
         self.cache: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
 
     def fitness(self, arch: ArchConfig, generation: int) -> float:
         key = arch_key(arch)
         if key not in self.cache:
-            self.cache[key] = float(self._evaluate(arch))
+            if key in self.known:
+                self.cache[key] = self.known[key]
+            else:
+                self.cache[key] = float(self._evaluate(arch))
+                if self.on_result is not None:
+                    self.on_result(key, self.cache[key])
             self.history.append({"arch": arch, "top1": self.cache[key], "generation": generation})
         return self.cache[key]
 
@@ -281,6 +292,68 @@ class Searcher:
         legal = self._draw_legal(min(coarse, 10 * k), coarse)
         legal.sort(key=lambda a: -count_params(a))
         return self.evolution(s, seeds=legal[:k], evaluations=evaluations)
+
+
+def make_oracle(spec: str, device: str) -> LatencyOracle:
+    """`analytical` (the device's profile) or `lut:PATH` (LUT sum, analytical fallback; the LUT
+    must have been measured on `device`)."""
+    from autovit.latmodel.hardware import load_profile
+    from autovit.latmodel.oracle import AnalyticalOracle, LutOracle
+
+    profile = load_profile(device)
+    if spec == "analytical":
+        return AnalyticalOracle(profile)
+    if spec.startswith("lut:"):
+        from autovit.latmodel.lut import load_lut
+
+        return LutOracle(load_lut(spec.removeprefix("lut:")), profile)
+    raise AutoVitError(f"--latency-oracle '{spec}': use analytical or lut:PATH")
+
+
+@dataclass
+class SearchState:
+    """state.json in the results folder: the settings and every finished evaluation, rewritten
+    atomically after each, so Ctrl-C loses nothing and --resume continues."""
+
+    path: Any
+    settings: dict[str, Any]
+    results: dict[str, float] = field(default_factory=dict)
+    wall_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(self.wall_s.values(), default=0.0)
+
+    @classmethod
+    def open(cls, folder, settings: dict[str, Any], resume: bool) -> "SearchState":
+        from pathlib import Path
+
+        path = Path(folder) / "state.json"
+        plain = json.loads(json.dumps(settings))
+        if not resume:
+            if path.exists():
+                raise AutoVitError(f"{folder} already holds a search; continue it with --resume {folder} "
+                                   "or choose another --out")
+            return cls(path, plain)
+        if not path.exists():
+            raise AutoVitError(f"--resume {folder}: no search state there (state.json); start with --out {folder}")
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise AutoVitError(f"{path} is not valid JSON; start a new search with another --out") from None
+        diff = [k for k in sorted(set(plain) | set(saved["settings"])) if plain.get(k) != saved["settings"].get(k)]
+        if diff:
+            shown = "; ".join(f"{k}: {saved['settings'].get(k)!r} then, {plain.get(k)!r} now" for k in diff[:3])
+            raise AutoVitError(f"--resume {folder} was made with different settings ({shown}); "
+                               "repeat the original command or use a new --out")
+        return cls(path, plain, dict(saved["results"]), dict(saved["wall_s"]))
+
+    def record(self, key: str, top1: float, wall_s: float) -> None:
+        from autovit.latmodel.io import atomic_write_text
+
+        self.results[key], self.wall_s[key] = top1, wall_s
+        atomic_write_text(self.path, json.dumps({"settings": self.settings, "results": self.results,
+                                                 "wall_s": self.wall_s}) + "\n")
 
 
 # ---- results folder ----------------------------------------------------------------------------

@@ -177,3 +177,19 @@ def test_search_bad_input(ckpt, tmp_path, capsys, args, needle):
     code, _, err = run_cli(nas, ["search", "--supernet", str(ckpt), *args, "--coarse", "100", "--val-images", "16",
                                  "--out", str(tmp_path)], capsys)
     assert_one_line_error(code, err, needle)
+
+
+def test_search_resume_refuses_other_settings_and_reuses_results(ckpt, tmp_path, capsys):
+    base = ["search", "--supernet", str(ckpt), "--hw", "iphone13", "--latency-budget", "100ms", "--population", "4",
+            "--generations", "2", "--parents", "2", "--coarse", "200", "--val-images", "16"]
+    code, out, err = run_cli(nas, [*base, "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    first = json.loads(out)
+    code, _, err = run_cli(nas, [*base, "--out", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "already holds a search")
+    code, _, err = run_cli(nas, [*base, "--seed", "5", "--resume", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "different settings", "seed")
+    code, out, err = run_cli(nas, [*base, "--resume", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    again = json.loads(out)
+    assert again["best"]["arch"] == first["best"]["arch"] and again["evaluations"] == first["evaluations"]

@@ -93,3 +93,21 @@ def test_evolution_improves_on_its_first_generation():
     first = max(h["top1"] for h in res.history if h["generation"] == 0)
     assert res.best_top1 >= first
     assert res.evaluations <= 12 * 6
+
+
+def test_resume_replays_known_results_and_continues_exactly():
+    s = EvolutionSettings(population=8, generations=4, parents=3)
+    full = make_searcher(2).evolution(s)
+    calls = []
+
+    def counting(arch):
+        calls.append(arch)
+        return fake_top1(arch)
+
+    half = {arch_key(h["arch"]): h["top1"] for h in full.history[: len(full.history) // 2]}
+    se = make_searcher(2)
+    se._evaluate = counting
+    se.known = half
+    resumed = se.evolution(s)
+    assert [arch_key(h["arch"]) for h in resumed.history] == [arch_key(h["arch"]) for h in full.history]
+    assert len(calls) == len(full.history) - len(half)
