@@ -28,7 +28,10 @@ demo: install
 	$(VENV)/bin/autovit-nas eval --supernet out/demo/supernet/last.ckpt --arch min
 	$(VENV)/bin/autovit-nas export --supernet out/demo/supernet/last.ckpt --arch min --format onnx --out out/demo
 	$(VENV)/bin/autovit-lat estimate out/demo/min.onnx --hw iphone13
-	@echo "demo pictures: out/demo/breakdown.png out/demo/autovit_xxs_iphone13.png"
+	rm -rf out/demo/search
+	$(VENV)/bin/autovit-nas search --supernet out/demo/supernet/last.ckpt --hw iphone13 --latency-budget 3ms \
+		--population 8 --generations 2 --parents 3 --coarse 2000 --val-images 200 --out out/demo/search
+	@echo "demo pictures: out/demo/breakdown.png out/demo/autovit_xxs_iphone13.png out/demo/search/pareto.png"
 
 bench-external: install
 	$(PY) benchmarks/external.py
