@@ -366,10 +366,7 @@ def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, p
     evaluator = AccuracyEvaluator(net, cfg, val_images=val_images)
     t0 = time.perf_counter() - state.elapsed_s
 
-    def timed(arch):
-        return evaluator(arch)
-
-    searcher = Searcher(net.space, cons, timed, seed=seed, known=state.results,
+    searcher = Searcher(net.space, cons, evaluator, seed=seed, known=state.results,
                         on_result=lambda key, top1: state.record(key, top1, time.perf_counter() - t0))
     settings = EvolutionSettings(population, generations, parents, p_depth, p_layer)
     if strategy == "random":

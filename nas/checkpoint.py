@@ -61,9 +61,9 @@ def rng_state() -> dict[str, Any]:
     import numpy as np
 
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
     state = {
-        "python": list(random.getstate()[1]), "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
+        "python": list(py_state), "python_version": py_version, "python_gauss": py_gauss,
         "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
                   "gauss": float(gauss)},
         "torch": torch.get_rng_state(),

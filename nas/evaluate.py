@@ -12,8 +12,8 @@ from autovit.nas.arch import ArchConfig, load_arch
 from autovit.nas.checkpoint import checkpoint_space, load_checkpoint
 from autovit.nas.data import open_data
 from autovit.nas.space import SearchSpace
-from autovit.nas.supernet import Supernet, recalibrate_bn
-from autovit.nas.train import DistContext, TrainConfig, accuracy, make_loaders, resize
+from autovit.nas.supernet import Supernet
+from autovit.nas.train import DistContext, TrainConfig, accuracy, evaluate_subnet, inherited_model, make_loaders
 
 
 def supernet_from_checkpoint(path: str | Path, space: str | None = None,
@@ -63,11 +63,7 @@ def inherited_subnet(supernet: Supernet, arch: ArchConfig, cfg: TrainConfig, dat
         raise AutoVitError(f"--data {cfg.data} has {ds.num_classes} classes, the supernet was trained on "
                            f"{supernet.space.num_classes}")
     loaders = make_loaders(cfg, ds, max(supernet.space.resolutions), DistContext())
-    supernet.set_active_subnet(arch)
-    model = supernet.get_active_subnet()
-    if recalibrate:
-        recalibrate_bn(model, (resize(x, arch.resolution) for x, y, _ in loaders.bn if len(y)))
-    return model.eval(), loaders
+    return inherited_model(supernet, arch, loaders.bn, torch.device("cpu"), recalibrate), loaders
 
 
 def evaluate(supernet: Supernet, arch: ArchConfig, cfg: TrainConfig, **kw) -> dict[str, Any]:
@@ -90,10 +86,6 @@ class AccuracyEvaluator:
                       bn_batches=bn_batches or cfg.bn_batches).resolved()
         self.loaders = make_loaders(cfg, open_data(cfg.data, cfg.seed), max(supernet.space.resolutions),
                                     DistContext())
-        self.images = val_images
 
     def __call__(self, arch: ArchConfig) -> float:
-        self.supernet.set_active_subnet(arch)
-        model = self.supernet.get_active_subnet()
-        recalibrate_bn(model, (resize(x, arch.resolution) for x, y, _ in self.loaders.bn if len(y)))
-        return accuracy(model, self.loaders.val, arch.resolution, torch.device("cpu"))["top1"]
+        return evaluate_subnet(self.supernet, arch, self.loaders.bn, self.loaders.val, torch.device("cpu"))["top1"]

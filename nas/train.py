@@ -31,8 +31,8 @@ from torch import nn
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.io import atomic_write_text
 from autovit.nas.arch import ArchConfig
-from autovit.nas.checkpoint import (load_checkpoint, remove_stale_temporaries, rng_state, save_checkpoint,
-                                    set_rng_state)
+from autovit.nas.checkpoint import (checkpoint_space, load_checkpoint, remove_stale_temporaries, rng_state,
+                                    save_checkpoint, set_rng_state)
 from autovit.nas.data import DataSource, collate_skipping, open_data
 from autovit.nas.space import SearchSpace, load_space, space_to_saved
 from autovit.nas.supernet import Supernet, recalibrate_bn
@@ -266,13 +266,20 @@ def accuracy(model: nn.Module, loader, resolution: int, device: torch.device) ->
     return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "images": n}
 
 
-def evaluate_subnet(supernet: Supernet, arch: ArchConfig, bn_loader, val_loader, device: torch.device) -> dict[str, Any]:
-    """Inherited-weight accuracy of `arch`: copy it out of the supernet, recalibrate its
-    BatchNorm statistics on training batches, evaluate. The supernet is left untouched."""
+def inherited_model(supernet: Supernet, arch: ArchConfig, bn_loader, device: torch.device,
+                    recalibrate: bool = True) -> nn.Module:
+    """The static model of `arch` copied out of the supernet (left untouched), its BatchNorm
+    statistics recalibrated on `bn_loader`'s training batches unless told otherwise; eval mode."""
     supernet.set_active_subnet(arch)
     model = supernet.get_active_subnet().to(device)
-    recalibrate_bn(model, (resize(x.to(device), arch.resolution) for x, y, _ in bn_loader if len(y)))
-    return accuracy(model, val_loader, arch.resolution, device)
+    if recalibrate:
+        recalibrate_bn(model, (resize(x.to(device), arch.resolution) for x, y, _ in bn_loader if len(y)))
+    return model.eval()
+
+
+def evaluate_subnet(supernet: Supernet, arch: ArchConfig, bn_loader, val_loader, device: torch.device) -> dict[str, Any]:
+    """Inherited-weight accuracy of `arch` (BatchNorm recalibrated): top-1/top-5 (%)."""
+    return accuracy(inherited_model(supernet, arch, bn_loader, device), val_loader, arch.resolution, device)
 
 
 def fixed_arch(cfg: TrainConfig, space: SearchSpace) -> ArchConfig | None:
@@ -332,12 +339,9 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     ck = None
     if resume is not None:
         ck = load_checkpoint(resume)
+        checkpoint_space(ck, cfg.space, resume)
         saved = TrainConfig.from_saved(ck["config"])
-        if cfg.space != saved.space and Path(cfg.space).stem != saved.space:
-            raise AutoVitError(f"{resume} was trained on space '{saved.space}', not '{cfg.space}'; "
-                               f"drop --space or pass --space {saved.space}")
-        cfg = replace(saved, epochs=cfg.epochs if cfg.epochs != saved.epochs else saved.epochs,
-                      workers=cfg.workers, device=cfg.device)
+        cfg = replace(saved, epochs=cfg.epochs, workers=cfg.workers, device=cfg.device)
     cfg = cfg.resolved()
     ctx = DistContext.setup(cfg.device)
     if cfg.amp == "on" and ctx.device.type != "cuda":
