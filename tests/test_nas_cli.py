@@ -122,6 +122,11 @@ def test_arch_outside_the_checkpoint_space(ckpt, tmp_path, capsys):
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--resolutions", "a,b"], "comma-separated integers"),
     (["--amp", "on", "--device", "cpu"], "--amp on needs a CUDA device"),
+    (["--batch-size", "1"], "--batch-size must be >= 2"),
+    (["--lr", "0"], "--lr > 0"),
+    (["--eval-every", "0"], "--eval-every must be >= 1"),
+    (["--kd-alpha", "2", "--kd", "soft", "--teacher", "supernet-max"], "--kd-alpha must lie in [0, 1]"),
+    (["--resolutions", "8"], "--resolutions must be >= 16"),
 ])
 def test_train_bad_input(tmp_path, capsys, args, needle):
     code, _, err = run_cli(nas, ["train", "--out", str(tmp_path / "r"), *args], capsys)
@@ -172,6 +177,8 @@ def test_search_writes_the_results_folder(ckpt, tmp_path, capsys):
     (["--hw", "v100", "--hw", "v100", "--latency-budget", "2ms"], "given twice"),
     (["--hw", "v100", "--latency-budget", "2ms", "--param-budget", "2M:1M"], "reversed"),
     (["--hw", "v100", "--latency-budget", "0.000001ms"], "no architecture meets the budgets"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--latency-oracle", "guess"], "use analytical or lut:PATH"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--parents", "99"], "parents <= population"),
 ])
 def test_search_bad_input(ckpt, tmp_path, capsys, args, needle):
     code, _, err = run_cli(nas, ["search", "--supernet", str(ckpt), *args, "--coarse", "100", "--val-images", "16",
@@ -193,3 +200,13 @@ def test_search_resume_refuses_other_settings_and_reuses_results(ckpt, tmp_path,
     assert code == 0, err
     again = json.loads(out)
     assert again["best"]["arch"] == first["best"]["arch"] and again["evaluations"] == first["evaluations"]
+
+
+def test_search_resume_of_a_missing_or_corrupt_state(ckpt, tmp_path, capsys):
+    base = ["search", "--supernet", str(ckpt), "--hw", "iphone13", "--latency-budget", "100ms"]
+    code, _, err = run_cli(nas, [*base, "--resume", str(tmp_path / "none")], capsys)
+    assert_one_line_error(code, err, "no search state there")
+    (tmp_path / "state.json").write_text("{ half written")
+    code, _, err = run_cli(nas, [*base, "--resume", str(tmp_path)], capsys)
+    assert_one_line_error(code, err, "not valid JSON")
+    assert (tmp_path / "state.json").read_text() == "{ half written"  # nothing overwritten

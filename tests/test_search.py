@@ -111,3 +111,17 @@ def test_resume_replays_known_results_and_continues_exactly():
     resumed = se.evolution(s)
     assert [arch_key(h["arch"]) for h in resumed.history] == [arch_key(h["arch"]) for h in full.history]
     assert len(calls) == len(full.history) - len(half)
+
+
+def test_lut_oracle_of_another_device_is_refused(tmp_path):
+    from autovit.latmodel.lut import Lut
+    from autovit.latmodel.modules import arch_blocks
+    from autovit.nas.search import make_oracle
+
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    for b in arch_blocks(load_space("xxs").sample(1)):
+        lut.add("isolated", b, {"median_ms": 0.1})
+    lut.save(tmp_path / "cpu.json")
+    assert make_oracle(f"lut:{tmp_path / 'cpu.json'}", "local-cpu") is not None
+    with pytest.raises(AutoVitError, match="LUT was measured on 'local-cpu'"):
+        make_oracle(f"lut:{tmp_path / 'cpu.json'}", "v100")
