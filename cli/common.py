@@ -27,6 +27,28 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+class Bar:
+    """A transient rich progress bar on stderr: count, elapsed time and a free-text field."""
+
+    def __init__(self, desc: str, total: int | None):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)
+        self.p.start()
+        self.task = self.p.add_task(desc, total=total, info="")
+
+    def update(self, info: str = "", advance: int = 1, **fields: Any) -> None:
+        self.p.update(self.task, advance=advance, info=info, **fields)
+
+    def close(self) -> None:
+        self.p.stop()
+
+
+def progress_bar(enabled: bool, desc: str, total: int | None) -> Bar | None:
+    return Bar(desc, total) if enabled else None
+
+
 def run(group: click.Group) -> None:
     """Run a click group; expected errors become one line on stderr and an exit code."""
     try:

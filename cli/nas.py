@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from autovit.cli.common import console, print_json, run
+from autovit.cli.common import console, print_json, progress_bar, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -323,7 +323,9 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
 @click.option("--coarse", type=int, default=10_000, show_default=True, help="Candidates priced in the coarse stage.")
 @click.option("--val-images", type=int, default=500, show_default=True, help="Fixed validation subset for fitness.")
 @click.option("--latency-oracle", "oracle", default="analytical", show_default=True,
-              help="analytical (the device profile) or lut:PATH (the LUT sum, analytical fallback).")
+              help="analytical (the device profile), lut:PATH (the LUT sum, analytical fallback), measured "
+                   "(onnxruntime here, --hw local-cpu only; seconds per candidate, cached in the results folder), "
+                   "flops or params (proxies in ms, scaled on the device profile over the space).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Results folder.")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
@@ -331,59 +333,133 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population, generations, parents,
            p_depth, p_layer, coarse, val_images, oracle, seed, out_dir, resume_dir, as_json) -> None:
-    """Latency-aware search over a trained supernet (SPEC.md section 5; work in progress:
-    no measured/FLOPs oracles and no torchrun split yet).
+    """Latency-aware search over a trained supernet (SPEC.md section 5): coarse-to-fine,
+    evolution or random under a parameter window and a latency budget per device. Writes
+    search.json, best_arch.json, progress.csv and pareto.png; state.json after every evaluation
+    (Ctrl-C loses nothing; --resume continues). Under torchrun, ranks split each generation.
 
     \b
     Examples:
-      autovit-nas search --supernet runs/xxs/best.ckpt --hw local-cpu --latency-budget 2ms --out search/cpu
+      autovit-nas search --supernet runs/xxs/best.ckpt --hw v100 --latency-budget 2ms --param-budget 1.0M:1.8M --out s/v100
+      autovit-nas search --supernet runs/xxs/best.ckpt --hw iphone13 --hw v100 --latency-budget iphone13=10ms,v100=2ms --out s/two
+      torchrun --nproc-per-node 2 -m autovit.cli.nas search ... --out s/v100
     """
     import time
     from pathlib import Path
 
-    from autovit.latmodel.errors import AutoVitError
+    from autovit.latmodel.errors import AutoVitError, Interrupted
     from autovit.nas.evaluate import AccuracyEvaluator, supernet_from_checkpoint
     from autovit.nas.search import (Constraints, EvolutionSettings, SearchState, Searcher, make_oracle,
                                     parse_latency_budgets, parse_param_window, write_results)
-    from autovit.nas.search import arch_key as arch_key_of
+    from autovit.nas.train import DistContext
 
     if not out_dir and not resume_dir:
         raise AutoVitError("give --out DIR (or --resume DIR to continue a search)")
     if out_dir and resume_dir and Path(out_dir) != Path(resume_dir):
         raise AutoVitError("--out and --resume name different folders; --resume DIR alone continues in DIR")
-    out_dir = out_dir or resume_dir
+    out_dir = Path(out_dir or resume_dir)
     budgets = parse_latency_budgets(latency_budget, list(devices))
     window = parse_param_window(param_budget)
     if min(population, generations, parents) < 1 or parents > population:
         raise AutoVitError("--population, --generations and --parents must be >= 1, with parents <= population")
+    if evaluations is not None and evaluations < 1:
+        raise AutoVitError(f"--evaluations must be >= 1, got {evaluations}")
     settings_d = {"supernet": str(Path(ckpt).resolve()), "devices": list(devices), "budgets_ms": budgets,
                   "param_window": list(window), "strategy": strategy, "evaluations": evaluations,
                   "population": population, "generations": generations, "parents": parents, "p_depth": p_depth,
                   "p_layer": p_layer, "coarse": coarse, "val_images": val_images, "oracle": oracle, "seed": seed}
-    state = SearchState.open(Path(out_dir), settings_d, resume=bool(resume_dir))
+    ctx = DistContext.setup("cpu")  # fitness runs on the CPU; gloo joins the ranks under torchrun
+    state = SearchState.open(out_dir, settings_d, resume=bool(resume_dir))
+    ctx.barrier()  # every rank has read the folder before any writes to it
     net, cfg, _ = supernet_from_checkpoint(ckpt)
-    cons = Constraints(window, budgets, {d: make_oracle(oracle, d) for d in devices})
+    show = ctx.main and not as_json
+    measuring = _MeasureBar() if show and oracle == "measured" else None
+    cons = Constraints(window, budgets, {d: make_oracle(oracle, d, net.space, out_dir, measuring) for d in devices})
     evaluator = AccuracyEvaluator(net, cfg, val_images=val_images)
+    total = evaluations or population * generations
+    bar = progress_bar(show, "search", total)
+    if bar is not None and state.results:
+        bar.update("resumed", advance=len(state.results))
     t0 = time.perf_counter() - state.elapsed_s
 
-    searcher = Searcher(net.space, cons, evaluator, seed=seed, known=state.results,
-                        on_result=lambda key, top1: state.record(key, top1, time.perf_counter() - t0))
+    def recorded(key: str, top1: float) -> None:
+        if ctx.main:
+            state.record(key, top1, time.perf_counter() - t0)
+        if bar is not None:
+            bar.update(f"best {max(state.results.values()):.2f} %")
+
+    gather = None
+    if ctx.world > 1:
+        import torch.distributed as dist
+
+        def gather(obj):
+            parts = [None] * ctx.world
+            dist.all_gather_object(parts, obj)
+            return parts
+
+    searcher = Searcher(net.space, cons, evaluator, seed=seed, known=state.results, on_result=recorded,
+                        rank=ctx.rank, world=ctx.world, gather=gather)
     settings = EvolutionSettings(population, generations, parents, p_depth, p_layer)
-    if strategy == "random":
-        result = searcher.random(evaluations or population * generations)
-    elif strategy == "evolution":
-        result = searcher.evolution(settings, evaluations=evaluations)
-    else:
-        result = searcher.coarse_to_fine(settings, coarse=coarse, evaluations=evaluations)
-    stamps = [state.wall_s[k] for k in (arch_key_of(h["arch"]) for h in result.history)]
-    summary = write_results(out_dir, {**settings_d, "wall_s": time.perf_counter() - t0}, result, cons, stamps)
+    try:
+        if strategy == "random":
+            result = searcher.random(total)
+        elif strategy == "evolution":
+            result = searcher.evolution(settings, evaluations=evaluations)
+        else:
+            result = searcher.coarse_to_fine(settings, coarse=coarse, evaluations=evaluations)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {len(state.results)} evaluations are saved in {state.path}; "
+                          f"continue with --resume {out_dir}") from None
+    finally:
+        for b in (bar, measuring):
+            if b is not None:
+                b.close()
+    if not ctx.main:
+        return
+    stamps = [state.wall_s[h["arch"].key()] for h in result.history]
+    summary = write_results(out_dir, {**settings_d, "world": ctx.world, "wall_s": time.perf_counter() - t0},
+                            result, cons, stamps)
     if as_json:
         print_json(summary)
     else:
+        console.print(_search_table(summary["top"], list(budgets)))
         b = summary["best"]
-        lat = ", ".join(f"{d} {v:.3g} ms" for d, v in b["latency_ms"].items())
+        lat = ", ".join(f"{d} {v:.3g} ms (budget {budgets[d]:g})" for d, v in b["latency_ms"].items())
         console.print(f"best of {summary['evaluations']} evaluations: top-1 {b['top1']:.2f} %, "
-                      f"{b['params'] / 1e6:.3f} M params, {lat}; {out_dir}/best_arch.json", highlight=False)
+                      f"{b['params'] / 1e6:.3f} M params, {b['flops'] / 1e6:.1f} MFLOPs, {lat}\n"
+                      f"{out_dir}/best_arch.json (ready for autovit-nas export), search.json, progress.csv, pareto.png",
+                      highlight=False)
+
+
+class _MeasureBar:
+    """A bar that appears while the measured oracle times a batch of new architectures."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from autovit.cli.common import Bar
+
+        if self.bar is None:
+            self.bar = Bar("measuring (onnxruntime)", total)
+        self.bar.update()
+        if done == total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _search_table(top: list[dict], devices: list[str]) -> Table:
+    t = Table(title="search: the best architectures", title_justify="left")
+    for col in ("#", "top-1 %", "params M", "MFLOPs", *(f"{d} ms" for d in devices), "generation"):
+        t.add_column(col, justify="right")
+    for i, r in enumerate(top, 1):
+        t.add_row(str(i), f"{r['top1']:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['flops'] / 1e6:.1f}",
+                  *(f"{r['latency_ms'][d]:.3g}" for d in devices), str(r["generation"]))
+    return t
 
 
 def main() -> None:

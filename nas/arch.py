@@ -76,6 +76,10 @@ class ArchConfig:
         d["format"] = ARCH_FORMAT
         return d
 
+    def key(self) -> str:
+        """A canonical string of every setting: equal architectures, equal keys (caches, saved state)."""
+        return json.dumps(self.to_dict(), sort_keys=True, default=list)
+
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:

@@ -1,16 +1,19 @@
-"""Search building blocks (issue 5, in progress): budgets, constraint checks, the evolutionary
-operators and the three strategies (random, evolution, coarse-to-fine; SPEC.md section 5).
+"""Latency-aware search (SPEC.md section 5): budgets, constraint checks, the evolutionary
+operators, the three strategies (random, evolution, coarse-to-fine), the saved state and the
+results folder.
 
 The four parts stay separate (NNI's split): the space; latency oracles, anything with
-`latency_ms(archs) -> np.ndarray`; an accuracy evaluator, any `arch -> top-1 %` (cached here
-by architecture, so a duplicate is never evaluated twice); and a strategy. The CLI, the saved
-state and the Pareto plot are not written yet.
+`latency_ms(archs) -> np.ndarray` (latmodel/oracle.py; make_oracle picks one); an accuracy
+evaluator, any `arch -> top-1 %` (cached here by architecture, so a duplicate is never
+evaluated twice); and a strategy (Searcher), which may split each generation over processes.
 """
 from __future__ import annotations
 
+import gc
 import json
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Protocol
 
@@ -88,11 +91,21 @@ class Constraints:
     budgets_ms: dict[str, float] = field(default_factory=dict)
     oracles: dict[str, LatencyOracle] = field(default_factory=dict)
 
-    def price(self, archs: list[ArchConfig]) -> dict[str, np.ndarray]:
-        """{"params": [n], device: latency ms [n]} for a batch (the oracles' batch API)."""
+    def price(self, archs: list[ArchConfig], lazy: bool = True) -> dict[str, np.ndarray]:
+        """{"params": [n], device: latency ms [n]} for a batch (the oracles' batch API). Lazy:
+        a device's oracle prices only the candidates still legal (inf for the rest), so a
+        slow oracle (measured) never times what the parameter window already rejects."""
         out = {"params": np.array([count_params(a) for a in archs], dtype=np.int64)}
-        for dev in self.budgets_ms:
-            out[dev] = np.asarray(self.oracles[dev].latency_ms(archs), dtype=float)
+        lo, hi = self.param_window
+        alive = (out["params"] >= lo) & (out["params"] <= hi) if lazy else np.ones(len(archs), bool)
+        for dev, budget in self.budgets_ms.items():
+            ms = np.full(len(archs), np.inf)
+            idx = np.flatnonzero(alive)
+            if idx.size:
+                ms[idx] = np.asarray(self.oracles[dev].latency_ms([archs[i] for i in idx]), dtype=float)
+            out[dev] = ms
+            if lazy:
+                alive &= ms <= budget
         return out
 
     def legal(self, priced: dict[str, np.ndarray]) -> np.ndarray:
@@ -103,23 +116,26 @@ class Constraints:
         return ok
 
     def infeasible_message(self, space: SearchSpace, priced: dict[str, np.ndarray]) -> str:
-        """Which budget binds, with the smallest value reached among the candidates drawn."""
+        """Which budget binds, with the smallest value reached among the candidates drawn and
+        by the space's smallest architecture."""
         lo, hi = self.param_window
         parts = []
         if priced["params"].min() > hi or priced["params"].max() < lo:
             parts.append(f"parameters {lo / 1e6:.2f}-{hi / 1e6:.2f} M (the space reaches "
                          f"{count_params(space.smallest()) / 1e6:.2f}-{count_params(space.largest()) / 1e6:.2f} M)")
         for dev, budget in self.budgets_ms.items():
-            best = float(priced[dev].min())
-            if best > budget:
-                parts.append(f"{dev} latency {budget:g} ms (the fastest candidate takes {best:.3g} ms)")
+            seen = priced[dev][np.isfinite(priced[dev])]
+            if seen.size and seen.min() > budget:
+                smallest = float(self.oracles[dev].latency_ms([space.smallest()])[0])
+                parts.append(f"{dev} latency {budget:g} ms (the fastest candidate drawn takes {seen.min():.3g} ms, "
+                             f"the space's smallest architecture {smallest:.3g} ms)")
         binding = "; ".join(parts) or "the combination of the budgets"
         return f"no architecture meets the budgets: {binding}; relax them"
 
 
 # ---- evolutionary operators --------------------------------------------------------------------
 def arch_key(arch: ArchConfig) -> str:
-    return json.dumps(arch.to_dict(), sort_keys=True, default=list)
+    return arch.key()
 
 
 def mutate(arch: ArchConfig, space: SearchSpace, rng: random.Random, p_depth: float, p_layer: float) -> ArchConfig:
@@ -187,33 +203,72 @@ class SearchResult:
         return len(self.history)
 
 
+@contextmanager
+def _collector_paused():
+    """Pause the cyclic garbage collector: building 10,000 candidates creates ~300,000 objects
+    and no cycles, and the collector's repeated passes over them made the coarse stage ~2x slower."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class Searcher:
     """Runs a strategy under constraints with a cached evaluator; every strategy is seeded."""
 
     def __init__(self, space: SearchSpace, constraints: Constraints, evaluate: Callable[[ArchConfig], float],
                  seed: int = 0, known: dict[str, float] | None = None,
-                 on_result: Callable[[str, float], None] | None = None):
+                 on_result: Callable[[str, float], None] | None = None,
+                 rank: int = 0, world: int = 1, gather: Callable[[Any], list[Any]] | None = None):
         """`known`: results of an interrupted run with the same settings. Resuming replays the
         strategy from the seed and takes these instead of evaluating again, so the replay makes
-        the same decisions and continues exactly. `on_result(key, top1)` follows every new one."""
+        the same decisions and continues exactly. `on_result(key, top1)` follows every new one.
+
+        Under torchrun every rank runs the same seeded strategy; rank `rank` of `world`
+        evaluates every world-th new candidate of a generation and `gather` (all_gather of a
+        Python object) shares the results, so every rank decides on the same numbers as one
+        process would."""
         self.space, self.constraints, self._evaluate = space, constraints, evaluate
         self.rng = random.Random(seed)
         self.known = dict(known or {})
         self.on_result = on_result
+        self.rank, self.world, self.gather = rank, world, gather
+        if world > 1 and gather is None:
+            raise ValueError("a search over several processes needs a gather function")
         self.cache: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
 
-    def fitness(self, arch: ArchConfig, generation: int) -> float:
-        key = arch_key(arch)
-        if key not in self.cache:
-            if key in self.known:
-                self.cache[key] = self.known[key]
-            else:
-                self.cache[key] = float(self._evaluate(arch))
-                if self.on_result is not None:
-                    self.on_result(key, self.cache[key])
+    def evaluate_batch(self, archs: list[ArchConfig], generation: int) -> None:
+        """Evaluate the candidates not seen before, in order, and append them to the history."""
+        new: dict[str, ArchConfig] = {}
+        for a in archs:
+            key = a.key()
+            if key not in self.cache:
+                new.setdefault(key, a)
+        fresh = [k for k in new if k not in self.known]
+        mine: dict[str, float] = {}
+        for key in fresh[self.rank::self.world]:
+            mine[key] = float(self._evaluate(new[key]))
+            if self.on_result is not None:  # at once: an interrupt loses nothing finished
+                self.on_result(key, mine[key])
+        results = dict(mine)
+        if self.world > 1:
+            for part in self.gather(mine):
+                for key, top1 in part.items():
+                    if key not in mine:
+                        results[key] = top1
+                        if self.on_result is not None:
+                            self.on_result(key, top1)
+        for key, arch in new.items():
+            self.cache[key] = self.known[key] if key in self.known else results[key]
             self.history.append({"arch": arch, "top1": self.cache[key], "generation": generation})
-        return self.cache[key]
+
+    def fitness(self, arch: ArchConfig, generation: int = 0) -> float:
+        self.evaluate_batch([arch], generation)
+        return self.cache[arch.key()]
 
     def _legal(self, archs: list[ArchConfig]) -> list[ArchConfig]:
         if not archs:
@@ -226,8 +281,9 @@ class Searcher:
         budget raises with the binding constraint named."""
         found: dict[str, ArchConfig] = {}
         for _ in range(20):
-            batch = [self.space.sample(self.rng) for _ in range(pool)]
-            priced = self.constraints.price(batch)
+            with _collector_paused():
+                batch = [self.space.sample(self.rng) for _ in range(pool)]
+                priced = self.constraints.price(batch)
             ok = self.constraints.legal(priced)
             for a, k in zip(batch, ok):
                 if k:
@@ -245,8 +301,7 @@ class Searcher:
         return SearchResult(best["arch"], best["top1"], self.history)
 
     def random(self, evaluations: int) -> SearchResult:
-        for arch in self._draw_legal(evaluations, max(64, evaluations)):
-            self.fitness(arch, 0)
+        self.evaluate_batch(self._draw_legal(evaluations, max(64, evaluations)), 0)
         return self._result()
 
     def evolution(self, s: EvolutionSettings, seeds: list[ArchConfig] | None = None,
@@ -258,14 +313,11 @@ class Searcher:
             population += self._draw_legal(s.population - len(population), 256)
         budget = evaluations if evaluations is not None else s.population * s.generations
         for gen in range(s.generations):
-            scored = []
-            for arch in population:
-                if len(self.cache) >= budget and arch_key(arch) not in self.cache:
-                    break
-                scored.append((self.fitness(arch, gen), arch))
+            pending = [a for a in population if a.key() not in self.cache]
+            self.evaluate_batch(pending[: max(0, budget - len(self.cache))], gen)
             if len(self.cache) >= budget:
                 break
-            scored.sort(key=lambda t: -t[0])
+            scored = sorted(((self.cache[a.key()], a) for a in population), key=lambda t: -t[0])
             parents = [a for _, a in scored[: s.parents]]
             children: dict[str, ArchConfig] = {arch_key(a): a for a in parents}
             tries = 0
@@ -294,20 +346,43 @@ class Searcher:
         return self.evolution(s, seeds=legal[:k], evaluations=evaluations)
 
 
-def make_oracle(spec: str, device: str) -> LatencyOracle:
-    """`analytical` (the device's profile) or `lut:PATH` (LUT sum, analytical fallback; the LUT
-    must have been measured on `device`)."""
-    from autovit.latmodel.hardware import load_profile
-    from autovit.latmodel.oracle import AnalyticalOracle, LutOracle
+ORACLES = "analytical, lut:PATH, measured, flops or params"
 
+
+PROXY_REFERENCE = 256  # architectures the proxies' ms-per-unit constant is fitted on
+
+
+def make_oracle(spec: str, device: str, space: SearchSpace | None = None, cache_dir=None,
+                on_measure: Callable[[int, int], None] | None = None) -> LatencyOracle:
+    """The latency oracle `spec` for `device` (latmodel/oracle.py):
+    - analytical: the device's profile (data-sheet or calibrated);
+    - lut:PATH: the LUT sum, analytical fallback (the LUT must have been measured on `device`);
+    - measured: onnxruntime on this machine (device local-cpu), cached in cache_dir/measured_ms.json;
+    - flops, params: the proxies, in ms through a constant fitted on PROXY_REFERENCE
+      architectures of `space` (seeded) priced by the device's profile."""
+    from autovit.latmodel.hardware import load_profile
+    from autovit.latmodel.oracle import AnalyticalOracle, LutOracle, MeasuredOracle, ProxyOracle
+
+    if spec == "measured":
+        if device.split("@")[0] != "local-cpu":
+            raise AutoVitError(f"--latency-oracle measured times this machine; it cannot price {device}: "
+                               "use it with --hw local-cpu, or analytical/lut:PATH for other devices")
+        from pathlib import Path
+
+        return MeasuredOracle(Path(cache_dir) / "measured_ms.json" if cache_dir else None, on_measure=on_measure)
     profile = load_profile(device)
     if spec == "analytical":
         return AnalyticalOracle(profile)
+    if spec in ("flops", "params"):
+        if space is None:
+            raise ValueError("a proxy oracle is fitted on the searched space: pass it")
+        rng = random.Random(0)
+        return ProxyOracle(spec, profile, [space.sample(rng) for _ in range(PROXY_REFERENCE)])
     if spec.startswith("lut:"):
         from autovit.latmodel.lut import load_lut
 
         return LutOracle(load_lut(spec.removeprefix("lut:")), profile)
-    raise AutoVitError(f"--latency-oracle '{spec}': use analytical or lut:PATH")
+    raise AutoVitError(f"--latency-oracle '{spec}': use {ORACLES}")
 
 
 @dataclass
@@ -358,8 +433,9 @@ class SearchState:
 
 # ---- results folder ----------------------------------------------------------------------------
 def write_results(out, settings: dict[str, Any], result: SearchResult, constraints: Constraints,
-                  wall_s: list[float]) -> dict[str, Any]:
-    """search.json, best_arch.json, progress.csv and pareto.png in `out`; returns the summary."""
+                  wall_s: list[float], top: int = 10) -> dict[str, Any]:
+    """search.json, best_arch.json, progress.csv and pareto.png in `out`; returns the summary
+    (settings, the best candidate, the `top` best without their architectures)."""
     import csv
     import io
     from pathlib import Path
@@ -367,16 +443,21 @@ def write_results(out, settings: dict[str, Any], result: SearchResult, constrain
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.plots import pareto_png
 
+    from autovit.latmodel.oracle import BlockCounts
+
     out = Path(out)
     archs = [h["arch"] for h in result.history]
-    priced = constraints.price(archs)
+    priced = constraints.price(archs, lazy=False)
+    flops = BlockCounts().flops(archs)
     rows = []
     for i, h in enumerate(result.history):
-        rows.append({"arch": json.loads(h["arch"].to_json()), "params": int(priced["params"][i]),
+        rows.append({"arch": h["arch"].to_dict(), "params": int(priced["params"][i]), "flops": float(flops[i]),
                      "latency_ms": {d: float(priced[d][i]) for d in constraints.budgets_ms},
                      "top1": h["top1"], "generation": h["generation"], "wall_s": wall_s[i]})
-    best_i = max(range(len(rows)), key=lambda i: rows[i]["top1"])
-    summary = {**settings, "evaluations": len(rows), "best": rows[best_i]}
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["top1"])
+    best_i = order[0]
+    summary = {**settings, "evaluations": len(rows), "best": rows[best_i],
+               "top": [{k: v for k, v in rows[i].items() if k != "arch"} for i in order[:top]]}
     atomic_write_text(out / "search.json", json.dumps({**summary, "candidates": rows}, indent=1) + "\n")
     result.best.to_json(out / "best_arch.json")
     buf = io.StringIO()

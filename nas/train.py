@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autovit.cli.common import progress_bar
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.io import atomic_write_text
 from autovit.nas.arch import ArchConfig
@@ -423,7 +424,7 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
         model.train()
         t0 = time.perf_counter()
         loss_sum, seen, skipped = 0.0, 0, 0
-        bar = _progress(progress and ctx.main, f"epoch {epoch + 1}/{cfg.epochs}", steps)
+        bar = progress_bar(progress and ctx.main, f"epoch {epoch + 1}/{cfg.epochs}", steps)
         for i, (x, y, n_skip) in enumerate(loaders.train):
             if i >= steps:
                 break
@@ -549,28 +550,6 @@ def _train_step(cfg: TrainConfig, space: SearchSpace, supernet: Supernet, model:
 
 
 # ---- output ------------------------------------------------------------------------------------
-class _Bar:
-    def __init__(self, desc: str, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        from autovit.cli.common import console
-
-        self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=console, transient=True)
-        self.p.start()
-        self.task = self.p.add_task(desc, total=total, info="")
-
-    def update(self, info: str) -> None:
-        self.p.update(self.task, advance=1, info=info)
-
-    def close(self) -> None:
-        self.p.stop()
-
-
-def _progress(enabled: bool, desc: str, total: int) -> _Bar | None:
-    return _Bar(desc, total) if enabled else None
-
-
 def _epoch_line(row: dict[str, Any], followed: dict[str, ArchConfig]) -> str:
     if row["top1_mean"] is None:
         accs = "(not evaluated this epoch)"

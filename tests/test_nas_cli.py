@@ -177,7 +177,7 @@ def test_search_writes_the_results_folder(ckpt, tmp_path, capsys):
     (["--hw", "v100", "--hw", "v100", "--latency-budget", "2ms"], "given twice"),
     (["--hw", "v100", "--latency-budget", "2ms", "--param-budget", "2M:1M"], "reversed"),
     (["--hw", "v100", "--latency-budget", "0.000001ms"], "no architecture meets the budgets"),
-    (["--hw", "v100", "--latency-budget", "2ms", "--latency-oracle", "guess"], "use analytical or lut:PATH"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--latency-oracle", "guess"], "use analytical, lut:PATH, measured"),
     (["--hw", "v100", "--latency-budget", "2ms", "--parents", "99"], "parents <= population"),
 ])
 def test_search_bad_input(ckpt, tmp_path, capsys, args, needle):

@@ -55,10 +55,10 @@ def test_budgets_per_device():
         parse_latency_budgets("2ms", ["iphone13", "v100"])
 
 
-def make_searcher(seed=0, budget_ms=1.6, window=(0, 2**62)):
+def make_searcher(seed=0, budget_ms=1.6, window=(0, 2**62), **kw):
     space = load_space("xxs")
     cons = Constraints(window, {"dev": budget_ms}, {"dev": ParamsOracle()})
-    return Searcher(space, cons, fake_top1, seed=seed)
+    return Searcher(space, cons, kw.pop("evaluate", fake_top1), seed=seed, **kw)
 
 
 def test_budget_no_architecture_meets_names_the_binding_one():
@@ -125,3 +125,79 @@ def test_lut_oracle_of_another_device_is_refused(tmp_path):
     assert make_oracle(f"lut:{tmp_path / 'cpu.json'}", "local-cpu") is not None
     with pytest.raises(AutoVitError, match="LUT was measured on 'local-cpu'"):
         make_oracle(f"lut:{tmp_path / 'cpu.json'}", "v100")
+
+
+class ThreadGather:
+    """all_gather_object for ranks played by threads."""
+
+    def __init__(self, world):
+        import threading
+
+        self.slots, self.barrier = [None] * world, threading.Barrier(world, timeout=60)
+
+    def for_rank(self, rank):
+        def gather(obj):
+            self.slots[rank] = obj
+            self.barrier.wait()
+            out = list(self.slots)
+            self.barrier.wait()  # nobody overwrites a slot before every rank has read them all
+            return out
+        return gather
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "coarse_to_fine"])
+def test_ranks_split_each_generation_and_decide_as_one_process(strategy):
+    import threading
+
+    s = EvolutionSettings(population=9, generations=4, parents=3)
+
+    def run(se):
+        if strategy == "random":
+            return se.random(25)
+        return getattr(se, strategy)(s, **({"coarse": 1000} if strategy == "coarse_to_fine" else {}))
+
+    single = run(make_searcher(3))
+    world, g = 2, ThreadGather(2)
+    calls = {r: [] for r in range(world)}
+    recorded = {r: [] for r in range(world)}
+    results = {}
+
+    def rank_main(r):
+        def evaluate(arch):
+            calls[r].append(arch_key(arch))
+            return fake_top1(arch)
+        se = make_searcher(3, evaluate=evaluate, rank=r, world=world, gather=g.for_rank(r),
+                           on_result=lambda key, top1: recorded[r].append(key))
+        results[r] = run(se)
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    want = [(arch_key(h["arch"]), h["top1"], h["generation"]) for h in single.history]
+    for r in range(world):
+        assert [(arch_key(h["arch"]), h["top1"], h["generation"]) for h in results[r].history] == want
+        assert sorted(recorded[r]) == sorted(k for k, _, _ in want)  # every result reaches every rank
+    assert not set(calls[0]) & set(calls[1])  # disjoint slices ...
+    assert sorted(calls[0] + calls[1]) == sorted(k for k, _, _ in want)  # ... that cover the run
+    assert abs(len(calls[0]) - len(calls[1])) <= s.generations
+
+
+def test_pricing_is_lazy_a_rejected_candidate_is_never_timed():
+    seen = []
+
+    class Recording(ParamsOracle):
+        def latency_ms(self, archs):
+            seen.extend(archs)
+            return super().latency_ms(archs)
+
+    space = load_space("xxs")
+    archs = [space.smallest(), space.largest()]
+    cut = count_params(space.smallest()) + 1
+    cons = Constraints((0, cut), {"a": 100.0, "b": 100.0}, {"a": Recording(), "b": Recording()})
+    priced = cons.price(archs)
+    assert list(cons.legal(priced)) == [True, False]
+    assert np.isinf(priced["a"][1]) and seen == [space.smallest()] * 2
+    full = cons.price(archs, lazy=False)
+    assert np.isfinite(full["a"]).all() and full["b"][1] > full["b"][0]
