@@ -138,7 +138,8 @@ def _resolutions(value: str | None) -> tuple[int, ...] | None:
 @click.option("--space", default="xxs", show_default=True, help="xxs, xs, s or a space TOML file.")
 @click.option("--data", default="mnist5k", show_default=True,
               help="mnist5k, mnist5k-clutter (built in, offline) or a folder with train/ and val/.")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=None,
+              help="Epochs in all [default: 10; with --resume, the checkpoint's].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder: last.ckpt, best.ckpt, metrics.csv, config.json.")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
@@ -188,17 +189,18 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
       autovit-nas train --space xxs --data mnist5k-clutter --epochs 20 --out runs/xxs --resume runs/xxs/last.ckpt
       torchrun --nproc-per-node 2 -m autovit.cli.nas train --space xxs --data mnist5k --out runs/ddp
     """
+    import json
     from pathlib import Path
 
     from autovit.latmodel.errors import AutoVitError, Interrupted
-    from autovit.nas.train import TrainConfig, train as run_train
-
-    import json
-
     from autovit.nas.arch import load_arch
+    from autovit.nas.checkpoint import load_checkpoint
+    from autovit.nas.train import TrainConfig, train as run_train
 
     if resume and not Path(resume).is_file():
         raise AutoVitError(f"--resume {resume}: checkpoint not found")
+    if epochs is None:
+        epochs = load_checkpoint(resume)["config"]["epochs"] if resume else 10
     arch = json.loads(load_arch(arch_file).to_json()) if arch_file else None
     cfg = TrainConfig(
         space=space, data=data, epochs=epochs, recipe=recipe, sampling=sampling, sandwich_random=sandwich_random,

@@ -210,3 +210,63 @@ def test_search_resume_of_a_missing_or_corrupt_state(ckpt, tmp_path, capsys):
     code, _, err = run_cli(nas, [*base, "--resume", str(tmp_path)], capsys)
     assert_one_line_error(code, err, "not valid JSON")
     assert (tmp_path / "state.json").read_text() == "{ half written"  # nothing overwritten
+
+
+SEARCH = ["--hw", "iphone13", "--latency-budget", "100ms", "--population", "6", "--generations", "3", "--parents", "3",
+          "--coarse", "200"]
+
+
+def _candidates(folder: Path) -> list[tuple]:
+    rows = json.loads((folder / "search.json").read_text())["candidates"]
+    return [(json.dumps(r["arch"], sort_keys=True), r["top1"], r["generation"]) for r in rows]
+
+
+def test_torchrun_ranks_split_the_search_and_match_one_process(ckpt, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["search", "--supernet", str(ckpt), *SEARCH, "--val-images", "64", "--json"]
+    one = subprocess.run([sys.executable, "-m", "autovit.cli.nas", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "29533", "-m", "autovit.cli.nas", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads(two.stdout)["world"] == 2  # printed once, by rank 0
+    assert _candidates(tmp_path / "two") == _candidates(tmp_path / "one")
+
+
+def test_ctrl_c_during_search_loses_nothing_and_resume_finishes_it(ckpt, tmp_path, capsys):
+    out = tmp_path / "s"
+    args = ["search", "--supernet", str(ckpt), *SEARCH, "--val-images", "1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "autovit.cli.nas", *args, "--out", str(out), "--json"],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state = out / "state.json"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (state.exists() and len(json.loads(state.read_text())["results"]) >= 2):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and f"--resume {out}" in lines[0], err
+    saved = json.loads(state.read_text())["results"]
+    assert 2 <= len(saved) < 18 and not (out / "search.json").exists()
+    code, _, err = run_cli(nas, [*args, "--resume", str(out), "--json"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(nas, [*args, "--out", str(tmp_path / "whole"), "--json"], capsys)
+    assert code == 0, err
+    assert _candidates(out) == _candidates(tmp_path / "whole")
+    resumed = {a: top1 for a, top1, _ in _candidates(out)}
+    assert all(resumed[key] == top1 for key, top1 in saved.items())  # what was saved is what the result holds
+
+
+def test_train_resume_without_epochs_finishes_the_checkpoints_run(tmp_path, capsys):
+    train(replace(TINY, epochs=2, steps_per_epoch=1), tmp_path, progress=False, log=quiet, stop_after_epochs=1)
+    code, out, err = run_cli(nas, ["train", "--resume", str(tmp_path / "last.ckpt"), "--out", str(tmp_path),
+                                   "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["epochs_done"] == 2
