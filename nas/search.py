@@ -295,10 +295,6 @@ class Searcher:
             self.cache[key] = self.known[key] if key in self.known else results[key]
             self.history.append({"arch": arch, "top1": self.cache[key], "generation": generation})
 
-    def fitness(self, arch: ArchConfig, generation: int = 0) -> float:
-        self.evaluate_batch([arch], generation)
-        return self.cache[arch.key()]
-
     def _legal(self, archs: list[ArchConfig]) -> list[ArchConfig]:
         if not archs:
             return []
