@@ -375,6 +375,10 @@ def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, p
     ctx.barrier()  # every rank has read the folder before any writes to it
     net, cfg, _ = supernet_from_checkpoint(ckpt)
     show = ctx.main and not as_json
+    if oracle == "measured" and strategy == "coarse-to-fine" and coarse > 1000 and ctx.main:
+        console.print(f"[yellow]note:[/] the measured oracle times every candidate inside the parameter window "
+                      f"(~0.6 s each here, cached in {out_dir}/measured_ms.json): the coarse stage's {coarse} may take "
+                      f"~{coarse // 100} min; --coarse 500 is quicker", highlight=False)
     measuring = _MeasureBar() if show and oracle == "measured" else None
     cons = Constraints(window, budgets, {d: make_oracle(oracle, d, net.space, out_dir, measuring) for d in devices})
     evaluator = AccuracyEvaluator(net, cfg, val_images=val_images)
