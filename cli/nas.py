@@ -311,6 +311,7 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
 
 @cli.command()
 @_supernet_opt
+@_space_opt
 @click.option("--hw", "devices", multiple=True, required=True, help="Device profile(s) to price on; repeat.")
 @click.option("--latency-budget", required=True, help="2ms for one device, or iphone13=10ms,v100=2ms.")
 @click.option("--param-budget", default=":", show_default=True, help="LOW:HIGH parameters, e.g. 1.0M:1.8M.")
@@ -333,7 +334,7 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue the search in this folder (same settings; finished evaluations are reused).")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
-def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population, generations, parents,
+def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluations, population, generations, parents,
            p_depth, p_layer, coarse, val_images, oracle, seed, out_dir, resume_dir, as_json) -> None:
     """Latency-aware search over a trained supernet (SPEC.md section 5): coarse-to-fine,
     evolution or random under a parameter window and a latency budget per device. Writes
@@ -373,7 +374,7 @@ def search(ckpt, devices, latency_budget, param_budget, strategy, evaluations, p
     ctx = DistContext.setup("cpu")  # fitness runs on the CPU; gloo joins the ranks under torchrun
     state = SearchState.open(out_dir, settings_d, resume=bool(resume_dir))
     ctx.barrier()  # every rank has read the folder before any writes to it
-    net, cfg, _ = supernet_from_checkpoint(ckpt)
+    net, cfg, _ = supernet_from_checkpoint(ckpt, space)
     show = ctx.main and not as_json
     if oracle == "measured" and strategy == "coarse-to-fine" and coarse > 1000 and ctx.main:
         console.print(f"[yellow]note:[/] the measured oracle times every candidate inside the parameter window "

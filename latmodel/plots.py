@@ -72,6 +72,16 @@ def roofline_png(est: Estimate, profile: HardwareProfile, path: str | Path) -> P
     return _save(fig, path)
 
 
+def pareto_front(latency_ms, top1) -> "np.ndarray":
+    """Indices of the candidates strictly more accurate than every faster one, fastest first."""
+    import numpy as np
+
+    lat, acc = np.asarray(latency_ms, float), np.asarray(top1, float)
+    order = np.argsort(lat, kind="stable")
+    best_before = np.maximum.accumulate(np.concatenate([[-np.inf], acc[order][:-1]]))
+    return order[acc[order] > best_before]
+
+
 def pareto_png(latency_ms, top1, budget_ms: float | None, best: int, device: str, path: str | Path) -> Path:
     """Accuracy vs. latency of every evaluated candidate, the budget line and the winner."""
     import numpy as np
@@ -79,13 +89,13 @@ def pareto_png(latency_ms, top1, budget_ms: float | None, best: int, device: str
     lat, acc = np.asarray(latency_ms, float), np.asarray(top1, float)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(lat, acc, s=12, alpha=0.6, label="evaluated")
-    order = np.argsort(lat)
-    front = order[np.maximum.accumulate(acc[order]) == acc[order]]
-    ax.plot(lat[front], acc[front], "-", color="C1", label="Pareto front")
+    front = pareto_front(lat, acc)
+    # a step: between two front points the faster one is the best available
+    ax.step(lat[front], acc[front], where="post", color="C1", label="Pareto front")
     if budget_ms is not None:
         ax.axvline(budget_ms, color="C3", ls="--", label=f"budget {budget_ms:g} ms")
     ax.scatter([lat[best]], [acc[best]], marker="*", s=160, color="C2", zorder=3, label="winner")
-    ax.set_xlabel(f"predicted latency on {device} (ms)")
+    ax.set_xlabel(f"latency on {device} (ms, the search's oracle)")
     ax.set_ylabel("validation top-1 (%)")
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -270,3 +270,14 @@ def test_train_resume_without_epochs_finishes_the_checkpoints_run(tmp_path, caps
                                    "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["epochs_done"] == 2
+
+
+def test_search_refuses_a_truncated_checkpoint_or_another_space(ckpt, tmp_path, capsys):
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    args = ["--hw", "iphone13", "--latency-budget", "100ms", "--out", str(tmp_path / "s")]
+    code, _, err = run_cli(nas, ["search", "--supernet", str(cut), *args], capsys)
+    assert_one_line_error(code, err, "truncated")
+    code, _, err = run_cli(nas, ["search", "--supernet", str(ckpt), "--space", "s", *args], capsys)
+    assert_one_line_error(code, err, "'xxs'")
+    assert not (tmp_path / "s" / "state.json").exists()

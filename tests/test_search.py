@@ -224,3 +224,11 @@ def test_evolution_spends_its_whole_budget_instead_of_stalling():
         res = make_searcher(seed).evolution(EvolutionSettings(population=10, generations=100, parents=3),
                                             evaluations=60)
         assert res.evaluations == 60
+
+
+def test_pareto_front_keeps_only_strict_improvements_fastest_first():
+    from autovit.latmodel.plots import pareto_front
+
+    lat = [3.0, 1.0, 2.0, 2.5, 0.5, 4.0]
+    acc = [90.0, 80.0, 85.0, 85.0, 70.0, 89.0]
+    assert list(pareto_front(lat, acc)) == [4, 1, 2, 0]
