@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from autovit.cli.common import console, print_json, progress_bar, run
+from autovit.cli.common import Bar, console, print_json, progress_bar, run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -365,8 +365,12 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
     window = parse_param_window(param_budget)
     if min(population, generations, parents) < 1 or parents > population:
         raise AutoVitError("--population, --generations and --parents must be >= 1, with parents <= population")
-    if evaluations is not None and evaluations < 1:
-        raise AutoVitError(f"--evaluations must be >= 1, got {evaluations}")
+    for flag, value in (("--evaluations", evaluations), ("--coarse", coarse), ("--val-images", val_images)):
+        if value is not None and value < 1:
+            raise AutoVitError(f"{flag} must be >= 1, got {value}")
+    for flag, value in (("--p-depth", p_depth), ("--p-layer", p_layer)):
+        if not 0 <= value <= 1:
+            raise AutoVitError(f"{flag} is a probability: give a value in [0, 1], got {value}")
     settings_d = {"supernet": str(Path(ckpt).resolve()), "devices": list(devices), "budgets_ms": budgets,
                   "param_window": list(window), "strategy": strategy, "evaluations": evaluations,
                   "population": population, "generations": generations, "parents": parents, "p_depth": p_depth,
@@ -445,8 +449,6 @@ class _MeasureBar:
         self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
-        from autovit.cli.common import Bar
-
         if self.bar is None:
             self.bar = Bar("measuring (onnxruntime)", total)
         self.bar.update()

@@ -206,15 +206,16 @@ class MeasuredOracle:
         if self.cache_path is not None and self.cache_path.exists():
             try:
                 saved = json.loads(self.cache_path.read_text())
-                ok = saved.get("format") == MEASURED_FORMAT
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                ms = {str(k): float(v) for k, v in saved["ms"].items()}
+                ok = saved["format"] == MEASURED_FORMAT and "threads" in saved
+            except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError, ValueError):
                 ok = False
             if not ok:
                 raise AutoVitError(f"{self.cache_path} is not a measurement cache; delete it or choose another folder")
             if saved["threads"] != self.threads:
                 raise AutoVitError(f"{self.cache_path} was measured with {saved['threads']} threads, "
                                    f"this run uses {self.threads}; use another folder")
-            self.ms = {k: float(v) for k, v in saved["ms"].items()}
+            self.ms = ms
 
     def measure(self, arch) -> float:
         from autovit.latmodel.measure import time_callable

@@ -179,11 +179,19 @@ def test_search_writes_the_results_folder(ckpt, tmp_path, capsys):
     (["--hw", "v100", "--latency-budget", "0.000001ms"], "no architecture meets the budgets"),
     (["--hw", "v100", "--latency-budget", "2ms", "--latency-oracle", "guess"], "use analytical, lut:PATH, measured"),
     (["--hw", "v100", "--latency-budget", "2ms", "--parents", "99"], "parents <= population"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--evaluations", "0"], "--evaluations must be >= 1"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--coarse", "0"], "--coarse must be >= 1"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--val-images", "-3"], "--val-images must be >= 1"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--p-depth", "1.5"], "--p-depth is a probability"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--p-layer", "-1"], "--p-layer is a probability"),
+    (["--hw", "v100", "--latency-budget", "2ms", "--latency-oracle", "measured"], "measured times this machine"),
 ])
 def test_search_bad_input(ckpt, tmp_path, capsys, args, needle):
-    code, _, err = run_cli(nas, ["search", "--supernet", str(ckpt), *args, "--coarse", "100", "--val-images", "16",
-                                 "--out", str(tmp_path)], capsys)
+    # the case's own flags come last, so they win over these defaults
+    code, _, err = run_cli(nas, ["search", "--supernet", str(ckpt), "--coarse", "100", "--val-images", "16",
+                                 "--out", str(tmp_path), *args], capsys)
     assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "state.json").exists()
 
 
 def test_search_resume_refuses_other_settings_and_reuses_results(ckpt, tmp_path, capsys):

@@ -55,9 +55,11 @@ def test_measured_oracle_caches_on_disk_and_refuses_a_foreign_cache(tmp_path, mo
     assert list(again.latency_ms([b])) == [3.0] and len(timed) == 2  # read back, not timed again
     with pytest.raises(AutoVitError, match="measured with 1 threads, this run uses 2"):
         MeasuredOracle(cache, threads=2)
-    cache.write_text("{ half")
-    with pytest.raises(AutoVitError, match="is not a measurement cache"):
-        MeasuredOracle(cache, threads=1)
+    for hostile in ("{ half", '{"format": "autovit-measured/1", "threads": 1, "ms": [1]}',
+                    '{"format": "autovit-measured/1", "threads": 1, "ms": {"a": "fast"}}', "[]"):
+        cache.write_text(hostile)
+        with pytest.raises(AutoVitError, match="is not a measurement cache"):
+            MeasuredOracle(cache, threads=1)
 
 
 def test_measured_oracle_times_a_real_network():
