@@ -36,7 +36,7 @@ def main() -> None:
 
     from autovit.latmodel.io import atomic_write_text
     from autovit.nas.evaluate import AccuracyEvaluator, supernet_from_checkpoint
-    from autovit.nas.search import (Constraints, EvolutionSettings, Searcher, arch_key, make_oracle,
+    from autovit.nas.search import (Constraints, EvolutionSettings, Searcher, make_oracle,
                                     parse_latency, parse_param_window)
 
     net, cfg, _ = supernet_from_checkpoint(args.supernet)
@@ -46,7 +46,7 @@ def main() -> None:
     shared: dict[str, float] = {}
 
     def cached(arch):
-        key = arch_key(arch)
+        key = arch.key()
         if key not in shared:
             shared[key] = evaluator(arch)
         return shared[key]

@@ -130,30 +130,21 @@ def proportional_factor(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(np.mean(np.log(y[ok]) - np.log(x[ok]))))
 
 
-def proxy_factors(blocks: list, ms: list[float]) -> dict[str, float]:
-    """ms per FLOP and ms per parameter fitted on `blocks` (BlockSpec) that take `ms` each."""
-    from dataclasses import astuple
-
-    from autovit.latmodel.oracle import cached_block_model
-
-    flops, params = [], []
-    for b in blocks:
-        model = cached_block_model(astuple(b))
-        flops.append(sum(c.flops for c in model.costs.values()))
-        params.append(model.graph.params)
-    y = np.array(ms, float)
-    return {"flops": proportional_factor(np.array(flops, float), y),
-            "params": proportional_factor(np.array(params, float), y)}
-
-
 def baseline_factors(lut, mode: str = "isolated") -> dict[str, float]:
     """ms per FLOP and ms per parameter, fitted on the LUT's blocks (the calibration data)."""
+    from dataclasses import astuple
+
     from autovit.latmodel.modules import BlockSpec
+    from autovit.latmodel.oracle import BlockCounts
 
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         raise AutoVitError(f"the LUT has no '{mode}' entries to fit the FLOPs/params baselines on")
-    return proxy_factors([BlockSpec.from_dict(e["block"]) for e in entries], [float(e["median_ms"]) for e in entries])
+    counts = BlockCounts()
+    flops, params = zip(*(counts.block(astuple(BlockSpec.from_dict(e["block"]))) for e in entries))
+    y = np.array([float(e["median_ms"]) for e in entries])
+    return {"flops": proportional_factor(np.array(flops, float), y),
+            "params": proportional_factor(np.array(params, float), y)}
 
 
 def price(cands: list[Candidate], profile, lut_oracle, factors: dict[str, float] | None,

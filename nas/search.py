@@ -15,6 +15,7 @@ import random
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
@@ -134,10 +135,6 @@ class Constraints:
 
 
 # ---- evolutionary operators --------------------------------------------------------------------
-def arch_key(arch: ArchConfig) -> str:
-    return arch.key()
-
-
 def repair_monotonic(arch: ArchConfig, space: SearchSpace) -> ArchConfig:
     """The nearest member under the monotonic-width rule: walking the transformer layers in
     order, a width that shrinks is raised to the smallest option that does not. Resampling
@@ -342,7 +339,7 @@ class Searcher:
                 break
             scored = sorted(((self.cache[a.key()], a) for a in population), key=lambda t: -t[0])
             parents = [a for _, a in scored[: s.parents]]
-            children: dict[str, ArchConfig] = {arch_key(a): a for a in parents}
+            children: dict[str, ArchConfig] = {a.key(): a for a in parents}
             # AutoFormer's split: half the newcomers by crossover, the rest by mutation, which
             # also makes up whatever crossover could not (similar parents cross into old archs).
             if len(parents) > 1:
@@ -361,7 +358,7 @@ class Searcher:
             if len(children) >= target:
                 return
             child = make()
-            key = arch_key(child)
+            key = child.key()
             if key in children or key in self.cache or self.space.problems(child):
                 continue
             if self._legal([child]):
@@ -399,8 +396,6 @@ def make_oracle(spec: str, device: str, space: SearchSpace | None = None, cache_
         if device.split("@")[0] != "local-cpu":
             raise AutoVitError(f"--latency-oracle measured times this machine; it cannot price {device}: "
                                "use it with --hw local-cpu, or analytical/lut:PATH for other devices")
-        from pathlib import Path
-
         return MeasuredOracle(Path(cache_dir) / "measured_ms.json" if cache_dir else None, on_measure=on_measure)
     profile = load_profile(device)
     if spec == "analytical":
@@ -422,7 +417,7 @@ class SearchState:
     """state.json in the results folder: the settings and every finished evaluation, rewritten
     atomically after each, so Ctrl-C loses nothing and --resume continues."""
 
-    path: Any
+    path: Path
     settings: dict[str, Any]
     results: dict[str, float] = field(default_factory=dict)
     wall_s: dict[str, float] = field(default_factory=dict)
@@ -433,8 +428,6 @@ class SearchState:
 
     @classmethod
     def open(cls, folder, settings: dict[str, Any], resume: bool) -> "SearchState":
-        from pathlib import Path
-
         path = Path(folder) / "state.json"
         plain = json.loads(json.dumps(settings))
         if not resume:
@@ -470,12 +463,10 @@ def write_results(out, settings: dict[str, Any], result: SearchResult, constrain
     (settings, the best candidate, the `top` best without their architectures)."""
     import csv
     import io
-    from pathlib import Path
 
     from autovit.latmodel.io import atomic_write_text
-    from autovit.latmodel.plots import pareto_png
-
     from autovit.latmodel.oracle import BlockCounts
+    from autovit.latmodel.plots import pareto_png
 
     out = Path(out)
     archs = [h["arch"] for h in result.history]

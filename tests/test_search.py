@@ -7,7 +7,7 @@ import pytest
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.params import count_params
-from autovit.nas.search import (Constraints, EvolutionSettings, Searcher, arch_key, parse_latency,
+from autovit.nas.search import (Constraints, EvolutionSettings, Searcher, parse_latency,
                                 parse_latency_budgets, parse_param_window)
 from autovit.nas.space import load_space
 
@@ -79,12 +79,12 @@ def test_strategies_evaluate_only_legal_distinct_archs_and_are_seeded(strategy):
         return se, getattr(se, strategy)(s, **({"coarse": 2000} if strategy == "coarse_to_fine" else {}))
 
     se, res = run(0)
-    keys = [arch_key(h["arch"]) for h in res.history]
+    keys = [h["arch"].key() for h in res.history]
     assert len(keys) == len(set(keys))
     assert all(count_params(h["arch"]) / 1e6 <= 1.6 and not se.space.problems(h["arch"]) for h in res.history)
     assert res.best_top1 == max(h["top1"] for h in res.history)
     _, again = run(0)
-    assert [arch_key(h["arch"]) for h in again.history] == keys
+    assert [h["arch"].key() for h in again.history] == keys
 
 
 def test_evolution_improves_on_its_first_generation():
@@ -104,12 +104,12 @@ def test_resume_replays_known_results_and_continues_exactly():
         calls.append(arch)
         return fake_top1(arch)
 
-    half = {arch_key(h["arch"]): h["top1"] for h in full.history[: len(full.history) // 2]}
+    half = {h["arch"].key(): h["top1"] for h in full.history[: len(full.history) // 2]}
     se = make_searcher(2)
     se._evaluate = counting
     se.known = half
     resumed = se.evolution(s)
-    assert [arch_key(h["arch"]) for h in resumed.history] == [arch_key(h["arch"]) for h in full.history]
+    assert [h["arch"].key() for h in resumed.history] == [h["arch"].key() for h in full.history]
     assert len(calls) == len(full.history) - len(half)
 
 
@@ -164,7 +164,7 @@ def test_ranks_split_each_generation_and_decide_as_one_process(strategy):
 
     def rank_main(r):
         def evaluate(arch):
-            calls[r].append(arch_key(arch))
+            calls[r].append(arch.key())
             return fake_top1(arch)
         se = make_searcher(3, evaluate=evaluate, rank=r, world=world, gather=g.for_rank(r),
                            on_result=lambda key, top1: recorded[r].append(key))
@@ -175,9 +175,9 @@ def test_ranks_split_each_generation_and_decide_as_one_process(strategy):
         t.start()
     for t in threads:
         t.join()
-    want = [(arch_key(h["arch"]), h["top1"], h["generation"]) for h in single.history]
+    want = [(h["arch"].key(), h["top1"], h["generation"]) for h in single.history]
     for r in range(world):
-        assert [(arch_key(h["arch"]), h["top1"], h["generation"]) for h in results[r].history] == want
+        assert [(h["arch"].key(), h["top1"], h["generation"]) for h in results[r].history] == want
         assert sorted(recorded[r]) == sorted(k for k, _, _ in want)  # every result reaches every rank
     assert not set(calls[0]) & set(calls[1])  # disjoint slices ...
     assert sorted(calls[0] + calls[1]) == sorted(k for k, _, _ in want)  # ... that cover the run
