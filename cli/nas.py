@@ -382,8 +382,8 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
     show = ctx.main and not as_json
     if oracle == "measured" and strategy == "coarse-to-fine" and coarse > 1000 and ctx.main:
         console.print(f"[yellow]note:[/] the measured oracle times every candidate inside the parameter window "
-                      f"(~0.6 s each here, cached in {out_dir}/measured_ms.json): the coarse stage's {coarse} may take "
-                      f"~{coarse // 100} min; --coarse 500 is quicker", highlight=False)
+                      f"(most of a second each, cached in {out_dir}/measured_ms.json): the coarse stage's {coarse} may "
+                      f"take ~{coarse // 60} min at 1 s each; --coarse 500 is quicker", highlight=False)
     measuring = _MeasureBar() if show and oracle == "measured" else None
     cons = Constraints(window, budgets, {d: make_oracle(oracle, d, net.space, out_dir, measuring) for d in devices})
     evaluator = AccuracyEvaluator(net, cfg, val_images=val_images)

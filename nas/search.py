@@ -138,8 +138,8 @@ class Constraints:
 def repair_monotonic(arch: ArchConfig, space: SearchSpace) -> ArchConfig:
     """The nearest member under the monotonic-width rule: walking the transformer layers in
     order, a width that shrinks is raised to the smallest option that does not. Resampling
-    layers independently breaks the rule in ~99 % of mutations of a good XXS parent, which
-    stalled evolution after four generations; repaired, children stay in the space. A width
+    layers independently breaks the rule in most mutations of a good XXS parent, which
+    stalled evolution; repaired, children stay in the space (tests/test_search.py). A width
     with no large-enough option is left for the caller's check to reject."""
     if not space.monotonic_widths:
         return arch

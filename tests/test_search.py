@@ -219,7 +219,7 @@ def test_mutation_and_crossover_children_stay_in_the_monotonic_space():
 
 def test_evolution_spends_its_whole_budget_instead_of_stalling():
     # Similar parents cross into architectures already seen; mutation must make up for it
-    # (a generation that alternated on the child count stalled at 67-82 of 100 evaluations).
+    # (a generation that alternated on the child count stalled short of its budget).
     for seed in range(3):
         res = make_searcher(seed).evolution(EvolutionSettings(population=10, generations=100, parents=3),
                                             evaluations=60)
