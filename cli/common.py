@@ -1,13 +1,13 @@
 """What every command shares: one-line errors with exit codes, JSON on stdout, rich on stderr."""
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 from rich.console import Console
 
+from autovit.latmodel.checks import dumps
 from autovit.latmodel.errors import AutoVitError
 
 # Human output goes to stderr so that --json output on stdout is never mixed with it.
@@ -15,7 +15,8 @@ console = Console(stderr=True)
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, default=_jsonable) + "\n")
+    """One JSON object on stdout; NaN and infinities become null (they are not JSON)."""
+    sys.stdout.write(dumps(obj, indent=None, default=_jsonable) + "\n")
     sys.stdout.flush()
 
 
@@ -77,4 +78,7 @@ def run(group: click.Group) -> None:
 
 
 def _one_line(msg: str) -> str:
-    return " ".join(msg.split())
+    """One line, with rich markup escaped: a message may quote "[cpu]" or "[1, 3, 224, 224]"."""
+    from rich.markup import escape
+
+    return escape(" ".join(msg.split()))

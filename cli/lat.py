@@ -79,7 +79,8 @@ def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_sh
 def _print_estimate(est, breakdown: str, top: int) -> None:
     console.print(
         f"[bold]{est.source}[/] on [bold]{est.hw}[/] (batch {est.batch}, {est.dtype}): "
-        f"[bold green]{est.latency_ms:.3f} ms[/], {est.throughput_per_s:,.0f} img/s, "
+        f"[bold green]{est.latency_ms:.3f} ms[/], "
+        f"{f'{est.throughput_per_s:,.0f}' if est.latency_ms > 0 else '-'} img/s, "
         f"{est.params / 1e6:.2f} M params, {est.flops / 1e9:.3f} GFLOPs, {est.bytes / 2**20:.1f} MiB moved",
         highlight=False,
     )

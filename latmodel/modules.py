@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autovit.latmodel.checks import check_keys, did_you_mean, number
 from autovit.latmodel.errors import AutoVitError
 
 KINDS = ("conv", "mbconv", "mvit_convs", "transformer", "head")
@@ -50,11 +51,37 @@ class BlockSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BlockSpec":
-        known = {f.name for f in fields(cls)}
-        if not isinstance(d, dict) or d.get("kind") not in KINDS or not known >= set(d):
-            raise AutoVitError(f"not a block description: {d!r}")
-        return cls(**d)
+    def from_dict(cls, d: Any, where: str = "block") -> "BlockSpec":
+        """The one place a block description from a file (LUT, --blocks) is checked: known keys,
+        every field of its type and in the range a real block has."""
+        if not isinstance(d, dict):
+            raise AutoVitError(f"{where}: a block description is a JSON object like "
+                               f'{{"kind": "conv", "hw": 64, "cin": 3, "cout": 16}}, got {d!r:.60}')
+        check_keys(d, [f.name for f in fields(cls)], where)
+        kind = d.get("kind")
+        if kind not in KINDS:
+            raise AutoVitError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r:.40}"
+                               f"{did_you_mean(str(kind), KINDS)}")
+        for name in ("hw", "cin", "cout"):
+            if name not in d:
+                raise AutoVitError(f"{where}: missing field '{name}'")
+        values = {}
+        for name, (lo, hi, lo_open) in _FIELD_RANGES.items():
+            if name in d:
+                is_int = name not in ("expansion", "mlp_ratio")
+                v = number(d[name], f"{where}: field '{name}'", lo, hi, lo_open, integer=is_int)
+                values[name] = v if is_int else float(v)
+        spec = cls(kind, **values)
+        spec._check_kind(where)
+        return spec
+
+    def _check_kind(self, where: str) -> None:
+        if self.kind in ("mvit_convs", "transformer") and self.patch > self.hw:
+            raise AutoVitError(f"{where}: patch {self.patch} is larger than the {self.hw} px feature map")
+        if self.kind == "transformer" and not (self.heads and self.head_dim and self.mlp_ratio):
+            raise AutoVitError(f"{where}: a transformer block needs heads, head_dim and mlp_ratio > 0")
+        if self.kind == "head" and self.num_classes < 1:
+            raise AutoVitError(f"{where}: a head block needs num_classes >= 1")
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         if self.kind == "transformer":
@@ -81,6 +108,14 @@ class BlockSpec:
             raise AutoVitError(f"unknown block kind {self.kind}")
         return m.eval()
 
+
+# (lo, hi, lo excluded) of every numeric field: what any real block of a vision network has
+# (px, channels, heads, ...); a block beyond them would take minutes and gigabytes to build.
+_FIELD_RANGES = {
+    "hw": (1, 4096, False), "cin": (1, 8192, False), "cout": (1, 8192, False), "kernel": (1, 15, False),
+    "stride": (1, 8, False), "expansion": (0, 16, True), "heads": (0, 256, False), "mlp_ratio": (0, 16, False),
+    "head_dim": (0, 1024, False), "patch": (1, 16, False), "num_classes": (0, 100_000, False),
+}
 
 _KEY_FIELDS = {
     "conv": ("hw", "cin", "cout", "kernel", "stride"),
