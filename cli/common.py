@@ -1,14 +1,16 @@
 """What every command shares: one-line errors with exit codes, JSON on stdout, rich on stderr."""
 from __future__ import annotations
 
+import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
 from autovit.latmodel.checks import dumps
-from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.errors import AutoVitError, UsageError
 
 # Human output goes to stderr so that --json output on stdout is never mixed with it.
 console = Console(stderr=True)
@@ -26,6 +28,45 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, (set, tuple)):
         return list(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def output_path(path: str | None, flag: str) -> Path | None:
+    """Where an --out/--plot file goes, checked before any work: missing parent folders are
+    created (every command does this, as `train --out` does); a folder or a file in the way of
+    one is refused in one line."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"cannot use {flag} {p}: it is a folder; give a file name")
+    blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"cannot use {flag} {p}: {blocker} is a file, not a folder")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+class FiniteFloat(click.ParamType):
+    """A float flag within [lo, hi] (lo excluded when `lo_open`); nan and inf are refused, which
+    click.FloatRange lets through (nan compares false with every bound)."""
+
+    name = "number"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo))) or (self.hi is not None and v > self.hi):
+            lo = f"{self.lo:g} <{'' if self.lo_open else '='} " if self.lo is not None else ""
+            hi = f" <= {self.hi:g}" if self.hi is not None else ""
+            self.fail(f"{v:g} is not in the range {lo}x{hi}", param, ctx)
+        return v
 
 
 class Bar:

@@ -147,10 +147,11 @@ class Key:
 
 _DTYPES = tuple(DTYPE_BYTES)
 _CATEGORIES = CATEGORIES
-_TFLOPS = Key("numbers", 0, 1e6, lo_open=True, choices=_DTYPES)  # per dtype; the largest chips have ~4,000
+# Lower bounds keep every division of the timing model finite (a rate of 0 would be infinite time).
+_TFLOPS = Key("numbers", 1e-6, 1e6, choices=_DTYPES)  # per dtype; the largest chips have ~4,000
 _US = Key("number", 0, 1e6)  # an overhead in us: up to a second
 _NS = Key("number", 0, 1e6, default=0.0)
-_FRACTION = Key("number", 0, 1, lo_open=True)  # a share of peak
+_FRACTION = Key("number", 1e-4, 1)  # a share of peak
 _OPS = Key("strs", 0, 10_000, default=())  # op types
 
 FUSION_KEYS: dict[str, Key] = {
@@ -171,27 +172,27 @@ PROFILE_KEYS: dict[str, Key] = {
     "detect": Key("bool", default=False), "kind": Key("str", choices=("gpu", "cpu", "npu")),
     "runtime": Key("str", 1, 200), "dtypes": Key("strs", 1, len(_DTYPES), choices=_DTYPES),
     "default_dtype": Key("str", choices=_DTYPES, default=None),  # None: the first of `dtypes`
-    "cpu.cores": Key("int", 1, 1024), "cpu.ghz": Key("number", 0, 10, lo_open=True),
+    "cpu.cores": Key("int", 1, 1024), "cpu.ghz": Key("number", 0.01, 10),
     "cpu.simd_bits": Key("int", 32, 2048), "cpu.fma_units": Key("int", 1, 16),
     "compute.units": Key("int", 1, 10**6), "compute.matrix_tflops": _TFLOPS, "compute.vector_tflops": _TFLOPS,
     "compute.gemm_tile": Key("tile", 1, 4096), "compute.tiles_per_unit": Key("int", 1, 1024),
     "compute.vector_block": Key("int", 1, 2**31), "compute.matrix_align": Key("ints", 1, 1024, default={}, choices=_DTYPES),
-    "compute.transcendental_flops": Key("number", 0, 1e4, lo_open=True, default=1.0),
-    "memory.dram_gbps": Key("number", 0, 1e5, lo_open=True), "memory.cache_mib": Key("number", 0, 1e6),
-    "memory.cache_gbps": Key("number", 0, 1e6, lo_open=True), "memory.last_axis_align_bytes": Key("int", 0, 4096, default=0),
+    "compute.transcendental_flops": Key("number", 0.01, 1e4, default=1.0),
+    "memory.dram_gbps": Key("number", 1e-3, 1e5), "memory.cache_mib": Key("number", 0, 1e6),
+    "memory.cache_gbps": Key("number", 1e-3, 1e6), "memory.last_axis_align_bytes": Key("int", 0, 4096, default=0),
     "memory.weights_cached": Key("bool", default=False),
     "overhead.launch_us": _US, "overhead.dispatch_us": _US, "overhead.view_dispatch_us": Key("number", 0, 1e6, default=0.0),
     "overhead.run_us": Key("number", 0, 1e6, default=0.0), "overhead.async": Key("bool"),
     "efficiency.matrix": _FRACTION, "efficiency.vector": _FRACTION, "efficiency.memory": _FRACTION,
-    "efficiency.gemm": Key("number", 0, 1, lo_open=True, default=None),  # None: efficiency.matrix
-    "efficiency.layout_penalty": Key("number", 0, 1000, lo_open=True, default=1.0),
+    "efficiency.gemm": Key("number", 1e-4, 1, default=None),  # None: efficiency.matrix
+    "efficiency.layout_penalty": Key("number", 0.01, 1000, default=1.0),
     "efficiency.k_half": Key("number", 0, 1e6, default=0.0), "efficiency.layout_run_ns": _NS, "efficiency.reduce_row_ns": _NS,
     "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
     "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
     "layout.relayout_categories": Key("strs", 0, len(_CATEGORIES), default=("conv",), choices=_CATEGORIES),
     "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
     "fallback.matrix_tflops": _TFLOPS, "fallback.vector_tflops": _TFLOPS, "fallback.units": Key("int", 1, 10**6),
-    "fallback.launch_us": _US, "fallback.switch_us": _US, "fallback.transfer_gbps": Key("number", 0, 1e5, lo_open=True),
+    "fallback.launch_us": _US, "fallback.switch_us": _US, "fallback.transfer_gbps": Key("number", 1e-3, 1e5),
     "fusion": Key("tables", 0, 1000, default=(), schema=FUSION_KEYS),
     "calibration": Key("table", 1, 1, default={}, schema=CALIBRATION_KEYS),
 }

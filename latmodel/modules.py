@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autovit.latmodel.checks import check_keys, did_you_mean, number
+from autovit.latmodel.checks import check_keys, did_you_mean, number, read_json
 from autovit.latmodel.errors import AutoVitError
 
 KINDS = ("conv", "mbconv", "mvit_convs", "transformer", "head")
@@ -76,6 +76,11 @@ class BlockSpec:
         return spec
 
     def _check_kind(self, where: str) -> None:
+        widest = max(self.cin, self.cout) * max(self.expansion, self.mlp_ratio, 1.0)
+        weights = max(self.cin, self.cout) * max(widest, self.heads * max(self.head_dim, 1))
+        if self.hw * self.hw * widest > MAX_BLOCK_ELEMS or weights > MAX_BLOCK_ELEMS:
+            raise AutoVitError(f"{where}: {self.key} is beyond any real block (a tensor of more than "
+                               f"{MAX_BLOCK_ELEMS:,} elements); check its hw, channels and ratios")
         if self.kind in ("mvit_convs", "transformer") and self.patch > self.hw:
             raise AutoVitError(f"{where}: patch {self.patch} is larger than the {self.hw} px feature map")
         if self.kind == "transformer" and not (self.heads and self.head_dim and self.mlp_ratio):
@@ -109,6 +114,12 @@ class BlockSpec:
         return m.eval()
 
 
+# Largest activation (hw x hw x widest channels) or weight tensor of a block: real ones have at
+# most ~16 M elements (an early ImageNet stage at 512 px); twice that is refused rather than built.
+MAX_BLOCK_ELEMS = 2**25
+# Most blocks a --blocks file may list (every block of the three spaces is a few hundred).
+MAX_BLOCKS = 10_000
+
 # (lo, hi, lo excluded) of every numeric field: what any real block of a vision network has
 # (px, channels, heads, ...); a block beyond them would take minutes and gigabytes to build.
 _FIELD_RANGES = {
@@ -124,6 +135,16 @@ _KEY_FIELDS = {
     "transformer": ("hw", "cin", "heads", "mlp_ratio", "head_dim", "patch"),
     "head": ("hw", "cin", "cout", "num_classes"),
 }
+
+
+def load_blocks(path: str) -> list[BlockSpec]:
+    """A --blocks file: a JSON list of block descriptions, each checked, duplicates dropped."""
+    items = read_json(path, "--blocks file", 'expected a JSON list like [{"kind": "conv", "hw": 64, "cin": 3, "cout": 16}]')
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_BLOCKS:
+        raise AutoVitError(f"--blocks {path}: expected a JSON list of 1 to {MAX_BLOCKS:,} block descriptions, "
+                           f"got {type(items).__name__ if not isinstance(items, list) else 'an empty list'}")
+    blocks = [BlockSpec.from_dict(d, f"--blocks {path}: block #{i + 1}") for i, d in enumerate(items)]
+    return list(dict.fromkeys(blocks))
 
 
 def _fmt(v: Any) -> str:

@@ -71,7 +71,8 @@ def check_dims(dims, what: str) -> None:
     """Refuse a shape no network has (negative, beyond MAX_DIM per axis or MAX_ELEMS in all)."""
     for d in dims:
         if d < 0 or d > MAX_DIM:
-            raise AutoVitError(f"{what}: dimension {d} is outside 0..{MAX_DIM:,}; the file is corrupt or not a real network")
+            raise AutoVitError(f"{what}: dimension {d} is outside 0..{MAX_DIM:,}, beyond any real network; "
+                               "the file is corrupt")
     if numel(dims) > MAX_ELEMS:
         raise AutoVitError(f"{what}: shape {list(dims)} has {numel(dims):.3g} elements, beyond any real network "
                            f"(at most {MAX_ELEMS:.3g})")
