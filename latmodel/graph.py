@@ -98,7 +98,7 @@ _MAX_RANK = 8
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """'1,3,224,224' or '1x3x224x224' -> (1, 3, 224, 224)."""
     parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts) or len(parts) > _MAX_RANK:
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts) or len(parts) > _MAX_RANK:
         raise UsageError(f"--input-shape '{text[:40]}': expected up to {_MAX_RANK} positive integers like 1,3,224,224")
     if any(len(p) > len(str(MAX_DIM)) or int(p) > MAX_DIM or int(p) == 0 for p in parts):
         raise UsageError(f"--input-shape '{text[:40]}': every dimension must be between 1 and {MAX_DIM:,}")
@@ -306,8 +306,12 @@ def _constant_info(node: onnx.NodeProto, max_elems: int) -> tuple[tuple[int, ...
             return tuple(int(d) for d in a.t.dims), a.t.data_type, tensor_value(a.t, max_elems)
         if a.name in ("value_int", "value_ints", "value_float", "value_floats"):
             is_int = a.name.startswith("value_int")
-            v = np.asarray(onnx.helper.get_attribute_value(a), dtype=np.int64 if is_int else np.float32)
-            return v.shape, onnx.TensorProto.INT64 if is_int else onnx.TensorProto.FLOAT, v if v.size <= max_elems else None
+            elem = onnx.TensorProto.INT64 if is_int else onnx.TensorProto.FLOAT
+            values = onnx.helper.get_attribute_value(a)
+            shape = (len(values),) if a.name.endswith("s") else ()
+            if math.prod(shape) > max_elems:
+                return shape, elem, None
+            return shape, elem, np.asarray(values, dtype=np.int64 if is_int else np.float32)
     return None
 
 
@@ -341,7 +345,7 @@ def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = No
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     check_graph(model_copy, source)
-    inline_small_external(model_copy, Path(base_dir) if base_dir is not None else None)
+    inline_small_external(model_copy, Path(base_dir) if base_dir is not None else None, source)
     shapes = _fix_inputs(model_copy, input_shape, source)
     inferred = _infer(model_copy, source)
     g = inferred.graph

@@ -471,7 +471,7 @@ def _locate(ref: str, folder: Path | None, top: bool) -> tuple[Any, str]:
     """(a readable file, its name in messages) for profile `ref`: a built-in name, NAME@calibrated,
     or a .toml path. A base's path is relative to `folder`, the folder of the file naming it;
     only the profile given on the command line (`top`) is looked up in the working directory."""
-    if ref.endswith(CALIBRATED_SUFFIX) and not (top and Path(ref).is_file()):
+    if ref.endswith(CALIBRATED_SUFFIX) and not _is_path(ref) and not (top and Path(ref).is_file()):
         p = user_profile_dir() / f"{ref}.toml"
         if not p.is_file():
             raise AutoVitError(f"no calibrated profile '{ref}' in {p.parent}; run "
@@ -491,15 +491,18 @@ def _locate(ref: str, folder: Path | None, top: bool) -> tuple[Any, str]:
 
 def _parse(src: Any, where: str) -> dict[str, Any]:
     """Read one profile file: at most MAX_PROFILE_BYTES, UTF-8, TOML, keys known, values sane."""
-    data = src.read_bytes()
+    with src.open("rb") as f:
+        data = f.read(MAX_PROFILE_BYTES + 1)
     if len(data) > MAX_PROFILE_BYTES:
-        raise AutoVitError(f"hardware profile {where}: {len(data):,} bytes, more than any profile (1 MiB); not a profile")
+        raise AutoVitError(f"hardware profile {where}: more than 1 MiB, more than any profile; not a profile")
     try:
-        d = tomllib.loads(data.decode("utf-8"))
+        d = tomllib.loads(data.decode("utf-8-sig"))  # -sig: editors that start UTF-8 with a byte-order mark
     except UnicodeDecodeError:
         raise AutoVitError(f"hardware profile {where}: not UTF-8 text, so not a profile TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise AutoVitError(f"hardware profile {where}: not valid TOML ({e})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise AutoVitError(f"hardware profile {where}: values nested too deep for a profile") from None
     check_profile_dict(d, f"hardware profile {where}")
     return d
 

@@ -9,6 +9,7 @@ produced by something, no tensor is produced twice, and the nodes form no cycle.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import networkx as nx
@@ -85,7 +86,8 @@ def check_tensor(t: onnx.TensorProto, what: str) -> None:
     check_dims(t.dims, what)
     if t.data_location == TensorProto.EXTERNAL:
         location = external_location(t, what)
-        if Path(location).is_absolute() or ".." in Path(location).parts:
+        norm = os.path.normpath(location)
+        if os.path.isabs(location) or norm == ".." or norm.startswith(".." + os.sep):
             raise AutoVitError(f"{what}: external data '{location}' points outside the model's folder; refusing it")
         return
     size = ELEM_BYTES.get(t.data_type)
@@ -124,9 +126,9 @@ def _read_external(t: onnx.TensorProto, base_dir: Path, what: str) -> bytes | No
         length = int(info.get("length", str(size)))
     except ValueError:
         raise AutoVitError(f"{what}: external data offset/length are not integers; the file is corrupt") from None
-    if offset < 0 or length != size:
+    if offset < 0 or length != size or offset + size > path.stat().st_size:
         raise AutoVitError(f"{what}: external data of {length} bytes at offset {offset} does not fit shape "
-                           f"{list(t.dims)}; the file is corrupt")
+                           f"{list(t.dims)} or the {path.stat().st_size:,}-byte file {path.name}; the file is corrupt")
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read(size)
@@ -135,7 +137,7 @@ def _read_external(t: onnx.TensorProto, base_dir: Path, what: str) -> bytes | No
     return data
 
 
-def inline_small_external(model: onnx.ModelProto, base_dir: Path | None) -> None:
+def inline_small_external(model: onnx.ModelProto, base_dir: Path | None, source: str = "") -> None:
     """Load the few tiny externally stored tensors (shape constants) into `model`, from the
     model's folder; weights stay unread, which costs nothing: only their shapes matter."""
     for init in model.graph.initializer:
@@ -143,7 +145,7 @@ def inline_small_external(model: onnx.ModelProto, base_dir: Path | None) -> None
             continue
         if init.data_type not in ELEM_BYTES or numel(init.dims) > MAX_EXTERNAL_VALUE_ELEMS:
             continue
-        data = _read_external(init, base_dir, f"initializer '{init.name}'")
+        data = _read_external(init, base_dir, f"{source or 'model'}: initializer '{init.name}'")
         if data is not None:
             del init.external_data[:]
             init.data_location = TensorProto.DEFAULT
@@ -194,6 +196,8 @@ def check_graph(model: onnx.ModelProto, source: str) -> None:
     producer: dict[str, int] = {}
     outer = {i.name for i in g.input} | {i.name for i in g.initializer} | {s.values.name for s in g.sparse_initializer}
     for idx, node in enumerate(g.node):
+        if not node.op_type:
+            raise AutoVitError(f"{where}: node #{idx + 1} ('{node.name}') has no op type; the file is corrupt")
         for a in node.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 check_tensor(a.t, f"{where}: {node_label(node, idx)} attribute '{a.name}'")

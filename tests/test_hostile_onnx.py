@@ -187,6 +187,7 @@ def test_corrupt_constant_is_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("shape, needle", [("1" * 23 + ",3,8,8", "between 1 and"), ("1,0,8,8", "between 1 and"),
                                            ("1,-3,8,8", "positive integers"), ("a,b", "positive integers"),
+                                           ("\u00b2,3,8,8", "positive integers"), ("\u0661,4,8,8", "positive integers"),
                                            (",".join(["1"] * 9), "up to 8")])
 def test_bad_input_shapes_are_usage_errors(dynamic_onnx, capsys, shape, needle):
     code, _, err = run_cli(lat, ["estimate", str(dynamic_onnx), "--hw", "v100", "--input-shape", shape], capsys)
@@ -296,3 +297,54 @@ def test_estimates_of_hostile_graphs_are_finite(tmp_path):
     model = make_model([lstm], inputs, [Y])
     est = LatencyModel(graph_from_onnx_file(_save(tmp_path, model))).estimate(load_profile("v100"))
     assert math.isfinite(est.latency_ms) and est.latency_ms > 0
+
+
+# ---- cases of the fresh break-it pass -------------------------------------------------------
+def test_more_malformed_graphs_are_one_line(tmp_path, capsys):
+    no_op = make_model([helper.make_node("", ["x"], ["y"])], [X], [Y])
+    out_is_init = make_model([helper.make_node("Relu", ["x"], ["w"]), helper.make_node("Relu", ["x"], ["y"])], [X], [Y],
+                             [_init("w", (4,))])
+    tile = _with_unknown_op([helper.make_node("Tile", ["c", "rep"], ["t"]), helper.make_node("Relu", ["x"], ["r"])])
+    tile.graph.initializer.extend([_init("c", (4,)), _ints("rep", [10**9])])
+    for model, needle in ((no_op, "has no op type"), (out_is_init, "already produced"), (tile, "tensor 't'")):
+        code, _, err = run_cli(lat, ["estimate", str(_save(tmp_path, model)), "--hw", "v100"], capsys)
+        assert_one_line_error(code, err, needle)
+    (tmp_path / "t.onnx").write_bytes(_init("w", (10,)).SerializeToString())  # a protobuf, but not a model
+    code, _, err = run_cli(lat, ["estimate", str(tmp_path / "t.onnx"), "--hw", "v100"], capsys)
+    assert_one_line_error(code, err, "not a readable ONNX model")
+
+
+def _set_external(path, name, key, value):
+    model = onnx.load(path, load_external_data=False)
+    init = next(i for i in model.graph.initializer if i.name == name)
+    entry = next((e for e in init.external_data if e.key == key), None) or init.external_data.add(key=key)
+    entry.value = value
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("key, value, needle", [("offset", str(10**15), "does not fit"), ("offset", "-5", "does not fit"),
+                                                ("length", "3", "does not fit"), ("offset", "abc", "not integers")])
+def test_external_data_offsets_are_checked(tmp_path, capsys, key, value, needle):
+    path = _external_model(tmp_path)
+    _set_external(path, "s", key, value)
+    code, _, err = run_cli(lat, ["estimate", str(path), "--hw", "v100"], capsys)
+    assert_one_line_error(code, err, str(path), "initializer 's'", needle)
+
+
+def test_external_data_path_that_stays_inside_is_read(tmp_path, capsys):
+    path = _external_model(tmp_path)
+    (path.parent / "sub").mkdir()
+    _set_external(path, "s", "location", "sub/../w.bin")
+    assert not _estimate_json(capsys, path)["warnings"]
+
+
+def test_scan_on_constants_is_not_run_and_is_warned_about(tmp_path, capsys, evaluated):
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "e"], ["s_out"]), helper.make_node("Identity", ["s_out"], ["o"])], "b",
+        [helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1]), helper.make_tensor_value_info("e", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1]), helper.make_tensor_value_info("o", TensorProto.FLOAT, [1])])
+    model = _with_unknown_op([helper.make_node("Scan", ["s0", "seq"], ["sf", "so"], body=body, num_scan_inputs=1),
+                              helper.make_node("Relu", ["x"], ["r"])])
+    model.graph.initializer.extend([_init("s0", (1,)), _init("seq", (1000, 1))])
+    d = _estimate_json(capsys, _save(tmp_path, model))
+    assert "Scan" not in evaluated and any("Scan" in w and "not priced" in w for w in d["warnings"])

@@ -171,3 +171,23 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     assert written.name == "mine@calibrated.toml" and p.eff_matrix == 0.4 and "nan" not in written.read_text()
     with pytest.raises(AutoVitError, match="non-finite"):
         write_calibrated_profile("mine.toml", {"eff_matrix": math.nan}, {})
+
+
+# ---- cases of the fresh break-it pass -------------------------------------------------------
+@pytest.mark.parametrize("text, needles", [
+    (BASE + "z = " + "[" * 5000 + "]" * 5000 + "\n", ["nested too deep"]),
+    (BASE + "z = " + "{a=" * 3000 + "1" + "}" * 3000 + "\n", ["nested too deep"]),
+    ('base = ""\nname = "x"\n', ["'base' must have 1 to"]),
+    (BASE + "[calibration]\nmode = \"sideways\"\n", ["'sideways' is not one of isolated, ablation"]),
+    (BASE + "[calibration.stderr]\neff = \"x\"\n", ["stderr.eff", "must be a number"]),
+    ('base = "v100"\nname = "' + "x" * 500 + '"\n', ["'name' must have 1 to 200"]),
+])
+def test_more_bad_profiles(tmp_path, capsys, text, needles):
+    code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)
+    assert_one_line_error(code, err, *needles)
+
+
+def test_byte_order_mark_is_accepted_and_calibrated_names_are_not_paths(tmp_path, capsys):
+    assert load_profile(str(_profile(tmp_path, b"\xef\xbb\xbf" + BASE.encode()))).name == "x"
+    code, _, err = run_cli(lat, ["hw", "show", "../../etc/passwd@calibrated"], capsys)
+    assert_one_line_error(code, err, "file not found")
