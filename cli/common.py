@@ -30,15 +30,18 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def output_path(path: str | None, flag: str) -> Path | None:
+def output_path(path: str | None, flag: str, inputs: tuple[str | None, ...] = ()) -> Path | None:
     """Where an --out/--plot file goes, checked before any work: missing parent folders are
     created (every command does this, as `train --out` does); a folder or a file in the way of
-    one is refused in one line."""
+    one is refused in one line, and so is one of the command's own `inputs` (writing there would
+    destroy what is being read)."""
     if path is None:
         return None
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"cannot use {flag} {p}: it is a folder; give a file name")
+    if any(i and Path(i).is_file() and Path(i).resolve() == p.resolve() for i in inputs):
+        raise UsageError(f"cannot use {flag} {p}: it is an input of this command and would be overwritten")
     blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
     if blocker is not None:
         raise UsageError(f"cannot use {flag} {p}: {blocker} is a file, not a folder")

@@ -62,7 +62,7 @@ def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_sh
     if roofline and not plot:
         raise UsageError("--roofline needs --plot PATH.png to write the picture to")
     shape = parse_input_shape(input_shape) if input_shape else None
-    plot_path = output_path(plot, "--plot")
+    plot_path = output_path(plot, "--plot", (model, hw))
     profile = load_profile(hw)
     if dtype and dtype not in profile.dtypes:
         raise UsageError(f"--dtype {dtype}: hardware '{profile.name}' does not compute in {dtype}; "
@@ -132,7 +132,7 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 
     if len(set(hws)) != len(hws):
         raise UsageError("a device is named twice in --hw")
-    plot_path = output_path(plot, "--plot")
+    plot_path = output_path(plot, "--plot", models + hws)
     profiles = [load_profile(h) for h in hws]
     estimates = []
     with Progress(console=console, transient=True) as prog:
@@ -197,11 +197,10 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     """
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from autovit.latmodel.hardware import load_profile
+    from autovit.latmodel.io import FolderLock
     from autovit.latmodel.measure import TimingPolicy, check_backend, physical_cores
-    from autovit.latmodel.profiler import profile_blocks, rounds_done
+    from autovit.latmodel.profiler import rounds_done
 
     chosen = [x for x in (preset, space_name, blocks_file) if x]
     if len(chosen) != 1:
@@ -210,35 +209,17 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     device = load_profile(hw).name
     blocks = _module_set(preset, space_name, blocks_file)
     threads = threads or physical_cores()
-    out = output_path(out_path or f"luts/{device}.json", "--out")  # fail before measuring anything, not after
+    out = output_path(out_path or f"luts/{device}.json", "--out", (hw, blocks_file))  # fail before measuring, not after
     policy = TimingPolicy(ci_pct=ci_pct, max_repeats=max_repeats, rounds=rounds)
-    lut = _open_lut(out, device, backend, threads, policy)
-
-    todo = [b for b in blocks if rounds_done(lut, mode, b) < rounds]
-    bursts = sum(rounds - rounds_done(lut, mode, b) for b in todo)
-    console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure "
-                  f"({backend}, {threads} threads)", highlight=False)
-    t0 = time.time()
-    failures: list = []
-    try:
-        with Progress(TextColumn("[bold]profile[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.description}"), console=console) as prog:
-            task = prog.add_task("", total=bursts)
-
-            def step(block, m, err) -> None:
-                prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
-
-            monitor = None
-            if reference and todo:
-                from autovit.latmodel.profiler import drift_monitor
-
-                monitor = drift_monitor(backend, threads, policy)
-            measured, failures = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
-            prog.update(task, completed=bursts)
-    except KeyboardInterrupt:
-        console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
-                      "run the same command to resume", highlight=False)
-        raise SystemExit(130) from None
+    # One writer per LUT folder: a second run would drop the first one's entries when it saves
+    # (and two runs at once disturb each other's timings).
+    with FolderLock(out.parent, "LUT folder"):
+        lut = _open_lut(out, device, backend, threads, policy)
+        todo = [b for b in blocks if rounds_done(lut, mode, b) < rounds]
+        console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure "
+                      f"({backend}, {threads} threads)", highlight=False)
+        t0 = time.time()
+        measured, failures = _measure(todo, lut, out, backend, threads, mode, policy, reference)
     summary = {"lut": str(out), "device": device, "backend": backend, "threads": threads, "mode": mode,
                "reference": lut.reference,
                "blocks": len(blocks), "measured": measured, "already_there": len(blocks) - len(todo),
@@ -253,6 +234,31 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
         kept = f"{out} keeps the {len(lut.entries)} measured entries" if lut.entries else "nothing was written"
         raise AutoVitError(f"{len(failures)} of {len(todo)} blocks failed (first: {failures[0][0]}: {failures[0][1]}); "
                            f"{kept}; fix or drop those blocks and run the same command to resume")
+
+
+def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy, reference: bool) -> tuple[int, list]:
+    """profile_blocks behind a progress bar; Ctrl-C says what is saved and exits 130."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from autovit.latmodel.profiler import drift_monitor, profile_blocks, rounds_done
+
+    bursts = sum(policy.rounds - rounds_done(lut, mode, b) for b in todo)
+    try:
+        with Progress(TextColumn("[bold]profile[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.description}"), console=console) as prog:
+            task = prog.add_task("", total=bursts)
+
+            def step(block, m, err) -> None:
+                prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
+
+            monitor = drift_monitor(backend, threads, policy) if reference and todo else None
+            result = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
+            prog.update(task, completed=bursts)
+            return result
+    except KeyboardInterrupt:
+        console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
+                      "run the same command to resume", highlight=False)
+        raise SystemExit(130) from None
 
 
 def _module_set(preset: str | None, space_name: str | None, blocks_file: str | None) -> list:
@@ -301,14 +307,17 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     from pathlib import Path
 
     from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, load_profile, write_calibrated_profile
+    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.modules import BlockSpec
 
     if hw.endswith(CALIBRATED_SUFFIX):
         raise UsageError(f"--hw {hw} is already calibrated; calibrate its data-sheet profile: "
                          f"--hw {hw[:-len(CALIBRATED_SUFFIX)]}")
-    out_file = output_path(out_path, "--out")
+    out_file = output_path(out_path, "--out", (hw, lut_path))
+    if out_file and out_file.exists() and not out_file.read_bytes().startswith(CALIBRATION_HEADER.encode()):
+        raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
+                         "choose a new file")
     profile = load_profile(hw)
     lut = load_lut(lut_path, profile.name)
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
@@ -390,8 +399,9 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     if n_random and not space_names:
         raise UsageError("--space is empty: name at least one space (xxs, xs, s)")
     check_backend(backend)
-    plot_path, out_file = output_path(plot, "--plot"), output_path(out_path, "--out")
     profile = load_profile(hw)
+    inputs = (hw, lut_path, profile.calibration.get("lut"))
+    plot_path, out_file = output_path(plot, "--plot", inputs), output_path(out_path, "--out", inputs)
     calib_lut = profile.calibration.get("lut")
     lut_path = lut_path or calib_lut
     if not lut_path:

@@ -410,6 +410,10 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+# First line of every profile `autovit-lat calibrate` writes (it overwrites only such files).
+CALIBRATION_HEADER = "# Written by `autovit-lat calibrate`: the fitted free parameters of the base profile."
+
+
 def write_calibrated_profile(base: str, params: dict[str, float], calibration: dict[str, Any],
                              path: str | Path | None = None) -> Path:
     """A profile that starts from `base` and overrides the fitted free parameters (atomic write).
@@ -432,7 +436,7 @@ def write_calibrated_profile(base: str, params: dict[str, float], calibration: d
     for param, value in params.items():
         section, key = PARAMETER_FIELDS[param]
         sections.setdefault(section, {})[key] = value
-    lines = ["# Written by `autovit-lat calibrate`: the fitted free parameters of the base profile.",
+    lines = [CALIBRATION_HEADER,
              f"name = {_toml_value(name)}", f"base = {_toml_value(base)}",
              f"description = {_toml_value('calibrated from ' + str(calibration.get('lut', '?')))}", ""]
     for section, values in sections.items():

@@ -173,3 +173,34 @@ def test_block_lists_drop_duplicates(tmp_path):
     assert load_blocks(str(p)) == [CONV, MB]
     with pytest.raises(AutoVitError, match="expansion"):
         BlockSpec.from_dict(dict(MB.to_dict(), expansion=0))
+
+
+# ---- cases of the fresh break-it pass: outputs that would destroy inputs ------------------
+def test_outputs_never_overwrite_the_commands_inputs(tmp_path, capsys, tiny_conv_onnx):
+    lut = _lut(tmp_path)
+    before = lut.read_text()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for cmd, needle in (
+            (["calibrate", "--hw", "cpu-x86", "--lut", str(lut), "--out", str(lut)], "input of this command"),
+            (["calibrate", "--hw", "cpu-x86", "--lut", str(lut), "--out", str(notes)], "not a profile written by calibrate"),
+            (["validate", "--hw", "cpu-x86", "--lut", str(lut), "--out", str(lut)], "input of this command"),
+            (["estimate", str(tiny_conv_onnx), "--hw", "v100", "--plot", str(tiny_conv_onnx)], "input of this command")):
+        code, _, err = run_cli(lat, cmd, capsys)
+        assert_one_line_error(code, err, needle)
+        assert code == 2
+    assert lut.read_text() == before and notes.read_text() == "mine" and tiny_conv_onnx.read_bytes()[:4] != b"\x89PNG"
+
+
+def test_a_second_profile_run_on_the_same_lut_folder_is_refused(tmp_path, capsys, monkeypatch):
+    from autovit.latmodel.io import FolderLock
+
+    monkeypatch.setattr(profiler, "block_runners", _fake_runners(set()))
+    blocks = tmp_path / "b.json"
+    blocks.write_text(json.dumps([CONV.to_dict()]))
+    out = tmp_path / "luts" / "l.json"
+    with FolderLock(out.parent, "LUT folder"):
+        code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--blocks", str(blocks), "--out", str(out),
+                                     "--no-reference"], capsys)
+    assert_one_line_error(code, err, "another process")
+    assert not out.exists()
