@@ -1,21 +1,24 @@
 """What every command shares: one-line errors with exit codes, JSON on stdout, rich on stderr."""
 from __future__ import annotations
 
-import json
+import math
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
-from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.checks import dumps
+from autovit.latmodel.errors import AutoVitError, UsageError
 
 # Human output goes to stderr so that --json output on stdout is never mixed with it.
 console = Console(stderr=True)
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=None, default=_jsonable) + "\n")
+    """One JSON object on stdout; NaN and infinities become null (they are not JSON)."""
+    sys.stdout.write(dumps(obj, indent=None, default=_jsonable) + "\n")
     sys.stdout.flush()
 
 
@@ -25,6 +28,48 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, (set, tuple)):
         return list(o)
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def output_path(path: str | None, flag: str, inputs: tuple[str | None, ...] = ()) -> Path | None:
+    """Where an --out/--plot file goes, checked before any work: missing parent folders are
+    created (every command does this, as `train --out` does); a folder or a file in the way of
+    one is refused in one line, and so is one of the command's own `inputs` (writing there would
+    destroy what is being read)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"cannot use {flag} {p}: it is a folder; give a file name")
+    if any(i and Path(i).is_file() and Path(i).resolve() == p.resolve() for i in inputs):
+        raise UsageError(f"cannot use {flag} {p}: it is an input of this command and would be overwritten")
+    blocker = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"cannot use {flag} {p}: {blocker} is a file, not a folder")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+class FiniteFloat(click.ParamType):
+    """A float flag within [lo, hi] (lo excluded when `lo_open`); nan and inf are refused, which
+    click.FloatRange lets through (nan compares false with every bound)."""
+
+    name = "number"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo))) or (self.hi is not None and v > self.hi):
+            lo = f"{self.lo:g} <{'' if self.lo_open else '='} " if self.lo is not None else ""
+            hi = f" <= {self.hi:g}" if self.hi is not None else ""
+            self.fail(f"{v:g} is not in the range {lo}x{hi}", param, ctx)
+        return v
 
 
 class Bar:
@@ -77,4 +122,7 @@ def run(group: click.Group) -> None:
 
 
 def _one_line(msg: str) -> str:
-    return " ".join(msg.split())
+    """One line, with rich markup escaped: a message may quote "[cpu]" or "[1, 3, 224, 224]"."""
+    from rich.markup import escape
+
+    return escape(" ".join(msg.split()))

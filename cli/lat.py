@@ -4,12 +4,18 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from autovit.cli.common import console, print_json, run
-from autovit.latmodel.errors import AutoVitError
+from autovit.cli.common import FiniteFloat, console, output_path, print_json, run
+from autovit.latmodel.errors import AutoVitError, UsageError
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
+# Flag ranges: beyond them a value is a typo, not a setting (a batch of 2**20 images already
+# needs terabytes of activations).
+BATCH = click.IntRange(1, 2**20)
+THREADS = click.IntRange(1, 1024)
+ROUNDS = click.IntRange(1, 1000)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,12 +34,12 @@ def cli() -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--hw", "hw", required=True, help="Hardware profile name (see `hw list`) or a profile .toml path.")
-@click.option("--batch", type=int, default=None, help="Images per inference [default: the model's own, 1 for timm/autovit].")
+@click.option("--batch", type=BATCH, default=None, help="Images per inference [default: the model's own, 1 for timm/autovit].")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Precision (default: the profile's).")
 @click.option("--input-shape", default=None, help="Fix a dynamic ONNX input, e.g. 1,3,224,224.")
 @click.option("--breakdown", type=click.Choice(["category", "kernel", "none"]), default="category", show_default=True,
               help="Human output: ms per op category, or every kernel.")
-@click.option("--top", type=int, default=10, show_default=True, help="Slowest kernels to list.")
+@click.option("--top", type=click.IntRange(0, 10_000), default=10, show_default=True, help="Slowest kernels to list.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: stacked breakdown bar.")
 @click.option("--roofline", is_flag=True, help="With --plot: a roofline scatter of the kernels instead.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
@@ -53,21 +59,21 @@ def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_sh
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.sources import graph_for
 
-    if batch is not None and batch <= 0:
-        raise AutoVitError(f"--batch must be a positive integer, got {batch}")
     if roofline and not plot:
-        raise AutoVitError("--roofline needs --plot PATH.png to write the picture to")
-    profile = load_profile(hw)
-    if dtype:
-        profile.check_dtype(dtype)
+        raise UsageError("--roofline needs --plot PATH.png to write the picture to")
     shape = parse_input_shape(input_shape) if input_shape else None
+    plot_path = output_path(plot, "--plot", (model, hw))
+    profile = load_profile(hw)
+    if dtype and dtype not in profile.dtypes:
+        raise UsageError(f"--dtype {dtype}: hardware '{profile.name}' does not compute in {dtype}; "
+                         f"use --dtype {' or '.join(profile.dtypes)}")
     with console.status(f"reading {model}", spinner="dots"):
         graph = graph_for(model, shape)
     est = LatencyModel(graph).estimate(profile, batch, dtype)
     if plot:
         from autovit.latmodel.plots import breakdown_png, roofline_png
 
-        (roofline_png(est, profile, plot) if roofline else breakdown_png([est], plot))
+        (roofline_png(est, profile, plot_path) if roofline else breakdown_png([est], plot_path))
     if as_json:
         print_json(est.to_dict())
         return
@@ -79,7 +85,8 @@ def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_sh
 def _print_estimate(est, breakdown: str, top: int) -> None:
     console.print(
         f"[bold]{est.source}[/] on [bold]{est.hw}[/] (batch {est.batch}, {est.dtype}): "
-        f"[bold green]{est.latency_ms:.3f} ms[/], {est.throughput_per_s:,.0f} img/s, "
+        f"[bold green]{est.latency_ms:.3f} ms[/], "
+        f"{f'{est.throughput_per_s:,.0f}' if est.latency_ms > 0 else '-'} img/s, "
         f"{est.params / 1e6:.2f} M params, {est.flops / 1e9:.3f} GFLOPs, {est.bytes / 2**20:.1f} MiB moved",
         highlight=False,
     )
@@ -107,7 +114,7 @@ def _print_estimate(est, breakdown: str, top: int) -> None:
 @cli.command()
 @click.argument("models", nargs=-1, required=True)
 @click.option("--hw", "hws", multiple=True, required=True, help="Hardware profile; repeat for several devices.")
-@click.option("--batch", type=int, default=None, help="Images per inference [default: the model's own].")
+@click.option("--batch", type=BATCH, default=None, help="Images per inference [default: the model's own].")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: one stacked breakdown bar per model and device.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout: {'estimates': [...]}.")
 def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, plot: str | None, as_json: bool) -> None:
@@ -123,10 +130,9 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.sources import graph_for
 
-    if batch is not None and batch <= 0:
-        raise AutoVitError(f"--batch must be a positive integer, got {batch}")
     if len(set(hws)) != len(hws):
-        raise AutoVitError("a device is named twice in --hw")
+        raise UsageError("a device is named twice in --hw")
+    plot_path = output_path(plot, "--plot", models + hws)
     profiles = [load_profile(h) for h in hws]
     estimates = []
     with Progress(console=console, transient=True) as prog:
@@ -138,7 +144,7 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
     if plot:
         from autovit.latmodel.plots import breakdown_png
 
-        breakdown_png(estimates, plot)
+        breakdown_png(estimates, plot_path)
     if as_json:
         print_json({"estimates": [e.to_dict(top=5) for e in estimates]})
         return
@@ -169,11 +175,11 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="LUT file [default: luts/HW.json]; an existing one is resumed.")
-@click.option("--threads", type=int, default=None, help="Threads [default: physical cores].")
-@click.option("--ci-pct", type=float, default=2.0, show_default=True,
+@click.option("--threads", type=THREADS, default=None, help="Threads [default: physical cores].")
+@click.option("--ci-pct", type=FiniteFloat(0, 100, lo_open=True), default=2.0, show_default=True,
               help="Stop timing a block when its median's 95 % CI is within this %.")
-@click.option("--max-repeats", type=int, default=300, show_default=True)
-@click.option("--rounds", type=int, default=3, show_default=True,
+@click.option("--max-repeats", type=click.IntRange(5, 10**6), default=300, show_default=True)
+@click.option("--rounds", type=ROUNDS, default=3, show_default=True,
               help="Bursts per block, one pass over all blocks each (robust to slow spells of shared machines).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time a reference model between bursts and express entries at the LUT's reference speed.")
@@ -189,79 +195,31 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
       autovit-lat profile --hw local-cpu --space xxs --mode ablation
       autovit-lat profile --hw local-cpu --preset calib50 --rounds 5 --out luts/calib50.json
     """
-    import json
     import time
-    from pathlib import Path
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from autovit.latmodel.hardware import load_profile
-    from autovit.latmodel.lut import Lut, load_lut
-    from autovit.latmodel.measure import TimingPolicy, check_backend, environment, physical_cores
-    from autovit.latmodel.modules import BlockSpec, calib50, paper46, space_blocks
-    from autovit.latmodel.profiler import profile_blocks
+    from autovit.latmodel.io import FolderLock
+    from autovit.latmodel.measure import TimingPolicy, check_backend, physical_cores
+    from autovit.latmodel.profiler import rounds_done
 
     chosen = [x for x in (preset, space_name, blocks_file) if x]
     if len(chosen) != 1:
-        raise AutoVitError("give exactly one module set: --preset paper46|calib50, --space NAME or --blocks FILE")
-    if threads is not None and threads <= 0:
-        raise AutoVitError(f"--threads must be a positive integer, got {threads}")
-    if ci_pct <= 0 or max_repeats < 5:
-        raise AutoVitError("--ci-pct must be > 0 and --max-repeats >= 5")
-    if rounds < 1:
-        raise AutoVitError(f"--rounds must be >= 1, got {rounds}")
+        raise UsageError("give exactly one module set: --preset paper46|calib50, --space NAME or --blocks FILE")
     check_backend(backend)
     device = load_profile(hw).name
-    if preset:
-        blocks = paper46() if preset == "paper46" else calib50()
-    elif space_name:
-        from autovit.nas.space import load_space
-
-        blocks = space_blocks(load_space(space_name))
-    else:
-        try:
-            blocks = [BlockSpec.from_dict(d) for d in json.loads(Path(blocks_file).read_text())]
-        except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise AutoVitError(f"--blocks {blocks_file}: expected a JSON list of block descriptions ({e})") from None
+    blocks = _module_set(preset, space_name, blocks_file)
     threads = threads or physical_cores()
-    out = Path(out_path or f"luts/{device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)  # fail before measuring anything, not after
+    out = output_path(out_path or f"luts/{device}.json", "--out", (hw, blocks_file))  # fail before measuring, not after
     policy = TimingPolicy(ci_pct=ci_pct, max_repeats=max_repeats, rounds=rounds)
-    if out.exists():
-        lut = load_lut(out, device)
-        if lut.backend != backend:
-            raise AutoVitError(f"{out} was measured with {lut.backend}, not {backend}; use another --out")
-    else:
-        lut = Lut(device, backend, environment(backend, threads), policy.__dict__)
-    from autovit.latmodel.profiler import rounds_done
-
-    todo = [b for b in blocks if rounds_done(lut, mode, b) < rounds]
-    bursts = sum(rounds - rounds_done(lut, mode, b) for b in todo)
-    console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure "
-                  f"({backend}, {threads} threads)", highlight=False)
-    t0 = time.time()
-    failures: list = []
-    try:
-        with Progress(TextColumn("[bold]profile[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.description}"), console=console) as prog:
-            task = prog.add_task("", total=bursts)
-
-            def step(block, m, err) -> None:
-                prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
-
-            monitor = None
-            if reference and todo:
-                from autovit.latmodel.profiler import drift_monitor
-
-                monitor = drift_monitor(backend, threads, policy)
-            measured, failures = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
-            prog.update(task, completed=bursts)
-    except KeyboardInterrupt:
-        console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
-                      "run the same command to resume", highlight=False)
-        raise SystemExit(130) from None
-    if not lut.entries:
-        lut.save(out)
+    # One writer per LUT folder: a second run would drop the first one's entries when it saves
+    # (and two runs at once disturb each other's timings).
+    with FolderLock(out.parent, "LUT folder"):
+        lut = _open_lut(out, device, backend, threads, policy)
+        todo = [b for b in blocks if rounds_done(lut, mode, b) < rounds]
+        console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure "
+                      f"({backend}, {threads} threads)", highlight=False)
+        t0 = time.time()
+        measured, failures = _measure(todo, lut, out, backend, threads, mode, policy, reference)
     summary = {"lut": str(out), "device": device, "backend": backend, "threads": threads, "mode": mode,
                "reference": lut.reference,
                "blocks": len(blocks), "measured": measured, "already_there": len(blocks) - len(todo),
@@ -272,6 +230,62 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
         console.print(f"measured {measured} blocks in {summary['wall_s']} s -> {out}", highlight=False)
         for k, e in failures:
             console.print(f"[yellow]failed:[/] {k}: {e}", highlight=False)
+    if failures:
+        kept = f"{out} keeps the {len(lut.entries)} measured entries" if lut.entries else "nothing was written"
+        raise AutoVitError(f"{len(failures)} of {len(todo)} blocks failed (first: {failures[0][0]}: {failures[0][1]}); "
+                           f"{kept}; fix or drop those blocks and run the same command to resume")
+
+
+def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy, reference: bool) -> tuple[int, list]:
+    """profile_blocks behind a progress bar; Ctrl-C says what is saved and exits 130."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from autovit.latmodel.profiler import drift_monitor, profile_blocks, rounds_done
+
+    bursts = sum(policy.rounds - rounds_done(lut, mode, b) for b in todo)
+    try:
+        with Progress(TextColumn("[bold]profile[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.description}"), console=console) as prog:
+            task = prog.add_task("", total=bursts)
+
+            def step(block, m, err) -> None:
+                prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
+
+            monitor = drift_monitor(backend, threads, policy) if reference and todo else None
+            result = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
+            prog.update(task, completed=bursts)
+            return result
+    except KeyboardInterrupt:
+        console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
+                      "run the same command to resume", highlight=False)
+        raise SystemExit(130) from None
+
+
+def _module_set(preset: str | None, space_name: str | None, blocks_file: str | None) -> list:
+    """The blocks `profile` measures: a preset, every block of a space, or a --blocks file."""
+    from autovit.latmodel.modules import calib50, load_blocks, paper46, space_blocks
+
+    if preset:
+        return paper46() if preset == "paper46" else calib50()
+    if space_name:
+        from autovit.nas.space import load_space
+
+        return space_blocks(load_space(space_name))
+    return load_blocks(blocks_file)
+
+
+def _open_lut(out, device: str, backend: str, threads: int, policy):
+    """The LUT at `out` to resume (same device and backend), or a new one (not written until a
+    block is measured: a run where everything fails leaves no empty LUT behind)."""
+    from autovit.latmodel.lut import Lut, load_lut
+    from autovit.latmodel.measure import environment
+
+    if not out.exists():
+        return Lut(device, backend, environment(backend, threads), policy.__dict__)
+    lut = load_lut(out, device)
+    if lut.backend != backend:
+        raise AutoVitError(f"{out} was measured with {lut.backend}, not {backend}; use another --out")
+    return lut
 
 
 @cli.command()
@@ -293,13 +307,25 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     from pathlib import Path
 
     from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.hardware import load_profile, write_calibrated_profile
+    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.modules import BlockSpec
 
+    if hw.endswith(CALIBRATED_SUFFIX):
+        raise UsageError(f"--hw {hw} is already calibrated; calibrate its data-sheet profile: "
+                         f"--hw {hw[:-len(CALIBRATED_SUFFIX)]}")
+    out_file = output_path(out_path, "--out", (hw, lut_path))
+    if out_file and out_file.exists() and not out_file.read_bytes().startswith(CALIBRATION_HEADER.encode()):
+        raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
+                         "choose a new file")
     profile = load_profile(hw)
     lut = load_lut(lut_path, profile.name)
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
+    if not entries:
+        others = sorted({e["mode"] for e in lut.entries.values()})
+        hint = f"it holds {' and '.join(others)} entries: pass --mode {others[0]}" if others else \
+            "it is empty; measure blocks with `autovit-lat profile --preset calib50` first"
+        raise AutoVitError(f"{lut_path}: no {mode} entries to calibrate on; {hint}")
     blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
     measured = [float(e["median_ms"]) for e in entries]
     calibrator = ProfileCalibrator(profile, mode=mode)
@@ -308,7 +334,7 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
               "at_bound": cal.at_bound}
-    written = write_calibrated_profile(hw, cal.params, record, out_path)
+    written = write_calibrated_profile(hw, cal.params, record, out_file)
     if as_json:
         print_json({"profile": str(written), **cal.to_dict()})
         return
@@ -338,11 +364,11 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
               help="LUT for the LUT-sum predictor, e.g. one profiled with --space [default: the one --hw was calibrated on].")
 @click.option("--lut-mode", type=click.Choice(["isolated", "ablation"]), default=None,
               help="LUT entries to use [default: the calibration's mode, else isolated].")
-@click.option("--rounds", type=int, default=10, show_default=True, help="Bursts per model, one pass over all models each.")
+@click.option("--rounds", type=ROUNDS, default=10, show_default=True, help="Bursts per model, one pass over all models each.")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time a reference model between bursts; express latencies at the LUT's reference speed.")
-@click.option("--threads", type=int, default=None, help="Threads [default: physical cores].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=THREADS, default=None, help="Threads [default: physical cores].")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Scatter PNG: predicted vs measured, log-log.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the full result JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
@@ -356,13 +382,12 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
       autovit-lat validate --hw local-cpu@calibrated --backend onnxruntime --models random:100 \\
           --space xxs,xs,s --zoo default --plot scatter.png
     """
-    import json
     import time
-    from pathlib import Path
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from autovit.latmodel import validate as v
+    from autovit.latmodel.checks import dumps
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.lut import load_lut
@@ -372,16 +397,11 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     n_random = v.parse_models(models_spec)
     space_names = [s.strip() for s in spaces.split(",") if s.strip()]
     if n_random and not space_names:
-        raise AutoVitError("--space is empty: name at least one space (xxs, xs, s)")
-    if rounds < 1:
-        raise AutoVitError(f"--rounds must be >= 1, got {rounds}")
-    if threads is not None and threads <= 0:
-        raise AutoVitError(f"--threads must be a positive integer, got {threads}")
+        raise UsageError("--space is empty: name at least one space (xxs, xs, s)")
     check_backend(backend)
-    for p in (plot, out_path):
-        if p and not Path(p).parent.is_dir():
-            raise AutoVitError(f"cannot write {p}: folder {Path(p).parent} does not exist")
     profile = load_profile(hw)
+    inputs = (hw, lut_path, profile.calibration.get("lut"))
+    plot_path, out_file = output_path(plot, "--plot", inputs), output_path(out_path, "--out", inputs)
     calib_lut = profile.calibration.get("lut")
     lut_path = lut_path or calib_lut
     if not lut_path:
@@ -425,10 +445,10 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
               "lut_coverage": sum(1 for c in cands if c.predicted.get("lut") is not None),
               **v.report(cands), "failed": [{"model": n, "error": e} for n, e in failed],
               "environment": environment(backend, threads), "wall_s": round(time.time() - t0, 1)}
-    if out_path:
-        atomic_write_text(Path(out_path), json.dumps(result, indent=1) + "\n")
-    if plot:
-        v.scatter_png(cands, plot)
+    if out_file:
+        atomic_write_text(out_file, dumps(result, indent=1) + "\n")
+    if plot_path:
+        v.scatter_png(cands, plot_path)
     if as_json:
         print_json(result)
         return
@@ -463,7 +483,12 @@ def hw_list(as_json: bool) -> None:
     """List the built-in hardware profiles."""
     from autovit.latmodel.hardware import builtin_names, calibrated_names, load_profile
 
-    profiles = [load_profile(n) for n in builtin_names() + calibrated_names()]
+    profiles = [load_profile(n) for n in builtin_names()]
+    for name in calibrated_names():
+        try:  # one broken file among the user's profiles must not hide all the others
+            profiles.append(load_profile(name))
+        except AutoVitError as e:
+            console.print(f"[yellow]warning:[/] skipped {name}: {escape(str(e))}", highlight=False, soft_wrap=True)
     if as_json:
         print_json([{"name": p.name, "kind": p.kind, "runtime": p.runtime, "dtypes": list(p.dtypes),
                      "matrix_tflops": p.matrix_tflops, "dram_gbps": p.dram_gbps, "description": p.description,

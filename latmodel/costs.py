@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.graph import OpGraph, OpNode, TensorInfo
 
 CATEGORIES = ("conv", "dwconv", "attention", "linear", "norm", "activation", "elementwise",
@@ -49,6 +50,9 @@ LAYOUT = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "
           "Compress", "ReverseSequence", "Trilu", "CenterCropPad"}
 # Gates per recurrent cell: every step is gates x (input + hidden) x hidden multiply-adds.
 RECURRENT = {"LSTM": 4, "GRU": 3, "RNN": 1}
+# Ops that run subgraphs: the op itself is priced as a copy of its outputs; graph.py warns that
+# the work inside the subgraphs is not priced.
+CONTROL_FLOW = {"If", "Loop", "Scan"}
 OTHER_COMPUTE = {"Resize": 8, "Upsample": 8, "GridSample": 12, "CumSum": 1, "TopK": 4,
                  "NonZero": 1, "Einsum": 0, "Range": 1, "ConstantOfShape": 0}
 
@@ -168,7 +172,7 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
         return mk("layout", "layout", 0)
     if ot in OTHER_COMPUTE:
         return mk("other", "vector", OTHER_COMPUTE[ot] * out_elems)
-    return mk("other", "layout", 0, known=False)
+    return mk("other", "layout", 0, known=ot in CONTROL_FLOW)
 
 
 def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elems: int) -> OpCost:
@@ -179,6 +183,8 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
     if not (x and w and y and x.shape and w.shape and y.shape):
         return mk("conv", "vector", 2 * out_elems, known=True)
     kernel = math.prod(w.shape[2:])
+    if group < 1 or x.shape[1] % group or (op.op_type == "Conv" and y.shape[1] % group):
+        raise ValueError(f"group {group} does not divide the {x.shape[1]} input and {y.shape[1]} output channels")
     if op.op_type == "ConvTranspose":
         n, cin = x.shape[0], x.shape[1]
         cout = y.shape[1]
@@ -227,6 +233,8 @@ def _recurrent_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:
     x = t.get(op.inputs[0])
     hidden = int(op.attrs.get("hidden_size", 0))
     dirs = 2 if op.attrs.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+    if hidden < 0:
+        raise ValueError(f"hidden_size {hidden} is negative")
     if not (x and x.shape and len(x.shape) == 3 and hidden):
         return mk("linear", "vector", 0, known=False)
     steps, batch, inp = x.shape
@@ -237,4 +245,14 @@ def _recurrent_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:
 
 def price_graph(g: OpGraph) -> dict[str, OpCost]:
     """OpCost for every op of `g`, keyed by op name (execution order is g.order)."""
-    return {name: op_cost(g, g.op(name)) for name in g.order}
+    costs = {}
+    for name in g.order:
+        op = g.op(name)
+        try:
+            costs[name] = op_cost(g, op)
+        except (ValueError, TypeError, IndexError, ZeroDivisionError, OverflowError) as e:
+            # Attributes or input shapes that contradict the op's definition (a Conv with group 0,
+            # a Gemm of a 3-D input): shape inference lets them through, the cost rules cannot.
+            raise AutoVitError(f"{g.source or 'model'}: node '{name}' ({op.op_type}) has attributes or input shapes "
+                               f"its ONNX definition does not allow ({type(e).__name__}: {str(e)[:80]})") from None
+    return costs

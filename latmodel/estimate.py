@@ -90,6 +90,9 @@ class LatencyModel:
         fallback = sorted({ot for t in times if t.kernel.unsupported for ot in t.kernel.op_types})
         if fallback and profile.fallback:
             warnings.append(f"{profile.name}: {', '.join(fallback)} run on {profile.fallback.name} (fallback)")
+        if total <= 0:
+            warnings.append(f"{profile.name} runs no kernel for this graph (every op is a view it elides): 0 ms, "
+                            "so no throughput")
         return Estimate(
             source=self.graph.source, hw=profile.name, batch=b, dtype=dt, latency_ms=total,
             params=self.graph.params, flops=sum(c.flops for c in self.costs.values()) * scale,

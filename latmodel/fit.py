@@ -96,7 +96,13 @@ class ProfileCalibrator:
 
     def _pricer(self, block: BlockSpec) -> Pricer:
         if block.key not in self._pricers:
-            self._pricers[block.key] = block_pricer(block, self.mode)
+            try:
+                self._pricers[block.key] = block_pricer(block, self.mode)
+            except AutoVitError:
+                raise
+            except Exception as e:  # torch or the exporter refuses a block a LUT describes
+                raise AutoVitError(f"block {block.key}: cannot be built to price it ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:100] if str(e) else ''}); drop it from the LUT") from None
         return self._pricers[block.key]
 
     def _profile_with(self, x: np.ndarray) -> HardwareProfile:
@@ -125,7 +131,13 @@ class ProfileCalibrator:
 
     def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str]) -> Calibration:
         y = np.asarray(measured_ms, float)
+        if not len(y) or not np.all(np.isfinite(y) & (y > 0)):
+            raise AutoVitError("calibration needs measured latencies, all finite and > 0; "
+                               f"got {len(y)} values" + (" with bad ones" if len(y) else ""))
         self.names = self._visible(pricers)
+        if not self.names:
+            raise AutoVitError("none of the free parameters changes a prediction on these blocks; "
+                               "measure a varied set (`autovit-lat profile --preset calib50`)")
         if len(pricers) < len(self.names):
             raise AutoVitError(
                 f"calibration needs at least as many measured blocks as free parameters "
@@ -144,6 +156,8 @@ class ProfileCalibrator:
                             diff_step=1e-3)
         x = lo + res.x * scale
         r = res.fun
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(r))):
+            raise AutoVitError("the fit did not converge to finite values; nothing was written (check the LUT's entries)")
         dof = max(len(y) - len(x), 1)
         try:
             cov = np.linalg.pinv(res.jac.T @ res.jac) * float(r @ r) / dof

@@ -19,15 +19,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.errors import AutoVitError, UsageError
+from autovit.latmodel.onnx_input import (
+    ELEM_BYTES, MAX_DIM, MAX_VALUE_ELEMS, check_dims, check_graph, has_subgraph, inline_small_external, node_label,
+    numel, read_model, subgraph_ops, tensor_value)
 
-# ONNX element type -> bytes per element.
-_ELEM_BYTES = {
-    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
-    onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4,
-    onnx.TensorProto.INT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
-    onnx.TensorProto.BOOL: 1,
-}
+_ELEM_BYTES = ELEM_BYTES
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 
 # Ops whose output describes a tensor's shape, not its data: static even on activations.
@@ -90,34 +87,22 @@ class OpGraph:
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file with errors a user can act on."""
-    p = Path(path)
-    if not p.exists():
-        raise AutoVitError(f"model file not found: {p}")
-    if not p.is_file():
-        raise AutoVitError(f"not a file: {p}")
-    data = p.read_bytes()
-    if not data:
-        raise AutoVitError(f"{p}: empty file, not an ONNX model")
-    try:
-        model = onnx.load_from_string(data)
-    except Exception:
-        raise AutoVitError(f"{p}: not a readable ONNX model (truncated or another format); re-export it") from None
-    if not model.graph.node:
-        raise AutoVitError(f"{p}: not a readable ONNX model (no graph nodes; truncated or another format)")
-    return model
+    """Read an ONNX file with errors a user can act on (data stored beside it is not read)."""
+    return read_model(path)
+
+
+# Most axes an input shape may have (images are 4-D, video 5-D).
+_MAX_RANK = 8
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:
     """'1,3,224,224' or '1x3x224x224' -> (1, 3, 224, 224)."""
-    parts = text.replace("x", ",").split(",")
-    try:
-        dims = tuple(int(p) for p in parts if p.strip())
-    except ValueError:
-        raise AutoVitError(f"--input-shape '{text}': expected integers like 1,3,224,224") from None
-    if not dims or min(dims) <= 0:
-        raise AutoVitError(f"--input-shape '{text}': every dimension must be a positive integer")
-    return dims
+    parts = [p.strip() for p in text.replace("x", ",").split(",") if p.strip()]
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts) or len(parts) > _MAX_RANK:
+        raise UsageError(f"--input-shape '{text[:40]}': expected up to {_MAX_RANK} positive integers like 1,3,224,224")
+    if any(len(p) > len(str(MAX_DIM)) or int(p) > MAX_DIM or int(p) == 0 for p in parts):
+        raise UsageError(f"--input-shape '{text[:40]}': every dimension must be between 1 and {MAX_DIM:,}")
+    return tuple(int(p) for p in parts)
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
@@ -136,18 +121,21 @@ def _weight_inputs(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in g.input[1:]}
 
 
-def _fix_inputs(model: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> dict[str, tuple[int, ...]]:
+def _fix_inputs(model: onnx.ModelProto, input_shape: tuple[int, ...] | None, source: str) -> dict[str, tuple[int, ...]]:
     inits = {i.name for i in model.graph.initializer} | _weight_inputs(model)
     real_inputs = [i for i in model.graph.input if i.name not in inits]
     if not real_inputs:
-        raise AutoVitError("the ONNX graph has no inputs")
+        raise AutoVitError(f"{source or 'model'}: the ONNX graph has no inputs")
+    if input_shape is not None and len(real_inputs) > 1:
+        raise UsageError(f"--input-shape fixes one input, but the graph has {len(real_inputs)}: "
+                         f"{', '.join(i.name for i in real_inputs[:4])}; give their shapes in the file instead")
     shapes: dict[str, tuple[int, ...]] = {}
     for vi in real_inputs:
         dims = _dims(vi)
         dynamic = [d for d in dims if not isinstance(d, int) or d <= 0]
-        if input_shape is not None and len(real_inputs) == 1:
+        if input_shape is not None:
             if dims and len(dims) != len(input_shape):
-                raise AutoVitError(
+                raise UsageError(
                     f"--input-shape has {len(input_shape)} dims but input '{vi.name}' has {len(dims)}: {dims}")
             fixed = input_shape
         elif dynamic or not dims:
@@ -156,6 +144,7 @@ def _fix_inputs(model: onnx.ModelProto, input_shape: tuple[int, ...] | None) -> 
                 f"input '{vi.name}' has dynamic shape [{shown}]; pass --input-shape, e.g. --input-shape 1,3,224,224")
         else:
             fixed = tuple(int(d) for d in dims)
+        check_dims(fixed, f"{source or 'model'}: input '{vi.name}'")
         shape_proto = vi.type.tensor_type.shape
         del shape_proto.dim[:]
         for d in fixed:
@@ -177,80 +166,112 @@ def _has_unknown_shapes(model: onnx.ModelProto) -> bool:
     return any(o and o not in known for n in model.graph.node for o in n.output if n.op_type != "Constant")
 
 
-# Largest static tensor evaluated while inferring shapes (shape arithmetic is a few integers).
-_FOLD_MAX_ELEMS = 100_000
+# Shape arithmetic the node-by-node pass may compute: cheap ops of the default domain whose work
+# is bounded by their inputs and outputs, run only once inference has bounded their output size.
+# Nothing else is ever evaluated, above all no op with a subgraph (If, Loop, Scan: a Loop's trip
+# count is data, so its cost is unbounded).
+_FOLDABLE = frozenset({
+    "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Cast", "Transpose",
+    "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Sign", "Max", "Min", "Ceil", "Floor", "Round", "Sqrt", "Pow",
+    "Clip", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Where",
+    "Range", "ConstantOfShape", "Expand", "Tile", "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin",
+})
+
+
+def _known_numel(t: onnx.TypeProto | None) -> int | None:
+    if t is None or not t.tensor_type.HasField("shape"):
+        return None
+    dims = t.tensor_type.shape.dim
+    if not all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
+        return None
+    return numel(d.dim_value for d in dims)
+
+
+def _shape_value(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> list[np.ndarray] | None:
+    """Shape and Size of a tensor of known shape, from the shape alone."""
+    t = types.get(node.input[0]) if node.input else None
+    if t is None or _known_numel(t) is None:
+        return None
+    dims = [d.dim_value for d in t.tensor_type.shape.dim]
+    if node.op_type == "Size":
+        return [np.array(numel(dims), dtype=np.int64)]
+    attrs = {a.name: a.i for a in node.attribute}
+    return [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)]
+
+
+def _fold(node: onnx.NodeProto, ins: list[str], outs: dict[str, onnx.TypeProto],
+          values: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    """Evaluate a whitelisted op on known values when inference bounded every output's size."""
+    from onnx.reference import ReferenceEvaluator
+
+    if node.op_type not in _FOLDABLE or node.domain not in ("", "ai.onnx") or not all(i in values for i in ins):
+        return None
+    sizes = [_known_numel(outs.get(o)) for o in node.output if o]
+    if not sizes or any(n is None or n > MAX_VALUE_ELEMS for n in sizes):
+        return None
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(node).run(None, {i: values[i] for i in ins})]
+    except Exception:  # the reference runtime cannot evaluate it: the inferred types stand
+        return None
+
+
+def _infer_node(node: onnx.NodeProto, ins: list[str], opset: dict[str, int], types: dict[str, onnx.TypeProto],
+                values: dict[str, np.ndarray]) -> dict[str, onnx.TypeProto]:
+    from onnx import defs
+
+    if not all(i in types for i in ins):
+        return {}
+    try:
+        schema = defs.get_schema(node.op_type, opset.get(node.domain, 1), node.domain)
+        data = {i: numpy_helper.from_array(values[i], i) for i in ins if i in values}
+        return dict(onnx.shape_inference.infer_node_outputs(schema, node, {i: types[i] for i in ins}, data))
+    except Exception:  # unknown op or failed inference: its outputs stay unknown
+        return {}
 
 
 def _infer_node_by_node(model: onnx.ModelProto, data_inputs: set[str]) -> dict[str, onnx.TypeProto]:
-    """Shapes of every tensor, one node at a time, evaluating the ops that depend only on
-    constants and on tensor shapes (onnx.reference) so that shape arithmetic done at run time
-    (e.g. TF-style "same" padding computed from x.shape) becomes known. Valid because every
-    input shape is fixed. Used only where the whole-graph inference leaves gaps."""
-    from onnx import defs
-    from onnx.reference import ReferenceEvaluator
-
+    """Shapes of every tensor, one node at a time, computing the shape arithmetic that depends
+    only on constants and tensor shapes (e.g. TF-style "same" padding computed from x.shape) so
+    that it becomes known. Valid because every input shape is fixed. Used only where the
+    whole-graph inference leaves gaps; evaluates only `_FOLDABLE` ops of bounded size."""
     g = model.graph
     opset = {o.domain: o.version for o in model.opset_import}
     types: dict[str, onnx.TypeProto] = {vi.name: vi.type for vi in list(g.value_info) + list(g.input)}
     values: dict[str, np.ndarray] = {}
     for init in g.initializer:
         types[init.name] = onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims))
-        if int(np.prod(init.dims)) <= _FOLD_MAX_ELEMS:
-            values[init.name] = numpy_helper.to_array(init)
+        v = tensor_value(init)
+        if v is not None:
+            values[init.name] = v
     dynamic = set(data_inputs)
     for node in g.node:
         ins = [i for i in node.input if i]
-        is_dynamic = node.op_type not in _SHAPE_OF and any(i in dynamic for i in ins)
-        if is_dynamic:
+        outs = _infer_node(node, ins, opset, types, values)
+        if node.op_type not in _SHAPE_OF and any(i in dynamic for i in ins):
             dynamic.update(node.output)
+            computed = None
+        elif node.op_type in _SHAPE_OF:
+            computed = _shape_value(node, types)
+        elif node.op_type == "Constant":
+            info = _constant_info(node, MAX_VALUE_ELEMS)
+            computed = [info[2]] if info is not None and info[2] is not None else None
         else:
-            try:
-                if node.op_type == "Shape":
-                    dims = [d.dim_value for d in types[node.input[0]].tensor_type.shape.dim]
-                    attrs = {a.name: a.i for a in node.attribute}
-                    if all(d > 0 for d in dims):
-                        out = [np.array(dims[attrs.get("start", 0):attrs.get("end", len(dims))], dtype=np.int64)]
-                    else:
-                        out = None
-                elif all(i in values for i in ins):
-                    out = ReferenceEvaluator(node).run(None, {i: values[i] for i in ins})
-                else:
-                    out = None
-            except Exception:
-                out = None  # the reference runtime cannot evaluate it: fall through to inference
-            if out is not None:
-                for name, v in zip(node.output, out):
-                    v = np.asarray(v)
-                    types[name] = onnx.helper.make_tensor_type_proto(
-                        onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
-                    if v.size <= _FOLD_MAX_ELEMS:
-                        values[name] = v
-                continue
-        if not all(i in types for i in ins):
-            continue
-        try:
-            schema = defs.get_schema(node.op_type, opset.get(node.domain, 1), node.domain)
-            data = {i: numpy_helper.from_array(values[i], i) for i in ins if i in values}
-            outs = onnx.shape_inference.infer_node_outputs(schema, node, {i: types[i] for i in ins}, data)
-        except Exception:
-            continue  # unknown op or failed inference: its outputs stay unknown
+            computed = _fold(node, ins, outs, values)
         types.update(outs)
+        for name, v in zip(node.output, computed or []):
+            try:
+                types[name] = onnx.helper.make_tensor_type_proto(
+                    onnx.helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+            except (TypeError, ValueError, KeyError):
+                continue  # a value of no tensor type (strings, objects): its inferred type stands
+            if v.size <= MAX_VALUE_ELEMS:
+                values[name] = v
     return types
 
 
-def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,
-                source: str = "") -> OpGraph:
-    """Shape-infer `model` and keep the ops that do work at run time.
-
-    `input_shape` fixes a single graph input's shape (needed when it has dynamic dims).
-    """
-    model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(model)
-    shapes = _fix_inputs(model_copy, input_shape)
-    inferred = _infer(model_copy, source)
-    g = inferred.graph
-    extra_types = _infer_node_by_node(inferred, set(shapes)) if _has_unknown_shapes(inferred) else {}
-
+def _tensor_table(g: onnx.GraphProto, shapes: dict[str, tuple[int, ...]], weight_inputs: set[str],
+                  extra_types: dict[str, onnx.TypeProto], source: str) -> dict[str, TensorInfo]:
+    """Every tensor's shape, type and first guess at its kind (inputs, stored constants)."""
     tensors: dict[str, TensorInfo] = {}
     value_infos = list(g.value_info) + list(g.input) + list(g.output)
     value_infos += [onnx.helper.make_value_info(name, t) for name, t in extra_types.items()]
@@ -258,31 +279,112 @@ def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = No
         dims = _dims(vi)
         shape = tuple(int(d) for d in dims) if dims and all(isinstance(d, int) and d > 0 for d in dims) else (
             () if vi.type.tensor_type.HasField("shape") and not dims else None)
+        if shape:
+            check_dims(shape, f"{source or 'model'}: tensor '{vi.name}'")
         tensors[vi.name] = TensorInfo(vi.name, shape, vi.type.tensor_type.elem_type, "activation")
     for name in shapes:
         tensors[name].kind = "input"
-    for name in _weight_inputs(model_copy):
+    for name in weight_inputs:
         tensors[name].kind = "static"  # a parameter whose values were left out of the file
     for init in g.initializer:
-        arr_shape = tuple(int(d) for d in init.dims)
-        value = numpy_helper.to_array(init) if int(np.prod(arr_shape)) <= 64 else None
-        tensors[init.name] = TensorInfo(init.name, arr_shape, init.data_type, "static", value)
+        tensors[init.name] = TensorInfo(init.name, tuple(int(d) for d in init.dims), init.data_type, "static",
+                                        tensor_value(init, _VALUE_ELEMS))
+    for sp in g.sparse_initializer:
+        tensors[sp.values.name] = TensorInfo(sp.values.name, tuple(int(d) for d in sp.dims), sp.values.data_type, "static")
+    return tensors
 
-    dynamic: set[str] = set(shapes)
+
+# Values kept on a TensorInfo (axes, scalars, small shape constants that op attributes refer to).
+_VALUE_ELEMS = 64
+
+
+def _constant_info(node: onnx.NodeProto, max_elems: int) -> tuple[tuple[int, ...], int, np.ndarray | None] | None:
+    """(shape, element type, value if at most `max_elems`) of a Constant's output, or None for
+    the kinds that never feed shape arithmetic (strings, sparse)."""
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return tuple(int(d) for d in a.t.dims), a.t.data_type, tensor_value(a.t, max_elems)
+        if a.name in ("value_int", "value_ints", "value_float", "value_floats"):
+            is_int = a.name.startswith("value_int")
+            elem = onnx.TensorProto.INT64 if is_int else onnx.TensorProto.FLOAT
+            values = onnx.helper.get_attribute_value(a)
+            shape = (len(values),) if a.name.endswith("s") else ()
+            if math.prod(shape) > max_elems:
+                return shape, elem, None
+            return shape, elem, np.asarray(values, dtype=np.int64 if is_int else np.float32)
+    return None
+
+
+def _constant(node: onnx.NodeProto, tensors: dict[str, TensorInfo]) -> None:
+    """A Constant's output: static, with its value when small."""
+    out = node.output[0] if node.output else ""
+    info = _constant_info(node, _VALUE_ELEMS)
+    if out and info is not None:
+        tensors[out] = TensorInfo(out, *info[:2], "static", info[2])
+    elif out in tensors:
+        tensors[out].kind = "static"
+
+
+def _control_flow_warning(nodes) -> list[str]:
+    """If/Loop/Scan bodies are not priced (a Loop's trip count is data); say so, never 0 ms silently."""
+    found = [(node_label(n, i), subgraph_ops(n)) for i, n in enumerate(nodes) if has_subgraph(n)]
+    if not found:
+        return []
+    shown = ", ".join(label for label, _ in found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    return [f"control flow is not priced: {sum(n for _, n in found)} ops inside the subgraphs of {shown} "
+            "are left out of the estimate"]
+
+
+def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,
+                source: str = "", base_dir: str | Path | None = None) -> OpGraph:
+    """Shape-infer `model` and keep the ops that do work at run time.
+
+    `input_shape` fixes a single graph input's shape (needed when it has dynamic dims);
+    `base_dir` is the model file's folder, the only place its external data is read from.
+    """
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    check_graph(model_copy, source)
+    inline_small_external(model_copy, Path(base_dir) if base_dir is not None else None, source)
+    shapes = _fix_inputs(model_copy, input_shape, source)
+    inferred = _infer(model_copy, source)
+    g = inferred.graph
+    extra_types = _infer_node_by_node(inferred, set(shapes)) if _has_unknown_shapes(inferred) else {}
+    tensors = _tensor_table(g, shapes, _weight_inputs(model_copy), extra_types, source)
+    graph, order = _run_time_ops(g, tensors, set(shapes))
+    if not order:
+        raise AutoVitError(f"{source or 'model'}: no op computes on the graph's input "
+                           f"({', '.join(shapes)}); there is nothing to price")
+    # Weights are counted once even when several ops read them (tied embeddings, shared heads);
+    # BatchNorm running statistics are buffers, not parameters.
+    buffers = {op.inputs[i] for op in (graph.nodes[n]["op"] for n in order)
+               if op.op_type == "BatchNormalization" for i in (3, 4) if i < len(op.inputs)}
+    params = sum(t.numel for t in tensors.values() if t.kind == "weight" and t.name not in buffers)
+    warn = _control_flow_warning(g.node)
+    unknown_shapes = [n for n in order if any(tensors[o].shape is None for o in graph.nodes[n]["op"].outputs)]
+    if unknown_shapes:
+        warn.append(f"{len(unknown_shapes)} ops have outputs of unknown shape (priced from their inputs): "
+                    + ", ".join(sorted({graph.nodes[n]['op'].op_type for n in unknown_shapes})))
+    first = next(iter(shapes.values()))
+    batch = first[0] if first else 1
+    float_types = [tensors[n].elem_type for n in shapes if tensors[n].is_float]
+    dtype = "fp16" if float_types and float_types[0] == onnx.TensorProto.FLOAT16 else "fp32"
+    return OpGraph(graph, tensors, order, batch, shapes, source, params, dtype, warn)
+
+
+def _run_time_ops(g: onnx.GraphProto, tensors: dict[str, TensorInfo], inputs: set[str]) -> tuple[nx.DiGraph, list[str]]:
+    """The ops that compute on the inputs, in order, as a DiGraph; sorts tensors into kinds."""
+    dynamic: set[str] = set(inputs)
     graph = nx.DiGraph()
     order: list[str] = []
     producer: dict[str, str] = {}
-    warn: list[str] = []
     for idx, node in enumerate(g.node):
-        name = node.name or f"{node.op_type}_{idx}"
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "Constant":
-            t = attrs.get("value")
-            if isinstance(t, onnx.TensorProto):
-                arr_shape = tuple(int(d) for d in t.dims)
-                value = numpy_helper.to_array(t) if int(np.prod(arr_shape)) <= 64 else None
-                tensors[node.output[0]] = TensorInfo(node.output[0], arr_shape, t.data_type, "static", value)
+            _constant(node, tensors)
             continue
+        name = node.name or f"{node.op_type}_{idx}"
+        if name in graph:  # node names need not be unique in ONNX; ours key the graph
+            name = f"{name}#{idx}"
         ins = [i for i in node.input if i]
         is_dynamic = any(i in dynamic for i in ins) and node.op_type not in _SHAPE_OF
         for o in node.output:
@@ -300,6 +402,7 @@ def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = No
             # integer data (shapes, axes, indices) are constants.
             if t is not None and i not in dynamic and t.kind == "static" and t.is_float and t.numel > 1:
                 t.kind = "weight"
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         op = OpNode(name, node.op_type, ins, [o for o in node.output if o], attrs)
         graph.add_node(name, op=op)
         order.append(name)
@@ -308,21 +411,8 @@ def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = No
                 graph.add_edge(producer[i], name, tensor=i)
         for o in op.outputs:
             producer[o] = name
-    # Weights are counted once even when several ops read them (tied embeddings, shared heads);
-    # BatchNorm running statistics are buffers, not parameters.
-    buffers = {op.inputs[i] for op in (graph.nodes[n]["op"] for n in order)
-               if op.op_type == "BatchNormalization" for i in (3, 4) if i < len(op.inputs)}
-    params = sum(t.numel for t in tensors.values() if t.kind == "weight" and t.name not in buffers)
-    unknown_shapes = [n for n in order if any(tensors[o].shape is None for o in graph.nodes[n]["op"].outputs)]
-    if unknown_shapes:
-        warn.append(f"{len(unknown_shapes)} ops have outputs of unknown shape (priced from their inputs): "
-                    + ", ".join(sorted({graph.nodes[n]['op'].op_type for n in unknown_shapes})))
-    first = next(iter(shapes.values()))
-    batch = first[0] if first else 1
-    float_types = [tensors[n].elem_type for n in shapes if tensors[n].is_float]
-    dtype = "fp16" if float_types and float_types[0] == onnx.TensorProto.FLOAT16 else "fp32"
-    return OpGraph(graph, tensors, order, batch, shapes, source, params, dtype, warn)
+    return graph, order
 
 
 def graph_from_onnx_file(path: str | Path, input_shape: tuple[int, ...] | None = None) -> OpGraph:
-    return build_graph(load_onnx(path), input_shape, source=str(path))
+    return build_graph(load_onnx(path), input_shape, source=str(path), base_dir=Path(path).parent)

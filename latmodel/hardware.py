@@ -6,12 +6,15 @@ key by key), so a concrete CPU can reuse the generic x86 one and change its core
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from autovit.latmodel.checks import check_keys, did_you_mean, number
+from autovit.latmodel.costs import CATEGORIES
 from autovit.latmodel.errors import AutoVitError
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -123,61 +126,171 @@ class HardwareProfile:
 
 
 # ---- schema -----------------------------------------------------------------------------------
-_NUM = (int, float)
+REQUIRED = object()
 
 
-def _get(d: dict, path: str, kind, where: str, default: Any = ..., positive: bool = False) -> Any:
+@dataclass(frozen=True)
+class Key:
+    """One key a profile TOML may hold. `kind`: str, bool, int, number, strs (a list of strings),
+    numbers / ints (a table of them, its keys limited to `choices` if given), tile ([M, N]),
+    table / tables (one / an array of tables with their own `schema`). `lo`..`hi` bound a number,
+    or the length of a string or list; `choices` are the strings allowed."""
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+    lo_open: bool = False
+    schema: dict[str, "Key"] | None = None
+
+
+_DTYPES = tuple(DTYPE_BYTES)
+_CATEGORIES = CATEGORIES
+# Lower bounds keep every division of the timing model finite (a rate of 0 would be infinite time).
+_TFLOPS = Key("numbers", 1e-6, 1e6, choices=_DTYPES)  # per dtype; the largest chips have ~4,000
+_US = Key("number", 0, 1e6)  # an overhead in us: up to a second
+_NS = Key("number", 0, 1e6, default=0.0)
+_FRACTION = Key("number", 1e-4, 1)  # a share of peak
+_OPS = Key("strs", 0, 10_000, default=())  # op types
+
+FUSION_KEYS: dict[str, Key] = {
+    "name": Key("str", 1, 200), "head": _OPS, "tail": _OPS, "max_tail": Key("int", 0, 1000, default=0),
+    "pattern": _OPS, "prologue": _OPS, "category": Key("str", choices=_CATEGORIES, default=None),
+}
+# What `autovit-lat calibrate` records about a fit (write_calibrated_profile).
+CALIBRATION_KEYS: dict[str, Key] = {
+    "lut": Key("str", 1, 4096, default=None), "date": Key("str", 0, 100, default=None),
+    "mode": Key("str", choices=("isolated", "ablation"), default=None), "n_points": Key("int", 0, 10**7, default=None),
+    "rms_log_error": Key("number", 0, 1e3, default=None), "mape_by_kind": Key("numbers", 0, 1e9, default=None),
+    "stderr": Key("numbers", 0, 1e12, default=None), "at_bound": Key("strs", 0, 100, default=None),
+}
+# Every key a profile may hold, its type, the range a real device can have, and its default
+# (REQUIRED: no default). Adding a key to the profile format is one line here.
+PROFILE_KEYS: dict[str, Key] = {
+    "name": Key("str", 1, 200), "description": Key("str", 0, 2000, default=""), "base": Key("str", 1, 4096, default=None),
+    "detect": Key("bool", default=False), "kind": Key("str", choices=("gpu", "cpu", "npu")),
+    "runtime": Key("str", 1, 200), "dtypes": Key("strs", 1, len(_DTYPES), choices=_DTYPES),
+    "default_dtype": Key("str", choices=_DTYPES, default=None),  # None: the first of `dtypes`
+    "cpu.cores": Key("int", 1, 1024), "cpu.ghz": Key("number", 0.01, 10),
+    "cpu.simd_bits": Key("int", 32, 2048), "cpu.fma_units": Key("int", 1, 16),
+    "compute.units": Key("int", 1, 10**6), "compute.matrix_tflops": _TFLOPS, "compute.vector_tflops": _TFLOPS,
+    "compute.gemm_tile": Key("tile", 1, 4096), "compute.tiles_per_unit": Key("int", 1, 1024),
+    "compute.vector_block": Key("int", 1, 2**31), "compute.matrix_align": Key("ints", 1, 1024, default={}, choices=_DTYPES),
+    "compute.transcendental_flops": Key("number", 0.01, 1e4, default=1.0),
+    "memory.dram_gbps": Key("number", 1e-3, 1e5), "memory.cache_mib": Key("number", 0, 1e6),
+    "memory.cache_gbps": Key("number", 1e-3, 1e6), "memory.last_axis_align_bytes": Key("int", 0, 4096, default=0),
+    "memory.weights_cached": Key("bool", default=False),
+    "overhead.launch_us": _US, "overhead.dispatch_us": _US, "overhead.view_dispatch_us": Key("number", 0, 1e6, default=0.0),
+    "overhead.run_us": Key("number", 0, 1e6, default=0.0), "overhead.async": Key("bool"),
+    "efficiency.matrix": _FRACTION, "efficiency.vector": _FRACTION, "efficiency.memory": _FRACTION,
+    "efficiency.gemm": Key("number", 1e-4, 1, default=None),  # None: efficiency.matrix
+    "efficiency.layout_penalty": Key("number", 0.01, 1000, default=1.0),
+    "efficiency.k_half": Key("number", 0, 1e6, default=0.0), "efficiency.layout_run_ns": _NS, "efficiency.reduce_row_ns": _NS,
+    "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
+    "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
+    "layout.relayout_categories": Key("strs", 0, len(_CATEGORIES), default=("conv",), choices=_CATEGORIES),
+    "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
+    "fallback.matrix_tflops": _TFLOPS, "fallback.vector_tflops": _TFLOPS, "fallback.units": Key("int", 1, 10**6),
+    "fallback.launch_us": _US, "fallback.switch_us": _US, "fallback.transfer_gbps": Key("number", 1e-3, 1e5),
+    "fusion": Key("tables", 0, 1000, default=(), schema=FUSION_KEYS),
+    "calibration": Key("table", 1, 1, default={}, schema=CALIBRATION_KEYS),
+}
+
+
+def check_profile_dict(d: dict, where: str, schema: dict[str, Key] = PROFILE_KEYS) -> None:
+    """Every key of `d` is known (dotted names are [section] keys) and holds a value of its type
+    and range; missing keys are not checked here (a base profile may supply them)."""
+    sections = {k.split(".")[0] for k in schema if "." in k}
+    check_keys(d, sorted({k.split(".")[0] for k in schema}), where)
+    for k, v in d.items():
+        if k not in sections:
+            _check_value(v, schema[k], where, k)
+            continue
+        if not isinstance(v, dict):
+            raise AutoVitError(f"{where}: [{k}] must be a table of keys, got {v!r:.40}")
+        sub = {path.split(".", 1)[1]: key for path, key in schema.items() if path.startswith(k + ".")}
+        check_keys(v, sub, f"{where} [{k}]")
+        for kk, vv in v.items():
+            _check_value(vv, sub[kk], where, f"{k}.{kk}")
+
+
+def _check_value(v: Any, key: Key, where: str, name: str) -> None:
+    what = f"{where}: field '{name}'"
+    kind = key.kind
+    if kind in ("int", "number"):
+        number(v, what, key.lo, key.hi, key.lo_open, integer=kind == "int")
+    elif kind == "bool" and not isinstance(v, bool):
+        raise AutoVitError(f"{what} must be true or false, got {v!r:.40}")
+    elif kind == "str":
+        _check_strs([v], key, what, single=True)
+    elif kind == "strs":
+        if not isinstance(v, list):
+            raise AutoVitError(f"{what} must be a list of strings, got {v!r:.40}")
+        _check_length(v, key, what, "entries")
+        _check_strs(v, key, what)
+    elif kind in ("numbers", "ints"):
+        if not isinstance(v, dict):
+            raise AutoVitError(f"{what} must be a table like {{ fp32 = 1.0 }}, got {v!r:.40}")
+        if key.choices:
+            check_keys(v, key.choices, what)
+        for k, x in v.items():
+            number(x, f"{where}: field '{name}.{k}'", key.lo, key.hi, key.lo_open, integer=kind == "ints")
+    elif kind == "tile":
+        if not isinstance(v, list) or len(v) != 2:
+            raise AutoVitError(f"{what} must be [M, N], two positive integers, got {v!r:.40}")
+        for x in v:
+            number(x, what, key.lo, key.hi, integer=True)
+    elif kind in ("table", "tables"):
+        tables = v if kind == "tables" else [v]
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise AutoVitError(f"{what} must be {'an array of tables' if kind == 'tables' else 'a table'}, got {v!r:.40}")
+        _check_length(tables, key, what, "entries")
+        for i, t in enumerate(tables):
+            check_profile_dict(t, f"{where} [{name}]" if kind == "table" else f"{where} [[{name}]] #{i + 1}", key.schema)
+
+
+def _check_length(v: Any, key: Key, what: str, unit: str) -> None:
+    if (key.lo is not None and len(v) < key.lo) or (key.hi is not None and len(v) > key.hi):
+        raise AutoVitError(f"{what} must have {key.lo:g} to {key.hi:g} {unit}, got {len(v)}")
+
+
+def _check_strs(values: list, key: Key, what: str, single: bool = False) -> None:
+    for x in values:
+        if not isinstance(x, str):
+            raise AutoVitError(f"{what} must be {'a string' if single else 'a list of strings'}, got {x!r:.40}")
+        if single:
+            _check_length(x, key, what, "characters")
+        if key.choices and x not in key.choices:
+            raise AutoVitError(f"{what}: {x!r:.40} is not one of {', '.join(key.choices)}{did_you_mean(x, key.choices)}")
+        for part in x.lstrip("?").split("|"):
+            if part.startswith("@") and part[1:] not in _CATEGORIES:
+                raise AutoVitError(f"{what}: '{part}' names no op category{did_you_mean(part[1:], _CATEGORIES)}; "
+                                   f"categories: {', '.join(_CATEGORIES)}")
+
+
+def _val(d: dict, path: str, where: str, schema: dict[str, Key] = PROFILE_KEYS) -> Any:
+    """The value at `path` (checked by check_profile_dict) or the schema's default."""
     cur: Any = d
     for part in path.split("."):
         if not isinstance(cur, dict) or part not in cur:
-            if default is ...:
+            default = schema[path].default
+            if default is REQUIRED:
                 raise AutoVitError(f"hardware profile {where}: missing field '{path}'")
             return default
         cur = cur[part]
-    if isinstance(cur, bool) and kind is not bool:
-        raise AutoVitError(f"hardware profile {where}: field '{path}' must be {_kname(kind)}, got {cur!r}")
-    if not isinstance(cur, kind):
-        raise AutoVitError(f"hardware profile {where}: field '{path}' must be {_kname(kind)}, got {cur!r}")
-    if positive and isinstance(cur, _NUM) and cur <= 0:
-        raise AutoVitError(f"hardware profile {where}: field '{path}' must be > 0, got {cur!r}")
-    if isinstance(cur, _NUM) and not isinstance(cur, bool) and cur < 0:
-        raise AutoVitError(f"hardware profile {where}: field '{path}' must be >= 0, got {cur!r}")
     return cur
-
-
-def _kname(kind) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false",
-                        "dict": "a table", "list": "a list"}.get(k.__name__, k.__name__) for k in kinds)
-
-
-def _per_dtype(d: dict, path: str, where: str, kind=_NUM) -> dict[str, Any]:
-    table = _get(d, path, dict, where)
-    out = {}
-    for k, v in table.items():
-        if k not in DTYPE_BYTES:
-            raise AutoVitError(f"hardware profile {where}: field '{path}.{k}' is not a dtype ({', '.join(DTYPE_BYTES)})")
-        out[k] = _get(table, k, kind, f"{where} ({path})", positive=True)
-    return out
-
-
-def _strs(d: dict, path: str, where: str, default: Any = ...) -> tuple[str, ...]:
-    v = _get(d, path, list, where, default=default)
-    if not all(isinstance(x, str) for x in v):
-        raise AutoVitError(f"hardware profile {where}: field '{path}' must be a list of strings")
-    return tuple(v)
 
 
 def _fusion(d: dict, where: str) -> tuple[FusionRule, ...]:
     rules = []
-    for i, r in enumerate(_get(d, "fusion", list, where, default=[])):
-        w = f"{where} fusion[{i}]"
-        if not isinstance(r, dict):
-            raise AutoVitError(f"hardware profile {w}: each [[fusion]] entry must be a table")
+    for i, r in enumerate(_val(d, "fusion", where)):
+        w = f"{where} [[fusion]] #{i + 1}"
         rule = FusionRule(
-            name=_get(r, "name", str, w), head=_strs(r, "head", w, ()), tail=_strs(r, "tail", w, ()),
-            max_tail=_get(r, "max_tail", int, w, 0), pattern=_strs(r, "pattern", w, ()),
-            prologue=_strs(r, "prologue", w, ()), category=_get(r, "category", str, w, None),
+            name=_val(r, "name", w, FUSION_KEYS), head=tuple(_val(r, "head", w, FUSION_KEYS)),
+            tail=tuple(_val(r, "tail", w, FUSION_KEYS)), max_tail=_val(r, "max_tail", w, FUSION_KEYS),
+            pattern=tuple(_val(r, "pattern", w, FUSION_KEYS)), prologue=tuple(_val(r, "prologue", w, FUSION_KEYS)),
+            category=_val(r, "category", w, FUSION_KEYS),
         )
         if not rule.head and not rule.pattern:
             raise AutoVitError(f"hardware profile {w}: a fusion rule needs 'head' or 'pattern'")
@@ -194,83 +307,66 @@ def _derive_cpu(d: dict[str, Any], where: str) -> dict[str, Any]:
     cpu = d.get("cpu")
     if cpu is None:
         return d
-    w = f"{where} cpu"
-    cores = _get(cpu, "cores", int, w, positive=True)
-    ghz = float(_get(cpu, "ghz", _NUM, w, positive=True))
-    simd = _get(cpu, "simd_bits", int, w, positive=True)
-    fma = _get(cpu, "fma_units", int, w, positive=True)
+    cores, ghz = _val(d, "cpu.cores", where), float(_val(d, "cpu.ghz", where))
+    simd, fma = _val(d, "cpu.simd_bits", where), _val(d, "cpu.fma_units", where)
     compute = dict(d.get("compute", {}))
-    peaks = {dt: cores * ghz * (simd // (8 * DTYPE_BYTES[dt])) * 2 * fma / 1e3 for dt in d.get("dtypes", ["fp32"])}
+    dtypes = d.get("dtypes", ["fp32"])
+    peaks = {dt: cores * ghz * max(simd // (8 * DTYPE_BYTES[dt]), 1) * 2 * fma / 1e3 for dt in dtypes}
     compute.setdefault("units", cores)
     compute.setdefault("matrix_tflops", peaks)
     compute.setdefault("vector_tflops", peaks)
     # oneDNN blocks channels by the SIMD width (nChw16c on AVX-512, nChw8c on AVX2).
-    compute.setdefault("matrix_align", {dt: simd // (8 * DTYPE_BYTES[dt]) for dt in peaks})
+    compute.setdefault("matrix_align", {dt: max(simd // (8 * DTYPE_BYTES[dt]), 1) for dt in dtypes})
     return {**d, "compute": compute}
 
 
+def _fallback(d: dict, where: str) -> Fallback | None:
+    if "fallback" not in d:
+        return None
+    return Fallback(
+        name=_val(d, "fallback.name", where), unsupported_ops=tuple(_val(d, "fallback.unsupported_ops", where)),
+        matrix_tflops=_val(d, "fallback.matrix_tflops", where), vector_tflops=_val(d, "fallback.vector_tflops", where),
+        units=_val(d, "fallback.units", where), launch_us=float(_val(d, "fallback.launch_us", where)),
+        switch_us=float(_val(d, "fallback.switch_us", where)),
+        transfer_gbps=float(_val(d, "fallback.transfer_gbps", where)),
+    )
+
+
 def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
+    """A checked profile: every value typed, finite and in range, so no NaN or infinity can
+    reach a latency."""
+    check_profile_dict(d, f"hardware profile {where}")
     d = _derive_cpu(d, where)
-    kind = _get(d, "kind", str, where)
-    if kind not in ("gpu", "cpu", "npu"):
-        raise AutoVitError(f"hardware profile {where}: field 'kind' must be gpu, cpu or npu, got {kind!r}")
-    dtypes = _strs(d, "dtypes", where)
-    for dt in dtypes:
-        if dt not in DTYPE_BYTES:
-            raise AutoVitError(f"hardware profile {where}: field 'dtypes' has unknown dtype {dt!r}")
-    matrix, vector = _per_dtype(d, "compute.matrix_tflops", where), _per_dtype(d, "compute.vector_tflops", where)
+    check_profile_dict(d, f"hardware profile {where} (derived from [cpu])")
+    dtypes = tuple(_val(d, "dtypes", where))
+    matrix, vector = _val(d, "compute.matrix_tflops", where), _val(d, "compute.vector_tflops", where)
     for dt in dtypes:
         if dt not in matrix or dt not in vector:
             raise AutoVitError(f"hardware profile {where}: 'compute.matrix_tflops' and 'compute.vector_tflops' need a {dt} entry")
-    tile = _get(d, "compute.gemm_tile", list, where)
-    if len(tile) != 2 or not all(isinstance(x, int) and x > 0 for x in tile):
-        raise AutoVitError(f"hardware profile {where}: field 'compute.gemm_tile' must be [M, N] positive integers")
-    fb = None
-    if "fallback" in d:
-        f = d["fallback"]
-        w = f"{where} fallback"
-        fb = Fallback(
-            name=_get(f, "name", str, w), unsupported_ops=_strs(f, "unsupported_ops", w),
-            matrix_tflops=_per_dtype(f, "matrix_tflops", w), vector_tflops=_per_dtype(f, "vector_tflops", w),
-            units=_get(f, "units", int, w, positive=True), launch_us=float(_get(f, "launch_us", _NUM, w)),
-            switch_us=float(_get(f, "switch_us", _NUM, w)), transfer_gbps=float(_get(f, "transfer_gbps", _NUM, w, positive=True)),
-        )
-    default_dtype = _get(d, "default_dtype", str, where, dtypes[0])
+    default_dtype = _val(d, "default_dtype", where) or dtypes[0]
     if default_dtype not in dtypes:
         raise AutoVitError(f"hardware profile {where}: field 'default_dtype' {default_dtype!r} is not in 'dtypes'")
-    effs = {k: float(_get(d, f"efficiency.{k}", _NUM, where, positive=True)) for k in ("matrix", "vector", "memory")}
-    effs["gemm"] = float(_get(d, "efficiency.gemm", _NUM, where, effs["matrix"], positive=True))
-    for k, v in effs.items():
-        if v > 1:
-            raise AutoVitError(f"hardware profile {where}: field 'efficiency.{k}' is a fraction of peak, must be <= 1, got {v}")
+    f = {path: _val(d, path, where) for path in PROFILE_KEYS if "." in path and not path.startswith(("cpu.", "fallback."))}
+    num = {k: float(v) for k, v in f.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tile = f["compute.gemm_tile"]
     return HardwareProfile(
-        name=_get(d, "name", str, where), description=_get(d, "description", str, where, ""), kind=kind,
-        runtime=_get(d, "runtime", str, where), dtypes=dtypes, default_dtype=default_dtype,
-        units=_get(d, "compute.units", int, where, positive=True), matrix_tflops=matrix, vector_tflops=vector,
-        gemm_tile=(tile[0], tile[1]), tiles_per_unit=_get(d, "compute.tiles_per_unit", int, where, positive=True),
-        vector_block=_get(d, "compute.vector_block", int, where, positive=True),
-        transcendental_flops=float(_get(d, "compute.transcendental_flops", _NUM, where, 1.0, positive=True)),
-        matrix_align=_per_dtype(d, "compute.matrix_align", where, int) if "matrix_align" in d.get("compute", {}) else {},
-        dram_gbps=float(_get(d, "memory.dram_gbps", _NUM, where, positive=True)),
-        cache_mib=float(_get(d, "memory.cache_mib", _NUM, where)),
-        cache_gbps=float(_get(d, "memory.cache_gbps", _NUM, where, positive=True)),
-        last_axis_align_bytes=_get(d, "memory.last_axis_align_bytes", int, where, 0),
-        launch_us=float(_get(d, "overhead.launch_us", _NUM, where)),
-        dispatch_us=float(_get(d, "overhead.dispatch_us", _NUM, where)),
-        view_dispatch_us=float(_get(d, "overhead.view_dispatch_us", _NUM, where, 0.0)),
-        async_dispatch=_get(d, "overhead.async", bool, where),
-        eff_matrix=effs["matrix"], eff_gemm=effs["gemm"], eff_vector=effs["vector"], eff_memory=effs["memory"],
-        layout_penalty=float(_get(d, "efficiency.layout_penalty", _NUM, where, 1.0, positive=True)),
-        k_half=float(_get(d, "efficiency.k_half", _NUM, where, 0.0)),
-        run_us=float(_get(d, "overhead.run_us", _NUM, where, 0.0)),
-        layout_run_ns=float(_get(d, "efficiency.layout_run_ns", _NUM, where, 0.0)),
-        reduce_row_ns=float(_get(d, "efficiency.reduce_row_ns", _NUM, where, 0.0)),
-        weights_cached=_get(d, "memory.weights_cached", bool, where, False),
-        chain_reorder=_get(d, "layout.chain_reorder", bool, where, False),
-        elided=_strs(d, "layout.elided", where, ()), strided_readers=_strs(d, "layout.strided_readers", where, ()),
-        nchw_conv_relayout=_strs(d, "layout.nchw_conv_relayout", where, ()),
-        relayout_categories=_strs(d, "layout.relayout_categories", where, ("conv",)), fusion=_fusion(d, where), fallback=fb,
-        source=where, calibration=d.get("calibration", {}),
+        name=_val(d, "name", where), description=_val(d, "description", where), kind=_val(d, "kind", where),
+        runtime=_val(d, "runtime", where), dtypes=dtypes, default_dtype=default_dtype,
+        units=f["compute.units"], matrix_tflops=matrix, vector_tflops=vector, gemm_tile=(tile[0], tile[1]),
+        tiles_per_unit=f["compute.tiles_per_unit"], vector_block=f["compute.vector_block"],
+        transcendental_flops=num["compute.transcendental_flops"], matrix_align=f["compute.matrix_align"],
+        dram_gbps=num["memory.dram_gbps"], cache_mib=num["memory.cache_mib"], cache_gbps=num["memory.cache_gbps"],
+        last_axis_align_bytes=f["memory.last_axis_align_bytes"], launch_us=num["overhead.launch_us"],
+        dispatch_us=num["overhead.dispatch_us"], view_dispatch_us=num["overhead.view_dispatch_us"],
+        async_dispatch=f["overhead.async"], eff_matrix=num["efficiency.matrix"],
+        eff_gemm=num.get("efficiency.gemm", num["efficiency.matrix"]), eff_vector=num["efficiency.vector"],
+        eff_memory=num["efficiency.memory"], layout_penalty=num["efficiency.layout_penalty"],
+        k_half=num["efficiency.k_half"], run_us=num["overhead.run_us"], layout_run_ns=num["efficiency.layout_run_ns"],
+        reduce_row_ns=num["efficiency.reduce_row_ns"], weights_cached=f["memory.weights_cached"],
+        chain_reorder=f["layout.chain_reorder"], elided=tuple(f["layout.elided"]),
+        strided_readers=tuple(f["layout.strided_readers"]), nchw_conv_relayout=tuple(f["layout.nchw_conv_relayout"]),
+        relayout_categories=tuple(f["layout.relayout_categories"]), fusion=_fusion(d, where),
+        fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)),
     )
 
 
@@ -314,17 +410,33 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+# First line of every profile `autovit-lat calibrate` writes (it overwrites only such files).
+CALIBRATION_HEADER = "# Written by `autovit-lat calibrate`: the fitted free parameters of the base profile."
+
+
 def write_calibrated_profile(base: str, params: dict[str, float], calibration: dict[str, Any],
                              path: str | Path | None = None) -> Path:
-    """A profile that starts from `base` and overrides the fitted free parameters (atomic write)."""
+    """A profile that starts from `base` and overrides the fitted free parameters (atomic write).
+    A fit with a non-finite value is refused: it would replace a working profile with one that
+    cannot load."""
     from autovit.latmodel.io import atomic_write_text
 
+    if base.endswith(CALIBRATED_SUFFIX):
+        raise AutoVitError(f"'{base}' is already calibrated; calibrate its data-sheet profile "
+                           f"'{base[:-len(CALIBRATED_SUFFIX)]}' instead")
+    bad = [k for k, v in list(params.items()) + [("rms_log_error", calibration.get("rms_log_error", 0.0))]
+           if not math.isfinite(v)]
+    if bad:
+        raise AutoVitError(f"the fit gave non-finite {', '.join(bad)}; nothing was written (check the LUT's entries)")
     name = f"{Path(base).stem.split('@')[0]}{CALIBRATED_SUFFIX}"
+    # The written file lives elsewhere, and a base path is read relative to the file that names it.
+    if _is_path(base):
+        base = str(Path(base).resolve())
     sections: dict[str, dict[str, Any]] = {}
     for param, value in params.items():
         section, key = PARAMETER_FIELDS[param]
         sections.setdefault(section, {})[key] = value
-    lines = ["# Written by `autovit-lat calibrate`: the fitted free parameters of the base profile.",
+    lines = [CALIBRATION_HEADER,
              f"name = {_toml_value(name)}", f"base = {_toml_value(base)}",
              f"description = {_toml_value('calibrated from ' + str(calibration.get('lut', '?')))}", ""]
     for section, values in sections.items():
@@ -332,33 +444,71 @@ def write_calibrated_profile(base: str, params: dict[str, float], calibration: d
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
         lines.append("")
     lines.append("[calibration]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in calibration.items()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in _toml_safe(calibration).items()]
     out = Path(path) if path else user_profile_dir() / f"{name}.toml"
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
 
 
-def _read_toml(name_or_path: str) -> tuple[dict[str, Any], str]:
-    p = Path(name_or_path)
-    if name_or_path.endswith(CALIBRATED_SUFFIX) and not p.is_file():
-        p = user_profile_dir() / f"{name_or_path}.toml"
+def _toml_safe(d: dict[str, Any]) -> dict[str, Any]:
+    """`d` without None and non-finite numbers (TOML has no null; a profile never holds NaN)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _toml_safe(v)
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            continue
+        out[k] = v
+    return out
+
+
+# Largest profile file read (ours are ~5 KB); base chains longer than this are refused.
+MAX_PROFILE_BYTES = 2**20
+MAX_BASE_DEPTH = 16
+
+
+def _is_path(ref: str) -> bool:
+    return ref.endswith(".toml") or "/" in ref or "\\" in ref
+
+
+def _locate(ref: str, folder: Path | None, top: bool) -> tuple[Any, str]:
+    """(a readable file, its name in messages) for profile `ref`: a built-in name, NAME@calibrated,
+    or a .toml path. A base's path is relative to `folder`, the folder of the file naming it;
+    only the profile given on the command line (`top`) is looked up in the working directory."""
+    if ref.endswith(CALIBRATED_SUFFIX) and not _is_path(ref) and not (top and Path(ref).is_file()):
+        p = user_profile_dir() / f"{ref}.toml"
         if not p.is_file():
-            raise AutoVitError(f"no calibrated profile '{name_or_path}' in {p.parent}; run "
-                               f"`autovit-lat calibrate --hw {name_or_path[:-len(CALIBRATED_SUFFIX)]} --lut LUT` first")
-        name_or_path = str(p)
-    if name_or_path.endswith(".toml") or p.is_file():
+            raise AutoVitError(f"no calibrated profile '{ref}' in {p.parent}; run "
+                               f"`autovit-lat calibrate --hw {ref[:-len(CALIBRATED_SUFFIX)]} --lut LUT` first")
+        return p, str(p)
+    if _is_path(ref) or (top and Path(ref).is_file()):
+        p = Path(ref) if folder is None or Path(ref).is_absolute() else folder / ref
         if not p.is_file():
             raise AutoVitError(f"hardware profile file not found: {p}")
-        text, where = p.read_text(), str(p)
-    else:
-        ref = _builtin_dir() / f"{name_or_path}.toml"
-        if not ref.is_file():
-            raise AutoVitError(f"unknown hardware '{name_or_path}': use one of {', '.join(builtin_names())} or a profile .toml path")
-        text, where = ref.read_text(), f"{name_or_path}.toml"
+        return p, str(p)
+    found = _builtin_dir() / f"{ref}.toml"
+    if not found.is_file():
+        raise AutoVitError(f"unknown hardware '{ref}'{did_you_mean(ref, builtin_names())}: use one of "
+                           f"{', '.join(builtin_names())} or a profile .toml path")
+    return found, f"{ref}.toml"
+
+
+def _parse(src: Any, where: str) -> dict[str, Any]:
+    """Read one profile file: at most MAX_PROFILE_BYTES, UTF-8, TOML, keys known, values sane."""
+    with src.open("rb") as f:
+        data = f.read(MAX_PROFILE_BYTES + 1)
+    if len(data) > MAX_PROFILE_BYTES:
+        raise AutoVitError(f"hardware profile {where}: more than 1 MiB, more than any profile; not a profile")
     try:
-        return tomllib.loads(text), where
+        d = tomllib.loads(data.decode("utf-8-sig"))  # -sig: editors that start UTF-8 with a byte-order mark
+    except UnicodeDecodeError:
+        raise AutoVitError(f"hardware profile {where}: not UTF-8 text, so not a profile TOML") from None
     except tomllib.TOMLDecodeError as e:
         raise AutoVitError(f"hardware profile {where}: not valid TOML ({e})") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise AutoVitError(f"hardware profile {where}: values nested too deep for a profile") from None
+    check_profile_dict(d, f"hardware profile {where}")
+    return d
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -368,17 +518,20 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _resolved_dict(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
-    d, where = _read_toml(name_or_path)
+def _resolved_dict(ref: str, folder: Path | None = None, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """The profile `ref` merged over its chain of bases; `chain` holds the files naming it."""
+    src, where = _locate(ref, folder, top=not chain)
+    ident = str(src.resolve()) if isinstance(src, Path) else f"builtin:{ref}"
+    if ident in chain:
+        raise AutoVitError(f"hardware profile {where}: its 'base' chain loops back to itself")
+    if len(chain) >= MAX_BASE_DEPTH:
+        raise AutoVitError(f"hardware profile {where}: more than {MAX_BASE_DEPTH} levels of 'base'")
+    d = _parse(src, where)
     base = d.get("base")
-    if base is not None:
-        if not isinstance(base, str):
-            raise AutoVitError(f"hardware profile {where}: field 'base' must be a profile name")
-        if base in seen:
-            raise AutoVitError(f"hardware profile {where}: 'base' chain loops through '{base}'")
-        parent, _ = _resolved_dict(base, seen + (base,))
-        d = _merge(parent, {k: v for k, v in d.items() if k != "base"})
-    return d, where
+    if base is None:
+        return d, where
+    parent, _ = _resolved_dict(base, src.parent if isinstance(src, Path) else None, chain + (ident,))
+    return _merge(parent, {k: v for k, v in d.items() if k != "base"}), where
 
 
 def _read_first_line(path: str) -> str | None:

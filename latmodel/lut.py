@@ -7,15 +7,16 @@ file that the next run resumes.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from autovit.latmodel.checks import check_keys, dumps, number, read_json
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.io import atomic_write_text
+from autovit.latmodel.measure import BACKENDS
 from autovit.latmodel.modules import BlockSpec
 
 LUT_SCHEMA = "autovit-lut/1"
@@ -53,46 +54,107 @@ class Lut:
                 "reference": self.reference, "entries": self.entries}
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1) + "\n")
+        # NaN-free: a burst too short for a confidence interval has ci_pct inf, written as null.
+        atomic_write_text(Path(path), dumps(self.to_dict(), indent=1) + "\n")
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# Keys of a LUT file and of one entry (a Measurement's statistics, the rounds behind it).
+_LUT_KEYS = ("schema", "device", "backend", "created", "updated", "environment", "policy", "reference", "entries")
+_ENTRY_KEYS = ("mode", "block", "median_ms", "iqr_ms", "q1_ms", "q3_ms", "repeats", "outliers", "ci_pct", "converged",
+               "round_medians", "with_round_ms", "without_round_ms", "round_reference_ms", "below_noise",
+               "with_ms", "without_ms")
+# Longest latency a LUT may hold (about 3 hours) and most entries and rounds (every block of
+# every space is a few hundred entries).
+MAX_MS = 1e7
+MAX_ENTRIES = 100_000
+MAX_ROUNDS = 10_000
+_FIX = "re-run `autovit-lat profile`"
+
+
 def load_lut(path: str | Path, device: str | None = None) -> Lut:
     """Read and check a LUT; `device` (a profile name) must match the one it was measured on."""
     p = Path(path)
-    if not p.is_file():
-        raise AutoVitError(f"lookup table not found: {p}")
-    try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise AutoVitError(f"{p}: not a readable LUT (corrupted or truncated JSON); re-run `autovit-lat profile`") from None
+    d = read_json(p, "lookup table", _FIX)
     if not isinstance(d, dict) or "schema" not in d:
         raise AutoVitError(f"{p}: not an AutoViT lookup table (no 'schema' field)")
     if d["schema"] != LUT_SCHEMA:
-        raise AutoVitError(f"{p}: LUT schema {d['schema']!r}, this version reads {LUT_SCHEMA!r}; re-run `autovit-lat profile`")
+        raise AutoVitError(f"{p}: LUT schema {d['schema']!r:.40}, this version reads {LUT_SCHEMA!r}; {_FIX}")
+    check_keys(d, _LUT_KEYS, str(p))
     for k in ("device", "backend", "entries"):
         if k not in d:
             raise AutoVitError(f"{p}: LUT is missing field '{k}'")
+    if not isinstance(d["device"], str) or not 0 < len(d["device"]) <= 4096:
+        raise AutoVitError(f"{p}: LUT field 'device' must be a profile name, got {d['device']!r:.40}")
+    if d["backend"] not in BACKENDS:
+        raise AutoVitError(f"{p}: LUT field 'backend' must be one of {', '.join(BACKENDS)}, got {d['backend']!r:.40}")
     if device is not None and not same_device(d["device"], device):
         raise AutoVitError(f"{p}: LUT was measured on '{d['device']}', not '{device}'; profile this device or pass its LUT")
-    if not isinstance(d["entries"], dict):
-        raise AutoVitError(f"{p}: LUT field 'entries' must be an object")
+    for k in ("environment", "policy", "reference", "entries"):
+        if not isinstance(d.get(k, {}), dict):
+            raise AutoVitError(f"{p}: LUT field '{k}' must be an object, got {d[k]!r:.40}")
+    for k in ("created", "updated"):
+        if not isinstance(d.get(k, ""), str):
+            raise AutoVitError(f"{p}: LUT field '{k}' must be a date string, got {d[k]!r:.40}")
+    if len(d["entries"]) > MAX_ENTRIES:
+        raise AutoVitError(f"{p}: {len(d['entries']):,} entries, more than any LUT ({MAX_ENTRIES:,})")
     for key, e in d["entries"].items():
-        v = e.get("median_ms") if isinstance(e, dict) else None
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
-            raise AutoVitError(f"{p}: entry '{key}' has median_ms {v!r}; latencies must be finite and > 0")
-        try:
-            BlockSpec.from_dict(e["block"])
-        except (KeyError, TypeError, AutoVitError):
-            raise AutoVitError(f"{p}: entry '{key}' has no valid block description") from None
+        _check_entry(key, e, f"{p}: entry '{key:.80}'")
     ref = d.get("reference") or {}
-    if ref and not (isinstance(ref.get("ref_ms"), (int, float)) and math.isfinite(ref["ref_ms"]) and ref["ref_ms"] > 0):
-        raise AutoVitError(f"{p}: field 'reference.ref_ms' must be a positive number; re-run `autovit-lat profile`")
+    check_keys(ref, ("model", "ref_ms"), f"{p}: LUT field 'reference'")
+    if ref:
+        _ms(ref.get("ref_ms"), f"{p}: field 'reference.ref_ms'")
+        if not isinstance(ref.get("model", ""), str):
+            raise AutoVitError(f"{p}: field 'reference.model' must be a model name, got {ref['model']!r:.40}")
     return Lut(d["device"], d["backend"], d.get("environment", {}), d.get("policy", {}), d["entries"],
                d.get("created", _now()), ref)
+
+
+def _ms(v: Any, what: str, positive: bool = True) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_MS
+    if not ok or (positive and v <= 0):
+        raise AutoVitError(f"{what} is {v!r:.40}; latencies must be finite and {'> 0' if positive else 'real'} "
+                           f"(at most {MAX_MS:g} ms); {_FIX}")
+
+
+def _check_entry(key: str, e: Any, w: str) -> None:
+    """One entry: known fields, a valid block whose key is the entry's, finite positive latencies."""
+    if not isinstance(e, dict):
+        raise AutoVitError(f"{w} must be an object, got {e!r:.40}")
+    check_keys(e, _ENTRY_KEYS, w)
+    if e.get("mode") not in MODES:
+        raise AutoVitError(f"{w}: 'mode' must be one of {', '.join(MODES)}, got {e.get('mode')!r:.40}")
+    block = BlockSpec.from_dict(e.get("block"), f"{w} block")
+    if key != Lut.entry_key(e["mode"], block):
+        raise AutoVitError(f"{w} does not match its block (its key would be '{Lut.entry_key(e['mode'], block)}'); {_FIX}")
+    _ms(e.get("median_ms"), f"{w} median_ms")
+    for k in ("with_ms", "without_ms"):
+        if k in e:
+            _ms(e[k], f"{w} {k}")
+    lengths = set()
+    for k in ("round_medians", "with_round_ms", "without_round_ms", "round_reference_ms"):
+        if k not in e:
+            continue
+        if not isinstance(e[k], list) or not 0 < len(e[k]) <= MAX_ROUNDS:
+            raise AutoVitError(f"{w} {k} must be a list of 1 to {MAX_ROUNDS} latencies")
+        for v in e[k]:
+            # An ablation round is a difference of two latencies: it may come out <= 0.
+            _ms(v, f"{w} {k}", positive=not (k == "round_medians" and e["mode"] == "ablation"))
+        if k != "round_reference_ms":
+            lengths.add(len(e[k]))
+    if len(lengths) > 1 or (e["mode"] == "ablation" and "round_medians" in e
+                            and not {"with_round_ms", "without_round_ms"} <= set(e)):
+        raise AutoVitError(f"{w}: its rounds disagree in number; {_FIX}")
+    for k in ("iqr_ms", "q1_ms", "q3_ms", "ci_pct", "repeats", "outliers"):
+        v = e.get(k)
+        if v is not None:
+            number(v, f"{w} {k}", 0, MAX_MS, integer=k in ("repeats", "outliers"))
+    for k in ("converged", "below_noise"):
+        if not isinstance(e.get(k, False), bool):
+            raise AutoVitError(f"{w} {k} must be true or false")
 
 
 def same_device(a: str, b: str) -> bool:

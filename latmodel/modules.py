@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autovit.latmodel.checks import check_keys, did_you_mean, number, read_json
 from autovit.latmodel.errors import AutoVitError
 
 KINDS = ("conv", "mbconv", "mvit_convs", "transformer", "head")
@@ -50,11 +51,42 @@ class BlockSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BlockSpec":
-        known = {f.name for f in fields(cls)}
-        if not isinstance(d, dict) or d.get("kind") not in KINDS or not known >= set(d):
-            raise AutoVitError(f"not a block description: {d!r}")
-        return cls(**d)
+    def from_dict(cls, d: Any, where: str = "block") -> "BlockSpec":
+        """The one place a block description from a file (LUT, --blocks) is checked: known keys,
+        every field of its type and in the range a real block has."""
+        if not isinstance(d, dict):
+            raise AutoVitError(f"{where}: a block description is a JSON object like "
+                               f'{{"kind": "conv", "hw": 64, "cin": 3, "cout": 16}}, got {d!r:.60}')
+        check_keys(d, [f.name for f in fields(cls)], where)
+        kind = d.get("kind")
+        if kind not in KINDS:
+            raise AutoVitError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r:.40}"
+                               f"{did_you_mean(str(kind), KINDS)}")
+        for name in ("hw", "cin", "cout"):
+            if name not in d:
+                raise AutoVitError(f"{where}: missing field '{name}'")
+        values = {}
+        for name, (lo, hi, lo_open) in _FIELD_RANGES.items():
+            if name in d:
+                is_int = name not in ("expansion", "mlp_ratio")
+                v = number(d[name], f"{where}: field '{name}'", lo, hi, lo_open, integer=is_int)
+                values[name] = v if is_int else float(v)
+        spec = cls(kind, **values)
+        spec._check_kind(where)
+        return spec
+
+    def _check_kind(self, where: str) -> None:
+        widest = max(self.cin, self.cout) * max(self.expansion, self.mlp_ratio, 1.0)
+        weights = max(self.cin, self.cout) * max(widest, self.heads * max(self.head_dim, 1))
+        if self.hw * self.hw * widest > MAX_BLOCK_ELEMS or weights > MAX_BLOCK_ELEMS:
+            raise AutoVitError(f"{where}: {self.key} is beyond any real block (a tensor of more than "
+                               f"{MAX_BLOCK_ELEMS:,} elements); check its hw, channels and ratios")
+        if self.kind in ("mvit_convs", "transformer") and self.patch > self.hw:
+            raise AutoVitError(f"{where}: patch {self.patch} is larger than the {self.hw} px feature map")
+        if self.kind == "transformer" and not (self.heads and self.head_dim and self.mlp_ratio):
+            raise AutoVitError(f"{where}: a transformer block needs heads, head_dim and mlp_ratio > 0")
+        if self.kind == "head" and self.num_classes < 1:
+            raise AutoVitError(f"{where}: a head block needs num_classes >= 1")
 
     def input_shape(self, batch: int = 1) -> tuple[int, ...]:
         if self.kind == "transformer":
@@ -82,6 +114,20 @@ class BlockSpec:
         return m.eval()
 
 
+# Largest activation (hw x hw x widest channels) or weight tensor of a block: real ones have at
+# most ~16 M elements (an early ImageNet stage at 512 px); twice that is refused rather than built.
+MAX_BLOCK_ELEMS = 2**25
+# Most blocks a --blocks file may list (every block of the three spaces is a few hundred).
+MAX_BLOCKS = 10_000
+
+# (lo, hi, lo excluded) of every numeric field: what any real block of a vision network has
+# (px, channels, heads, ...); a block beyond them would take minutes and gigabytes to build.
+_FIELD_RANGES = {
+    "hw": (1, 4096, False), "cin": (1, 8192, False), "cout": (1, 8192, False), "kernel": (1, 15, False),
+    "stride": (1, 8, False), "expansion": (0, 16, True), "heads": (0, 256, False), "mlp_ratio": (0, 16, False),
+    "head_dim": (0, 1024, False), "patch": (1, 16, False), "num_classes": (0, 100_000, False),
+}
+
 _KEY_FIELDS = {
     "conv": ("hw", "cin", "cout", "kernel", "stride"),
     "mbconv": ("hw", "cin", "cout", "kernel", "stride", "expansion"),
@@ -89,6 +135,16 @@ _KEY_FIELDS = {
     "transformer": ("hw", "cin", "heads", "mlp_ratio", "head_dim", "patch"),
     "head": ("hw", "cin", "cout", "num_classes"),
 }
+
+
+def load_blocks(path: str) -> list[BlockSpec]:
+    """A --blocks file: a JSON list of block descriptions, each checked, duplicates dropped."""
+    items = read_json(path, "--blocks file", 'expected a JSON list like [{"kind": "conv", "hw": 64, "cin": 3, "cout": 16}]')
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_BLOCKS:
+        raise AutoVitError(f"--blocks {path}: expected a JSON list of 1 to {MAX_BLOCKS:,} block descriptions, "
+                           f"got {type(items).__name__ if not isinstance(items, list) else 'an empty list'}")
+    blocks = [BlockSpec.from_dict(d, f"--blocks {path}: block #{i + 1}") for i, d in enumerate(items)]
+    return list(dict.fromkeys(blocks))
 
 
 def _fmt(v: Any) -> str:

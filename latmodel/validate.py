@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.errors import AutoVitError, UsageError
 from autovit.latmodel.measure import at_reference
 
 # The kinds of models of the paper's comparison (MobileNetV2/V3, MobileViT, DeiT, PiT, LeViT,
@@ -90,8 +90,8 @@ def parse_models(spec: str) -> int:
     if spec in ("none", "0"):
         return 0
     kind, _, n = spec.partition(":")
-    if kind != "random" or not n.isdigit():
-        raise AutoVitError(f"--models {spec!r}: use random:N (e.g. random:100) or none")
+    if kind != "random" or not n.isdigit() or len(n) > 6:
+        raise UsageError(f"--models {spec[:40]!r}: use random:N (N up to 999999, e.g. random:100) or none")
     return int(n)
 
 

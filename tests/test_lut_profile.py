@@ -106,14 +106,14 @@ def test_lut_round_trip_and_bad_luts(tmp_path):
     with pytest.raises(AutoVitError, match="schema"):
         load_lut(p)
     p.write_text(json.dumps(d)[:40])
-    with pytest.raises(AutoVitError, match="corrupted or truncated"):
+    with pytest.raises(AutoVitError, match="not valid JSON"):
         load_lut(p)
     for bad in (float("nan"), -1.0, 0.0, "fast"):
         e = dict(d["entries"])
         key = next(iter(e))
         e[key] = dict(e[key], median_ms=bad)
         p.write_text(json.dumps(d | {"entries": e}))
-        with pytest.raises(AutoVitError, match="must be finite and > 0"):
+        with pytest.raises(AutoVitError, match="must be finite and > 0|NaN is not a number JSON allows"):
             load_lut(p)
 
 

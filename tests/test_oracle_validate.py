@@ -133,12 +133,13 @@ def test_validate_cli(tmp_path, capsys):
         assert key in r["predictors"]["analytical"]
     assert r["noise_floor_cv"] >= 0 and len(r["rows"]) == 4 and all(len(x["round_ms"]) == 2 for x in r["rows"])
     assert json.loads(out.read_text())["n_models"] == 4 and plot.read_bytes()[:4] == b"\x89PNG"
-    base = ["validate", "--hw", "local-cpu", "--lut", str(tmp_path / "lut.json")]
+    lut_file = tmp_path / "lut.json"
+    base = ["validate", "--hw", "local-cpu", "--lut", str(lut_file)]
     for args, needle in ((["--models", "lots"], "random:N"), (["--zoo", "autovit_xxs"], "outside the AutoViT"),
                          (["--zoo", "not_a_timm_model_x"], "unknown timm model"),
                          (["--models", "none", "--zoo", "none"], "nothing to validate"),
                          (["--rounds", "0"], "--rounds"), (["--backend", "coreml"], "macOS"),
-                         (["--plot", str(tmp_path / "no" / "s.png")], "does not exist")):
+                         (["--plot", str(lut_file / "s.png")], "is a file, not a folder")):
         code, _, err = run_cli(lat, base + args, capsys)
         assert_one_line_error(code, err, needle)
     code, _, err = run_cli(lat, ["validate", "--hw", "local-cpu"], capsys)
