@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from apple import APPLE_SETS, apple_rows, disagreements, excluded_rows, residual_png  # noqa: E402
+
 TIMM_SETS = {
     "rtx3090": ("timm/benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv", "rtx3090", "fp16"),
     "rtx4090": ("timm/benchmark-infer-amp-nchw-pt291-cu128-4090.csv", "rtx4090", "fp16"),
@@ -64,8 +66,10 @@ def _quiet_worker() -> None:
     os.dup2(devnull, 2)
 
 
-def _export_timm(model: str, size: int, out: str) -> str:
-    """Worker: timm model -> OpGraph pickle. Returns 'ok' or the reason it was skipped."""
+def _export_timm(model: str, size: int, out: str, reparam: bool = False) -> str:
+    """Worker: timm model -> OpGraph pickle. Returns 'ok' or the reason it was skipped.
+    `reparam`: fuse the training-time branches first (timm.utils.reparameterize_model), as a
+    model is deployed (MobileOne, FastViT, RepViT, ...)."""
     import warnings
 
     import torch
@@ -78,6 +82,10 @@ def _export_timm(model: str, size: int, out: str) -> str:
 
     try:
         m, side = timm_model(model, size)
+        if reparam:
+            from timm.utils import reparameterize_model
+
+            m = reparameterize_model(m)
         g = module_graph(m, (1, 3, size, size), source=f"timm:{model}@{size}")
     except AutoVitError as e:
         return f"skip: {str(e).split(';')[0]}"
@@ -155,22 +163,22 @@ def predict(graph_file: Path, hw: str, batch: int, dtype: str, profiles: dict):
 
 
 def evaluate(name: str, pred: list[float], meas: list[float], flops: list[float], acts: list[float],
-             skipped: dict[str, int], hw: str, extra: dict | None = None) -> dict:
+             skipped: dict[str, int], hw: str, extra: dict | None = None, params: list[float] | None = None) -> dict:
+    """Rank and error metrics of our predictions and of the baselines on one set; `params`
+    adds the parameter-proportional baseline."""
     from autovit.latmodel.metrics import lstsq_fit, summary
 
     p, m = np.array(pred), np.array(meas)
     f, a = np.array(flops), np.array(acts)
     ours = summary(p, m)
-    base_flops = summary(np.maximum(f, 1e-9), m)
-    base_fit = summary(lstsq_fit(np.column_stack([f, a]), m), m)
     keep = ("kendall_tau", "spearman", "median_ape", "within_10", "within_25")
+    baselines = {"flops_proportional": np.maximum(f, 1e-9), "lstsq_flops_activations": lstsq_fit(np.column_stack([f, a]), m)}
+    if params is not None:
+        baselines["params_proportional"] = np.maximum(np.array(params, float), 1e-9)
     return {
         "set": name, "hw": hw, "n": len(p), "skipped": skipped,
         **{k: round(ours[k], 4) for k in keep}, "scale": round(ours["scale"], 4),
-        "baselines": {
-            "flops_proportional": {k: round(base_flops[k], 4) for k in keep},
-            "lstsq_flops_activations": {k: round(base_fit[k], 4) for k in keep},
-        },
+        "baselines": {b: {k: round(v, 4) for k, v in summary(x, m).items() if k in keep} for b, x in baselines.items()},
         **(extra or {}),
     }
 
@@ -244,10 +252,94 @@ def markdown_table(results: list[dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def apple_models(rows: dict, cache: Path, jobs: int) -> tuple[dict, dict[str, str]]:
+    """LatencyModel per graph key of the Apple rows (exported re-parameterised, cached), and the
+    reason for each key that could not be priced."""
+    from autovit.latmodel.estimate import LatencyModel
+
+    keys = {r.key: r for rs in rows.values() for r in rs}
+    todo = [(_export_timm, k, r.timm_name, r.resolution, str(_graph_path(cache, k)), True)
+            for k, r in keys.items() if not _graph_path(cache, k).exists()]
+    status = _run_jobs(todo, jobs, "export Apple-table models")
+    models, skip = {}, {}
+    for k in sorted(keys):
+        gp = _graph_path(cache, k)
+        if not gp.exists():
+            skip[k] = status.get(k, "skip: export failed").removeprefix("skip: ")
+            continue
+        g = pickle.loads(gp.read_bytes())
+        if _unresolved_share(g) > 0.1:
+            skip[k] = "shapes not inferable"
+            continue
+        models[k] = LatencyModel(g)
+    return models, skip
+
+
+def apple_priced(rows: list, models: dict, skip: dict[str, str], excluded: dict[str, str], profile) -> tuple[list, dict]:
+    """(row, estimate) for every priced row of one table, and the skipped count per reason."""
+    priced, sk = [], {}
+    for r in rows:
+        if r.key in skip:
+            sk[skip[r.key]] = sk.get(skip[r.key], 0) + 1
+            continue
+        priced.append((r, models[r.key].estimate(profile, 1, "fp16"), r.label in excluded))
+    return priced, sk
+
+
+def apple_result(name: str, priced: list, sk: dict, excluded: dict[str, str], models: dict, profile,
+                 plots: Path | None) -> dict:
+    """One Apple table scored like the GPU/CPU sets (+ parameters baseline, per-row figures, the
+    excluded rows and tau with them kept, a residual PNG)."""
+    from scipy import stats
+
+    from autovit.latmodel.costs import CATEGORIES
+
+    kept = [(r, e) for r, e, ex in priced if not ex]
+    pred = [e.latency_ms for _, e in kept]
+    meas = [r.latency_ms for r, _ in kept]
+    flops = [e.flops for _, e in kept]
+    acts = [float(sum(c.out_elems for c in models[r.key].costs.values())) for r, _ in kept]
+    params = [float(e.params) for _, e in kept]
+    res = evaluate(name, pred, meas, flops, acts, sk, profile.name,
+                   {"dtype": "fp16", "source": APPLE_SETS[name][0], "chip": APPLE_SETS[name][2]}, params)
+    res["excluded"] = {r.label: excluded[r.label] for r, _, ex in priced if ex}
+    if res["excluded"]:
+        allp = [(e.latency_ms, r.latency_ms) for r, e, _ in priced]
+        res["kendall_tau_all_rows"] = round(float(stats.kendalltau(*zip(*allp)).statistic), 4)
+    res["rows"] = [{"model": r.timm_name, "res": r.resolution, "ms": r.latency_ms, "pred_ms": round(e.latency_ms, 4),
+                    "gflops": round(e.flops / 1e9, 3), "excluded": ex} for r, e, ex in priced]
+    if plots is not None and len(kept) >= 3:
+        shares = [{c: e.breakdown.get(c, 0.0) / e.latency_ms for c in CATEGORIES} for _, e in kept]
+        residual_png(f"{name} on {profile.name}", pred, meas, shares, flops, plots / f"residuals_{name}.png")
+    return res
+
+
+def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
+    """Score each wanted Apple table on its chip's profile (or --apple-hw); print JSON per table."""
+    from autovit.latmodel.hardware import load_profile
+
+    rows = apple_rows(data)
+    excluded = excluded_rows(rows)
+    report = {"set": "apple-disagreements", **disagreements(rows), "excluded": excluded}
+    print(json.dumps(report), flush=True)
+    sel = {s: rows[s] for s in wanted}
+    models, skip = apple_models(sel, cache, args.jobs)
+    plots = Path(args.plots) if args.plots else None
+    results = [report]
+    for s in wanted:
+        profile = load_profile(args.apple_hw or APPLE_SETS[s][1])
+        priced, sk = apple_priced(sel[s], models, skip, excluded, profile)
+        res = apple_result(s, priced, sk, excluded, models, profile, plots)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="shared/external-latency folder (found automatically)")
-    ap.add_argument("--sets", default=",".join(list(TIMM_SETS) + list(OFA_SETS)))
+    ap.add_argument("--sets", default=",".join(list(TIMM_SETS) + list(OFA_SETS)),
+                    help="comma-separated set names; 'apple' = every Apple table (" + ", ".join(APPLE_SETS) + ")")
     ap.add_argument("--n", type=int, default=300, help="timm rows per set (0 = all)")
     ap.add_argument("--ofa-n", type=int, default=400, help="OFA subnets (0 = all 5,000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -256,6 +348,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "external.jsonl"))
     ap.add_argument("--kshot", type=int, default=0, metavar="K",
                     help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest")
+    ap.add_argument("--apple-hw", metavar="PROFILE", help="price every Apple table on this profile (default: its chip's)")
+    ap.add_argument("--plots", metavar="DIR", help="write a residual PNG per Apple table here")
     ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a results file and exit")
     args = ap.parse_args()
     if args.table:
@@ -272,6 +366,10 @@ def main() -> None:
     cache = Path(args.cache)
     _graph_path(cache, "x").parent.mkdir(parents=True, exist_ok=True)
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+    wanted = [x for s in wanted for x in (list(APPLE_SETS) if s == "apple" else [s])]
+    unknown = [s for s in wanted if s not in TIMM_SETS and s not in OFA_SETS and s not in APPLE_SETS]
+    if unknown:
+        sys.exit(f"unknown set {', '.join(unknown)}: use apple or any of {', '.join([*TIMM_SETS, *OFA_SETS, *APPLE_SETS])}")
     results = []
     t0 = time.time()
 
@@ -335,6 +433,10 @@ def main() -> None:
                 res = evaluate(s, pred, meas, flops, acts, sk, hw, {"dtype": dtype, "source": TIMM_SETS[s][0]})
             results.append(res)
             print(json.dumps(res), flush=True)
+
+    apple_wanted = [s for s in wanted if s in APPLE_SETS]
+    if apple_wanted:
+        results += run_apple(args, data, cache, apple_wanted)
 
     ofa_wanted = [s for s in wanted if s in OFA_SETS]
     if ofa_wanted:
