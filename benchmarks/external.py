@@ -335,6 +335,22 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
     return results
 
 
+def apple_table(results: list[dict]) -> str:
+    """The docs/BENCHMARKS.md table of the Apple sets (the disagreement report is left out)."""
+    head = ("| set | chip | profile | n | Kendall tau (ours / FLOPs / params / FLOPs+act fit) | tau, excluded rows kept "
+            "| median APE % after one scale (ours / FLOPs / params / fit) | scale |\n|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for r in results:
+        if "baselines" not in r:
+            continue
+        b = [r["baselines"][k] for k in ("flops_proportional", "params_proportional", "lstsq_flops_activations")]
+        tau = " / ".join(f"{x['kendall_tau']:.3f}" for x in [r, *b])
+        ape = " / ".join(f"{x['median_ape']:.1f}" for x in [r, *b])
+        kept = f"{r['kendall_tau_all_rows']:.3f}" if "kendall_tau_all_rows" in r else "-"
+        rows.append(f"| {r['set']} | {r['chip']} | {r['hw']} | {r['n']} | {tau} | {kept} | {ape} | {r['scale']:.3g} |")
+    return head + "\n".join(rows) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="shared/external-latency folder (found automatically)")
@@ -354,7 +370,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line]
-        print(kshot_table(rows) if rows and "k" in rows[0] else markdown_table(rows))
+        if rows and rows[0]["set"] == "apple-disagreements":
+            print(apple_table(rows))
+        else:
+            print(kshot_table(rows) if rows and "k" in rows[0] else markdown_table(rows))
         return
     if args.kshot and args.out == str(HERE / "results" / "external.jsonl"):
         args.out = str(HERE / "results" / "external_kshot.jsonl")

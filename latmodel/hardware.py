@@ -25,7 +25,11 @@ class FusionRule:
     each consumes the previous one's output and that output has no other reader. `pattern` is
     an exact chain instead ("?" marks an optional step, "|" alternatives). `prologue` op types
     feeding the kernel with no other reader are absorbed at no cost (e.g. a transposed operand
-    that a GEMM reads in place). Selectors are op types or "@category".
+    that a GEMM reads in place). `unary` op types may join the tail as a whole subgraph that is a
+    function of the previous op's output alone (GELU's erf form, SiLU as x * sigmoid(x),
+    HardSwish as x * hardsigmoid(x)), up to `max_unary` ops: hardware that applies an activation
+    to a result as it leaves the multiply array (the Neural Engine's post-processing stage) runs
+    any such function in the same kernel. Selectors are op types or "@category".
     """
 
     name: str
@@ -35,6 +39,8 @@ class FusionRule:
     pattern: tuple[str, ...] = ()
     prologue: tuple[str, ...] = ()
     category: str | None = None
+    unary: tuple[str, ...] = ()
+    max_unary: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,35 @@ class Fallback:
     launch_us: float
     switch_us: float
     transfer_gbps: float
+
+
+# ---- Neural Engine (kind = "npu") --------------------------------------------------------------
+# The mechanisms latmodel/neural_engine.py prices, each a switch (the ablation in docs/BENCHMARKS.md
+# turns them off one at a time): unary activations run in the multiply array's output stage
+# (epilogue); activations stay in the engine's buffer when a task's working set fits (l2) or in the
+# system-level cache (slc); depthwise convolutions run off the multiply array (depthwise); a fixed
+# cost per task (layer); 64-byte rows (align); which reshapes and transposes move data (layout);
+# ops the engine cannot run go to the GPU (fallback).
+ANE_MECHANISMS = ("epilogue", "l2", "slc", "depthwise", "layer", "align", "layout", "fallback")
+
+
+@dataclass(frozen=True)
+class NeuralEngine:
+    mechanisms: tuple[str, ...]
+    l2_mib: float  # a task's working set (input + output activations, bytes) that stays in the engine's buffer
+    l2_gbps: float  # bandwidth of that buffer
+
+
+def _neural_engine(d: dict, where: str) -> NeuralEngine | None:
+    if "ane" not in d:
+        return None
+    w = f"{where} ane"
+    mech = _strs(d["ane"], "mechanisms", w)
+    unknown = [m for m in mech if m not in ANE_MECHANISMS]
+    if unknown:
+        raise AutoVitError(f"hardware profile {w}: unknown mechanism {unknown[0]!r}; use any of {', '.join(ANE_MECHANISMS)}")
+    return NeuralEngine(mechanisms=mech, l2_mib=float(_get(d["ane"], "l2_mib", _NUM, w, positive=True)),
+                        l2_gbps=float(_get(d["ane"], "l2_gbps", _NUM, w, positive=True)))
 
 
 # Free parameters: what data sheets cannot give, and where each lives in a profile TOML
@@ -107,6 +142,11 @@ class HardwareProfile:
     fallback: Fallback | None = None
     source: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
+    ane: NeuralEngine | None = None  # kind = "npu": how the Neural Engine prices its tasks
+
+    def ane_uses(self, mechanism: str) -> bool:
+        """Whether this profile's Neural Engine model has `mechanism` switched on (False off the ANE)."""
+        return self.ane is not None and mechanism in self.ane.mechanisms
 
     def dtype_bytes(self, dtype: str) -> int:
         return DTYPE_BYTES[dtype]
@@ -178,6 +218,7 @@ def _fusion(d: dict, where: str) -> tuple[FusionRule, ...]:
             name=_get(r, "name", str, w), head=_strs(r, "head", w, ()), tail=_strs(r, "tail", w, ()),
             max_tail=_get(r, "max_tail", int, w, 0), pattern=_strs(r, "pattern", w, ()),
             prologue=_strs(r, "prologue", w, ()), category=_get(r, "category", str, w, None),
+            unary=_strs(r, "unary", w, ()), max_unary=_get(r, "max_unary", int, w, 0),
         )
         if not rule.head and not rule.pattern:
             raise AutoVitError(f"hardware profile {w}: a fusion rule needs 'head' or 'pattern'")
@@ -270,7 +311,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         elided=_strs(d, "layout.elided", where, ()), strided_readers=_strs(d, "layout.strided_readers", where, ()),
         nchw_conv_relayout=_strs(d, "layout.nchw_conv_relayout", where, ()),
         relayout_categories=_strs(d, "layout.relayout_categories", where, ("conv",)), fusion=_fusion(d, where), fallback=fb,
-        source=where, calibration=d.get("calibration", {}),
+        source=where, calibration=d.get("calibration", {}), ane=_neural_engine(d, where),
     )
 
 
