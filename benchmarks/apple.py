@@ -39,6 +39,17 @@ APPLE_SETS = {
     "apple-coremltools-a16": ("apple/coremltools-docs_iphone14pro.csv", "iphone14pro", "A16"),
     "apple-coremltools-a17": ("apple/coremltools-docs_iphone15pro.csv", "iphone15pro", "A17 Pro"),
 }
+# Held-out tables (benchmarks/data/apple-heldout/README.md): read from this repository, scored on
+# their chip's profile after the model was built; no row is excluded from them.
+HELDOUT_DIR = Path(__file__).resolve().parent / "data" / "apple-heldout"
+HELDOUT_SETS = {
+    "heldout-mobileone-a14": ("mobileone-readme_iphone12pro.csv", "iphone12", "A14"),
+    "heldout-fastvit-a14": ("fastvit-readme_iphone12pro.csv", "iphone12", "A14"),
+    "heldout-efficientformer-a14": ("efficientformer-readme_iphone12.csv", "iphone12", "A14"),
+    "heldout-efficientformerv2-a14": ("efficientformerv2-readme_iphone12.csv", "iphone12", "A14"),
+    "heldout-repvit-a14": ("repvit-readme_iphone12.csv", "iphone12", "A14"),
+}
+TABLES = {**APPLE_SETS, **HELDOUT_SETS}
 # Neural Engine generations in order (each at least as fast as the one before).
 CHIP_ORDER = ("A14", "A15", "A16", "A17 Pro")
 # Above this ratio two tables cannot both describe the same network on the Neural Engine.
@@ -73,13 +84,13 @@ def default_resolution(timm_name: str) -> int:
 
 
 def apple_rows(data: Path, sets: list[str] | None = None) -> dict[str, list[AppleRow]]:
-    """Rows with a timm model, per set, in table order."""
+    """Rows with a timm model, per set, in table order: the shared tables by default, any of
+    TABLES by name."""
     out: dict[str, list[AppleRow]] = {}
-    for name, (rel, _, chip) in APPLE_SETS.items():
-        if sets is not None and name not in sets:
-            continue
+    for name in (sets if sets is not None else list(APPLE_SETS)):
+        rel, _, chip = TABLES[name]
         rows = []
-        with open(data / rel) as f:
+        with open((HELDOUT_DIR if name in HELDOUT_SETS else data) / rel) as f:
             for r in csv.DictReader(f):
                 if not r["timm_name"]:
                     continue

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from apple import APPLE_SETS, apple_rows, disagreements, excluded_rows, residual_png  # noqa: E402
+from apple import APPLE_SETS, HELDOUT_SETS, TABLES, apple_rows, disagreements, excluded_rows, residual_png  # noqa: E402
 
 TIMM_SETS = {
     "rtx3090": ("timm/benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv", "rtx3090", "fp16"),
@@ -301,7 +301,7 @@ def apple_result(name: str, priced: list, sk: dict, excluded: dict[str, str], mo
     acts = [float(sum(c.out_elems for c in models[r.key].costs.values())) for r, _ in kept]
     params = [float(e.params) for _, e in kept]
     res = evaluate(name, pred, meas, flops, acts, sk, profile.name,
-                   {"dtype": "fp16", "source": APPLE_SETS[name][0], "chip": APPLE_SETS[name][2]}, params)
+                   {"dtype": "fp16", "source": TABLES[name][0], "chip": TABLES[name][2]}, params)
     res["excluded"] = {r.label: excluded[r.label] for r, _, ex in priced if ex}
     if res["excluded"]:
         allp = [(e.latency_ms, r.latency_ms) for r, e, _ in priced]
@@ -318,16 +318,16 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
     """Score each wanted Apple table on its chip's profile (or --apple-hw); print JSON per table."""
     from autovit.latmodel.hardware import load_profile
 
-    rows = apple_rows(data)
+    rows = apple_rows(data)  # the rule and the cross-table check run on the shared tables only
     excluded = excluded_rows(rows)
     report = {"set": "apple-disagreements", **disagreements(rows), "excluded": excluded}
     print(json.dumps(report), flush=True)
-    sel = {s: rows[s] for s in wanted}
+    sel = apple_rows(data, wanted)
     models, skip = apple_models(sel, cache, args.jobs)
     plots = Path(args.plots) if args.plots else None
     results = [report]
     for s in wanted:
-        profile = load_profile(args.apple_hw or APPLE_SETS[s][1])
+        profile = load_profile(args.apple_hw or TABLES[s][1])
         priced, sk = apple_priced(sel[s], models, skip, excluded, profile)
         res = apple_result(s, priced, sk, excluded, models, profile, plots)
         results.append(res)
@@ -355,7 +355,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="shared/external-latency folder (found automatically)")
     ap.add_argument("--sets", default=",".join(list(TIMM_SETS) + list(OFA_SETS)),
-                    help="comma-separated set names; 'apple' = every Apple table (" + ", ".join(APPLE_SETS) + ")")
+                    help="comma-separated set names; 'apple' = every published Apple table (" + ", ".join(APPLE_SETS)
+                    + "), 'heldout' = the held-out README tables (" + ", ".join(HELDOUT_SETS) + ")")
     ap.add_argument("--n", type=int, default=300, help="timm rows per set (0 = all)")
     ap.add_argument("--ofa-n", type=int, default=400, help="OFA subnets (0 = all 5,000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -385,10 +386,11 @@ def main() -> None:
     cache = Path(args.cache)
     _graph_path(cache, "x").parent.mkdir(parents=True, exist_ok=True)
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
-    wanted = [x for s in wanted for x in (list(APPLE_SETS) if s == "apple" else [s])]
-    unknown = [s for s in wanted if s not in TIMM_SETS and s not in OFA_SETS and s not in APPLE_SETS]
+    aliases = {"apple": list(APPLE_SETS), "heldout": list(HELDOUT_SETS)}
+    wanted = [x for s in wanted for x in aliases.get(s, [s])]
+    unknown = [s for s in wanted if s not in TIMM_SETS and s not in OFA_SETS and s not in TABLES]
     if unknown:
-        sys.exit(f"unknown set {', '.join(unknown)}: use apple or any of {', '.join([*TIMM_SETS, *OFA_SETS, *APPLE_SETS])}")
+        sys.exit(f"unknown set {', '.join(unknown)}: use apple, heldout or any of {', '.join([*TIMM_SETS, *OFA_SETS, *TABLES])}")
     results = []
     t0 = time.time()
 
@@ -453,7 +455,7 @@ def main() -> None:
             results.append(res)
             print(json.dumps(res), flush=True)
 
-    apple_wanted = [s for s in wanted if s in APPLE_SETS]
+    apple_wanted = [s for s in wanted if s in TABLES]
     if apple_wanted:
         results += run_apple(args, data, cache, apple_wanted)
 

@@ -61,10 +61,12 @@ class Fallback:
 # The mechanisms latmodel/neural_engine.py prices, each a switch (the ablation in docs/BENCHMARKS.md
 # turns them off one at a time): unary activations run in the multiply array's output stage
 # (epilogue); activations stay in the engine's buffer when a task's working set fits (l2) or in the
-# system-level cache (slc); depthwise convolutions run off the multiply array (depthwise); a fixed
-# cost per task (layer); 64-byte rows (align); which reshapes and transposes move data (layout);
-# ops the engine cannot run go to the GPU (fallback).
-ANE_MECHANISMS = ("epilogue", "l2", "slc", "depthwise", "layer", "align", "layout", "fallback")
+# system-level cache (slc); a fixed cost per task (layer); a matmul of two activations runs one
+# task per batch element, i.e. per head and patch (heads); 64-byte rows (align); which reshapes
+# and transposes move data (layout); ops the engine cannot run go to the GPU (fallback);
+# depthwise convolutions on the planar path instead of the multiply array (depthwise, tried and
+# left off by the Apple profiles: docs/BENCHMARKS.md).
+ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "align", "layout", "fallback", "depthwise")
 
 
 @dataclass(frozen=True)

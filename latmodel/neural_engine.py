@@ -19,14 +19,18 @@ has the ablation, docs/COST_MODEL.md the sources):
   stream through the system-level cache (mechanism slc: `memory.cache_mib` at
   `memory.cache_gbps`) or, beyond it, DRAM. Weights always stream from DRAM: the buffer holds a
   task's input and output, not its weights.
-- depthwise: a depthwise convolution has no input-channel reduction for the multiply array; it
-  runs at the planar path's rate (`compute.vector_tflops`).
 - layer: every task pays a fixed setup cost (`overhead.launch_us`).
+- heads: the multiply array takes one operand of a matmul as its kernel, loaded like weights; a
+  batched matmul of two activations (attention scores and their use, per head and patch) has a
+  different kernel per batch element and runs as that many tasks, each paying the task cost.
 - align: the last axis of every buffer is padded to `memory.last_axis_align_bytes` (64).
 - layout (kernels.py and here): a reshape or slice that keeps the last axis only re-addresses
   rows (free); one that changes it repacks every row (a copy at bandwidth); a transpose that
   puts another axis last moves single elements and pays `efficiency.layout_penalty` per byte.
 - fallback: ops the engine cannot run go to the GPU (`[fallback]`), with a switch each way.
+- depthwise (not in the Apple profiles' list): depthwise convolutions at the planar path's rate
+  (`compute.vector_tflops`), as if the multiply array could not reduce over one channel; the
+  published tables rank better without it (docs/BENCHMARKS.md, ablation).
 """
 from __future__ import annotations
 
@@ -87,6 +91,14 @@ class NeuralEngineTimer:
             return flops / (p.matrix_tflops[self.dtype] * 1e12 * eff)
         return flops / (p.vector_tflops[self.dtype] * 1e12 * p.eff_vector)
 
+    def tasks(self, k: Kernel) -> int:
+        """Neural Engine tasks a kernel runs as: one, or one per batch element of a matmul of two
+        activations (mechanism heads)."""
+        if "heads" in self.on and k.category == "attention" and k.klass == "matrix" and k.gemm is not None:
+            count = k.gemm[0] * (self.scale if k.batch_in == "count" else 1.0)
+            return max(1, round(count))
+        return 1
+
     def time(self, k: Kernel) -> KernelTime:
         p = self.p
         if k.unsupported and p.fallback is not None and "fallback" in self.on:
@@ -99,7 +111,7 @@ class NeuralEngineTimer:
         if k.klass == "layout" and k.moves_last_axis and "layout" in self.on:
             t_memory *= p.layout_penalty
         t_compute = 0.0 if k.klass == "layout" else self.compute_s(k)
-        launch = p.launch_us * 1e-6 if "layer" in self.on else 0.0
+        launch = p.launch_us * 1e-6 * self.tasks(k) if "layer" in self.on else 0.0
         t = launch + max(t_compute, t_memory)
         bound = "overhead" if max(t_compute, t_memory) < launch else ("compute" if t_compute >= t_memory else "memory")
         flops = k.flops * self.scale
