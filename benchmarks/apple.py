@@ -49,6 +49,9 @@ HELDOUT_SETS = {
     "heldout-efficientformerv2-a14": ("efficientformerv2-readme_iphone12.csv", "iphone12", "A14"),
     "heldout-repvit-a14": ("repvit-readme_iphone12.csv", "iphone12", "A14"),
 }
+# One table per team ranks a single family, which any predictor orders; pooled, the five A14 tables
+# are a cross-family check (different teams' exports, same chip).
+HELDOUT_SETS["heldout-pooled-a14"] = (tuple(rel for rel, _, _ in HELDOUT_SETS.values()), "iphone12", "A14")
 TABLES = {**APPLE_SETS, **HELDOUT_SETS}
 # Neural Engine generations in order (each at least as fast as the one before).
 CHIP_ORDER = ("A14", "A15", "A16", "A17 Pro")
@@ -90,12 +93,13 @@ def apple_rows(data: Path, sets: list[str] | None = None) -> dict[str, list[Appl
     for name in (sets if sets is not None else list(APPLE_SETS)):
         rel, _, chip = TABLES[name]
         rows = []
-        with open((HELDOUT_DIR if name in HELDOUT_SETS else data) / rel) as f:
-            for r in csv.DictReader(f):
-                if not r["timm_name"]:
-                    continue
-                res = int(r["resolution"]) if r["resolution"].strip() else default_resolution(r["timm_name"])
-                rows.append(AppleRow(name, r["model"], r["timm_name"], res, float(r["latency_ms"]), chip))
+        for part in (rel if isinstance(rel, tuple) else (rel,)):
+            with open((HELDOUT_DIR if name in HELDOUT_SETS else data) / part) as f:
+                for r in csv.DictReader(f):
+                    if not r["timm_name"]:
+                        continue
+                    res = int(r["resolution"]) if r["resolution"].strip() else default_resolution(r["timm_name"])
+                    rows.append(AppleRow(name, r["model"], r["timm_name"], res, float(r["latency_ms"]), chip))
         out[name] = rows
     return out
 

@@ -252,6 +252,10 @@ def markdown_table(results: list[dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _as_tuple(x) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
 def apple_models(rows: dict, cache: Path, jobs: int) -> tuple[dict, dict[str, str]]:
     """LatencyModel per graph key of the Apple rows (exported re-parameterised, cached), and the
     reason for each key that could not be priced."""
@@ -301,7 +305,7 @@ def apple_result(name: str, priced: list, sk: dict, excluded: dict[str, str], mo
     acts = [float(sum(c.out_elems for c in models[r.key].costs.values())) for r, _ in kept]
     params = [float(e.params) for _, e in kept]
     res = evaluate(name, pred, meas, flops, acts, sk, profile.name,
-                   {"dtype": "fp16", "source": TABLES[name][0], "chip": TABLES[name][2]}, params)
+                   {"dtype": "fp16", "source": " + ".join(_as_tuple(TABLES[name][0])), "chip": TABLES[name][2]}, params)
     res["excluded"] = {r.label: excluded[r.label] for r, _, ex in priced if ex}
     if res["excluded"]:
         allp = [(e.latency_ms, r.latency_ms) for r, e, _ in priced]
