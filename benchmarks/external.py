@@ -188,34 +188,38 @@ def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list
     """Calibrate `profile` on k seeded rows of a set, evaluate on the others; the FLOPs- and
     parameter-proportional baselines are fitted on the same k rows. Errors are not rescaled:
     the calibration has to get the milliseconds right."""
+    order = list(range(len(nets)))
+    random.Random(seed).shuffle(order)
+    train, test = order[:k], order[k:]
+    pick = lambda idx: ([nets[i] for i in idx], [meas[i] for i in idx], [flops[i] for i in idx])  # noqa: E731
+    return {"set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed,
+            **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
+
+
+def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple) -> dict:
+    """Fit `profile`'s free parameters to the `train` networks, score it on the `test` ones
+    (each a tuple of nets [(LatencyModel, batch, params)], measured ms, FLOPs); the FLOPs- and
+    parameter-proportional baselines are fitted on the same training rows."""
     from autovit.latmodel.fit import ProfileCalibrator
     from autovit.latmodel.metrics import summary
     from autovit.latmodel.validate import proportional_factor
 
-    n = len(nets)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    train, test = order[:k], order[k:]
-    m = np.array(meas)
-    pricers = [lambda p, lm=lm, b=b: lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets]
+    (tr_nets, tr_meas, tr_flops), (te_nets, te_meas, te_flops) = train, test
+    price = lambda nets, p: np.array([lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets])  # noqa: E731
     t0 = time.time()
     cal = ProfileCalibrator(profile)
-    fit = cal.fit_pricers([pricers[i] for i in train], m[train].tolist(), ["network"] * k)
+    pricers = [lambda p, lm=lm, b=b: lm.estimate(p, b, dtype).latency_ms for lm, b, _ in tr_nets]
+    fit = cal.fit_pricers(pricers, list(tr_meas), ["network"] * len(tr_nets))
     fitted = cal.fitted_profile()
-    ours = np.array([pricers[i](fitted) for i in test])
-    before = np.array([pricers[i](profile) for i in test])
-    f = np.array(flops)
-    params = np.array([pp for _, _, pp in nets])
-    base = {"flops": proportional_factor(f[train], m[train]) * f[test],
-            "params": proportional_factor(params[train], m[train]) * params[test]}
+    m_tr, mt = np.array(tr_meas), np.array(te_meas)
+    params_tr, params_te = np.array([p for _, _, p in tr_nets]), np.array([p for _, _, p in te_nets])
+    base = {"flops": proportional_factor(np.array(tr_flops), m_tr) * np.array(te_flops),
+            "params": proportional_factor(params_tr, m_tr) * params_te}
     keep = ("kendall_tau", "spearman", "median_ape", "mape", "within_10", "within_25")
-    mt = m[test]
+    rounded = lambda pred: {key: round(v, 4) for key, v in summary(pred, mt, rescale=False).items() if key in keep}  # noqa: E731
     return {
-        "set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed,
-        **{key: round(v, 4) for key, v in summary(ours, mt, rescale=False).items() if key in keep},
-        "uncalibrated": {key: round(v, 4) for key, v in summary(before, mt, rescale=False).items() if key in keep},
-        "baselines": {b: {key: round(v, 4) for key, v in summary(p, mt, rescale=False).items() if key in keep}
-                      for b, p in base.items()},
+        **rounded(price(te_nets, fitted)), "uncalibrated": rounded(price(te_nets, profile)),
+        "baselines": {b: rounded(p) for b, p in base.items()},
         "fitted": {key: round(v, 5) for key, v in fit.params.items()}, "at_bound": fit.at_bound,
         "train_rms_log_error": round(fit.rms_log_error, 4), "fit_s": round(time.time() - t0, 1),
     }
@@ -229,7 +233,8 @@ def kshot_table(results: list[dict]) -> str:
     rows = []
     for r in results:
         u, f, p = r["uncalibrated"], r["baselines"]["flops"], r["baselines"]["params"]
-        rows.append(f"| {r['set']} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
+        label = r["set"] + (f" (calibrated on {r['calibrated_on']})" if "calibrated_on" in r else "")
+        rows.append(f"| {label} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
                     f"{f['kendall_tau']:.3f} / {p['kendall_tau']:.3f} | {r['median_ape']:.1f} / {u['median_ape']:.1f} / "
                     f"{f['median_ape']:.1f} / {p['median_ape']:.1f} | {r['within_10']:.1f} | "
                     f"{', '.join(r['at_bound']) or '-'} |")
@@ -326,17 +331,103 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
     excluded = excluded_rows(rows)
     report = {"set": "apple-disagreements", **disagreements(rows), "excluded": excluded}
     print(json.dumps(report), flush=True)
-    sel = apple_rows(data, wanted)
+    calibrate_on = getattr(args, "calibrate_on", None)
+    sel = apple_rows(data, list(dict.fromkeys(wanted + ([calibrate_on] if calibrate_on else []))))
     models, skip = apple_models(sel, cache, args.jobs)
+    profiles = {s: load_profile(args.apple_hw or TABLES[s][1]) for s in sel}
+    if args.ablation:
+        return run_apple_ablation({s: sel[s] for s in wanted}, profiles, models, skip, excluded)
+    if args.kshot:
+        return run_apple_kshot({s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {}),
+                               profiles, models, skip, excluded, args.kshot, args.seed, calibrate_on)
     plots = Path(args.plots) if args.plots else None
     results = [report]
     for s in wanted:
-        profile = load_profile(args.apple_hw or TABLES[s][1])
+        profile = profiles[s]
         priced, sk = apple_priced(sel[s], models, skip, excluded, profile)
         res = apple_result(s, priced, sk, excluded, models, profile, plots)
         results.append(res)
         print(json.dumps(res), flush=True)
     return results
+
+
+def apple_nets(rows: list, models: dict, skip: dict, excluded: dict) -> tuple[list, list, list]:
+    """(nets [(LatencyModel, batch 1, params)], measured ms, FLOPs) of a table's kept rows."""
+    kept = [r for r in rows if r.key not in skip and r.label not in excluded]
+    nets = [(models[r.key], 1, float(models[r.key].graph.params)) for r in kept]
+    flops = [sum(c.flops for c in models[r.key].costs.values()) for r in kept]
+    return nets, [r.latency_ms for r in kept], flops
+
+
+def _variants(profile) -> dict:
+    """The profile with each Neural Engine mechanism switched off in turn ("-name"), and each
+    mechanism it leaves off switched on ("+name")."""
+    from dataclasses import replace
+
+    from autovit.latmodel.hardware import ANE_MECHANISMS
+    from autovit.latmodel.neural_engine import without
+
+    out = {"all": profile}
+    for m in ANE_MECHANISMS:
+        if m in profile.ane.mechanisms:
+            out[f"-{m}"] = without(profile, m)
+        else:
+            out[f"+{m}"] = replace(profile, ane=replace(profile.ane, mechanisms=profile.ane.mechanisms + (m,)))
+    return out
+
+
+def run_apple_ablation(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict) -> list[dict]:
+    """Kendall tau of every table with each mechanism switched off in turn (+ the FLOPs tau)."""
+    from scipy import stats
+
+    results = []
+    for s, rows in tables.items():
+        nets, meas, flops = apple_nets(rows, models, skip, excluded)
+        tau = {name: round(float(stats.kendalltau([lm.estimate(p, 1, "fp16").latency_ms for lm, _, _ in nets],
+                                                  meas).statistic), 4)
+               for name, p in _variants(profiles[s]).items()}
+        res = {"set": s, "hw": profiles[s].name, "n": len(nets), "ablation_tau": tau,
+               "flops_tau": round(float(stats.kendalltau(flops, meas).statistic), 4)}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
+def run_apple_kshot(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict, k: int, seed: int,
+                    calibrate_on: str | None) -> list[dict]:
+    """--kshot K: calibrate on K seeded rows of each table and test on its other rows; with
+    --calibrate-on SET, calibrate on K seeded rows of SET and test on every other table of its chip."""
+    results = []
+    if calibrate_on is None:
+        todo = [(s, s) for s in tables]
+    else:
+        todo = [(calibrate_on, s) for s in tables if s != calibrate_on and TABLES[s][2] == TABLES[calibrate_on][2]]
+    for cal, s in todo:
+        nets, meas, flops = apple_nets(tables[cal], models, skip, excluded)
+        if len(nets) < k + (3 if cal == s else 0):
+            print(f"{cal}: {len(nets)} rows, too few for K = {k}; skipped", file=sys.stderr)
+            continue
+        if cal == s:
+            res = kshot_evaluate(s, profiles[s], "fp16", nets, meas, flops, k, seed)
+        else:
+            order = list(range(len(nets)))
+            random.Random(seed).shuffle(order)
+            train = tuple([x[i] for i in order[:k]] for x in (nets, meas, flops))
+            test = apple_nets(tables[s], models, skip, excluded)
+            res = {"set": s, "hw": profiles[s].name, "k": k, "n_test": len(test[0]), "seed": seed, "calibrated_on": cal,
+                   **calibrated_evaluate(profiles[cal], "fp16", train, test)}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
+def ablation_table(results: list[dict]) -> str:
+    """The docs/BENCHMARKS.md ablation table: tau per table, all mechanisms on and each switched off."""
+    names = list(results[0]["ablation_tau"])
+    head = "| set | n | FLOPs | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names) + "\n"
+    rows = [f"| {r['set']} | {r['n']} | {r['flops_tau']:.3f} | " + " | ".join(f"{r['ablation_tau'][m]:.3f}" for m in names) + " |"
+            for r in results]
+    return head + "\n".join(rows) + "\n"
 
 
 def apple_table(results: list[dict]) -> str:
@@ -371,15 +462,23 @@ def main() -> None:
                     help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest")
     ap.add_argument("--apple-hw", metavar="PROFILE", help="price every Apple table on this profile (default: its chip's)")
     ap.add_argument("--plots", metavar="DIR", help="write a residual PNG per Apple table here")
+    ap.add_argument("--ablation", action="store_true",
+                    help="Apple tables: Kendall tau with each Neural Engine mechanism switched off in turn")
+    ap.add_argument("--calibrate-on", metavar="SET",
+                    help="with --kshot K: calibrate on K rows of this Apple table, test on the other tables of its chip")
     ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a results file and exit")
     args = ap.parse_args()
     if args.table:
         rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line]
-        if rows and rows[0]["set"] == "apple-disagreements":
+        if rows and "ablation_tau" in rows[0]:
+            print(ablation_table(rows))
+        elif rows and rows[0]["set"] == "apple-disagreements":
             print(apple_table(rows))
         else:
             print(kshot_table(rows) if rows and "k" in rows[0] else markdown_table(rows))
         return
+    if args.calibrate_on and (not args.kshot or args.calibrate_on not in TABLES):
+        sys.exit("--calibrate-on needs --kshot K and one of the Apple tables: " + ", ".join(TABLES))
     if args.kshot and args.out == str(HERE / "results" / "external.jsonl"):
         args.out = str(HERE / "results" / "external_kshot.jsonl")
 

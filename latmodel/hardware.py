@@ -64,9 +64,10 @@ class Fallback:
 # system-level cache (slc); a fixed cost per task (layer); a matmul of two activations runs one
 # task per batch element, i.e. per head and patch (heads); 64-byte rows (align); which reshapes
 # and transposes move data (layout); ops the engine cannot run go to the GPU (fallback);
-# depthwise convolutions on the planar path instead of the multiply array (depthwise, tried and
-# left off by the Apple profiles: docs/BENCHMARKS.md).
-ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "align", "layout", "fallback", "depthwise")
+# two hypotheses tried and left off by the Apple profiles (docs/BENCHMARKS.md): depthwise
+# convolutions on the planar path instead of the multiply array (depthwise); copies through
+# rank-5+ tensors leave the engine for the fallback (rank5).
+ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "align", "layout", "fallback", "depthwise", "rank5")
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,14 @@ def form_kernels(g: OpGraph, costs: dict[str, OpCost], profile: HardwareProfile)
     """Group the ops of `g` into kernels according to `profile`'s fusion rules."""
     former = _Former(g, costs, profile)
     unsupported = set(profile.fallback.unsupported_ops) if profile.fallback else set()
-    return [_merge(g, costs, ops, rule, former, unsupported) for ops, rule in former.form()]
+    kernels = [_merge(g, costs, ops, rule, former, unsupported) for ops, rule in former.form()]
+    if profile.ane_uses("rank5") and profile.fallback is not None:
+        # Core ML's "ND" layers (tensors of any rank) do not run on the Neural Engine
+        # (hollance/neural-engine, unsupported layers): a copy through a rank-5+ tensor leaves it.
+        for k in kernels:
+            if k.klass == "layout" and any(len(s) >= 5 for s in k.act_shapes):
+                k.unsupported = True
+    return kernels
 
 
 # Ops that only re-index a tensor: on the Neural Engine they cost nothing while whole rows stay rows.

@@ -28,9 +28,12 @@ has the ablation, docs/COST_MODEL.md the sources):
   rows (free); one that changes it repacks every row (a copy at bandwidth); a transpose that
   puts another axis last moves single elements and pays `efficiency.layout_penalty` per byte.
 - fallback: ops the engine cannot run go to the GPU (`[fallback]`), with a switch each way.
-- depthwise (not in the Apple profiles' list): depthwise convolutions at the planar path's rate
-  (`compute.vector_tflops`), as if the multiply array could not reduce over one channel; the
-  published tables rank better without it (docs/BENCHMARKS.md, ablation).
+Two hypotheses are switches the Apple profiles leave off, because the published tables rank
+better without them (docs/BENCHMARKS.md, ablation):
+- depthwise: depthwise convolutions at the planar path's rate (`compute.vector_tflops`), as if
+  the multiply array could not reduce over a single channel;
+- rank5 (kernels.py): a copy through a rank-5+ tensor (the qkv split of timm's attention) runs
+  on the fallback engine, as Core ML's "ND" layers did.
 """
 from __future__ import annotations
 

@@ -231,3 +231,14 @@ def test_depthwise_mechanism_moves_depthwise_convs_to_the_planar_path():
     ratio = NeuralEngineTimer(on, "fp16", 1.0).compute_s(k) / NeuralEngineTimer(ANE, "fp16", 1.0).compute_s(k)
     assert ratio == pytest.approx(ANE.matrix_tflops["fp16"] * ANE.eff_matrix
                                   / (ANE.vector_tflops["fp16"] * ANE.eff_vector))
+
+
+def test_rank5_mechanism_sends_copies_through_rank5_tensors_to_the_fallback():
+    s = numpy_helper.from_array(np.array([1, 16, 3, 2, 8], dtype=np.int64), "s")
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["a"]),
+             helper.make_node("Transpose", ["a"], ["y"], perm=[2, 0, 3, 1, 4])]
+    g = _graph(nodes, (1, 16, 48), [s])
+    assert "rank5" in ANE_MECHANISMS and "rank5" not in ANE.ane.mechanisms
+    assert not any(k.unsupported for k in _kernels(g))
+    on = replace(ANE, ane=replace(ANE.ane, mechanisms=ANE.ane.mechanisms + ("rank5",)))
+    assert [k.unsupported for k in _kernels(g, on)] == [False, True]
