@@ -337,6 +337,8 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
     profiles = {s: load_profile(args.apple_hw or TABLES[s][1]) for s in sel}
     if args.ablation:
         return run_apple_ablation({s: sel[s] for s in wanted}, profiles, models, skip, excluded)
+    if args.loto:
+        return run_apple_loto({s: sel[s] for s in wanted}, profiles, models, skip, excluded)
     if args.kshot:
         return run_apple_kshot({s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {}),
                                profiles, models, skip, excluded, args.kshot, args.seed, calibrate_on)
@@ -421,6 +423,26 @@ def run_apple_kshot(tables: dict, profiles: dict, models: dict, skip: dict, excl
     return results
 
 
+def run_apple_loto(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict) -> list[dict]:
+    """Leave one table out: calibrate on every row of the other tables of a chip, test on the one left out."""
+    results = []
+    for s in tables:
+        others = [o for o in tables if o != s and TABLES[o][2] == TABLES[s][2]]
+        if not others or len(tables[s]) < 7:
+            continue
+        parts = [apple_nets(tables[o], models, skip, excluded) for o in others]
+        train = tuple(sum((list(p[i]) for p in parts), []) for i in range(3))
+        test = apple_nets(tables[s], models, skip, excluded)
+        if len(train[0]) < 10:  # fewer rows than the profile's free parameters cannot calibrate it
+            print(f"{s}: the other {TABLES[s][2]} tables have {len(train[0])} rows; skipped", file=sys.stderr)
+            continue
+        res = {"set": s, "hw": profiles[s].name, "k": len(train[0]), "n_test": len(test[0]), "seed": 0,
+               "calibrated_on": "+".join(others), **calibrated_evaluate(profiles[s], "fp16", train, test)}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
 def ablation_table(results: list[dict]) -> str:
     """The docs/BENCHMARKS.md ablation table: tau per table, all mechanisms on and each switched off."""
     names = list(results[0]["ablation_tau"])
@@ -464,6 +486,8 @@ def main() -> None:
     ap.add_argument("--plots", metavar="DIR", help="write a residual PNG per Apple table here")
     ap.add_argument("--ablation", action="store_true",
                     help="Apple tables: Kendall tau with each Neural Engine mechanism switched off in turn")
+    ap.add_argument("--loto", action="store_true",
+                    help="Apple tables: calibrate on every other table of the chip, test on the one left out")
     ap.add_argument("--calibrate-on", metavar="SET",
                     help="with --kshot K: calibrate on K rows of this Apple table, test on the other tables of its chip")
     ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a results file and exit")
