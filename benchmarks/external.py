@@ -468,6 +468,16 @@ def apple_table(results: list[dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def wanted_sets(text: str) -> list[str]:
+    """--sets: comma-separated names, 'apple' and 'heldout' standing for their tables."""
+    aliases = {"apple": list(APPLE_SETS), "heldout": list(HELDOUT_SETS)}
+    wanted = [x for s in text.split(",") if s.strip() for x in aliases.get(s.strip(), [s.strip()])]
+    unknown = [s for s in wanted if s not in TIMM_SETS and s not in OFA_SETS and s not in TABLES]
+    if unknown:
+        sys.exit(f"unknown set {', '.join(unknown)}: use apple, heldout or any of {', '.join([*TIMM_SETS, *OFA_SETS, *TABLES])}")
+    return wanted
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="shared/external-latency folder (found automatically)")
@@ -512,12 +522,7 @@ def main() -> None:
     data = find_data(args.data)
     cache = Path(args.cache)
     _graph_path(cache, "x").parent.mkdir(parents=True, exist_ok=True)
-    wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
-    aliases = {"apple": list(APPLE_SETS), "heldout": list(HELDOUT_SETS)}
-    wanted = [x for s in wanted for x in aliases.get(s, [s])]
-    unknown = [s for s in wanted if s not in TIMM_SETS and s not in OFA_SETS and s not in TABLES]
-    if unknown:
-        sys.exit(f"unknown set {', '.join(unknown)}: use apple, heldout or any of {', '.join([*TIMM_SETS, *OFA_SETS, *TABLES])}")
+    wanted = wanted_sets(args.sets)
     results = []
     t0 = time.time()
 
