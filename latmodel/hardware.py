@@ -62,12 +62,14 @@ class Fallback:
 # turns them off one at a time): unary activations run in the multiply array's output stage
 # (epilogue); activations stay in the engine's buffer when a task's working set fits (l2) or in the
 # system-level cache (slc); a fixed cost per task (layer); a matmul of two activations runs one
-# task per batch element, i.e. per head and patch (heads); 64-byte rows (align); which reshapes
-# and transposes move data (layout); ops the engine cannot run go to the GPU (fallback);
+# task per batch element, i.e. per head and patch (heads); dense 3x3 stride-1 convolutions use
+# Winograd (winograd); 64-byte rows (align); which reshapes and transposes move data (layout);
+# ops the engine cannot run go to the GPU (fallback);
 # two hypotheses tried and left off by the Apple profiles (docs/BENCHMARKS.md): depthwise
 # convolutions on the planar path instead of the multiply array (depthwise); copies through
 # rank-5+ tensors leave the engine for the fallback (rank5).
-ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "align", "layout", "fallback", "depthwise", "rank5")
+ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align", "layout", "fallback", "depthwise",
+                  "rank5")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class NeuralEngine:
     mechanisms: tuple[str, ...]
     l2_mib: float  # a task's working set (input + output activations, bytes) that stays in the engine's buffer
     l2_gbps: float  # bandwidth of that buffer
+    winograd_tile: int = 2  # output tile m of the Winograd F(m x m, 3x3) transform for dense 3x3 convolutions
 
 
 def _neural_engine(d: dict, where: str) -> NeuralEngine | None:
@@ -86,7 +89,8 @@ def _neural_engine(d: dict, where: str) -> NeuralEngine | None:
     if unknown:
         raise AutoVitError(f"hardware profile {w}: unknown mechanism {unknown[0]!r}; use any of {', '.join(ANE_MECHANISMS)}")
     return NeuralEngine(mechanisms=mech, l2_mib=float(_get(d["ane"], "l2_mib", _NUM, w, positive=True)),
-                        l2_gbps=float(_get(d["ane"], "l2_gbps", _NUM, w, positive=True)))
+                        l2_gbps=float(_get(d["ane"], "l2_gbps", _NUM, w, positive=True)),
+                        winograd_tile=_get(d["ane"], "winograd_tile", int, w, 2, positive=True))
 
 
 # Free parameters: what data sheets cannot give, and where each lives in a profile TOML

@@ -6,7 +6,11 @@ and its weights while the multiply array or the planar (elementwise) path comput
 
     t_task    = layer + max(t_compute, t_memory)
     t_compute = FLOPs / (peak[engine] x efficiency[engine])
-    t_memory  = activation bytes / bandwidth(where they live) + weight bytes / DRAM bandwidth
+    t_memory  = max(activation bytes / on-chip bandwidth, bytes through DRAM / DRAM bandwidth)
+
+Activations and weights move on separate DMA engines (the tile DMA and the 16-wide kernel DMA,
+tinygrad's description): activations held on chip stream while the weights come from DRAM;
+bytes that both need from DRAM share it.
 
 Each mechanism below is a switch in the profile's `[ane] mechanisms` list (docs/BENCHMARKS.md
 has the ablation, docs/COST_MODEL.md the sources):
@@ -23,6 +27,9 @@ has the ablation, docs/COST_MODEL.md the sources):
 - heads: the multiply array takes one operand of a matmul as its kernel, loaded like weights; a
   batched matmul of two activations (attention scores and their use, per head and patch) has a
   different kernel per batch element and runs as that many tasks, each paying the task cost.
+- winograd: the compiler runs dense 3x3 stride-1 convolutions through a Winograd transform
+  (ANE guide, ch. 4): F(m x m, 3x3) does (m + 2)^2 multiplies for an m x m output tile where
+  direct convolution does 9 m^2 (`ane.winograd_tile` = m; 2: 16 instead of 36).
 - align: the last axis of every buffer is padded to `memory.last_axis_align_bytes` (64).
 - layout (kernels.py and here): a reshape or slice that keeps the last axis only re-addresses
   rows (free); one that changes it repacks every row (a copy at bandwidth); a transpose that
@@ -91,6 +98,9 @@ class NeuralEngineTimer:
         on_array = k.klass == "matrix" or (k.category == "dwconv" and "depthwise" not in self.on)
         if on_array:
             eff = p.eff_gemm if k.category in ("linear", "attention") else p.eff_matrix
+            if k.winograd_3x3 and "winograd" in self.on:
+                m = p.ane.winograd_tile
+                flops *= (m + 2) ** 2 / (9 * m * m)
             return flops / (p.matrix_tflops[self.dtype] * 1e12 * eff)
         return flops / (p.vector_tflops[self.dtype] * 1e12 * p.eff_vector)
 
@@ -110,9 +120,12 @@ class NeuralEngineTimer:
             return KernelTime(k, 0.0, 0.0, 0.0, 0.0, 0.0, "overhead", 0.0, 0.0, p.name)
         act = self.act_bytes(k)
         w_bytes = k.w_elems * self.eb
-        t_memory = act / self.act_bandwidth(act) + w_bytes / self.dram
+        bw = self.act_bandwidth(act)
+        t_act = act / bw
         if k.klass == "layout" and k.moves_last_axis and "layout" in self.on:
-            t_memory *= p.layout_penalty
+            t_act *= p.layout_penalty
+        # The two DMA engines overlap; through DRAM their bytes add up.
+        t_memory = t_act + w_bytes / self.dram if bw == self.dram else max(t_act, w_bytes / self.dram)
         t_compute = 0.0 if k.klass == "layout" else self.compute_s(k)
         launch = p.launch_us * 1e-6 * self.tasks(k) if "layer" in self.on else 0.0
         t = launch + max(t_compute, t_memory)

@@ -242,3 +242,31 @@ def test_rank5_mechanism_sends_copies_through_rank5_tensors_to_the_fallback():
     assert not any(k.unsupported for k in _kernels(g))
     on = replace(ANE, ane=replace(ANE.ane, mechanisms=ANE.ane.mechanisms + ("rank5",)))
     assert [k.unsupported for k in _kernels(g, on)] == [False, True]
+
+
+def test_weights_and_onchip_activations_stream_at_once_but_share_dram():
+    timer = NeuralEngineTimer(ANE, "fp16", 1.0)
+    dram = ANE.dram_gbps * 1e9 * ANE.eff_memory
+    small = _vector(0, (1, 64, 32, 32))  # 128 KB each way: in the buffer
+    small.in_elems = small.out_elems = 64 * 32 * 32
+    small.w_elems = 1 << 20
+    act = timer.act_bytes(small)
+    assert timer.time(small).memory_ms == pytest.approx(max(act / (ANE.ane.l2_gbps * 1e9), 2 * (1 << 20) / dram) * 1e3)
+    big = _vector(0, (1, 256, 256, 256))  # past the system cache: activations and weights both from DRAM
+    big.in_elems = big.out_elems = 256 ** 3
+    big.w_elems = 1 << 20
+    assert timer.time(big).memory_ms == pytest.approx((timer.act_bytes(big) + 2 * (1 << 20)) / dram * 1e3)
+
+
+def test_winograd_prices_dense_3x3_stride1_convolutions_at_fewer_multiplies():
+    def conv(stride, group=1, k=3):
+        return _graph([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[k // 2] * 4,
+                                        strides=[stride, stride], group=group)],
+                      (1, 64, 16, 16), [_init("w", (64, 64 // group, k, k))])
+    timer, off = NeuralEngineTimer(ANE, "fp16", 1.0), NeuralEngineTimer(without(ANE, "winograd"), "fp16", 1.0)
+    eligible = _kernels(conv(1))[0]
+    assert eligible.winograd_3x3
+    m = ANE.ane.winograd_tile
+    assert timer.compute_s(eligible) == pytest.approx(off.compute_s(eligible) * (m + 2) ** 2 / (9 * m * m))
+    for k in (_kernels(conv(2))[0], _kernels(conv(1, group=4))[0], _kernels(conv(1, k=5))[0]):
+        assert not k.winograd_3x3 and timer.compute_s(k) == off.compute_s(k)
