@@ -1,5 +1,8 @@
 """Time one kernel on one device, then a whole network.
 
+GPUs and CPUs use the roofline below (RooflineTimer); the Neural Engine prices its tasks with
+its own timer (neural_engine.NeuralEngineTimer), chosen by `timer_for`.
+
 Per kernel (all times in seconds inside, ms outside):
 
     t_compute = FLOPs / (peak[engine, dtype] * efficiency[engine] * utilization)
