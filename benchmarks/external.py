@@ -335,8 +335,9 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
     sel = apple_rows(data, list(dict.fromkeys(wanted + ([calibrate_on] if calibrate_on else []))))
     models, skip = apple_models(sel, cache, args.jobs)
     profiles = {s: load_profile(args.apple_hw or TABLES[s][1]) for s in sel}
-    if args.ablation:
-        return run_apple_ablation({s: sel[s] for s in wanted}, profiles, models, skip, excluded)
+    if args.ablation or args.sensitivity:
+        return run_apple_ablation({s: sel[s] for s in wanted}, profiles, models, skip, excluded,
+                                  _scaled_variants if args.sensitivity else None)
     if args.loto:
         return run_apple_loto({s: sel[s] for s in wanted}, profiles, models, skip, excluded)
     if args.kshot:
@@ -378,8 +379,32 @@ def _variants(profile) -> dict:
     return out
 
 
-def run_apple_ablation(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict) -> list[dict]:
-    """Kendall tau of every table with each mechanism switched off in turn (+ the FLOPs tau)."""
+# Figures of the Apple profiles that no document gives (assumptions) or that calibration fits.
+_ASSUMED = {"launch_us": ("launch_us",), "l2_mib": ("ane", "l2_mib"), "l2_gbps": ("ane", "l2_gbps"),
+            "cache_gbps": ("cache_gbps",), "eff_memory": ("eff_memory",), "eff_vector": ("eff_vector",),
+            "layout_penalty": ("layout_penalty",)}
+
+
+def _scaled_variants(profile) -> dict:
+    """The profile with each assumed figure halved ("name/2") and doubled ("name*2")."""
+    from dataclasses import replace
+
+    out = {"all": profile}
+    for name, path in _ASSUMED.items():
+        for label, f in (("/2", 0.5), ("*2", 2.0)):
+            if len(path) == 2:
+                ane = profile.ane
+                out[name + label] = replace(profile, ane=replace(ane, **{path[1]: getattr(ane, path[1]) * f}))
+            else:
+                v = getattr(profile, path[0]) * f
+                out[name + label] = replace(profile, **{path[0]: min(v, 1.0) if name.startswith("eff") else v})
+    return out
+
+
+def run_apple_ablation(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict,
+                       variants=None) -> list[dict]:
+    """Kendall tau of every table with each mechanism switched off in turn (+ the FLOPs tau);
+    `variants` (profile -> {label: profile}) replaces the mechanism switches, e.g. _scaled_variants."""
     from scipy import stats
 
     results = []
@@ -387,7 +412,7 @@ def run_apple_ablation(tables: dict, profiles: dict, models: dict, skip: dict, e
         nets, meas, flops = apple_nets(rows, models, skip, excluded)
         tau = {name: round(float(stats.kendalltau([lm.estimate(p, 1, "fp16").latency_ms for lm, _, _ in nets],
                                                   meas).statistic), 4)
-               for name, p in _variants(profiles[s]).items()}
+               for name, p in (variants or _variants)(profiles[s]).items()}
         res = {"set": s, "hw": profiles[s].name, "n": len(nets), "ablation_tau": tau,
                "flops_tau": round(float(stats.kendalltau(flops, meas).statistic), 4)}
         results.append(res)
@@ -496,6 +521,8 @@ def main() -> None:
     ap.add_argument("--plots", metavar="DIR", help="write a residual PNG per Apple table here")
     ap.add_argument("--ablation", action="store_true",
                     help="Apple tables: Kendall tau with each Neural Engine mechanism switched off in turn")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="Apple tables: Kendall tau with each assumed profile figure halved and doubled")
     ap.add_argument("--loto", action="store_true",
                     help="Apple tables: calibrate on every other table of the chip, test on the one left out")
     ap.add_argument("--calibrate-on", metavar="SET",
