@@ -66,7 +66,8 @@ def apple_rows_report(path: Path, top: int = 6) -> None:
             out.append({"model": rows[i]["model"], "res": rows[i]["res"], "ms": rows[i]["ms"], "r": round(float(resid[i]), 3),
                         "discordant_pairs": disc[i], "tau_without": round(tau_wo, 3)})
         print(json.dumps({"set": res["set"], "n": len(rows), "kendall_tau": res["kendall_tau"],
-                          "pairs": len(rows) * (len(rows) - 1) // 2, "most_discordant": out}))
+                          "pairs": len(rows) * (len(rows) - 1) // 2, "discordant_pairs": sum(disc) // 2,
+                          "most_discordant": out}))
 
 
 def main() -> None:
