@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from apple import APPLE_SETS, HELDOUT_SETS, TABLES, apple_rows, disagreements, excluded_rows, residual_png  # noqa: E402
+
 TIMM_SETS = {
     "rtx3090": ("timm/benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv", "rtx3090", "fp16"),
     "rtx4090": ("timm/benchmark-infer-amp-nchw-pt291-cu128-4090.csv", "rtx4090", "fp16"),
@@ -64,8 +66,10 @@ def _quiet_worker() -> None:
     os.dup2(devnull, 2)
 
 
-def _export_timm(model: str, size: int, out: str) -> str:
-    """Worker: timm model -> OpGraph pickle. Returns 'ok' or the reason it was skipped."""
+def _export_timm(model: str, size: int, out: str, reparam: bool = False) -> str:
+    """Worker: timm model -> OpGraph pickle. Returns 'ok' or the reason it was skipped.
+    `reparam`: fuse the training-time branches first (timm.utils.reparameterize_model), as a
+    model is deployed (MobileOne, FastViT, RepViT, ...)."""
     import warnings
 
     import torch
@@ -78,6 +82,10 @@ def _export_timm(model: str, size: int, out: str) -> str:
 
     try:
         m, side = timm_model(model, size)
+        if reparam:
+            from timm.utils import reparameterize_model
+
+            m = reparameterize_model(m)
         g = module_graph(m, (1, 3, size, size), source=f"timm:{model}@{size}")
     except AutoVitError as e:
         return f"skip: {str(e).split(';')[0]}"
@@ -155,22 +163,22 @@ def predict(graph_file: Path, hw: str, batch: int, dtype: str, profiles: dict):
 
 
 def evaluate(name: str, pred: list[float], meas: list[float], flops: list[float], acts: list[float],
-             skipped: dict[str, int], hw: str, extra: dict | None = None) -> dict:
+             skipped: dict[str, int], hw: str, extra: dict | None = None, params: list[float] | None = None) -> dict:
+    """Rank and error metrics of our predictions and of the baselines on one set; `params`
+    adds the parameter-proportional baseline."""
     from autovit.latmodel.metrics import lstsq_fit, summary
 
     p, m = np.array(pred), np.array(meas)
     f, a = np.array(flops), np.array(acts)
     ours = summary(p, m)
-    base_flops = summary(np.maximum(f, 1e-9), m)
-    base_fit = summary(lstsq_fit(np.column_stack([f, a]), m), m)
     keep = ("kendall_tau", "spearman", "median_ape", "within_10", "within_25")
+    baselines = {"flops_proportional": np.maximum(f, 1e-9), "lstsq_flops_activations": lstsq_fit(np.column_stack([f, a]), m)}
+    if params is not None:
+        baselines["params_proportional"] = np.maximum(np.array(params, float), 1e-9)
     return {
         "set": name, "hw": hw, "n": len(p), "skipped": skipped,
         **{k: round(ours[k], 4) for k in keep}, "scale": round(ours["scale"], 4),
-        "baselines": {
-            "flops_proportional": {k: round(base_flops[k], 4) for k in keep},
-            "lstsq_flops_activations": {k: round(base_fit[k], 4) for k in keep},
-        },
+        "baselines": {b: {k: round(v, 4) for k, v in summary(x, m).items() if k in keep} for b, x in baselines.items()},
         **(extra or {}),
     }
 
@@ -180,34 +188,38 @@ def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list
     """Calibrate `profile` on k seeded rows of a set, evaluate on the others; the FLOPs- and
     parameter-proportional baselines are fitted on the same k rows. Errors are not rescaled:
     the calibration has to get the milliseconds right."""
+    order = list(range(len(nets)))
+    random.Random(seed).shuffle(order)
+    train, test = order[:k], order[k:]
+    pick = lambda idx: ([nets[i] for i in idx], [meas[i] for i in idx], [flops[i] for i in idx])  # noqa: E731
+    return {"set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed,
+            **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
+
+
+def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple) -> dict:
+    """Fit `profile`'s free parameters to the `train` networks, score it on the `test` ones
+    (each a tuple of nets [(LatencyModel, batch, params)], measured ms, FLOPs); the FLOPs- and
+    parameter-proportional baselines are fitted on the same training rows."""
     from autovit.latmodel.fit import ProfileCalibrator
     from autovit.latmodel.metrics import summary
     from autovit.latmodel.validate import proportional_factor
 
-    n = len(nets)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    train, test = order[:k], order[k:]
-    m = np.array(meas)
-    pricers = [lambda p, lm=lm, b=b: lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets]
+    (tr_nets, tr_meas, tr_flops), (te_nets, te_meas, te_flops) = train, test
+    price = lambda nets, p: np.array([lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets])  # noqa: E731
     t0 = time.time()
     cal = ProfileCalibrator(profile)
-    fit = cal.fit_pricers([pricers[i] for i in train], m[train].tolist(), ["network"] * k)
+    pricers = [lambda p, lm=lm, b=b: lm.estimate(p, b, dtype).latency_ms for lm, b, _ in tr_nets]
+    fit = cal.fit_pricers(pricers, list(tr_meas), ["network"] * len(tr_nets))
     fitted = cal.fitted_profile()
-    ours = np.array([pricers[i](fitted) for i in test])
-    before = np.array([pricers[i](profile) for i in test])
-    f = np.array(flops)
-    params = np.array([pp for _, _, pp in nets])
-    base = {"flops": proportional_factor(f[train], m[train]) * f[test],
-            "params": proportional_factor(params[train], m[train]) * params[test]}
+    m_tr, mt = np.array(tr_meas), np.array(te_meas)
+    params_tr, params_te = np.array([p for _, _, p in tr_nets]), np.array([p for _, _, p in te_nets])
+    base = {"flops": proportional_factor(np.array(tr_flops), m_tr) * np.array(te_flops),
+            "params": proportional_factor(params_tr, m_tr) * params_te}
     keep = ("kendall_tau", "spearman", "median_ape", "mape", "within_10", "within_25")
-    mt = m[test]
+    rounded = lambda pred: {key: round(v, 4) for key, v in summary(pred, mt, rescale=False).items() if key in keep}  # noqa: E731
     return {
-        "set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed,
-        **{key: round(v, 4) for key, v in summary(ours, mt, rescale=False).items() if key in keep},
-        "uncalibrated": {key: round(v, 4) for key, v in summary(before, mt, rescale=False).items() if key in keep},
-        "baselines": {b: {key: round(v, 4) for key, v in summary(p, mt, rescale=False).items() if key in keep}
-                      for b, p in base.items()},
+        **rounded(price(te_nets, fitted)), "uncalibrated": rounded(price(te_nets, profile)),
+        "baselines": {b: rounded(p) for b, p in base.items()},
         "fitted": {key: round(v, 5) for key, v in fit.params.items()}, "at_bound": fit.at_bound,
         "train_rms_log_error": round(fit.rms_log_error, 4), "fit_s": round(time.time() - t0, 1),
     }
@@ -221,7 +233,8 @@ def kshot_table(results: list[dict]) -> str:
     rows = []
     for r in results:
         u, f, p = r["uncalibrated"], r["baselines"]["flops"], r["baselines"]["params"]
-        rows.append(f"| {r['set']} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
+        label = r["set"] + (f" (calibrated on {r['calibrated_on']})" if "calibrated_on" in r else "")
+        rows.append(f"| {label} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
                     f"{f['kendall_tau']:.3f} / {p['kendall_tau']:.3f} | {r['median_ape']:.1f} / {u['median_ape']:.1f} / "
                     f"{f['median_ape']:.1f} / {p['median_ape']:.1f} | {r['within_10']:.1f} | "
                     f"{', '.join(r['at_bound']) or '-'} |")
@@ -244,10 +257,258 @@ def markdown_table(results: list[dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def _as_tuple(x) -> tuple:
+    return x if isinstance(x, tuple) else (x,)
+
+
+def apple_models(rows: dict, cache: Path, jobs: int) -> tuple[dict, dict[str, str]]:
+    """LatencyModel per graph key of the Apple rows (exported re-parameterised, cached), and the
+    reason for each key that could not be priced."""
+    from autovit.latmodel.estimate import LatencyModel
+
+    keys = {r.key: r for rs in rows.values() for r in rs}
+    todo = [(_export_timm, k, r.timm_name, r.resolution, str(_graph_path(cache, k)), True)
+            for k, r in keys.items() if not _graph_path(cache, k).exists()]
+    status = _run_jobs(todo, jobs, "export Apple-table models")
+    models, skip = {}, {}
+    for k in sorted(keys):
+        gp = _graph_path(cache, k)
+        if not gp.exists():
+            skip[k] = status.get(k, "skip: export failed").removeprefix("skip: ")
+            continue
+        g = pickle.loads(gp.read_bytes())
+        if _unresolved_share(g) > 0.1:
+            skip[k] = "shapes not inferable"
+            continue
+        models[k] = LatencyModel(g)
+    return models, skip
+
+
+def apple_priced(rows: list, models: dict, skip: dict[str, str], excluded: dict[str, str], profile) -> tuple[list, dict]:
+    """(row, estimate) for every priced row of one table, and the skipped count per reason."""
+    priced, sk = [], {}
+    for r in rows:
+        if r.key in skip:
+            sk[skip[r.key]] = sk.get(skip[r.key], 0) + 1
+            continue
+        priced.append((r, models[r.key].estimate(profile, 1, "fp16"), r.label in excluded))
+    return priced, sk
+
+
+def apple_result(name: str, priced: list, sk: dict, excluded: dict[str, str], models: dict, profile,
+                 plots: Path | None) -> dict:
+    """One Apple table scored like the GPU/CPU sets (+ parameters baseline, per-row figures, the
+    excluded rows and tau with them kept, a residual PNG)."""
+    from scipy import stats
+
+    from autovit.latmodel.costs import CATEGORIES
+
+    kept = [(r, e) for r, e, ex in priced if not ex]
+    pred = [e.latency_ms for _, e in kept]
+    meas = [r.latency_ms for r, _ in kept]
+    flops = [e.flops for _, e in kept]
+    acts = [float(sum(c.out_elems for c in models[r.key].costs.values())) for r, _ in kept]
+    params = [float(e.params) for _, e in kept]
+    res = evaluate(name, pred, meas, flops, acts, sk, profile.name,
+                   {"dtype": "fp16", "source": " + ".join(_as_tuple(TABLES[name][0])), "chip": TABLES[name][2]}, params)
+    res["excluded"] = {r.label: excluded[r.label] for r, _, ex in priced if ex}
+    if res["excluded"]:
+        allp = [(e.latency_ms, r.latency_ms) for r, e, _ in priced]
+        res["kendall_tau_all_rows"] = round(float(stats.kendalltau(*zip(*allp)).statistic), 4)
+    res["rows"] = [{"model": r.timm_name, "res": r.resolution, "ms": r.latency_ms, "pred_ms": round(e.latency_ms, 4),
+                    "gflops": round(e.flops / 1e9, 3), "excluded": ex} for r, e, ex in priced]
+    if plots is not None and len(kept) >= 7:  # a residual plot of the 3-4-row doc tables says nothing
+        shares = [{c: e.breakdown.get(c, 0.0) / e.latency_ms for c in CATEGORIES} for _, e in kept]
+        residual_png(f"{name} on {profile.name}", pred, meas, shares, flops, plots / f"residuals_{name}.png")
+    return res
+
+
+def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
+    """Score each wanted Apple table on its chip's profile (or --apple-hw); print JSON per table."""
+    from autovit.latmodel.hardware import load_profile
+
+    rows = apple_rows(data)  # the rule and the cross-table check run on the shared tables only
+    excluded = excluded_rows(rows)
+    report = {"set": "apple-disagreements", **disagreements(rows), "excluded": excluded}
+    print(json.dumps(report), flush=True)
+    calibrate_on = getattr(args, "calibrate_on", None)
+    sel = apple_rows(data, list(dict.fromkeys(wanted + ([calibrate_on] if calibrate_on else []))))
+    models, skip = apple_models(sel, cache, args.jobs)
+    profiles = {s: load_profile(args.apple_hw or TABLES[s][1]) for s in sel}
+    if args.ablation or args.sensitivity:
+        return run_apple_ablation({s: sel[s] for s in wanted}, profiles, models, skip, excluded,
+                                  _scaled_variants if args.sensitivity else None)
+    if args.loto:
+        return run_apple_loto({s: sel[s] for s in wanted}, profiles, models, skip, excluded)
+    if args.kshot:
+        return run_apple_kshot({s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {}),
+                               profiles, models, skip, excluded, args.kshot, args.seed, calibrate_on)
+    plots = Path(args.plots) if args.plots else None
+    results = [report]
+    for s in wanted:
+        profile = profiles[s]
+        priced, sk = apple_priced(sel[s], models, skip, excluded, profile)
+        res = apple_result(s, priced, sk, excluded, models, profile, plots)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
+def apple_nets(rows: list, models: dict, skip: dict, excluded: dict) -> tuple[list, list, list]:
+    """(nets [(LatencyModel, batch 1, params)], measured ms, FLOPs) of a table's kept rows."""
+    kept = [r for r in rows if r.key not in skip and r.label not in excluded]
+    nets = [(models[r.key], 1, float(models[r.key].graph.params)) for r in kept]
+    flops = [sum(c.flops for c in models[r.key].costs.values()) for r in kept]
+    return nets, [r.latency_ms for r in kept], flops
+
+
+def _variants(profile) -> dict:
+    """The profile with each Neural Engine mechanism switched off in turn ("-name"), and each
+    mechanism it leaves off switched on ("+name")."""
+    from dataclasses import replace
+
+    from autovit.latmodel.hardware import ANE_MECHANISMS
+    from autovit.latmodel.neural_engine import without
+
+    out = {"all": profile}
+    for m in ANE_MECHANISMS:
+        if m in profile.ane.mechanisms:
+            out[f"-{m}"] = without(profile, m)
+        else:
+            out[f"+{m}"] = replace(profile, ane=replace(profile.ane, mechanisms=profile.ane.mechanisms + (m,)))
+    return out
+
+
+# Figures of the Apple profiles that no document gives (assumptions) or that calibration fits.
+_ASSUMED = {"launch_us": ("launch_us",), "l2_mib": ("ane", "l2_mib"), "l2_gbps": ("ane", "l2_gbps"),
+            "cache_gbps": ("cache_gbps",), "eff_memory": ("eff_memory",), "eff_vector": ("eff_vector",),
+            "layout_penalty": ("layout_penalty",)}
+
+
+def _scaled_variants(profile) -> dict:
+    """The profile with each assumed figure halved ("name/2") and doubled ("name*2")."""
+    from dataclasses import replace
+
+    out = {"all": profile}
+    for name, path in _ASSUMED.items():
+        for label, f in (("/2", 0.5), ("*2", 2.0)):
+            if len(path) == 2:
+                ane = profile.ane
+                out[name + label] = replace(profile, ane=replace(ane, **{path[1]: getattr(ane, path[1]) * f}))
+            else:
+                v = getattr(profile, path[0]) * f
+                out[name + label] = replace(profile, **{path[0]: min(v, 1.0) if name.startswith("eff") else v})
+    return out
+
+
+def run_apple_ablation(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict,
+                       variants=None) -> list[dict]:
+    """Kendall tau of every table with each mechanism switched off in turn (+ the FLOPs tau);
+    `variants` (profile -> {label: profile}) replaces the mechanism switches, e.g. _scaled_variants."""
+    from scipy import stats
+
+    results = []
+    for s, rows in tables.items():
+        nets, meas, flops = apple_nets(rows, models, skip, excluded)
+        tau = {name: round(float(stats.kendalltau([lm.estimate(p, 1, "fp16").latency_ms for lm, _, _ in nets],
+                                                  meas).statistic), 4)
+               for name, p in (variants or _variants)(profiles[s]).items()}
+        res = {"set": s, "hw": profiles[s].name, "n": len(nets), "ablation_tau": tau,
+               "flops_tau": round(float(stats.kendalltau(flops, meas).statistic), 4)}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
+def run_apple_kshot(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict, k: int, seed: int,
+                    calibrate_on: str | None) -> list[dict]:
+    """--kshot K: calibrate on K seeded rows of each table and test on its other rows; with
+    --calibrate-on SET, calibrate on K seeded rows of SET and test on every other table of its chip."""
+    results = []
+    if calibrate_on is None:
+        todo = [(s, s) for s in tables]
+    else:
+        todo = [(calibrate_on, s) for s in tables if s != calibrate_on and TABLES[s][2] == TABLES[calibrate_on][2]]
+    for cal, s in todo:
+        nets, meas, flops = apple_nets(tables[cal], models, skip, excluded)
+        if len(nets) < k + (3 if cal == s else 0):
+            print(f"{cal}: {len(nets)} rows, too few for K = {k}; skipped", file=sys.stderr)
+            continue
+        if cal == s:
+            res = kshot_evaluate(s, profiles[s], "fp16", nets, meas, flops, k, seed)
+        else:
+            order = list(range(len(nets)))
+            random.Random(seed).shuffle(order)
+            train = tuple([x[i] for i in order[:k]] for x in (nets, meas, flops))
+            test = apple_nets(tables[s], models, skip, excluded)
+            res = {"set": s, "hw": profiles[s].name, "k": k, "n_test": len(test[0]), "seed": seed, "calibrated_on": cal,
+                   **calibrated_evaluate(profiles[cal], "fp16", train, test)}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
+def run_apple_loto(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict) -> list[dict]:
+    """Leave one table out: calibrate on every row of the other tables of a chip, test on the one left out."""
+    results = []
+    for s in tables:
+        others = [o for o in tables if o != s and TABLES[o][2] == TABLES[s][2]]
+        if not others or len(tables[s]) < 7:
+            continue
+        parts = [apple_nets(tables[o], models, skip, excluded) for o in others]
+        train = tuple(sum((list(p[i]) for p in parts), []) for i in range(3))
+        test = apple_nets(tables[s], models, skip, excluded)
+        if len(train[0]) < 10:  # fewer rows than the profile's free parameters cannot calibrate it
+            print(f"{s}: the other {TABLES[s][2]} tables have {len(train[0])} rows; skipped", file=sys.stderr)
+            continue
+        res = {"set": s, "hw": profiles[s].name, "k": len(train[0]), "n_test": len(test[0]), "seed": 0,
+               "calibrated_on": "+".join(others), **calibrated_evaluate(profiles[s], "fp16", train, test)}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
+def ablation_table(results: list[dict]) -> str:
+    """The docs/BENCHMARKS.md ablation table: tau per table, all mechanisms on and each switched off."""
+    names = list(results[0]["ablation_tau"])
+    head = "| set | n | FLOPs | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names) + "\n"
+    rows = [f"| {r['set']} | {r['n']} | {r['flops_tau']:.3f} | " + " | ".join(f"{r['ablation_tau'][m]:.3f}" for m in names) + " |"
+            for r in results]
+    return head + "\n".join(rows) + "\n"
+
+
+def apple_table(results: list[dict]) -> str:
+    """The docs/BENCHMARKS.md table of the Apple sets (the disagreement report is left out)."""
+    head = ("| set | chip | profile | n | Kendall tau (ours / FLOPs / params / FLOPs+act fit) | tau, excluded rows kept "
+            "| median APE % after one scale (ours / FLOPs / params / fit) | scale |\n|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for r in results:
+        if "baselines" not in r:
+            continue
+        b = [r["baselines"][k] for k in ("flops_proportional", "params_proportional", "lstsq_flops_activations")]
+        tau = " / ".join(f"{x['kendall_tau']:.3f}" for x in [r, *b])
+        ape = " / ".join(f"{x['median_ape']:.1f}" for x in [r, *b])
+        kept = f"{r['kendall_tau_all_rows']:.3f}" if "kendall_tau_all_rows" in r else "-"
+        rows.append(f"| {r['set']} | {r['chip']} | {r['hw']} | {r['n']} | {tau} | {kept} | {ape} | {r['scale']:.3g} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def wanted_sets(text: str) -> list[str]:
+    """--sets: comma-separated names, 'apple' and 'heldout' standing for their tables."""
+    aliases = {"apple": list(APPLE_SETS), "heldout": list(HELDOUT_SETS)}
+    wanted = [x for s in text.split(",") if s.strip() for x in aliases.get(s.strip(), [s.strip()])]
+    unknown = [s for s in wanted if s not in TIMM_SETS and s not in OFA_SETS and s not in TABLES]
+    if unknown:
+        sys.exit(f"unknown set {', '.join(unknown)}: use apple, heldout or any of {', '.join([*TIMM_SETS, *OFA_SETS, *TABLES])}")
+    return wanted
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="shared/external-latency folder (found automatically)")
-    ap.add_argument("--sets", default=",".join(list(TIMM_SETS) + list(OFA_SETS)))
+    ap.add_argument("--sets", default=",".join(list(TIMM_SETS) + list(OFA_SETS)),
+                    help="comma-separated set names; 'apple' = every published Apple table (" + ", ".join(APPLE_SETS)
+                    + "), 'heldout' = the held-out README tables (" + ", ".join(HELDOUT_SETS) + ")")
     ap.add_argument("--n", type=int, default=300, help="timm rows per set (0 = all)")
     ap.add_argument("--ofa-n", type=int, default=400, help="OFA subnets (0 = all 5,000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -256,12 +517,29 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "external.jsonl"))
     ap.add_argument("--kshot", type=int, default=0, metavar="K",
                     help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest")
+    ap.add_argument("--apple-hw", metavar="PROFILE", help="price every Apple table on this profile (default: its chip's)")
+    ap.add_argument("--plots", metavar="DIR", help="write a residual PNG per Apple table here")
+    ap.add_argument("--ablation", action="store_true",
+                    help="Apple tables: Kendall tau with each Neural Engine mechanism switched off in turn")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="Apple tables: Kendall tau with each assumed profile figure halved and doubled")
+    ap.add_argument("--loto", action="store_true",
+                    help="Apple tables: calibrate on every other table of the chip, test on the one left out")
+    ap.add_argument("--calibrate-on", metavar="SET",
+                    help="with --kshot K: calibrate on K rows of this Apple table, test on the other tables of its chip")
     ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a results file and exit")
     args = ap.parse_args()
     if args.table:
         rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line]
-        print(kshot_table(rows) if rows and "k" in rows[0] else markdown_table(rows))
+        if rows and "ablation_tau" in rows[0]:
+            print(ablation_table(rows))
+        elif rows and rows[0]["set"] == "apple-disagreements":
+            print(apple_table(rows))
+        else:
+            print(kshot_table(rows) if rows and "k" in rows[0] else markdown_table(rows))
         return
+    if args.calibrate_on and (not args.kshot or args.calibrate_on not in TABLES):
+        sys.exit("--calibrate-on needs --kshot K and one of the Apple tables: " + ", ".join(TABLES))
     if args.kshot and args.out == str(HERE / "results" / "external.jsonl"):
         args.out = str(HERE / "results" / "external_kshot.jsonl")
 
@@ -271,7 +549,7 @@ def main() -> None:
     data = find_data(args.data)
     cache = Path(args.cache)
     _graph_path(cache, "x").parent.mkdir(parents=True, exist_ok=True)
-    wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
+    wanted = wanted_sets(args.sets)
     results = []
     t0 = time.time()
 
@@ -335,6 +613,10 @@ def main() -> None:
                 res = evaluate(s, pred, meas, flops, acts, sk, hw, {"dtype": dtype, "source": TIMM_SETS[s][0]})
             results.append(res)
             print(json.dumps(res), flush=True)
+
+    apple_wanted = [s for s in wanted if s in TABLES]
+    if apple_wanted:
+        results += run_apple(args, data, cache, apple_wanted)
 
     ofa_wanted = [s for s in wanted if s in OFA_SETS]
     if ofa_wanted:

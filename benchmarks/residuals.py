@@ -1,6 +1,7 @@
 """Where the latency model is wrong on the external sets, by family and by mechanism.
 
     python benchmarks/residuals.py            # after benchmarks/external.py (uses its graph cache)
+    python benchmarks/residuals.py --apple benchmarks/results/external_apple.jsonl
 
 Prints one JSON object per set: the residual r = log(scale x predicted / measured) averaged per
 model family (families with >= 3 models, most under- and over-predicted first), and the
@@ -44,13 +45,42 @@ def _category_corr(shares: list[dict[str, float]], r: np.ndarray) -> dict[str, f
     return {c: _corr([s.get(c, 0.0) for s in shares], r) for c in cats}
 
 
+def apple_rows_report(path: Path, top: int = 6) -> None:
+    """Per Apple table: the rows most out of rank (discordant pairs each takes part in, its
+    residual r, and the table's tau without it: how much one row moves the figure)."""
+    from scipy import stats
+
+    for line in path.read_text().splitlines():
+        res = json.loads(line)
+        if "rows" not in res:
+            continue
+        rows = [r for r in res["rows"] if not r["excluded"]]
+        p, m = np.array([r["pred_ms"] for r in rows]), np.array([r["ms"] for r in rows])
+        resid = _residuals(list(p), list(m))
+        disc = [int(sum((p[i] - p[j]) * (m[i] - m[j]) < 0 for j in range(len(rows)) if j != i)) for i in range(len(rows))]
+        worst = sorted(range(len(rows)), key=lambda i: -disc[i])[:top]
+        out = []
+        for i in worst:
+            keep = [j for j in range(len(rows)) if j != i]
+            tau_wo = float(stats.kendalltau(p[keep], m[keep]).statistic)
+            out.append({"model": rows[i]["model"], "res": rows[i]["res"], "ms": rows[i]["ms"], "r": round(float(resid[i]), 3),
+                        "discordant_pairs": disc[i], "tau_without": round(tau_wo, 3)})
+        print(json.dumps({"set": res["set"], "n": len(rows), "kendall_tau": res["kendall_tau"],
+                          "pairs": len(rows) * (len(rows) - 1) // 2, "discordant_pairs": sum(disc) // 2,
+                          "most_discordant": out}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--apple", metavar="JSONL", help="rows out of rank per Apple table of a benchmarks/external.py results file")
     ap.add_argument("--data")
     ap.add_argument("--cache", default=str(HERE / ".cache"))
     ap.add_argument("--ofa-n", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.apple:
+        apple_rows_report(Path(args.apple))
+        return
 
     from autovit.latmodel.estimate import LatencyModel
     from autovit.latmodel.hardware import load_profile

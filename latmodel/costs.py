@@ -77,6 +77,8 @@ class OpCost:
     transcendentals: int = 0  # exp/tanh/erf/log evaluations
     runs: int = 0  # contiguous runs a strided copy moves (a transpose of the last axis: one per element)
     rows: int = 0  # rows a last-axis reduction walks (LayerNorm, Softmax): each ends in a horizontal reduction
+    moves_last_axis: bool = False  # a transpose whose output's last axis is another input axis (a transposing copy)
+    winograd_3x3: bool = False  # a dense 3x3, stride-1, undilated 2-D convolution (Winograd-eligible)
 
 
 def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
@@ -108,6 +110,18 @@ def _transpose_runs(shape: tuple[int, ...] | None, perm) -> int:
         expect = max((b for b in range(a) if shape[b] != 1), default=-1)
     n = math.prod(shape)
     return n // run if run < n else 0
+
+
+def _moves_last_axis(shape: tuple[int, ...] | None, perm) -> bool:
+    """Whether a transpose puts another axis last (size-1 axes ignored): the copy then transposes
+    rows instead of moving whole rows."""
+    if not shape:
+        return False
+    rank = len(shape)
+    perm = list(perm) if perm is not None else list(range(rank))[::-1]
+    kept = [a for a in perm if shape[a] != 1]
+    last_in = max((a for a in range(rank) if shape[a] != 1), default=-1)
+    return bool(kept) and kept[-1] != last_in
 
 
 def op_cost(g: OpGraph, op: OpNode) -> OpCost:
@@ -167,7 +181,8 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
     if ot in VIEWS:
         return mk("layout", "view", 0)
     if ot == "Transpose":
-        return mk("layout", "layout", 0, runs=_transpose_runs(acts[0].shape if acts else None, op.attrs.get("perm")))
+        shape, perm = (acts[0].shape if acts else None), op.attrs.get("perm")
+        return mk("layout", "layout", 0, runs=_transpose_runs(shape, perm), moves_last_axis=_moves_last_axis(shape, perm))
     if ot in LAYOUT:
         return mk("layout", "layout", 0)
     if ot in OTHER_COMPUTE:
@@ -200,7 +215,9 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
     bias = out_elems if len(op.inputs) > 2 else 0
     if group > 1 and cin_g == 1:  # depthwise: no reduction over channels, runs on vector units
         return mk("dwconv", "vector", 2.0 * macs + bias)
-    return mk("conv", "matrix", 2.0 * macs + bias, gemm=(group, n * spatial, cout // group, cin_g * kernel))
+    unit = all(v == 1 for v in list(op.attrs.get("strides", [1])) + list(op.attrs.get("dilations", [1])))
+    return mk("conv", "matrix", 2.0 * macs + bias, gemm=(group, n * spatial, cout // group, cin_g * kernel),
+              winograd_3x3=group == 1 and tuple(w.shape[2:]) == (3, 3) and unit)
 
 
 def _matmul_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:

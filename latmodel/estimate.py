@@ -68,7 +68,8 @@ class LatencyModel:
         # Kernels depend only on the profile's fusion and layout rules, so profiles that differ
         # in numbers alone (a calibration's trial values) share them.
         fb = profile.fallback.unsupported_ops if profile.fallback else None
-        key = (profile.fusion, profile.elided, profile.strided_readers, fb)
+        key = (profile.fusion, profile.elided, profile.strided_readers, fb,
+               profile.ane.mechanisms if profile.ane else None)
         if key not in self._kernels:
             self._kernels[key] = form_kernels(self.graph, self.costs, profile)
         return self._kernels[key]

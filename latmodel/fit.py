@@ -90,6 +90,10 @@ class ProfileCalibrator:
         # A parameter the profile cannot use would be unidentifiable: leave it out.
         if profile.async_dispatch is False and profile.kind == "cpu":
             names = tuple(n for n in names if n != "launch_us")
+        if profile.ane is not None:
+            # Core ML runs the compiled program without the host per task: the task cost is
+            # launch_us (neural_engine.py), and a host dispatch term would only duplicate it.
+            names = tuple(n for n in names if n not in ("dispatch_us", "view_dispatch_us"))
         self.names = tuple(names)
         self._pricers: dict[str, Pricer] = {}
         self.calibration: Calibration | None = None

@@ -28,7 +28,11 @@ class FusionRule:
     each consumes the previous one's output and that output has no other reader. `pattern` is
     an exact chain instead ("?" marks an optional step, "|" alternatives). `prologue` op types
     feeding the kernel with no other reader are absorbed at no cost (e.g. a transposed operand
-    that a GEMM reads in place). Selectors are op types or "@category".
+    that a GEMM reads in place). `unary` op types may join the tail as a whole subgraph that is a
+    function of the previous op's output alone (GELU's erf form, SiLU as x * sigmoid(x),
+    HardSwish as x * hardsigmoid(x)), up to `max_unary` ops: hardware that applies an activation
+    to a result as it leaves the multiply array (the Neural Engine's post-processing stage) runs
+    any such function in the same kernel. Selectors are op types or "@category".
     """
 
     name: str
@@ -38,6 +42,8 @@ class FusionRule:
     pattern: tuple[str, ...] = ()
     prologue: tuple[str, ...] = ()
     category: str | None = None
+    unary: tuple[str, ...] = ()
+    max_unary: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,36 @@ class Fallback:
     launch_us: float
     switch_us: float
     transfer_gbps: float
+
+
+# ---- Neural Engine (kind = "npu") --------------------------------------------------------------
+# The mechanisms latmodel/neural_engine.py prices, each a switch (the ablation in docs/BENCHMARKS.md
+# turns them off one at a time): unary activations run in the multiply array's output stage
+# (epilogue); activations stay in the engine's buffer when a task's working set fits (l2) or in the
+# system-level cache (slc); a fixed cost per task (layer); a matmul of two activations runs one
+# task per batch element, i.e. per head and patch (heads); dense 3x3 stride-1 convolutions use
+# Winograd (winograd); 64-byte rows (align); which reshapes and transposes move data (layout);
+# ops the engine cannot run go to the GPU (fallback);
+# two hypotheses tried and left off by the Apple profiles (docs/BENCHMARKS.md): depthwise
+# convolutions on the planar path instead of the multiply array (depthwise); copies through
+# rank-5+ tensors leave the engine for the fallback (rank5).
+ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align", "layout", "fallback", "depthwise",
+                  "rank5")
+
+
+@dataclass(frozen=True)
+class NeuralEngine:
+    mechanisms: tuple[str, ...]
+    l2_mib: float  # a task's working set (input + output activations, bytes) that stays in the engine's buffer
+    l2_gbps: float  # bandwidth of that buffer
+    winograd_tile: int = 2  # output tile m of the Winograd F(m x m, 3x3) transform for dense 3x3 convolutions
+
+
+def _neural_engine(d: dict, where: str) -> NeuralEngine | None:
+    if "ane" not in d:
+        return None
+    return NeuralEngine(mechanisms=tuple(_val(d, "ane.mechanisms", where)), l2_mib=float(_val(d, "ane.l2_mib", where)),
+                        l2_gbps=float(_val(d, "ane.l2_gbps", where)), winograd_tile=_val(d, "ane.winograd_tile", where))
 
 
 # Free parameters: what data sheets cannot give, and where each lives in a profile TOML
@@ -110,6 +146,11 @@ class HardwareProfile:
     fallback: Fallback | None = None
     source: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
+    ane: NeuralEngine | None = None  # kind = "npu": how the Neural Engine prices its tasks
+
+    def ane_uses(self, mechanism: str) -> bool:
+        """Whether this profile's Neural Engine model has `mechanism` switched on (False off the ANE)."""
+        return self.ane is not None and mechanism in self.ane.mechanisms
 
     def dtype_bytes(self, dtype: str) -> int:
         return DTYPE_BYTES[dtype]
@@ -157,6 +198,7 @@ _OPS = Key("strs", 0, 10_000, default=())  # op types
 FUSION_KEYS: dict[str, Key] = {
     "name": Key("str", 1, 200), "head": _OPS, "tail": _OPS, "max_tail": Key("int", 0, 1000, default=0),
     "pattern": _OPS, "prologue": _OPS, "category": Key("str", choices=_CATEGORIES, default=None),
+    "unary": _OPS, "max_unary": Key("int", 0, 1000, default=0),
 }
 # What `autovit-lat calibrate` records about a fit (write_calibrated_profile).
 CALIBRATION_KEYS: dict[str, Key] = {
@@ -193,6 +235,9 @@ PROFILE_KEYS: dict[str, Key] = {
     "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
     "fallback.matrix_tflops": _TFLOPS, "fallback.vector_tflops": _TFLOPS, "fallback.units": Key("int", 1, 10**6),
     "fallback.launch_us": _US, "fallback.switch_us": _US, "fallback.transfer_gbps": Key("number", 1e-3, 1e5),
+    "ane.mechanisms": Key("strs", 0, len(ANE_MECHANISMS), default=(), choices=ANE_MECHANISMS),
+    "ane.l2_mib": Key("number", 1e-3, 1e4), "ane.l2_gbps": Key("number", 1e-3, 1e6),
+    "ane.winograd_tile": Key("int", 1, 64, default=2),
     "fusion": Key("tables", 0, 1000, default=(), schema=FUSION_KEYS),
     "calibration": Key("table", 1, 1, default={}, schema=CALIBRATION_KEYS),
 }
@@ -291,6 +336,7 @@ def _fusion(d: dict, where: str) -> tuple[FusionRule, ...]:
             tail=tuple(_val(r, "tail", w, FUSION_KEYS)), max_tail=_val(r, "max_tail", w, FUSION_KEYS),
             pattern=tuple(_val(r, "pattern", w, FUSION_KEYS)), prologue=tuple(_val(r, "prologue", w, FUSION_KEYS)),
             category=_val(r, "category", w, FUSION_KEYS),
+            unary=tuple(_val(r, "unary", w, FUSION_KEYS)), max_unary=_val(r, "max_unary", w, FUSION_KEYS),
         )
         if not rule.head and not rule.pattern:
             raise AutoVitError(f"hardware profile {w}: a fusion rule needs 'head' or 'pattern'")
@@ -346,7 +392,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
     default_dtype = _val(d, "default_dtype", where) or dtypes[0]
     if default_dtype not in dtypes:
         raise AutoVitError(f"hardware profile {where}: field 'default_dtype' {default_dtype!r} is not in 'dtypes'")
-    f = {path: _val(d, path, where) for path in PROFILE_KEYS if "." in path and not path.startswith(("cpu.", "fallback."))}
+    f = {path: _val(d, path, where) for path in PROFILE_KEYS if "." in path and not path.startswith(("cpu.", "fallback.", "ane."))}
     num = {k: float(v) for k, v in f.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tile = f["compute.gemm_tile"]
     return HardwareProfile(
@@ -366,7 +412,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         chain_reorder=f["layout.chain_reorder"], elided=tuple(f["layout.elided"]),
         strided_readers=tuple(f["layout.strided_readers"]), nchw_conv_relayout=tuple(f["layout.nchw_conv_relayout"]),
         relayout_categories=tuple(f["layout.relayout_categories"]), fusion=_fusion(d, where),
-        fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)),
+        fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)), ane=_neural_engine(d, where),
     )
 
 

@@ -38,6 +38,8 @@ class Kernel:
     transcendentals: int = 0
     runs: int = 0  # contiguous runs of strided copies (see costs.OpCost.runs)
     rows: int = 0  # rows of last-axis reductions (see costs.OpCost.rows)
+    moves_last_axis: bool = False  # contains a transpose that puts another axis last (see costs.OpCost)
+    winograd_3x3: bool = False  # its main op is a Winograd-eligible convolution (see costs.OpCost)
 
 
 def _selects(selector: str, cost: OpCost) -> bool:
@@ -61,6 +63,8 @@ class _Former:
         self.producers = {o: n for n in g.order for o in g.op(n).outputs}
         self.graph_outputs = {o for o in self.producers if o not in self.consumers}
         self.position = {n: i for i, n in enumerate(g.order)}
+        # The Neural Engine's activation epilogue is a mechanism the ablation can switch off.
+        self.unary_on = profile.ane is None or profile.ane_uses("epilogue")
 
     def only_reader(self, op_name: str) -> str | None:
         """The single op reading `op_name`'s only output, if there is exactly one."""
@@ -73,13 +77,53 @@ class _Former:
     def _chain(self, start: str, rule: FusionRule) -> list[str]:
         ops = [start]
         cur = start
-        while len(ops) - 1 < rule.max_tail:
+        tail = 0
+        while tail < rule.max_tail:
             nxt = self.only_reader(cur)
-            if nxt is None or nxt in self.assigned or not _any(rule.tail, self.costs[nxt]):
+            if nxt is not None and nxt not in self.assigned and _any(rule.tail, self.costs[nxt]):
+                ops.append(nxt)
+                cur = nxt
+                tail += 1
+                continue
+            fn = self._unary_function(cur, rule, set(ops)) if rule.unary and self.unary_on else []
+            if not fn:
                 break
-            ops.append(nxt)
-            cur = nxt
+            ops += fn
+            cur = fn[-1]
+            tail += 1
         return ops
+
+    def _unary_function(self, head: str, rule: FusionRule, taken: set[str]) -> list[str]:
+        """Ops (in order, the last one producing the result) that compute a function of `head`'s
+        only output and nothing else, e.g. x * sigmoid(x); [] if there is none within max_unary."""
+        outs = self.g.op(head).outputs
+        if len(outs) != 1 or outs[0] in self.graph_outputs:
+            return []
+        inside: set[str] = set()
+        known = {outs[0]}
+        queue = list(self.consumers.get(outs[0], []))
+        while queue:
+            n = queue.pop(0)
+            if n in inside:
+                continue
+            acts = [i for i in self.g.op(n).inputs if self.g.tensors.get(i) is not None
+                    and self.g.tensors[i].kind in ("activation", "input")]
+            if (n in self.assigned or n in taken or not _any(rule.unary, self.costs[n])
+                    or not all(i in known for i in acts)):
+                continue
+            inside.add(n)
+            if len(inside) > rule.max_unary:
+                return []
+            known.update(self.g.op(n).outputs)
+            queue += self.consumers.get(self.g.op(n).outputs[0], []) if self.g.op(n).outputs else []
+        if not inside:
+            return []
+        # Exactly one result may leave the subgraph, and the head's output must not.
+        leaving = [t for t in known if t in self.graph_outputs
+                   or any(r not in inside for r in self.consumers.get(t, []))]
+        if len(leaving) != 1 or leaving[0] == outs[0] or not self.g.op(head).outputs:
+            return []
+        return sorted(inside, key=self.position.__getitem__)
 
     def _pattern(self, start: str, pattern: tuple[str, ...]) -> list[str]:
         ops: list[str] = []
@@ -149,7 +193,28 @@ def form_kernels(g: OpGraph, costs: dict[str, OpCost], profile: HardwareProfile)
     """Group the ops of `g` into kernels according to `profile`'s fusion rules."""
     former = _Former(g, costs, profile)
     unsupported = set(profile.fallback.unsupported_ops) if profile.fallback else set()
-    return [_merge(g, costs, ops, rule, former, unsupported) for ops, rule in former.form()]
+    kernels = [_merge(g, costs, ops, rule, former, unsupported) for ops, rule in former.form()]
+    if profile.ane_uses("rank5") and profile.fallback is not None:
+        # Core ML's "ND" layers (tensors of any rank) do not run on the Neural Engine
+        # (hollance/neural-engine, unsupported layers): a copy through a rank-5+ tensor leaves it.
+        for k in kernels:
+            if k.klass == "layout" and any(len(s) >= 5 for s in k.act_shapes):
+                k.unsupported = True
+    return kernels
+
+
+# Ops that only re-index a tensor: on the Neural Engine they cost nothing while whole rows stay rows.
+_ROW_VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Slice", "Split")
+
+
+def _keeps_rows(g: OpGraph, name: str) -> bool:
+    """Every output keeps the input's last axis: 64-byte-aligned rows are reinterpreted, not repacked."""
+    op = g.op(name)
+    src = g.tensors.get(op.inputs[0]) if op.inputs else None
+    outs = [g.tensors.get(o) for o in op.outputs]
+    if src is None or not src.shape or not outs:
+        return False
+    return all(t is not None and t.shape and t.shape[-1] == src.shape[-1] for t in outs)
 
 
 def _klass_on(c: OpCost, former: "_Former") -> str:
@@ -157,9 +222,13 @@ def _klass_on(c: OpCost, former: "_Former") -> str:
 
     With `strided_readers` (PyTorch eager), a Transpose is only a new set of strides when every
     reader accepts strided input (BLAS, attention, slices, elementwise); the copy happens in the
-    reshape that needs contiguous memory after it.
+    reshape that needs contiguous memory after it. On the Neural Engine (mechanism "layout") every
+    buffer's last axis is a row padded to 64 bytes: a reshape, squeeze or slice that keeps the last
+    axis only re-addresses rows, one that changes it repacks every row (a copy).
     """
     profile = former.profile
+    if profile.ane_uses("layout") and c.op_type in _ROW_VIEWS:
+        return "view" if _keeps_rows(former.g, c.name) else "layout"
     if profile.strided_readers:
         op = former.g.op(c.name)
         if c.op_type == "Transpose":
@@ -183,7 +252,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         c = cs[0]
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
-                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows)
+                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3)
     inside = set(ops)
     produced = {o for n in ops for o in g.op(n).outputs}
     ext_in: dict[str, int] = {}
@@ -207,13 +276,14 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         (cat for cat in _CATEGORY_PRIORITY if any(c.category == cat for c in cs)), "other")
     # The kernel runs on the engine of its heaviest op.
     main = max(cs, key=lambda c: (c.klass == "matrix", c.flops))
-    klass = "matrix" if any(c.klass == "matrix" for c in cs) else (
-        "vector" if any(c.klass == "vector" for c in cs) else ("layout" if any(c.klass == "layout" for c in cs) else "view"))
+    klasses = [c.klass for c in cs] if not former.profile.ane_uses("layout") else [_klass_on(c, former) for c in cs]
+    klass = "matrix" if "matrix" in klasses else (
+        "vector" if "vector" in klasses else ("layout" if "layout" in klasses else "view"))
     return Kernel(
         name=main.name, ops=ops, op_types=[c.op_type for c in cs], category=category, klass=klass,
         flops=sum(c.flops for c in cs), in_elems=sum(ext_in.values()), out_elems=sum(ext_out.values()),
         w_elems=sum(c.w_elems for c in cs), work_elems=max(c.work_elems for c in cs), gemm=main.gemm,
         batch_in=main.batch_in, act_shapes=shapes, unsupported=any(c.op_type in unsupported for c in cs),
         transcendentals=sum(c.transcendentals for c in cs), runs=sum(c.runs for c in cs),
-        rows=sum(c.rows for c in cs),
+        rows=sum(c.rows for c in cs), moves_last_axis=any(c.moves_last_axis for c in cs), winograd_3x3=main.winograd_3x3,
     )

@@ -1,5 +1,8 @@
 """Time one kernel on one device, then a whole network.
 
+GPUs and CPUs use the roofline below (RooflineTimer); the Neural Engine prices its tasks with
+its own timer (neural_engine.NeuralEngineTimer), chosen by `timer_for`.
+
 Per kernel (all times in seconds inside, ms outside):
 
     t_compute = FLOPs / (peak[engine, dtype] * efficiency[engine] * utilization)
@@ -227,6 +230,26 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
         last.ms += extra
 
 
+class RooflineTimer:
+    """GPU and CPU kernels: launch + max(compute, memory), wave-quantized (kernel_time)."""
+
+    def __init__(self, profile: HardwareProfile, dtype: str, scale: float, weight_hit: float = 0.0):
+        self.profile, self.dtype, self.scale, self.weight_hit = profile, dtype, scale, weight_hit
+
+    def time(self, k: Kernel) -> KernelTime:
+        return kernel_time(k, self.profile, self.dtype, self.scale, self.weight_hit)
+
+
+def timer_for(profile: HardwareProfile, dtype: str, scale: float, weight_hit: float = 0.0):
+    """The kernel timer of a device kind: the Neural Engine's own task model where the profile
+    has an [ane] table, the roofline timer elsewhere."""
+    if profile.ane is not None:
+        from autovit.latmodel.neural_engine import NeuralEngineTimer  # it builds on this module
+
+        return NeuralEngineTimer(profile, dtype, scale)
+    return RooflineTimer(profile, dtype, scale, weight_hit)
+
+
 def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, scale: float,
                  edges: tuple[bool, bool] = (False, False), per_run: bool = True) -> tuple[float, list[KernelTime]]:
     """Latency (ms) of the kernels run in order, and each kernel's share of it.
@@ -239,7 +262,8 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
         # Repeated inference of a model whose weights fit in the last-level cache finds them there.
         w_total = sum(k.w_elems for k in kernels) * profile.dtype_bytes(dtype)
         weight_hit = min(1.0, profile.cache_mib * 2**20 / w_total) if w_total else 1.0
-    times = [kernel_time(k, profile, dtype, scale, weight_hit) for k in kernels]
+    timer = timer_for(profile, dtype, scale, weight_hit)
+    times = [timer.time(k) for k in kernels]
     if profile.chain_reorder:
         _add_chain_reorders(times, profile, dtype, scale, edges)
     dispatch = profile.dispatch_us * 1e-3

@@ -18,7 +18,7 @@ def test_required_profiles_exist_and_load():
 
 def test_every_figure_has_a_source_comment():
     """Hardware facts live in TOML with a source for each figure (brief, 'Layout')."""
-    sections_with_facts = {"compute", "memory", "cpu", "overhead", "fallback", "efficiency"}
+    sections_with_facts = {"compute", "memory", "cpu", "overhead", "fallback", "efficiency", "ane"}
     for f in resources.files("autovit.hw_profiles").iterdir():
         if not f.name.endswith(".toml"):
             continue
