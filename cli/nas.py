@@ -403,21 +403,25 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
     from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.io import FolderLock
     from autovit.nas.evaluate import supernet_from_checkpoint
-    from autovit.nas.search import SearchState
+    from autovit.nas.search import Constraints, SearchState, make_oracle
     from autovit.nas.train import DistContext
 
     out_dir = _search_folder(out_dir, resume_dir)
     settings_d = _search_settings(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population,
                                   generations, parents, p_depth, p_layer, coarse, val_images, oracle, seed)
     ctx = DistContext.setup("cpu")  # fitness runs on the CPU; gloo joins the ranks under torchrun
-    net, cfg, _ = supernet_from_checkpoint(ckpt, space)  # a bad checkpoint touches no folder
+    # a bad checkpoint, LUT or device profile touches no folder
+    net, cfg, _ = supernet_from_checkpoint(ckpt, space)
+    measuring = _MeasureBar() if ctx.main and not as_json and oracle == "measured" else None
+    cons = Constraints(tuple(settings_d["param_window"]), settings_d["budgets_ms"],
+                       {d: make_oracle(oracle, d, net.space, out_dir, measuring) for d in devices})
     if resume_dir and not (out_dir / "state.json").is_file():
         raise AutoVitError(f"--resume {out_dir}: no search state there (state.json); start with --out {out_dir}")
     # One writer per results folder: a second search on it is refused instead of racing it.
     with FolderLock(out_dir, "search results folder") if ctx.main else contextlib.nullcontext():
         state = SearchState.open(out_dir, settings_d, resume=bool(resume_dir))
         ctx.barrier()  # every rank has read the folder before any writes to it
-        _run_search(ctx, net, cfg, state, settings_d, out_dir, as_json)
+        _run_search(ctx, net, cfg, state, settings_d, cons, measuring, out_dir, as_json)
 
 
 def _search_folder(out_dir: str | None, resume_dir: str | None):
@@ -440,7 +444,7 @@ def _search_settings(ckpt, devices, latency_budget, param_budget, strategy, eval
 
     from autovit.latmodel.errors import UsageError
     from autovit.nas.bounds import PROBABILITY, SEARCH_BOUNDS, SEED
-    from autovit.nas.search import parse_latency_budgets, parse_param_window
+    from autovit.nas.search import check_oracle_spec, parse_latency_budgets, parse_param_window
 
     budgets = parse_latency_budgets(latency_budget, list(devices))
     window = parse_param_window(param_budget)
@@ -458,22 +462,21 @@ def _search_settings(ckpt, devices, latency_budget, param_budget, strategy, eval
         except UsageError:
             raise UsageError(f"{flag} is a probability: give a value in [0, 1], got {value}") from None
     SEED.check(seed, "--seed")
-    if len(oracle) > 4096:
-        raise UsageError("--latency-oracle is longer than any path; give analytical, lut:PATH, measured, flops or params")
+    check_oracle_spec(oracle, list(devices))
     return {"supernet": str(Path(ckpt).resolve()), "devices": list(devices), "budgets_ms": budgets,
             "param_window": list(window), "strategy": strategy, "evaluations": evaluations,
             "population": population, "generations": generations, "parents": parents, "p_depth": p_depth,
             "p_layer": p_layer, "coarse": coarse, "val_images": val_images, "oracle": oracle, "seed": seed}
 
 
-def _run_search(ctx, net, cfg, state, settings_d: dict, out_dir, as_json: bool) -> None:
+def _run_search(ctx, net, cfg, state, settings_d: dict, cons, measuring, out_dir, as_json: bool) -> None:
     """Run the strategy of `settings_d` with `state` recording each evaluation; rank 0 writes
     the results folder and prints the summary."""
     import time
 
     from autovit.latmodel.errors import Interrupted
     from autovit.nas.evaluate import AccuracyEvaluator
-    from autovit.nas.search import Constraints, EvolutionSettings, Searcher, make_oracle, write_results
+    from autovit.nas.search import EvolutionSettings, Searcher, write_results
 
     s = settings_d
     budgets, strategy, coarse = s["budgets_ms"], s["strategy"], s["coarse"]
@@ -482,9 +485,6 @@ def _run_search(ctx, net, cfg, state, settings_d: dict, out_dir, as_json: bool) 
         console.print(f"[yellow]note:[/] the measured oracle times every candidate inside the parameter window "
                       f"(most of a second each, cached in {out_dir}/measured_ms.json): the coarse stage's {coarse} may "
                       f"take ~{coarse // 60} min at 1 s each; --coarse 500 is quicker", highlight=False)
-    measuring = _MeasureBar() if show and s["oracle"] == "measured" else None
-    cons = Constraints(tuple(s["param_window"]), budgets,
-                       {d: make_oracle(s["oracle"], d, net.space, out_dir, measuring) for d in s["devices"]})
     evaluator = AccuracyEvaluator(net, cfg, val_images=s["val_images"])
     total = s["evaluations"] or s["population"] * s["generations"]
     bar = progress_bar(show, "search", total)

@@ -6,6 +6,7 @@ saved configuration holds `epochs: "abc"` names that field instead of failing la
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ class Bound:
             return None
         try:
             if (isinstance(value, (int, float)) and not isinstance(value, bool) and self.hi is not None
-                    and value > self.hi):
+                    and math.isfinite(value) and value > self.hi):
                 why = f" ({self.why})" if self.why else ""
                 raise AutoVitError(f"{where} must be <= {self.hi:g}, got {_show(value)}{why}")
             return number(value, where, self.lo, self.hi, self.lo_open, self.integer)

@@ -391,6 +391,16 @@ class Searcher:
 ORACLES = "analytical, lut:PATH, measured, flops or params"
 
 
+def check_oracle_spec(spec: str, devices: list[str]) -> None:
+    """The --latency-oracle value, before anything is loaded or written."""
+    if spec not in ("analytical", "measured", "flops", "params") and not (spec.startswith("lut:") and len(spec) > 4):
+        raise UsageError(f"--latency-oracle '{spec[:60]}': use {ORACLES}")
+    if spec == "measured" and any(d.split("@")[0] != "local-cpu" for d in devices):
+        other = next(d for d in devices if d.split("@")[0] != "local-cpu")
+        raise UsageError(f"--latency-oracle measured times this machine; it cannot price {other[:60]}: "
+                         "use it with --hw local-cpu, or analytical/lut:PATH for other devices")
+
+
 PROXY_REFERENCE = 256  # architectures the proxies' ms-per-unit constant is fitted on
 
 
@@ -405,10 +415,8 @@ def make_oracle(spec: str, device: str, space: SearchSpace | None = None, cache_
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.oracle import AnalyticalOracle, LutOracle, MeasuredOracle, ProxyOracle
 
+    check_oracle_spec(spec, [device])
     if spec == "measured":
-        if device.split("@")[0] != "local-cpu":
-            raise UsageError(f"--latency-oracle measured times this machine; it cannot price {device}: "
-                               "use it with --hw local-cpu, or analytical/lut:PATH for other devices")
         return MeasuredOracle(Path(cache_dir) / "measured_ms.json" if cache_dir else None, on_measure=on_measure)
     profile = load_profile(device)
     if spec == "analytical":
@@ -418,11 +426,9 @@ def make_oracle(spec: str, device: str, space: SearchSpace | None = None, cache_
             raise ValueError("a proxy oracle is fitted on the searched space: pass it")
         rng = random.Random(0)
         return ProxyOracle(spec, profile, [space.sample(rng) for _ in range(PROXY_REFERENCE)])
-    if spec.startswith("lut:"):
-        from autovit.latmodel.lut import load_lut
+    from autovit.latmodel.lut import load_lut
 
-        return LutOracle(load_lut(spec.removeprefix("lut:")), profile)
-    raise UsageError(f"--latency-oracle '{spec[:60]}': use {ORACLES}")
+    return LutOracle(load_lut(spec.removeprefix("lut:")), profile)
 
 
 @dataclass
