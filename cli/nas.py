@@ -156,6 +156,17 @@ def _resolutions(value: str | None) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
+def _given_on_command_line() -> set[str]:
+    """The TrainConfig fields the user set with a flag (not left at its default)."""
+    from dataclasses import fields
+
+    from autovit.nas.train import TrainConfig
+
+    ctx = click.get_current_context()
+    names = {n for n in ctx.params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
+    return {"arch" if n == "arch_file" else n for n in names} & {f.name for f in fields(TrainConfig)}
+
+
 def _clip_grad(value: str | None) -> float | None:
     """--clip-grad NORM or none (0: no clipping)."""
     from autovit.latmodel.errors import UsageError
@@ -257,7 +268,7 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
     log = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
     try:
         summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None, progress=not as_json,
-                            log=log, force=force, trust_teacher_code=trust_teacher_code)
+                            log=log, force=force, trust_teacher_code=trust_teacher_code, explicit=_given_on_command_line())
     except KeyboardInterrupt:
         last = Path(out_dir) / "last.ckpt"
         keep = f"{last} (a finished epoch) is intact; continue with --resume {last}" if last.exists() else \

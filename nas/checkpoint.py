@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from autovit.latmodel.checks import integer, number
+from autovit.latmodel.checks import check_keys, integer, number
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.io import atomic_write_bytes
 from autovit.nas.space import SearchSpace, space_from_saved, space_to_saved
@@ -61,6 +61,7 @@ def load_reason(e: BaseException) -> str:
 
 def shorten(text: str, limit: int = 120) -> str:
     """`text` up to its first sentence end, or cut at a word boundary within `limit` characters."""
+    text = " ".join(text.split())
     first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0].rstrip(".")
     if len(first) <= limit:
         return first
@@ -112,8 +113,8 @@ def check_checkpoint(ck: dict[str, Any], path: str | Path) -> dict[str, Any]:
         _need(ck, "optimizer", dict)
         if not isinstance(ck["optimizer"].get("state"), dict) or not isinstance(ck["optimizer"].get("param_groups"), list):
             raise AutoVitError("field 'optimizer' must hold 'state' and 'param_groups'")
-        for key in ("scheduler", "scaler"):
-            _need(ck, key, dict)
+        _need(ck, "scheduler", dict)  # rebuilt from the configuration on resume, never read
+        _scaler(_need(ck, "scaler", dict))
         check_rng_state(_need(ck, "rng", dict))
         epoch = integer(_need(ck, "epoch", int), "field 'epoch'", 0, 100_000)
         integer(_need(ck, "step", int), "field 'step'", 0, 10**12)
@@ -142,6 +143,13 @@ def _tensors(d: Any, key: str, optional: bool = False) -> None:
         return
     if not isinstance(d, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items()):
         raise AutoVitError(f"field '{key}' must map parameter names to tensors")
+
+
+def _scaler(d: dict[str, Any]) -> None:
+    """torch.amp.GradScaler's state: empty when it was disabled (CPU), else five positive numbers."""
+    check_keys(d, ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"), "field 'scaler'")
+    for k, v in d.items():
+        number(v, f"field 'scaler.{k}'", 0, lo_open=k != "_growth_tracker")
 
 
 def _history(rows: list, epoch: int) -> None:

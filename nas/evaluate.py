@@ -26,7 +26,9 @@ def supernet_from_checkpoint(path: str | Path, space: str | None = None,
     try:
         net.load_state_dict(weights)
     except RuntimeError as e:
-        raise AutoVitError(f"{path}: weights do not fit the saved space ({str(e).splitlines()[0]})") from None
+        from autovit.nas.checkpoint import shorten
+
+        raise AutoVitError(f"{path}: weights do not fit the saved space ({shorten(str(e), 160)})") from None
     return net.eval(), TrainConfig.from_saved(ck["config"]), ck
 
 

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -275,7 +275,9 @@ def inherited_model(supernet: Supernet, arch: ArchConfig, bn_loader, device: tor
     supernet.set_active_subnet(arch)
     model = supernet.get_active_subnet().to(device)
     if recalibrate:
-        recalibrate_bn(model, (resize(x.to(device), arch.resolution) for x, y, _ in bn_loader if len(y)))
+        # a batch of one image (the tail of a small set, or what skipped images leave) has no
+        # batch statistics: BatchNorm in training mode refuses it
+        recalibrate_bn(model, (resize(x.to(device), arch.resolution) for x, y, _ in bn_loader if len(y) > 1))
     return model.eval()
 
 
@@ -331,18 +333,18 @@ RUN_FILES = ("config.json", "last.ckpt", "best.ckpt", "metrics.csv")
 
 def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: bool = True,
           log: Callable[[str], None] = print, stop_after_epochs: int | None = None, force: bool = False,
-          trust_teacher_code: bool = False) -> dict[str, Any]:
+          trust_teacher_code: bool = False, explicit: Iterable[str] | None = None) -> dict[str, Any]:
     """Train a supernet; returns a summary (history per epoch, best, paths, per-step losses).
 
     `out` must be empty, or the folder of `resume`; `force` lets a fresh run replace what it
     holds (its run files are removed first). Rank 0 holds a FolderLock on `out` while it
     writes. A TorchScript teacher runs code, so it is refused unless `trust_teacher_code`.
-    `stop_after_epochs` ends the run early as an interruption would (tests and time budgets);
+    `explicit`: the fields the user set (None: all); see run_config. `stop_after_epochs` ends the run early as an interruption would (tests and time budgets);
     the schedule still spans `cfg.epochs`.
     """
     out = Path(out)
     ck = load_checkpoint(resume) if resume is not None else None
-    cfg = run_config(cfg, ck, resume).resolved()
+    cfg = run_config(cfg, ck, resume, explicit).resolved()
     claim_out(out, resume, force)  # every rank, before any writes: rank 0 cannot write before all join
     run = _setup(cfg, trust_teacher_code)
     start = _restore(run, ck, resume) if ck is not None else (0, 0, [], None)
@@ -354,14 +356,27 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
         return _epochs(run, out, *start, progress=progress, log=log, stop_after_epochs=stop_after_epochs)
 
 
-def run_config(cfg: TrainConfig, ck: dict[str, Any] | None, resume: Path | None) -> TrainConfig:
+RESUME_CHANGES = ("epochs", "workers", "device", "teacher", "teacher_ckpt")  # what a resumed run may set anew
+
+
+def run_config(cfg: TrainConfig, ck: dict[str, Any] | None, resume: Path | None,
+               explicit: Iterable[str] | None = None) -> TrainConfig:
     """The configuration to run: `cfg` for a fresh run; for a resumed one, the checkpoint's,
-    with the epochs (None: the checkpoint's), workers, device and teacher given now. A teacher
-    named inside a checkpoint is never loaded: a file could run code, so the user names it."""
+    with the epochs (None: the checkpoint's), workers, device and teacher given now. Any other
+    field in `explicit` (None: every field, as for a library caller) must equal the
+    checkpoint's: a flag silently ignored would mislead. A teacher named inside a checkpoint is
+    never loaded: a file could run code, so the user names it again."""
     if ck is None:
         return replace(cfg, epochs=10 if cfg.epochs is None else cfg.epochs)
-    checkpoint_space(ck, cfg.space, resume)
+    given = {f.name for f in fields(TrainConfig)} if explicit is None else set(explicit)
+    checkpoint_space(ck, cfg.space if "space" in given else None, resume)
     saved = TrainConfig.from_saved(ck["config"])
+    if explicit is not None:
+        for name in sorted(given - set(RESUME_CHANGES) - {"space", "recipe_values"}):
+            if getattr(cfg, name) != getattr(saved, name):
+                flag = "--arch" if name == "arch" else f"--{name.replace('_', '-')}"
+                raise UsageError(f"{flag} differs from the run in {resume} ({repr(getattr(saved, name))[:40]} there): "
+                                 f"a resumed run keeps its configuration; drop {flag}, or start a new run")
     if saved.kd != "none" and saved.teacher != SUPERNET_TEACHER and not cfg.teacher:
         again = f"--teacher {saved.teacher}" + (f" --teacher-ckpt {saved.teacher_ckpt}" if saved.teacher_ckpt else "")
         raise UsageError(f"{resume} was trained with --kd {saved.kd} from a teacher file; a resumed run never loads "

@@ -364,6 +364,8 @@ def _drop(key):
     (lambda ck: ck["config"].update(device="tpu"), "field 'config.device' must be auto, cpu"),
     (lambda ck: ck["config"].update(arch={"resolution": 1}), "field 'config.arch'"),
     (lambda ck: ck.update(config=[]), "field 'config' must be dict"),
+    (lambda ck: ck.update(scaler={"scale": "x"}), "field 'scaler.scale' must be a number"),
+    (lambda ck: ck.update(scaler={"scael": 1.0}), "unknown key 'scael' (did you mean 'scale'?)"),
 ])
 def test_corrupt_checkpoint_fields_are_one_line(tiny_ckpt, tmp_path, capsys, change, needle):
     forged = forge(tiny_ckpt, tmp_path / "run", change)
@@ -398,6 +400,32 @@ def test_bad_optimizer_or_weights_on_resume_are_one_line(tiny_ckpt, tmp_path, ca
     assert digest(forged.parent) == before
 
 
+def test_resume_refuses_flags_it_would_ignore(tiny_ckpt, tmp_path, capsys):
+    run = forge(tiny_ckpt, tmp_path / "run", lambda ck: None).parent
+    before = digest(run)
+    for args, needle in ((["--lr", "0.1"], "--lr differs from the run in"),
+                         (["--recipe", "deit"], "--recipe differs"),
+                         (["--sampling", "sandwich"], "--sampling differs")):
+        code, _, err = run_cli(nas, ["train", "--resume", str(run / "last.ckpt"), "--epochs", "2", *args,
+                                     "--out", str(run)], capsys)
+        assert_one_line_error(code, err, needle, "a resumed run keeps its configuration")
+        assert code == 2
+    assert digest(run) == before
+
+
+def test_eval_with_ema_weights_that_do_not_fit(tiny_ckpt, tmp_path, capsys):
+    forged = forge(tiny_ckpt, tmp_path / "run", lambda ck: ck.update(ema={"stem.0.weight": torch.zeros(1)}))
+    code, _, err = run_cli(nas, ["eval", "--supernet", str(forged), "--ema"], capsys)
+    assert_one_line_error(code, err, "weights do not fit the saved space", "Missing key(s)")
+
+
+def test_a_stale_lock_file_left_by_a_killed_writer_does_not_block(tmp_path, capsys):
+    (tmp_path / ".lock").write_text("12345")  # as kill -9 leaves it: the kernel has released the flock
+    code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", "xxs", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert (tmp_path / "arch_000.json").exists()
+
+
 def test_a_forged_nan_learning_rate_in_the_optimizer_is_not_used(tiny_ckpt, tmp_path, capsys):
     def poisoned(ck):
         for g in ck["optimizer"]["param_groups"]:
@@ -421,3 +449,23 @@ def test_a_forged_model_file_teacher_is_bounded(tmp_path, capsys):
     code, _, err = run_cli(nas, ["train", *QUICK, "--kd", "soft", "--teacher", str(p), "--out", str(tmp_path / "r")],
                            capsys)
     assert_one_line_error(code, err, "not a model file this version wrote", "beyond the sane bound")
+
+
+def test_a_small_image_folder_with_a_decompression_bomb_trains(tmp_path):
+    """A training set whose BatchNorm-recalibration tail is one image (10 = 3 x 3 + 1), and a
+    20,000 x 20,000 PNG of 48 kB (400 M pixels once decoded) among the validation images: the
+    one-image batch is left out of recalibration (BatchNorm refuses it in training mode), the
+    bomb is skipped unread."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from autovit.nas.train import train
+    from tests.test_train import TINY, _image_tree, quiet
+
+    root = _image_tree(tmp_path / "data", per_class=5)
+    Image.new("1", (20_000, 20_000)).save(root / "val" / "cat" / "bomb.png")
+    cfg = replace(TINY, data=str(root), epochs=1, batch_size=3, bn_batches=8, steps_per_epoch=None, resolutions=(32,),
+                  val_images=None)
+    res = train(cfg, tmp_path / "run", progress=False, log=quiet)
+    assert res["history"][0]["top1_max"] is not None
