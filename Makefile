@@ -24,6 +24,7 @@ demo: install
 	$(VENV)/bin/autovit-lat estimate autovit:xxs --hw iphone13 --plot out/demo/autovit_xxs_iphone13.png
 	$(VENV)/bin/autovit-lat compare autovit:xxs autovit:xs autovit:s timm:mobilevit_xxs timm:mobilevit_xs \
 		timm:mobilenetv3_large_100 timm:deit_tiny_patch16_224 --hw iphone13 --hw v100 --plot out/demo/breakdown.png
+	rm -rf out/demo/supernet
 	$(VENV)/bin/autovit-nas train --space xxs --data mnist5k --epochs 2 --eval-random 1 --out out/demo/supernet
 	$(VENV)/bin/autovit-nas eval --supernet out/demo/supernet/last.ckpt --arch min
 	$(VENV)/bin/autovit-nas export --supernet out/demo/supernet/last.ckpt --arch min --format onnx --out out/demo

@@ -36,8 +36,8 @@ from autovit.nas.arch import ArchConfig
 from autovit.nas.bounds import check_train_config
 from autovit.nas.checkpoint import (checkpoint_space, load_checkpoint, remove_stale_temporaries, rng_state,
                                     save_checkpoint, set_rng_state, shorten)
-from autovit.nas.data import DataSource, collate_skipping, open_data
-from autovit.nas.space import SearchSpace, load_space, space_to_saved
+from autovit.nas.data import BUILTIN_DATA, DataSource, collate_skipping, open_data
+from autovit.nas.space import BUILTIN_SPACES, SearchSpace, load_space, space_to_saved
 from autovit.nas.supernet import Supernet, recalibrate_bn
 
 # Recipe presets. "deit" is the paper's (SPEC.md section 3, DeiT's hyper-parameters);
@@ -366,6 +366,9 @@ def run_config(cfg: TrainConfig, ck: dict[str, Any] | None, resume: Path | None,
     field in `explicit` (None: every field, as for a library caller) must equal the
     checkpoint's: a flag silently ignored would mislead. A teacher named inside a checkpoint is
     never loaded: a file could run code, so the user names it again."""
+    # a data folder or space file is saved by its absolute path: eval, export and search read
+    # the checkpoint from other folders than the one training ran in
+    cfg = replace(cfg, data=_absolute(cfg.data, BUILTIN_DATA), space=_absolute(cfg.space, BUILTIN_SPACES))
     if ck is None:
         return replace(cfg, epochs=10 if cfg.epochs is None else cfg.epochs)
     given = {f.name for f in fields(TrainConfig)} if explicit is None else set(explicit)
@@ -384,6 +387,13 @@ def run_config(cfg: TrainConfig, ck: dict[str, Any] | None, resume: Path | None,
     teacher = (cfg.teacher, cfg.teacher_ckpt) if cfg.teacher else (saved.teacher, None)
     return replace(saved, epochs=saved.epochs if cfg.epochs is None else cfg.epochs, workers=cfg.workers,
                    device=cfg.device, teacher=teacher[0], teacher_ckpt=teacher[1])
+
+
+def _absolute(value: Any, builtin: tuple[str, ...]) -> Any:
+    """An existing path as an absolute one; a built-in name (or anything else) as it is."""
+    if not isinstance(value, str) or value.lower() in builtin or len(value) > 4096 or not Path(value).exists():
+        return value
+    return str(Path(value).resolve())
 
 
 def claim_out(out: Path, resume: Path | None, force: bool, clear: bool = False) -> None:
