@@ -27,7 +27,7 @@ demo: install
 	rm -rf out/demo/supernet
 	$(VENV)/bin/autovit-nas train --space xxs --data mnist5k --epochs 2 --eval-random 1 --out out/demo/supernet
 	$(VENV)/bin/autovit-nas eval --supernet out/demo/supernet/last.ckpt --arch min
-	$(VENV)/bin/autovit-nas export --supernet out/demo/supernet/last.ckpt --arch min --format onnx --out out/demo
+	$(VENV)/bin/autovit-nas export --supernet out/demo/supernet/last.ckpt --arch min --format onnx --out out/demo --force
 	$(VENV)/bin/autovit-lat estimate out/demo/min.onnx --hw iphone13
 	rm -rf out/demo/search
 	$(VENV)/bin/autovit-nas search --supernet out/demo/supernet/last.ckpt --hw iphone13 --latency-budget 3ms \

@@ -336,8 +336,9 @@ def eval_cmd(ckpt, arch_spec, data, space, bn_batches, batch_size, ema, as_json)
 @_space_opt
 @_bn_opt
 @click.option("--no-recalibrate", is_flag=True, help="Keep the supernet's BatchNorm statistics as they are.")
+@click.option("--force", is_flag=True, help="Replace files of the same name in --out.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
-def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recalibrate, as_json) -> None:
+def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recalibrate, force, as_json) -> None:
     """A standalone subnet with inherited weights (BatchNorm recalibrated) as pt, ONNX,
     TorchScript or Core ML; ONNX and TorchScript are checked against torch.
 
@@ -349,7 +350,7 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
     import re
     from pathlib import Path
 
-    from autovit.latmodel.errors import UsageError
+    from autovit.latmodel.errors import AutoVitError, UsageError
     from autovit.latmodel.io import FolderLock
     from autovit.nas.evaluate import inherited_subnet, resolve_arch, supernet_from_checkpoint
     from autovit.nas.export import SUFFIX, export_model
@@ -360,8 +361,13 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
     net, cfg, _ = supernet_from_checkpoint(ckpt, space)
     arch = resolve_arch(arch_spec, net.space)
     model, _ = inherited_subnet(net, arch, cfg, bn_batches=bn_batches, recalibrate=not no_recalibrate)
+    paths = {f: Path(out_dir) / f"{stem}{SUFFIX[f]}" for f in dict.fromkeys(formats)}
     with FolderLock(Path(out_dir), "export folder"):
-        results = [export_model(model, f, Path(out_dir) / f"{stem}{SUFFIX[f]}", arch.resolution) for f in formats]
+        taken = [p.name for p in paths.values() if p.exists()]
+        if taken and not force:
+            raise AutoVitError(f"--out {out_dir} already holds {', '.join(taken)}; nothing is overwritten without "
+                               "--force: pass --force, --name STEM or another --out")
+        results = [export_model(model, f, p, arch.resolution) for f, p in paths.items()]
     if as_json:
         print_json(results)
     else:

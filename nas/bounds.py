@@ -83,7 +83,8 @@ SEARCH_BOUNDS: dict[str, Bound] = {
     "population": Bound(1, 10_000, "each generation evaluates up to this many subnets", integer=True),
     "generations": Bound(1, 10_000, "each generation evaluates up to --population subnets", integer=True),
     "parents": Bound(1, 10_000, integer=True),
-    "evaluations": Bound(1, 1_000_000, "each takes a fraction of a second to seconds", integer=True, optional=True),
+    "evaluations": Bound(1, 100_000, "each takes a fraction of a second or more, and the random strategy "
+                         "draws them all in one batch", integer=True, optional=True),
     # 10,000 XXS candidates (the default) raised peak memory by ~0.2 GB while priced in one batch
     "coarse": Bound(1, 100_000, "the coarse stage holds every candidate in memory at once", integer=True),
     "val_images": Bound(1, 10**8, "more images than any validation set", integer=True),

@@ -474,7 +474,7 @@ class SearchState:
 
 
 _STATE_FIX = "start a new search with another --out"
-MAX_STATE_RESULTS = 1_000_000  # the --evaluations bound
+MAX_STATE_RESULTS = 100_000  # the --evaluations bound
 
 
 def check_state(saved: Any, path: Path) -> dict[str, Any]:

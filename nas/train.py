@@ -110,6 +110,9 @@ class TrainConfig:
         if self.kd == "none" and self.teacher:
             raise UsageError(f"--teacher {self.teacher} is given but --kd is none, so it would be ignored: "
                              "add --kd soft or --kd hard, or drop --teacher")
+        if self.warmup_epochs is not None and self.epochs is not None and self.warmup_epochs > self.epochs:
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs:g} is longer than the run (--epochs {self.epochs}): "
+                             "the learning rate would never reach its peak; shorten the warm-up")
         if self.teacher_ckpt and not (self.teacher or "").startswith("timm:"):
             raise UsageError("--teacher-ckpt holds the weights of a --teacher timm:NAME; drop it or name a timm model")
         filled = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in RECIPES[self.recipe].items()}

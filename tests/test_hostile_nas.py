@@ -176,6 +176,20 @@ def test_a_locked_run_folder_refuses_a_second_writer(tiny_ckpt, tmp_path, capsys
     assert [p.name for p in run.iterdir()] == [".lock"]
 
 
+def test_export_never_overwrites_without_force(tiny_ckpt, tmp_path, capsys):
+    args = ["export", "--supernet", str(tiny_ckpt), "--arch", "min", "--no-recalibrate", "--format", "pt",
+            "--out", str(tmp_path), "--json"]
+    code, _, err = run_cli(nas, args, capsys)
+    assert code == 0, err
+    (tmp_path / "min.pt").write_bytes(b"an earlier export")
+    code, _, err = run_cli(nas, args, capsys)
+    assert_one_line_error(code, err, "already holds min.pt", "--force")
+    assert (tmp_path / "min.pt").read_bytes() == b"an earlier export"
+    code, _, err = run_cli(nas, [*args, "--force"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "min.pt").read_bytes() != b"an earlier export"
+
+
 def test_spaces_sample_never_overwrites_architecture_files(tmp_path, capsys):
     args = ["spaces", "--sample", "2", "--space", "xxs", "--out", str(tmp_path), "--json"]
     code, _, err = run_cli(nas, args, capsys)
@@ -210,6 +224,7 @@ def test_spaces_sample_never_overwrites_architecture_files(tmp_path, capsys):
     (["--weight-decay", "-inf"], "--weight-decay must be a finite number"),
     (["--teacher-ckpt", "w.pth"], "--teacher-ckpt holds the weights of a --teacher timm:NAME"),
     (["--trust-teacher-code"], "--trust-teacher-code only applies to a --teacher FILE"),
+    (["--warmup-epochs", "5"], "--warmup-epochs 5 is longer than the run (--epochs 1)"),
 ])
 def test_train_flags_out_of_bounds_are_usage_errors(tmp_path, capsys, args, needle):
     code, _, err = run_cli(nas, ["train", *QUICK, "--out", str(tmp_path / "r"), *args], capsys)
