@@ -106,8 +106,8 @@ def _write_archs(archs: list, out_dir: str, space_name: str) -> None:
     with FolderLock(out, "architecture folder"):
         taken = [p.name for p in paths if p.exists()]
         if taken:
-            raise AutoVitError(f"--out {out} already holds {taken[0]}" + (f" and {len(taken) - 1} more" if len(taken) > 1
-                               else "") + "; nothing is overwritten: choose another --out")
+            more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+            raise AutoVitError(f"--out {out} already holds {taken[0]}{more}; nothing is overwritten: choose another --out")
         for a, p in zip(archs, paths):
             replace(a, space=space).to_json(p)
 
@@ -268,7 +268,8 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
     log = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
     try:
         summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None, progress=not as_json,
-                            log=log, force=force, trust_teacher_code=trust_teacher_code, explicit=_given_on_command_line())
+                            log=log, force=force, trust_teacher_code=trust_teacher_code,
+                            explicit=_given_on_command_line())
     except KeyboardInterrupt:
         last = Path(out_dir) / "last.ckpt"
         keep = f"{last} (a finished epoch) is intact; continue with --resume {last}" if last.exists() else \

@@ -31,18 +31,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def is_torchscript(path: str | Path) -> bool:
-    """Whether `path` is a TorchScript archive, read from its zip member names only: loading
-    TorchScript runs the code inside it."""
+def _zip_members(path: str | Path) -> list | None:
+    """The zip members of `path` (ZipInfo: names, sizes), or None when it is not a zip archive."""
     import zipfile
 
     try:
         if not zipfile.is_zipfile(path):
-            return False
+            return None
         with zipfile.ZipFile(path) as z:
-            names = [n.split("/", 1)[-1] for n in z.namelist()]
+            return z.infolist()
     except (OSError, zipfile.BadZipFile, ValueError):
-        return False
+        return None
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether `path` is a TorchScript archive, read from its zip member names only: loading
+    TorchScript runs the code inside it."""
+    names = [i.filename.split("/", 1)[-1] for i in _zip_members(path) or []]
     return any(n == "constants.pkl" or n.startswith("code/") for n in names)
 
 
@@ -79,6 +84,12 @@ def load_torch_file(path: str | Path, what: str, fix: str, hint: str = "") -> An
         raise AutoVitError(f"{what} not found: {p}" if not p.exists() else f"{what} {p} is not a file")
     if is_torchscript(p):
         raise AutoVitError(f"{p} is a TorchScript archive, not a {what} (loading it would run the code inside); {fix}")
+    # torch.save stores its members uncompressed, but torch.load inflates compressed ones: a
+    # 100 MB zip bomb would ask for 100 GB
+    expanded, size = sum(i.file_size for i in _zip_members(p) or []), p.stat().st_size
+    if expanded > 2 * size + 2**20:
+        raise AutoVitError(f"{p}: its zip members inflate to {expanded / 2**20:,.0f} MiB from {size / 2**20:,.1f} MiB, "
+                           f"which torch.save never writes; not a {what}; {fix}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -111,7 +122,8 @@ def check_checkpoint(ck: dict[str, Any], path: str | Path) -> dict[str, Any]:
         for key in ("model", "ema"):
             _tensors(ck.get(key) if key == "ema" else _need(ck, key, dict), key, optional=key == "ema")
         _need(ck, "optimizer", dict)
-        if not isinstance(ck["optimizer"].get("state"), dict) or not isinstance(ck["optimizer"].get("param_groups"), list):
+        opt = ck["optimizer"]
+        if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
             raise AutoVitError("field 'optimizer' must hold 'state' and 'param_groups'")
         _need(ck, "scheduler", dict)  # rebuilt from the configuration on resume, never read
         _scaler(_need(ck, "scaler", dict))

@@ -131,7 +131,7 @@ def check_space_limits(space: "SearchSpace") -> None:
     for where, values in lists.items():
         check_field(f"{where} (values listed)", len(values), "options", owner)
     for where in ("mbconv", "transformer"):
-        check_field(f"[[{where}]] (stages listed)", len(getattr(space, where)), "stages", owner)
+        check_field(f"{where} stages listed", len(getattr(space, where)), "stages", owner)
     envelope = ArchConfig(
         resolution=max(space.resolutions), stem_width=max(space.stem_widths),
         mbconv=tuple(MBConvStage(max(s.widths), max(s.depths), max(s.kernels), max(s.expansions), s.stride)

@@ -342,8 +342,9 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     `out` must be empty, or the folder of `resume`; `force` lets a fresh run replace what it
     holds (its run files are removed first). Rank 0 holds a FolderLock on `out` while it
     writes. A TorchScript teacher runs code, so it is refused unless `trust_teacher_code`.
-    `explicit`: the fields the user set (None: all); see run_config. `stop_after_epochs` ends the run early as an interruption would (tests and time budgets);
-    the schedule still spans `cfg.epochs`.
+    `explicit`: the fields the user set (None: all); see run_config. `stop_after_epochs` ends
+    the run early as an interruption would (tests and time budgets); the schedule still spans
+    `cfg.epochs`.
     """
     out = Path(out)
     ck = load_checkpoint(resume) if resume is not None else None
@@ -625,8 +626,8 @@ def _end_epoch(run: _Run, out: Path, row: dict[str, Any], epoch: int, step: int,
     evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
     eval_model = run.supernet if run.ema is None else run.ema.module
     for name, arch in followed.items():
-        row[f"top1_{name}"] = (evaluate_subnet(eval_model, arch, run.loaders.bn, run.loaders.val, run.ctx.device)["top1"]
-                               if evaluated else None)
+        row[f"top1_{name}"] = (evaluate_subnet(eval_model, arch, run.loaders.bn, run.loaders.val,
+                                               run.ctx.device)["top1"] if evaluated else None)
     run.supernet.train()
     score = float(np.mean([row[f"top1_{n}"] for n in followed])) if evaluated else None
     row["top1_mean"] = score

@@ -100,7 +100,8 @@ def test_resume_never_loads_a_teacher_named_in_the_checkpoint(tiny_ckpt, scripte
 
     forged = forge(tiny_ckpt, tmp_path / "run", distilled_from_the_file)
     before = digest(forged.parent)
-    code, _, err = run_cli(nas, ["train", "--resume", str(forged), "--epochs", "2", "--out", str(forged.parent)], capsys)
+    code, _, err = run_cli(nas, ["train", "--resume", str(forged), "--epochs", "2", "--out", str(forged.parent)],
+                           capsys)
     assert_one_line_error(code, err, "never loads a file named inside a checkpoint", f"--teacher {ts}")
     assert code == 2 and not marker.exists() and digest(forged.parent) == before
     # named again on the command line, the TorchScript rule applies as for a fresh run
@@ -139,6 +140,31 @@ def test_pickle_payloads_are_refused_on_every_load_path(pickle_payload, tmp_path
     # the weights-only refusal is said whole, not cut mid-word
     assert_one_line_error(code, err, "beyond tensors and plain data, refused because unpickling them could run code")
     assert not marker.exists()
+
+
+@pytest.fixture
+def zip_bomb(tmp_path) -> Path:
+    """A torch file whose members are deflated: 8 kB on disk, 8 MB once torch.load inflates them
+    (the same file at 100 MB would ask for 100 GB)."""
+    import zipfile
+
+    plain, bomb = tmp_path / "plain.pt", tmp_path / "bomb.pt"
+    torch.save({"format": "autovit-supernet/1", "model": {"w": torch.zeros(2_000_000)}}, plain)
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    return bomb
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "--supernet", "{p}"],
+    ["train", "--resume", "{p}", "--out", "{tmp}/r"],
+    ["train", *QUICK, "--kd", "soft", "--teacher", "{p}", "--out", "{tmp}/t"],
+    ["train", *QUICK, "--kd", "hard", "--teacher", "timm:resnet10t", "--teacher-ckpt", "{p}", "--out", "{tmp}/t"],
+])
+def test_a_zip_bomb_is_refused_before_torch_inflates_it(zip_bomb, tmp_path, capsys, args):
+    code, _, err = run_cli(nas, [a.format(p=zip_bomb, tmp=tmp_path) for a in args], capsys)
+    assert_one_line_error(code, err, "its zip members inflate to 8 MiB", "which torch.save never writes")
 
 
 def test_kd_none_with_a_teacher_is_a_usage_error(tmp_path, capsys):
@@ -322,7 +348,8 @@ def test_arch_file_bounds_without_a_space(tmp_path, capsys, change, needle):
 def test_arch_file_strict_json(tmp_path, capsys, text, needle):
     p = tmp_path / "arch.json"
     p.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
-    for cli, args in ((lat, ["estimate", str(p), "--hw", "v100"]), (nas, ["spaces", "--check", str(p), "--space", "xxs"])):
+    for cli, args in ((lat, ["estimate", str(p), "--hw", "v100"]),
+                      (nas, ["spaces", "--check", str(p), "--space", "xxs"])):
         code, _, err = run_cli(cli, args, capsys)
         assert_one_line_error(code, err, needle)
 
@@ -448,8 +475,8 @@ def test_a_forged_nan_learning_rate_in_the_optimizer_is_not_used(tiny_ckpt, tmp_
             g["betas"] = (float("nan"), 0.9)
 
     forged = forge(tiny_ckpt, tmp_path / "run", poisoned)
-    code, out, err = run_cli(nas, ["train", "--resume", str(forged), "--epochs", "2", "--steps-per-epoch", "1",
-                                   "--out", str(forged.parent), "--json"], capsys)
+    code, out, err = run_cli(nas, ["train", "--resume", str(forged), "--epochs", "2", "--out", str(forged.parent),
+                                   "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["epochs_done"] == 2
 
