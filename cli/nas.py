@@ -481,10 +481,26 @@ def _search_settings(ckpt, devices, latency_budget, param_budget, strategy, eval
             raise UsageError(f"{flag} is a probability: give a value in [0, 1], got {value}") from None
     SEED.check(seed, "--seed")
     check_oracle_spec(oracle, list(devices))
-    return {"supernet": str(Path(ckpt).resolve()), "devices": list(devices), "budgets_ms": budgets,
+    return {"supernet": str(Path(ckpt).resolve()), "supernet_sha256": _sha256(ckpt), "devices": list(devices),
+            "budgets_ms": budgets,
             "param_window": list(window), "strategy": strategy, "evaluations": evaluations,
             "population": population, "generations": generations, "parents": parents, "p_depth": p_depth,
             "p_layer": p_layer, "coarse": coarse, "val_images": val_images, "oracle": oracle, "seed": seed}
+
+
+def _sha256(path: str) -> str | None:
+    """The checkpoint's digest (16 hex digits): --resume refuses a supernet retrained at the same
+    path, whose accuracies differ from the saved ones."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+    except OSError:
+        return None  # not readable: the checkpoint loader says why, in one line
+    return h.hexdigest()[:16]
 
 
 def _run_search(ctx, net, cfg, state, settings_d: dict, cons, measuring, out_dir, as_json: bool) -> None:

@@ -122,16 +122,19 @@ def check_space_limits(space: "SearchSpace") -> None:
 
     owner = f"space {space.name[:LIMITS['text']]}"
     check_field("name (characters)", len(space.name), "text", owner)
-    lists = {"resolutions": space.resolutions, "stem widths": space.stem_widths,
-             "num_transformer_stages": space.num_transformer_stages}
-    for i, s in enumerate(space.mbconv):
-        lists.update({f"mbconv[{i}].{k}": getattr(s, k) for k in ("widths", "depths", "kernels", "expansions")})
-    for i, s in enumerate(space.transformer):
-        lists.update({f"transformer[{i}].{k}": getattr(s, k) for k in ("widths", "depths", "heads", "mlp_ratios")})
-    for where, values in lists.items():
+    # where -> (values, the LIMITS kind of each value)
+    lists = {"resolutions": (space.resolutions, "resolution"), "stem widths": (space.stem_widths, "width"),
+             "num_transformer_stages": (space.num_transformer_stages, "stages")}
+    kinds = {"widths": "width", "depths": "depth", "kernels": "kernel", "expansions": "expansion", "heads": "heads",
+             "mlp_ratios": "mlp_ratio"}
+    for part in ("mbconv", "transformer"):
+        check_field(f"{part} stages listed", len(getattr(space, part)), "stages", owner)
+        for i, s in enumerate(getattr(space, part)):
+            lists.update({f"{part}[{i}].{k}": (getattr(s, k), kind) for k, kind in kinds.items() if hasattr(s, k)})
+    # every value before the envelope is built: a depth of 1e9 would be a tuple of 1e9 layers
+    for where, (values, kind) in lists.items():
         check_field(f"{where} (values listed)", len(values), "options", owner)
-    for where in ("mbconv", "transformer"):
-        check_field(f"{where} stages listed", len(getattr(space, where)), "stages", owner)
+        check_field(where, max(values), kind, owner)
     envelope = ArchConfig(
         resolution=max(space.resolutions), stem_width=max(space.stem_widths),
         mbconv=tuple(MBConvStage(max(s.widths), max(s.depths), max(s.kernels), max(s.expansions), s.stride)

@@ -161,9 +161,17 @@ class DistContext:
         use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise AutoVitError("--device cuda: no CUDA device is visible; use --device cpu")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+        try:
+            world, rank, local = (int(os.environ.get(k, d)) for k, d in
+                                  (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
+        except ValueError:
+            raise AutoVitError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); "
+                               "unset them to run one process") from None
+        # cuda:N picks a device for one process; under torchrun each rank takes its local one
+        index = int(device.split(":")[1]) if device.startswith("cuda:") and world == 1 else local
+        if use_cuda and index >= torch.cuda.device_count():
+            raise AutoVitError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices are visible")
+        dev = torch.device(f"cuda:{index}" if use_cuda else "cpu")
         if world > 1:
             import torch.distributed as dist
 

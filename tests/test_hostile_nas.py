@@ -398,7 +398,7 @@ def _drop(key):
     (lambda ck: ck["rng"].update(torch="x"), "'rng.torch' (and 'rng.cuda') must hold 1-D byte tensors"),
     (lambda ck: ck.update(optimizer={"state": 1}), "field 'optimizer' must hold 'state' and 'param_groups'"),
     (lambda ck: ck.update(model={"stem": "not a tensor"}), "field 'model' must map parameter names to tensors"),
-    (lambda ck: ck["space"].update(resolutions=[100000]), "'resolution' is 100000, beyond the sane bound"),
+    (lambda ck: ck["space"].update(resolutions=[100000]), "'resolutions' is 100000, beyond the sane bound"),
     (lambda ck: ck["space"].update(transformer=ck["space"]["transformer"] * 5), "stages listed"),
     (lambda ck: ck["space"].update(head_dim=10**6), "'head_dim' is 1e+06"),
     (lambda ck: ck["config"].update(lr=float("nan")), "field 'config.lr' must be a finite number"),
@@ -511,3 +511,10 @@ def test_a_small_image_folder_with_a_decompression_bomb_trains(tmp_path):
                   val_images=None)
     res = train(cfg, tmp_path / "run", progress=False, log=quiet)
     assert res["history"][0]["top1_max"] is not None
+
+
+def test_a_garbled_torchrun_environment_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    code, _, err = run_cli(nas, ["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "WORLD_SIZE, RANK and LOCAL_RANK must be integers")
+    assert not (tmp_path / "r").exists()

@@ -131,7 +131,7 @@ def _space(tmp_path: Path, old: str = "", new: str = "", text: str | None = None
     ("mlp_ratios = [1.5, 2.0]", "mlp_ratios = [inf]", None, "must be finite and > 0"),
     ("resolutions = [224, 256]", "resolutions = [1" + "0" * 5000 + "]", None, "not valid TOML"),
     ("", "", "a = " + "[" * 100_000 + "]" * 100_000, "not valid TOML"),
-    ("resolutions = [224, 256]", "resolutions = [100000]", None, "'resolution' is 100000"),
+    ("resolutions = [224, 256]", "resolutions = [100000]", None, "'resolutions' is 100000"),
     ("widths = [48, 64]", "widths = [" + ", ".join(str(8 * i) for i in range(1, 200)) + "]", None,
      "values listed)' is 199, beyond the sane bound 64"),
     ("head_dim = 16", "head_dim = 1000000", None, "'head_dim' is 1e+06"),
@@ -171,3 +171,24 @@ def test_sampled_files_of_a_space_file_name_it_absolutely(tmp_path, capsys, monk
     assert code == 0, err
     saved = json.loads((tmp_path / "archs" / "arch_000.json").read_text())
     assert saved["space"] == str(space.resolve())
+
+
+def test_resume_refuses_a_supernet_retrained_at_the_same_path(finished, tiny_ckpt, tmp_path, capsys):
+    import hashlib
+    import shutil
+
+    import torch
+
+    ck = tmp_path / "supernet.ckpt"
+    shutil.copy(tiny_ckpt, ck)
+    state = json.loads((finished / "state.json").read_text())
+    state["settings"].update(supernet=str(ck.resolve()),
+                             supernet_sha256=hashlib.sha256(ck.read_bytes()).hexdigest()[:16])
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps(state))
+    retrained = torch.load(ck, weights_only=True)
+    retrained["model"]["classifier.weight"] += 1  # what another training run leaves at the same path
+    torch.save(retrained, ck)
+    code, _, err = run_cli(nas, ["search", "--supernet", str(ck), *SMALL, "--resume", str(folder)], capsys)
+    assert_one_line_error(code, err, "different settings", "supernet_sha256")
