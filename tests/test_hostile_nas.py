@@ -390,6 +390,7 @@ def _drop(key):
 @pytest.mark.parametrize("change, needle", [
     (_drop("space"), "field 'space' is missing"),
     (lambda ck: ck["config"].update(epochs="abc"), "field 'config.epochs' must be an integer, got 'abc'"),
+    (lambda ck: ck.update(epoch="abc"), "field 'epoch' must be int, got 'abc'"),
     (lambda ck: ck.update(history="x"), "field 'history' must be list"),
     (lambda ck: ck.update(history=[{"epoch": "one"}]), "field 'history[0].epoch' must be a number"),
     (lambda ck: ck.update(epoch=-3), "field 'epoch' must be >= 0"),
