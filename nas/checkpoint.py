@@ -51,6 +51,9 @@ def is_torchscript(path: str | Path) -> bool:
     return any(n == "constants.pkl" or n.startswith("code/") for n in names)
 
 
+_UNSAFE = "it holds Python objects"
+
+
 def load_reason(e: BaseException) -> str:
     """Why torch.load failed, in a short clause: the weights-only refusal named as such, any
     other message cut at its first sentence or a word boundary, never mid-word."""
@@ -59,8 +62,7 @@ def load_reason(e: BaseException) -> str:
         detail = next((line for line in text.splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
         found = re.search(r"GLOBAL ([\w.]+)", detail)
         what = f" ({found.group(1)})" if found else ""
-        return (f"it holds Python objects{what} beyond tensors and plain data, refused because unpickling "
-                "them could run code")
+        return f"{_UNSAFE}{what} beyond tensors and plain data, refused because unpickling them could run code"
     return shorten(text.strip().splitlines()[0] if text.strip() else type(e).__name__)
 
 
@@ -95,7 +97,9 @@ def load_torch_file(path: str | Path, what: str, fix: str, hint: str = "") -> An
             warnings.simplefilter("ignore")
             return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a file that is not ours
-        raise AutoVitError(f"{p} is not a readable {what} ({hint}{load_reason(e)}); {fix}") from None
+        reason = load_reason(e)
+        hint = "" if reason.startswith(_UNSAFE) else hint  # the file may be whole: it is refused, not broken
+        raise AutoVitError(f"{p} is not a readable {what} ({hint}{reason}); {fix}") from None
 
 
 _CKPT_FIX = "use a last.ckpt/best.ckpt written by 'autovit-nas train'"
@@ -146,7 +150,8 @@ def _need(ck: dict[str, Any], key: str, kind: type) -> Any:
     if key not in ck:
         raise AutoVitError(f"field '{key}' is missing")
     if isinstance(ck[key], bool) or not isinstance(ck[key], kind):
-        raise AutoVitError(f"field '{key}' must be {kind.__name__}, got {repr(ck[key])[:40]}")
+        kind_name = {dict: "a table", list: "a list", int: "an integer"}[kind]
+        raise AutoVitError(f"field '{key}' must be {kind_name}, got {repr(ck[key])[:40]}")
     return ck[key]
 
 

@@ -390,8 +390,8 @@ def _drop(key):
 @pytest.mark.parametrize("change, needle", [
     (_drop("space"), "field 'space' is missing"),
     (lambda ck: ck["config"].update(epochs="abc"), "field 'config.epochs' must be an integer, got 'abc'"),
-    (lambda ck: ck.update(epoch="abc"), "field 'epoch' must be int, got 'abc'"),
-    (lambda ck: ck.update(history="x"), "field 'history' must be list"),
+    (lambda ck: ck.update(epoch="abc"), "field 'epoch' must be an integer, got 'abc'"),
+    (lambda ck: ck.update(history="x"), "field 'history' must be a list"),
     (lambda ck: ck.update(history=[{"epoch": "one"}]), "field 'history[0].epoch' must be a number"),
     (lambda ck: ck.update(epoch=-3), "field 'epoch' must be >= 0"),
     (lambda ck: ck.update(best="x"), "field 'best' must be a table"),
@@ -406,7 +406,7 @@ def _drop(key):
     (lambda ck: ck["config"].update(randaug="rand-zz9"), "field 'config.randaug' must be a timm RandAugment"),
     (lambda ck: ck["config"].update(device="tpu"), "field 'config.device' must be auto, cpu"),
     (lambda ck: ck["config"].update(arch={"resolution": 1}), "field 'config.arch'"),
-    (lambda ck: ck.update(config=[]), "field 'config' must be dict"),
+    (lambda ck: ck.update(config=[]), "field 'config' must be a table"),
     (lambda ck: ck.update(scaler={"scale": "x"}), "field 'scaler.scale' must be a number"),
     (lambda ck: ck.update(scaler={"scael": 1.0}), "unknown key 'scael' (did you mean 'scale'?)"),
 ])
