@@ -149,8 +149,10 @@ def _resolutions(value: str | None) -> tuple[int, ...] | None:
 
     if not value:
         return None
+    import re
+
     parts = value.split(",")
-    if len(parts) > MAX_RESOLUTIONS or not all(p.strip().isdigit() and len(p.strip()) <= 9 for p in parts):
+    if len(parts) > MAX_RESOLUTIONS or not all(re.fullmatch(r"[0-9]{1,9}", p.strip()) for p in parts):
         raise UsageError(f"--resolutions takes up to {MAX_RESOLUTIONS} comma-separated integers (e.g. 48,64), "
                          f"got '{value[:60]}'")
     return tuple(int(p) for p in parts)

@@ -231,6 +231,7 @@ def test_spaces_sample_never_overwrites_architecture_files(tmp_path, capsys):
     (["--resolutions", "100000"], "--resolutions must be <= 1024"),
     (["--resolutions", ",".join(["32"] * 40)], "up to 16 comma-separated"),
     (["--resolutions", "9" * 5000], "comma-separated integers"),
+    (["--resolutions", "32,\u00b2"], "comma-separated integers"),  # a digit to str.isdigit, not to int()
     (["--lr", "nan"], "--lr must be a finite number"),
     (["--lr", "1e9"], "--lr must be <= 10"),
     (["--workers", "-1"], "--workers must be >= 0"),
