@@ -24,9 +24,10 @@ demo: install
 	$(VENV)/bin/autovit-lat estimate autovit:xxs --hw iphone13 --plot out/demo/autovit_xxs_iphone13.png
 	$(VENV)/bin/autovit-lat compare autovit:xxs autovit:xs autovit:s timm:mobilevit_xxs timm:mobilevit_xs \
 		timm:mobilenetv3_large_100 timm:deit_tiny_patch16_224 --hw iphone13 --hw v100 --plot out/demo/breakdown.png
+	rm -rf out/demo/supernet
 	$(VENV)/bin/autovit-nas train --space xxs --data mnist5k --epochs 2 --eval-random 1 --out out/demo/supernet
 	$(VENV)/bin/autovit-nas eval --supernet out/demo/supernet/last.ckpt --arch min
-	$(VENV)/bin/autovit-nas export --supernet out/demo/supernet/last.ckpt --arch min --format onnx --out out/demo
+	$(VENV)/bin/autovit-nas export --supernet out/demo/supernet/last.ckpt --arch min --format onnx --out out/demo --force
 	$(VENV)/bin/autovit-lat estimate out/demo/min.onnx --hw iphone13
 	rm -rf out/demo/search
 	$(VENV)/bin/autovit-nas search --supernet out/demo/supernet/last.ckpt --hw iphone13 --latency-budget 3ms \

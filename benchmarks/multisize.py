@@ -48,7 +48,8 @@ def main() -> None:
         if not done:
             cfg = TrainConfig(space=space, data=args.data, epochs=args.epochs, eval_every=args.epochs,
                               eval_random=0, seed=args.seed)
-            train(cfg, out, resume=last if last.exists() else None, progress=False,
+            # no checkpoint yet: whatever a killed first epoch left (config.json) is replaced
+            train(cfg, out, resume=last if last.exists() else None, progress=False, force=not last.exists(),
                   log=lambda m: print(m, file=sys.stderr, flush=True))
         runs[name] = supernet_from_checkpoint(last)
     xxs_space = runs["xxs"][0].space

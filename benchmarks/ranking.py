@@ -39,7 +39,9 @@ def standalone_top1(cfg, arch, epochs: int, out: Path) -> float:
         if ck["epoch"] >= epochs:
             return ck["history"][-1]["top1_arch"]
     run = replace(cfg, epochs=epochs, arch=json.loads(arch.to_json()), eval_every=epochs, eval_random=0)
-    res = train(run, out, resume=last if last.exists() else None, progress=False, log=lambda m: None)
+    # no checkpoint yet: whatever a killed first epoch left (config.json) is replaced
+    res = train(run, out, resume=last if last.exists() else None, progress=False, log=lambda m: None,
+                force=not last.exists())
     return res["history"][-1]["top1_arch"]
 
 

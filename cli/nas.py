@@ -33,24 +33,22 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
     """List the search spaces with their sizes, validate a space or architecture file, or sample."""
     import random
 
-    from autovit.latmodel.errors import AutoVitError
+    from autovit.latmodel.errors import UsageError
     from autovit.nas.arch import load_arch
+    from autovit.nas.bounds import SEED, Bound
     from autovit.nas.params import count_params
     from autovit.nas.space import BUILTIN_SPACES, load_space
 
-    if sample < 0:
-        raise AutoVitError(f"--sample must be >= 0, got {sample}")
+    Bound(0, 10_000, "each is printed or written as a file", integer=True).check(sample, "--sample")
+    SEED.check(seed, "--seed")
     if sample:
         if not space_name:
-            raise AutoVitError("--sample needs --space xxs|xs|s or a space file")
+            raise UsageError("--sample needs --space xxs|xs|s or a space file")
         sp = load_space(space_name)
         rng = random.Random(seed)
         archs = [sp.sample(rng) for _ in range(sample)]
         if out_dir:
-            from pathlib import Path
-
-            for i, a in enumerate(archs):
-                a.to_json(Path(out_dir) / f"arch_{i:03d}.json")
+            _write_archs(archs, out_dir, space_name)
         if as_json:
             print_json([a.to_dict() for a in archs])  # each loadable as an architecture file
         else:
@@ -63,7 +61,7 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
     if check_path:
         if check_path.endswith(".json"):
             if not space_name:
-                raise AutoVitError("checking an architecture needs --space NAME")
+                raise UsageError("checking an architecture needs --space NAME")
             arch = load_space(space_name).check(load_arch(check_path))
             result = {"file": check_path, "valid": True, "params": count_params(arch)}
         else:
@@ -90,6 +88,28 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
                   f"{r['params_min'] / 1e6:.2f}-{r['params_max'] / 1e6:.2f}",
                   "-".join(f"{x:g}" for x in r["paper_params_range_m"]))
     console.print(t)
+
+
+def _write_archs(archs: list, out_dir: str, space_name: str) -> None:
+    """OUT/arch_NNN.json for each, refusing to replace any file already there; a space file is
+    named by its absolute path, so the files can be read from any folder."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from autovit.latmodel.errors import AutoVitError
+    from autovit.latmodel.io import FolderLock
+    from autovit.nas.space import BUILTIN_SPACES
+
+    out = Path(out_dir)
+    paths = [out / f"arch_{i:03d}.json" for i in range(len(archs))]
+    space = space_name if space_name.lower() in BUILTIN_SPACES else str(Path(space_name).resolve())
+    with FolderLock(out, "architecture folder"):
+        taken = [p.name for p in paths if p.exists()]
+        if taken:
+            more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+            raise AutoVitError(f"--out {out} already holds {taken[0]}{more}; nothing is overwritten: choose another --out")
+        for a, p in zip(archs, paths):
+            replace(a, space=space).to_json(p)
 
 
 @cli.command()
@@ -124,14 +144,46 @@ def presets(as_json: bool) -> None:
 
 
 def _resolutions(value: str | None) -> tuple[int, ...] | None:
-    from autovit.latmodel.errors import AutoVitError
+    from autovit.latmodel.errors import UsageError
+    from autovit.nas.bounds import MAX_RESOLUTIONS
 
     if not value:
         return None
+    import re
+
+    parts = value.split(",")
+    if len(parts) > MAX_RESOLUTIONS or not all(re.fullmatch(r"[0-9]{1,9}", p.strip()) for p in parts):
+        raise UsageError(f"--resolutions takes up to {MAX_RESOLUTIONS} comma-separated integers (e.g. 48,64), "
+                         f"got '{value[:60]}'")
+    return tuple(int(p) for p in parts)
+
+
+def _given_on_command_line() -> set[str]:
+    """The TrainConfig fields the user set with a flag (not left at its default)."""
+    from dataclasses import fields
+
+    from autovit.nas.train import TrainConfig
+
+    ctx = click.get_current_context()
+    names = {n for n in ctx.params if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
+    return {"arch" if n == "arch_file" else n for n in names} & {f.name for f in fields(TrainConfig)}
+
+
+def _clip_grad(value: str | None) -> float | None:
+    """--clip-grad NORM or none (0: no clipping)."""
+    from autovit.latmodel.errors import UsageError
+
+    if value is None:
+        return None
+    if value.strip().lower() in ("none", "off"):
+        return 0.0
     try:
-        return tuple(int(v) for v in value.split(","))
+        norm = float(value)
     except ValueError:
-        raise AutoVitError(f"--resolutions takes comma-separated integers (e.g. 48,64), got '{value}'") from None
+        raise UsageError(f"--clip-grad takes a gradient norm > 0 or 'none', got '{value[:40]}'") from None
+    if not norm > 0:  # NaN too
+        raise UsageError(f"--clip-grad must be > 0 (or 'none' for no clipping), got {value[:40]}")
+    return norm
 
 
 @cli.command()
@@ -153,13 +205,16 @@ def _resolutions(value: str | None) -> tuple[int, ...] | None:
 @click.option("--kd", type=click.Choice(["none", "soft", "hard"]), default="none", show_default=True)
 @click.option("--kd-alpha", type=float, default=0.5, show_default=True)
 @click.option("--kd-tau", type=float, default=1.0, show_default=True)
-@click.option("--teacher", default=None, help="timm:NAME (with --teacher-ckpt), a .pt/TorchScript file, or supernet-max.")
+@click.option("--teacher", default=None, help="timm:NAME (with --teacher-ckpt), a .pt model file from 'export', "
+              "supernet-max, or TorchScript with --trust-teacher-code. With --resume, name it again.")
+@click.option("--trust-teacher-code", is_flag=True,
+              help="Allow a TorchScript teacher: loading it runs the code inside the file. Only for files you trust.")
 @click.option("--teacher-ckpt", default=None, type=click.Path(dir_okay=False), help="Local weights for a timm teacher.")
 @click.option("--batch-size", type=int, default=None, help="Per process. Default: the recipe's.")
 @click.option("--lr", type=float, default=None, help="Peak learning rate. Default: the recipe's.")
 @click.option("--weight-decay", type=float, default=None)
 @click.option("--warmup-epochs", type=float, default=None)
-@click.option("--clip-grad", type=float, default=None, help="Gradient norm clip. Default: the recipe's.")
+@click.option("--clip-grad", default=None, help="Gradient norm clip, or none. Default: the recipe's.")
 @click.option("--ema/--no-ema", default=None, help="Keep an EMA of the weights and evaluate it.")
 @click.option("--resolutions", default=None, help="Input sides to train (comma list). Default: the data's "
               "native size for built-in sets, the space's otherwise.")
@@ -173,14 +228,16 @@ def _resolutions(value: str | None) -> tuple[int, ...] | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--amp", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Mixed precision: auto = fp16 on CUDA, off on CPU.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Replace the run in a non-empty --out (its checkpoints are deleted).")
 @click.option("--tensorboard", is_flag=True, help="Also log to OUT/tensorboard (needs the tensorboard package).")
 @click.option("--arch", "arch_file", default=None, type=click.Path(dir_okay=False),
               help="Train only this subnet (architecture JSON): the stand-alone baseline of ranking studies.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_random, kd, kd_alpha, kd_tau, teacher,
-          teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema, resolutions, eval_random,
-          steps_per_epoch, val_images, eval_every, workers, seed, amp, device, tensorboard, arch_file, as_json) -> None:
+          trust_teacher_code, teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema, resolutions,
+          eval_random, steps_per_epoch, val_images, eval_every, workers, seed, amp, device, force, tensorboard,
+          arch_file, as_json) -> None:
     """Train a weight-entangled supernet (SPEC.md section 3).
 
     \b
@@ -192,28 +249,29 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
     import json
     from pathlib import Path
 
-    from autovit.latmodel.errors import AutoVitError, Interrupted
+    from autovit.latmodel.errors import Interrupted, UsageError
     from autovit.nas.arch import load_arch
-    from autovit.nas.checkpoint import load_checkpoint
     from autovit.nas.train import TrainConfig, train as run_train
 
-    if resume and not Path(resume).is_file():
-        raise AutoVitError(f"--resume {resume}: checkpoint not found")
-    if epochs is None:
-        epochs = load_checkpoint(resume)["config"]["epochs"] if resume else 10
+    if trust_teacher_code and not teacher:
+        raise UsageError("--trust-teacher-code only applies to a --teacher FILE; drop it")
+    if trust_teacher_code:
+        console.print(f"[yellow]warning:[/] --trust-teacher-code: if {teacher} is TorchScript, loading it runs the "
+                      "code inside it with your permissions (it can read, write or delete files)", highlight=False)
     arch = json.loads(load_arch(arch_file).to_json()) if arch_file else None
     cfg = TrainConfig(
         space=space, data=data, epochs=epochs, recipe=recipe, sampling=sampling, sandwich_random=sandwich_random,
         kd=kd, kd_alpha=kd_alpha, kd_tau=kd_tau, teacher=teacher, teacher_ckpt=teacher_ckpt, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, clip_grad=clip_grad, ema=ema,
+        lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, clip_grad=_clip_grad(clip_grad), ema=ema,
         resolutions=_resolutions(resolutions), eval_random=eval_random, steps_per_epoch=steps_per_epoch,
         eval_every=eval_every, val_images=val_images,
         workers=workers, seed=seed, amp=amp, device=device, tensorboard=tensorboard, arch=arch,
     )
     log = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
     try:
-        summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None,
-                            progress=not as_json, log=log)
+        summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None, progress=not as_json,
+                            log=log, force=force, trust_teacher_code=trust_teacher_code,
+                            explicit=_given_on_command_line())
     except KeyboardInterrupt:
         last = Path(out_dir) / "last.ckpt"
         keep = f"{last} (a finished epoch) is intact; continue with --resume {last}" if last.exists() else \
@@ -281,8 +339,9 @@ def eval_cmd(ckpt, arch_spec, data, space, bn_batches, batch_size, ema, as_json)
 @_space_opt
 @_bn_opt
 @click.option("--no-recalibrate", is_flag=True, help="Keep the supernet's BatchNorm statistics as they are.")
+@click.option("--force", is_flag=True, help="Replace files of the same name in --out.")
 @click.option("--json", "as_json", is_flag=True, help="JSON on stdout.")
-def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recalibrate, as_json) -> None:
+def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recalibrate, force, as_json) -> None:
     """A standalone subnet with inherited weights (BatchNorm recalibrated) as pt, ONNX,
     TorchScript or Core ML; ONNX and TorchScript are checked against torch.
 
@@ -291,16 +350,27 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
       autovit-nas export --supernet runs/xxs/best.ckpt --arch max --format onnx --out out/
       autovit-lat estimate out/max.onnx --hw iphone13
     """
+    import re
     from pathlib import Path
 
+    from autovit.latmodel.errors import AutoVitError, UsageError
+    from autovit.latmodel.io import FolderLock
     from autovit.nas.evaluate import inherited_subnet, resolve_arch, supernet_from_checkpoint
     from autovit.nas.export import SUFFIX, export_model
 
+    stem = name or (arch_spec if arch_spec in ("max", "min") else Path(arch_spec.replace(":", "_")).stem)
+    if not re.fullmatch(r"[\w.+-]{1,128}", stem) or stem.startswith("."):
+        raise UsageError(f"--name must be a plain file stem (letters, digits, . _ + -; no folders), got '{stem[:60]}'")
     net, cfg, _ = supernet_from_checkpoint(ckpt, space)
     arch = resolve_arch(arch_spec, net.space)
     model, _ = inherited_subnet(net, arch, cfg, bn_batches=bn_batches, recalibrate=not no_recalibrate)
-    stem = name or (arch_spec if arch_spec in ("max", "min") else Path(arch_spec.replace(":", "_")).stem)
-    results = [export_model(model, f, Path(out_dir) / f"{stem}{SUFFIX[f]}", arch.resolution) for f in formats]
+    paths = {f: Path(out_dir) / f"{stem}{SUFFIX[f]}" for f in dict.fromkeys(formats)}
+    with FolderLock(Path(out_dir), "export folder"):
+        taken = [p.name for p in paths.values() if p.exists()]
+        if taken and not force:
+            raise AutoVitError(f"--out {out_dir} already holds {', '.join(taken)}; nothing is overwritten without "
+                               "--force: pass --force, --name STEM or another --out")
+        results = [export_model(model, f, p, arch.resolution) for f, p in paths.items()]
     if as_json:
         print_json(results)
     else:
@@ -347,47 +417,112 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
       autovit-nas search --supernet runs/xxs/best.ckpt --hw iphone13 --hw v100 --latency-budget iphone13=10ms,v100=2ms --out s/two
       torchrun --nproc-per-node 2 -m autovit.cli.nas search ... --out s/v100
     """
-    import time
+    import contextlib
     from pathlib import Path
 
-    from autovit.latmodel.errors import AutoVitError, Interrupted
-    from autovit.nas.evaluate import AccuracyEvaluator, supernet_from_checkpoint
-    from autovit.nas.search import (Constraints, EvolutionSettings, SearchState, Searcher, make_oracle,
-                                    parse_latency_budgets, parse_param_window, write_results)
+    from autovit.latmodel.errors import AutoVitError
+    from autovit.latmodel.io import FolderLock
+    from autovit.nas.evaluate import supernet_from_checkpoint
+    from autovit.nas.search import Constraints, SearchState, make_oracle
     from autovit.nas.train import DistContext
 
+    out_dir = _search_folder(out_dir, resume_dir)
+    settings_d = _search_settings(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population,
+                                  generations, parents, p_depth, p_layer, coarse, val_images, oracle, seed)
+    ctx = DistContext.setup("cpu")  # fitness runs on the CPU; gloo joins the ranks under torchrun
+    # a bad checkpoint, LUT or device profile touches no folder
+    net, cfg, _ = supernet_from_checkpoint(ckpt, space)
+    measuring = _MeasureBar() if ctx.main and not as_json and oracle == "measured" else None
+    cons = Constraints(tuple(settings_d["param_window"]), settings_d["budgets_ms"],
+                       {d: make_oracle(oracle, d, net.space, out_dir, measuring) for d in devices})
+    if resume_dir and not (out_dir / "state.json").is_file():
+        raise AutoVitError(f"--resume {out_dir}: no search state there (state.json); start with --out {out_dir}")
+    # One writer per results folder: a second search on it is refused instead of racing it.
+    with FolderLock(out_dir, "search results folder") if ctx.main else contextlib.nullcontext():
+        state = SearchState.open(out_dir, settings_d, resume=bool(resume_dir))
+        ctx.barrier()  # every rank has read the folder before any writes to it
+        _run_search(ctx, net, cfg, state, settings_d, cons, measuring, out_dir, as_json)
+
+
+def _search_folder(out_dir: str | None, resume_dir: str | None):
+    from pathlib import Path
+
+    from autovit.latmodel.errors import UsageError
+
     if not out_dir and not resume_dir:
-        raise AutoVitError("give --out DIR (or --resume DIR to continue a search)")
+        raise UsageError("give --out DIR (or --resume DIR to continue a search)")
     if out_dir and resume_dir and Path(out_dir) != Path(resume_dir):
-        raise AutoVitError("--out and --resume name different folders; --resume DIR alone continues in DIR")
-    out_dir = Path(out_dir or resume_dir)
+        raise UsageError("--out and --resume name different folders; --resume DIR alone continues in DIR")
+    return Path(out_dir or resume_dir)
+
+
+def _search_settings(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population, generations,
+                     parents, p_depth, p_layer, coarse, val_images, oracle, seed) -> dict:
+    """The search's settings from its flags, every one checked (UsageError naming the flag);
+    saved in state.json, so that --resume can refuse other settings."""
+    from pathlib import Path
+
+    from autovit.latmodel.errors import UsageError
+    from autovit.nas.bounds import PROBABILITY, SEARCH_BOUNDS, SEED
+    from autovit.nas.search import check_oracle_spec, parse_latency_budgets, parse_param_window
+
     budgets = parse_latency_budgets(latency_budget, list(devices))
     window = parse_param_window(param_budget)
-    if min(population, generations, parents) < 1 or parents > population:
-        raise AutoVitError("--population, --generations and --parents must be >= 1, with parents <= population")
-    for flag, value in (("--evaluations", evaluations), ("--coarse", coarse), ("--val-images", val_images)):
-        if value is not None and value < 1:
-            raise AutoVitError(f"{flag} must be >= 1, got {value}")
+    flags = {"population": population, "generations": generations, "parents": parents, "evaluations": evaluations,
+             "coarse": coarse, "val_images": val_images}
+    for name, value in flags.items():
+        SEARCH_BOUNDS[name].check(value, f"--{name.replace('_', '-')}")
+    if parents > population:
+        raise UsageError(f"--parents must be <= --population (parents <= population), got {parents} > {population}")
+    total = evaluations or population * generations
+    SEARCH_BOUNDS["evaluations"].check(total, "--population x --generations (the evaluations)")
     for flag, value in (("--p-depth", p_depth), ("--p-layer", p_layer)):
-        if not 0 <= value <= 1:
-            raise AutoVitError(f"{flag} is a probability: give a value in [0, 1], got {value}")
-    settings_d = {"supernet": str(Path(ckpt).resolve()), "devices": list(devices), "budgets_ms": budgets,
-                  "param_window": list(window), "strategy": strategy, "evaluations": evaluations,
-                  "population": population, "generations": generations, "parents": parents, "p_depth": p_depth,
-                  "p_layer": p_layer, "coarse": coarse, "val_images": val_images, "oracle": oracle, "seed": seed}
-    ctx = DistContext.setup("cpu")  # fitness runs on the CPU; gloo joins the ranks under torchrun
-    state = SearchState.open(out_dir, settings_d, resume=bool(resume_dir))
-    ctx.barrier()  # every rank has read the folder before any writes to it
-    net, cfg, _ = supernet_from_checkpoint(ckpt, space)
+        try:
+            PROBABILITY.check(value, flag)
+        except UsageError:
+            raise UsageError(f"{flag} is a probability: give a value in [0, 1], got {value}") from None
+    SEED.check(seed, "--seed")
+    check_oracle_spec(oracle, list(devices))
+    return {"supernet": str(Path(ckpt).resolve()), "supernet_sha256": _sha256(ckpt), "devices": list(devices),
+            "budgets_ms": budgets,
+            "param_window": list(window), "strategy": strategy, "evaluations": evaluations,
+            "population": population, "generations": generations, "parents": parents, "p_depth": p_depth,
+            "p_layer": p_layer, "coarse": coarse, "val_images": val_images, "oracle": oracle, "seed": seed}
+
+
+def _sha256(path: str) -> str | None:
+    """The checkpoint's digest (16 hex digits): --resume refuses a supernet retrained at the same
+    path, whose accuracies differ from the saved ones."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+    except OSError:
+        return None  # not readable: the checkpoint loader says why, in one line
+    return h.hexdigest()[:16]
+
+
+def _run_search(ctx, net, cfg, state, settings_d: dict, cons, measuring, out_dir, as_json: bool) -> None:
+    """Run the strategy of `settings_d` with `state` recording each evaluation; rank 0 writes
+    the results folder and prints the summary."""
+    import time
+
+    from autovit.latmodel.errors import Interrupted
+    from autovit.nas.evaluate import AccuracyEvaluator
+    from autovit.nas.search import EvolutionSettings, Searcher, write_results
+
+    s = settings_d
+    budgets, strategy, coarse = s["budgets_ms"], s["strategy"], s["coarse"]
     show = ctx.main and not as_json
-    if oracle == "measured" and strategy == "coarse-to-fine" and coarse > 1000 and ctx.main:
+    if s["oracle"] == "measured" and strategy == "coarse-to-fine" and coarse > 1000 and ctx.main:
         console.print(f"[yellow]note:[/] the measured oracle times every candidate inside the parameter window "
                       f"(most of a second each, cached in {out_dir}/measured_ms.json): the coarse stage's {coarse} may "
                       f"take ~{coarse // 60} min at 1 s each; --coarse 500 is quicker", highlight=False)
-    measuring = _MeasureBar() if show and oracle == "measured" else None
-    cons = Constraints(window, budgets, {d: make_oracle(oracle, d, net.space, out_dir, measuring) for d in devices})
-    evaluator = AccuracyEvaluator(net, cfg, val_images=val_images)
-    total = evaluations or population * generations
+    evaluator = AccuracyEvaluator(net, cfg, val_images=s["val_images"])
+    total = s["evaluations"] or s["population"] * s["generations"]
     bar = progress_bar(show, "search", total)
     if bar is not None and state.results:
         bar.update("resumed", advance=len(state.results))
@@ -399,25 +534,16 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
         if bar is not None:
             bar.update(f"best {max(state.results.values()):.2f} %")
 
-    gather = None
-    if ctx.world > 1:
-        import torch.distributed as dist
-
-        def gather(obj):
-            parts = [None] * ctx.world
-            dist.all_gather_object(parts, obj)
-            return parts
-
-    searcher = Searcher(net.space, cons, evaluator, seed=seed, known=state.results, on_result=recorded,
-                        rank=ctx.rank, world=ctx.world, gather=gather)
-    settings = EvolutionSettings(population, generations, parents, p_depth, p_layer)
+    searcher = Searcher(net.space, cons, evaluator, seed=s["seed"], known=state.results, on_result=recorded,
+                        rank=ctx.rank, world=ctx.world, gather=_gather(ctx))
+    settings = EvolutionSettings(s["population"], s["generations"], s["parents"], s["p_depth"], s["p_layer"])
     try:
         if strategy == "random":
             result = searcher.random(total)
         elif strategy == "evolution":
-            result = searcher.evolution(settings, evaluations=evaluations)
+            result = searcher.evolution(settings, evaluations=s["evaluations"])
         else:
-            result = searcher.coarse_to_fine(settings, coarse=coarse, evaluations=evaluations)
+            result = searcher.coarse_to_fine(settings, coarse=coarse, evaluations=s["evaluations"])
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: {len(state.results)} evaluations are saved in {state.path}; "
                           f"continue with --resume {out_dir}") from None
@@ -425,21 +551,38 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
         for b in (bar, measuring):
             if b is not None:
                 b.close()
-    if not ctx.main:
-        return
-    stamps = [state.wall_s[h["arch"].key()] for h in result.history]
-    summary = write_results(out_dir, {**settings_d, "world": ctx.world, "wall_s": time.perf_counter() - t0},
-                            result, cons, stamps)
+    if ctx.main:
+        stamps = [state.wall_s[h["arch"].key()] for h in result.history]
+        summary = write_results(out_dir, {**s, "world": ctx.world, "wall_s": time.perf_counter() - t0},
+                                result, cons, stamps)
+        _print_search(summary, budgets, out_dir, as_json)
+
+
+def _gather(ctx):
+    """all_gather of a Python object over the torchrun ranks; None in one process."""
+    if ctx.world == 1:
+        return None
+    import torch.distributed as dist
+
+    def gather(obj):
+        parts = [None] * ctx.world
+        dist.all_gather_object(parts, obj)
+        return parts
+
+    return gather
+
+
+def _print_search(summary: dict, budgets: dict, out_dir, as_json: bool) -> None:
     if as_json:
         print_json(summary)
-    else:
-        console.print(_search_table(summary["top"], list(budgets)))
-        b = summary["best"]
-        lat = ", ".join(f"{d} {v:.3g} ms (budget {budgets[d]:g})" for d, v in b["latency_ms"].items())
-        console.print(f"best of {summary['evaluations']} evaluations: top-1 {b['top1']:.2f} %, "
-                      f"{b['params'] / 1e6:.3f} M params, {b['flops'] / 1e6:.1f} MFLOPs, {lat}\n"
-                      f"{out_dir}/best_arch.json (ready for autovit-nas export), search.json, progress.csv, pareto.png",
-                      highlight=False)
+        return
+    console.print(_search_table(summary["top"], list(budgets)))
+    b = summary["best"]
+    lat = ", ".join(f"{d} {v:.3g} ms (budget {budgets[d]:g})" for d, v in b["latency_ms"].items())
+    console.print(f"best of {summary['evaluations']} evaluations: top-1 {b['top1']:.2f} %, "
+                  f"{b['params'] / 1e6:.3f} M params, {b['flops'] / 1e6:.1f} MFLOPs, {lat}\n"
+                  f"{out_dir}/best_arch.json (ready for autovit-nas export), search.json, progress.csv, pareto.png",
+                  highlight=False)
 
 
 class _MeasureBar:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from autovit.latmodel.checks import check_keys, number, read_json
 from autovit.latmodel.errors import AutoVitError
 
 ARCH_FORMAT = "autovit-arch/1"
@@ -107,8 +108,14 @@ def _take(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]
         raise AutoVitError(f"architecture: missing field '{where}{key}'")
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, kind):
-        raise AutoVitError(f"architecture: field '{where}{key}' must be {_kind_name(kind)}, got {v!r}")
+        raise AutoVitError(f"architecture: field '{where}{key}' must be {_kind_name(kind)}, got {repr(v)[:40]}")
     return v
+
+
+def _ratio(d: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
+    """A float field (ratio, expansion): a finite number; JSON readers already refuse NaN."""
+    v = _take(d, key, where, (int, float)) if default is None or key in d else default
+    return float(number(v, f"architecture: field '{where}{key}'"))
 
 
 def _opt(d: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -121,11 +128,7 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _known_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise AutoVitError(
-            f"architecture: unknown field '{where}{unknown[0]}' (known: {', '.join(sorted(allowed))})"
-        )
+    check_keys(d, sorted(allowed), f"architecture: {where[:-1] or 'top level'}")
 
 
 def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
@@ -137,7 +140,7 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
     if d.get("format", ARCH_FORMAT) != ARCH_FORMAT:
         raise AutoVitError(f"architecture: format {d.get('format')!r} is not {ARCH_FORMAT!r}")
     mb = []
-    for i, s in enumerate(_take(d, "mbconv", "", list)):
+    for i, s in enumerate(_count(_take(d, "mbconv", "", list), "mbconv stages", "stages")):
         w = f"mbconv[{i}]."
         if not isinstance(s, dict):
             raise AutoVitError(f"architecture: '{w[:-1]}' must be an object")
@@ -147,18 +150,18 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
                 width=_take(s, "width", w, int),
                 depth=_take(s, "depth", w, int),
                 kernel=_opt(s, "kernel", w, int, 3),
-                expansion=float(_opt(s, "expansion", w, (int, float), 1.0)),
+                expansion=_ratio(s, "expansion", w, 1.0),
                 stride=_opt(s, "stride", w, int, 1),
             )
         )
     tr = []
-    for i, s in enumerate(_take(d, "transformer", "", list)):
+    for i, s in enumerate(_count(_take(d, "transformer", "", list), "transformer stages", "stages")):
         w = f"transformer[{i}]."
         if not isinstance(s, dict):
             raise AutoVitError(f"architecture: '{w[:-1]}' must be an object")
         _known_keys(s, {"width", "layers", "stride"}, w)
         layers = []
-        for j, layer in enumerate(_take(s, "layers", w, list)):
+        for j, layer in enumerate(_count(_take(s, "layers", w, list), f"{w}layers", "depth")):
             lw = f"{w}layers[{j}]."
             if not isinstance(layer, dict):
                 raise AutoVitError(f"architecture: '{lw[:-1]}' must be an object")
@@ -166,7 +169,7 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
             layers.append(
                 TransformerLayer(
                     heads=_take(layer, "heads", lw, int),
-                    mlp_ratio=float(_take(layer, "mlp_ratio", lw, (int, float))),
+                    mlp_ratio=_ratio(layer, "mlp_ratio", lw),
                 )
             )
         tr.append(
@@ -180,15 +183,25 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
     for f in fields(ArchConfig):
         if f.name in ("mbconv", "transformer") or f.name not in d:
             continue
-        kind: type | tuple[type, ...] = (int, float) if f.name == "downsample_expansion" else (
-            str if f.name in ("name", "space") else int)
-        scalars[f.name] = _take(d, f.name, "", kind)
+        if f.name == "downsample_expansion":
+            scalars[f.name] = _ratio(d, f.name, "")
+        else:
+            scalars[f.name] = _take(d, f.name, "", str if f.name in ("name", "space") else int)
     for required in ("resolution", "stem_width"):
         if required not in scalars:
             raise AutoVitError(f"architecture: missing field '{required}'")
     arch = ArchConfig(mbconv=tuple(mb), transformer=tuple(tr), **scalars)
     check_structure(arch)
     return arch
+
+
+def _count(items: Any, where: str, kind: str) -> list:
+    """A JSON list, refused before it is walked when it has more entries than any network."""
+    from autovit.nas.limits import check_field
+
+    if isinstance(items, list):
+        check_field(f"number of {where}", len(items), kind)
+    return items
 
 
 def check_structure(arch: ArchConfig) -> None:
@@ -219,21 +232,27 @@ def check_structure(arch: ArchConfig) -> None:
         for j, layer in enumerate(s.layers):
             if layer.heads <= 0 or layer.mlp_ratio <= 0:
                 raise AutoVitError(f"architecture: 'transformer[{i}].layers[{j}]' needs heads > 0 and mlp_ratio > 0")
+    from autovit.nas.limits import check_arch_limits
+
+    check_arch_limits(arch)
 
 
 def load_arch(path: str | Path) -> ArchConfig:
-    """Read an architecture JSON file; errors name the file and the problem."""
+    """Read an architecture JSON file (strict JSON, every field checked); errors name the file
+    and the problem. A relative `space` path is resolved against the file's folder."""
     p = Path(path)
-    if not p.is_file():
-        raise AutoVitError(f"architecture file not found: {p}")
+    d = read_json(p, "architecture file", "write one with 'autovit-nas spaces --sample N --space xxs --out DIR'")
     try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AutoVitError(f"{p}: not valid JSON ({e})") from None
-    try:
-        return arch_from_dict(d)
+        arch = arch_from_dict(d)
     except AutoVitError as e:
         raise AutoVitError(f"{p}: {e}") from None
+    from autovit.nas.space import BUILTIN_SPACES
+
+    if arch.space and arch.space.lower() not in BUILTIN_SPACES and not Path(arch.space).is_absolute():
+        from dataclasses import replace
+
+        arch = replace(arch, space=str((p.parent / arch.space).resolve()))
+    return arch
 
 
 def mlp_hidden(width: int, ratio: float) -> int:

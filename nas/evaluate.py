@@ -26,7 +26,9 @@ def supernet_from_checkpoint(path: str | Path, space: str | None = None,
     try:
         net.load_state_dict(weights)
     except RuntimeError as e:
-        raise AutoVitError(f"{path}: weights do not fit the saved space ({str(e).splitlines()[0]})") from None
+        from autovit.nas.checkpoint import shorten
+
+        raise AutoVitError(f"{path}: weights do not fit the saved space ({shorten(str(e), 160)})") from None
     return net.eval(), TrainConfig.from_saved(ck["config"]), ck
 
 
@@ -51,13 +53,20 @@ def resolve_arch(spec: str, space: SearchSpace) -> ArchConfig:
     return arch
 
 
+def _eval_config(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """The training configuration as evaluation uses it: this process, the CPU, no teacher
+    (evaluation never distils, so a teacher named in a checkpoint is never touched); checked."""
+    return replace(cfg, workers=0, device="cpu", kd="none", teacher=None, teacher_ckpt=None, **changes).resolved()
+
+
 def inherited_subnet(supernet: Supernet, arch: ArchConfig, cfg: TrainConfig, data: str | None = None,
                      bn_batches: int | None = None, batch_size: int | None = None,
                      recalibrate: bool = True) -> tuple[torch.nn.Module, Any]:
     """The static model of `arch` with inherited weights and, by default, BatchNorm statistics
     recalibrated on training images (the paper's evaluation protocol). Returns (model, loaders)."""
-    cfg = replace(cfg, data=data or cfg.data, workers=0, device="cpu", val_images=None,
-                  bn_batches=bn_batches or cfg.bn_batches, batch_size=batch_size or cfg.batch_size).resolved()
+    cfg = _eval_config(cfg, data=data or cfg.data, val_images=None,
+                       bn_batches=cfg.bn_batches if bn_batches is None else bn_batches,
+                       batch_size=cfg.batch_size if batch_size is None else batch_size)
     ds = open_data(cfg.data, cfg.seed)
     if ds.num_classes != supernet.space.num_classes:
         raise AutoVitError(f"--data {cfg.data} has {ds.num_classes} classes, the supernet was trained on "
@@ -82,8 +91,7 @@ class AccuracyEvaluator:
     def __init__(self, supernet: Supernet, cfg: TrainConfig, val_images: int | None = 500,
                  bn_batches: int | None = None):
         self.supernet = supernet
-        cfg = replace(cfg, workers=0, device="cpu", val_images=val_images,
-                      bn_batches=bn_batches or cfg.bn_batches).resolved()
+        cfg = _eval_config(cfg, val_images=val_images, bn_batches=cfg.bn_batches if bn_batches is None else bn_batches)
         self.loaders = make_loaders(cfg, open_data(cfg.data, cfg.seed), max(supernet.space.resolutions),
                                     DistContext())
 

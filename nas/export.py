@@ -62,44 +62,41 @@ def save_pt(model: torch.nn.Module, path: str | Path) -> Path:
 
 
 def load_pt(path: str | Path) -> torch.nn.Module:
-    """The AutoViT model saved by `save_pt` (eval mode)."""
-    import json
-
+    """The AutoViT model saved by `save_pt` (eval mode); weights only, its architecture checked."""
+    from autovit.latmodel.checks import parse_json
     from autovit.latmodel.errors import AutoVitError
     from autovit.nas.arch import arch_from_dict
     from autovit.nas.builder import build_model
+    from autovit.nas.checkpoint import load_torch_file, shorten
 
+    fix = "export one with 'autovit-nas export --format pt'"
+    obj = load_torch_file(path, "AutoViT model file", fix)
+    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT or not isinstance(obj.get("arch"), str):
+        raise AutoVitError(f"{path}: not an AutoViT model file ({fix})")
     try:
-        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a file of another format
-        raise AutoVitError(f"{path}: not an AutoViT model file ({type(e).__name__})") from None
-    if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
-        raise AutoVitError(f"{path}: not an AutoViT model file (export one with 'autovit-nas export --format pt')")
-    model = build_model(arch_from_dict(json.loads(obj["arch"])))
-    model.load_state_dict(obj["state_dict"])
+        model = build_model(arch_from_dict(parse_json(obj["arch"], f"{path}: architecture")))
+        model.load_state_dict(obj["state_dict"])
+    except (AutoVitError, RuntimeError, TypeError, AttributeError) as e:
+        raise AutoVitError(f"{path}: not a model file this version wrote ({shorten(str(e))}); {fix}") from None
     return model.eval()
 
 
-def load_model_file(path: str | Path) -> torch.nn.Module:
-    """An AutoViT `.pt` export or a TorchScript file."""
-    import zipfile
-
+def load_model_file(path: str | Path, trust_code: bool = False) -> torch.nn.Module:
+    """An AutoViT `.pt` export, or TorchScript when `trust_code`: TorchScript is recognised by
+    its archive's member names, never by loading it, because loading it runs its code."""
     from autovit.latmodel.errors import AutoVitError
+    from autovit.nas.checkpoint import is_torchscript, shorten
 
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            # TorchScript archives hold their Python code under <name>/code/
-            scripted = any(n.split("/", 1)[-1].startswith("code/") for n in z.namelist())
-        if scripted:
-            return torch.jit.load(str(path), map_location="cpu").eval()
-    try:
-        return load_pt(path)
-    except AutoVitError:
+    if is_torchscript(path):
+        if not trust_code:
+            raise AutoVitError(f"{path} is TorchScript, which runs its own code when loaded (it could read or write "
+                               "any file); pass --trust-teacher-code only if you made it or trust who did, or "
+                               "export the teacher with 'autovit-nas export --format pt'")
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
-        except Exception:  # noqa: BLE001 - any failure means "not TorchScript either"
-            raise AutoVitError(f"{path}: neither an AutoViT model file (.pt from 'autovit-nas export') "
-                               "nor TorchScript") from None
+        except Exception as e:  # noqa: BLE001 - a broken archive fails in many ways
+            raise AutoVitError(f"{path}: not a loadable TorchScript file ({shorten(str(e))})") from None
+    return load_pt(path)
 
 
 def _max_rel_diff(a, b) -> float:
@@ -149,8 +146,8 @@ def export_model(model: torch.nn.Module, fmt: str, path: str | Path, resolution:
         buf = _io.BytesIO()
         torch.jit.save(traced, buf)
         atomic_write_bytes(p, buf.getvalue())
-        with torch.no_grad():
-            out["max_rel_diff"] = _max_rel_diff(torch.jit.load(str(p))(x).numpy(), ref)
+        with torch.no_grad():  # the bytes written, from memory: nothing is loaded from a path
+            out["max_rel_diff"] = _max_rel_diff(torch.jit.load(_io.BytesIO(buf.getvalue()))(x).numpy(), ref)
         out["check"] = "torch.jit.load output vs eager"
     else:
         out.update(export_coreml(model, x, p))

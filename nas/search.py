@@ -20,49 +20,62 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.checks import check_keys, dumps, number, read_json
+from autovit.latmodel.errors import AutoVitError, UsageError
 from autovit.nas.arch import ArchConfig, MBConvStage, TransformerLayer, TransformerStage, mlp_hidden
 from autovit.nas.params import count_params
 from autovit.nas.space import SearchSpace
 
 _UNITS_MS = {"ms": 1.0, "s": 1e3, "us": 1e-3, "": 1.0}
+MAX_BUDGET_MS = 1e7  # ~3 hours per image: a budget beyond it is no budget, and 1e999 is infinite
+MAX_PARAMS_BUDGET = 10**12  # no network has a trillion parameters
+MAX_DEVICES = 16
 
 
 def parse_latency(text: str) -> float:
     """'10ms', '0.01s', '500us' or a bare number (ms) -> milliseconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|us|)\s*", str(text), re.IGNORECASE)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|us|)\s*", str(text)[:100], re.IGNORECASE)
     if not m or float(m.group(1)) <= 0:
-        raise AutoVitError(f"latency budget '{text}' is not a positive time: write e.g. 10ms, 0.01s or 10 (ms)")
-    return float(m.group(1)) * _UNITS_MS[m.group(2).lower()]
+        raise UsageError(f"latency budget '{str(text)[:40]}' is not a positive time: write e.g. 10ms, 0.01s or 10 (ms)")
+    ms = float(m.group(1)) * _UNITS_MS[m.group(2).lower()]
+    if not ms <= MAX_BUDGET_MS:
+        raise UsageError(f"latency budget '{str(text)[:40]}' is out of range: at most {MAX_BUDGET_MS:.0e} ms")
+    return ms
 
 
 def parse_params(text: str) -> int:
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmM]?)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmM]?)\s*", text[:100])
     if not m:
-        raise AutoVitError(f"parameter count '{text}' is not a number: write e.g. 1.8M, 900k or 1800000")
-    return int(round(float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]))
+        raise UsageError(f"parameter count '{text[:40]}' is not a number: write e.g. 1.8M, 900k or 1800000")
+    n = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
+    if not n <= MAX_PARAMS_BUDGET:
+        raise UsageError(f"parameter count '{text[:40]}' is out of range: at most {MAX_PARAMS_BUDGET:.0e} "
+                         "(no network has a trillion parameters)")
+    return int(round(n))
 
 
 def parse_param_window(text: str) -> tuple[int, int]:
     """'1.0M:1.8M' (either side may be empty) -> (low, high) parameters."""
     lo_s, sep, hi_s = text.partition(":")
     if not sep:
-        raise AutoVitError(f"--param-budget '{text}' needs LOW:HIGH, e.g. 1.0M:1.8M (either side may be empty)")
+        raise UsageError(f"--param-budget '{text[:40]}' needs LOW:HIGH, e.g. 1.0M:1.8M (either side may be empty)")
     lo = parse_params(lo_s) if lo_s.strip() else 0
     hi = parse_params(hi_s) if hi_s.strip() else 2**62
     if lo > hi:
-        raise AutoVitError(f"--param-budget '{text}' is reversed: LOW must not exceed HIGH")
+        raise UsageError(f"--param-budget '{text[:40]}' is reversed: LOW must not exceed HIGH")
     return lo, hi
 
 
 def parse_latency_budgets(text: str, devices: list[str]) -> dict[str, float]:
     """'2ms' (one device) or 'iphone13=10ms,v100=2ms' -> {device: ms}; every device needs one."""
+    if len(devices) > MAX_DEVICES:
+        raise UsageError(f"--hw is given {len(devices)} times; price on at most {MAX_DEVICES} devices per search")
     if len(set(devices)) != len(devices):
         twice = sorted({d for d in devices if devices.count(d) > 1})
-        raise AutoVitError(f"--hw {twice[0]} is given twice; name each device once")
+        raise UsageError(f"--hw {twice[0]} is given twice; name each device once")
     if "=" not in text:
         if len(devices) != 1:
-            raise AutoVitError(f"with {len(devices)} devices give one budget each: --latency-budget "
+            raise UsageError(f"with {len(devices)} devices give one budget each: --latency-budget "
                                + ",".join(f"{d}=10ms" for d in devices))
         return {devices[0]: parse_latency(text)}
     out: dict[str, float] = {}
@@ -70,13 +83,13 @@ def parse_latency_budgets(text: str, devices: list[str]) -> dict[str, float]:
         dev, _, val = part.partition("=")
         dev = dev.strip()
         if dev in out:
-            raise AutoVitError(f"--latency-budget names {dev} twice")
+            raise UsageError(f"--latency-budget names {dev} twice")
         if dev not in devices:
-            raise AutoVitError(f"--latency-budget names {dev}, which is not among --hw {', '.join(devices)}")
+            raise UsageError(f"--latency-budget names {dev}, which is not among --hw {', '.join(devices)}")
         out[dev] = parse_latency(val)
     missing = [d for d in devices if d not in out]
     if missing:
-        raise AutoVitError(f"--latency-budget gives no budget for {', '.join(missing)}")
+        raise UsageError(f"--latency-budget gives no budget for {', '.join(missing)}")
     return out
 
 
@@ -378,6 +391,16 @@ class Searcher:
 ORACLES = "analytical, lut:PATH, measured, flops or params"
 
 
+def check_oracle_spec(spec: str, devices: list[str]) -> None:
+    """The --latency-oracle value, before anything is loaded or written."""
+    if spec not in ("analytical", "measured", "flops", "params") and not (spec.startswith("lut:") and len(spec) > 4):
+        raise UsageError(f"--latency-oracle '{spec[:60]}': use {ORACLES}")
+    if spec == "measured" and any(d.split("@")[0] != "local-cpu" for d in devices):
+        other = next(d for d in devices if d.split("@")[0] != "local-cpu")
+        raise UsageError(f"--latency-oracle measured times this machine; it cannot price {other[:60]}: "
+                         "use it with --hw local-cpu, or analytical/lut:PATH for other devices")
+
+
 PROXY_REFERENCE = 256  # architectures the proxies' ms-per-unit constant is fitted on
 
 
@@ -392,10 +415,8 @@ def make_oracle(spec: str, device: str, space: SearchSpace | None = None, cache_
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.oracle import AnalyticalOracle, LutOracle, MeasuredOracle, ProxyOracle
 
+    check_oracle_spec(spec, [device])
     if spec == "measured":
-        if device.split("@")[0] != "local-cpu":
-            raise AutoVitError(f"--latency-oracle measured times this machine; it cannot price {device}: "
-                               "use it with --hw local-cpu, or analytical/lut:PATH for other devices")
         return MeasuredOracle(Path(cache_dir) / "measured_ms.json" if cache_dir else None, on_measure=on_measure)
     profile = load_profile(device)
     if spec == "analytical":
@@ -405,11 +426,9 @@ def make_oracle(spec: str, device: str, space: SearchSpace | None = None, cache_
             raise ValueError("a proxy oracle is fitted on the searched space: pass it")
         rng = random.Random(0)
         return ProxyOracle(spec, profile, [space.sample(rng) for _ in range(PROXY_REFERENCE)])
-    if spec.startswith("lut:"):
-        from autovit.latmodel.lut import load_lut
+    from autovit.latmodel.lut import load_lut
 
-        return LutOracle(load_lut(spec.removeprefix("lut:")), profile)
-    raise AutoVitError(f"--latency-oracle '{spec}': use {ORACLES}")
+    return LutOracle(load_lut(spec.removeprefix("lut:")), profile)
 
 
 @dataclass
@@ -429,7 +448,7 @@ class SearchState:
     @classmethod
     def open(cls, folder, settings: dict[str, Any], resume: bool) -> "SearchState":
         path = Path(folder) / "state.json"
-        plain = json.loads(json.dumps(settings))
+        plain = json.loads(dumps(settings))
         if not resume:
             if path.exists():
                 raise AutoVitError(f"{folder} already holds a search; continue it with --resume {folder} "
@@ -437,13 +456,11 @@ class SearchState:
             return cls(path, plain)
         if not path.exists():
             raise AutoVitError(f"--resume {folder}: no search state there (state.json); start with --out {folder}")
-        try:
-            saved = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise AutoVitError(f"{path} is not valid JSON; start a new search with another --out") from None
+        saved = check_state(read_json(path, "search state", _STATE_FIX), path)
         diff = [k for k in sorted(set(plain) | set(saved["settings"])) if plain.get(k) != saved["settings"].get(k)]
         if diff:
-            shown = "; ".join(f"{k}: {saved['settings'].get(k)!r} then, {plain.get(k)!r} now" for k in diff[:3])
+            shown = "; ".join(f"{k[:40]}: {repr(saved['settings'].get(k))[:60]} then, {repr(plain.get(k))[:60]} now"
+                              for k in diff[:3])
             raise AutoVitError(f"--resume {folder} was made with different settings ({shown}); "
                                "repeat the original command or use a new --out")
         return cls(path, plain, dict(saved["results"]), dict(saved["wall_s"]))
@@ -452,8 +469,38 @@ class SearchState:
         from autovit.latmodel.io import atomic_write_text
 
         self.results[key], self.wall_s[key] = top1, wall_s
-        atomic_write_text(self.path, json.dumps({"settings": self.settings, "results": self.results,
-                                                 "wall_s": self.wall_s}) + "\n")
+        atomic_write_text(self.path, dumps({"settings": self.settings, "results": self.results,
+                                            "wall_s": self.wall_s}) + "\n")
+
+
+_STATE_FIX = "start a new search with another --out"
+MAX_STATE_RESULTS = 100_000  # the --evaluations bound
+
+
+def check_state(saved: Any, path: Path) -> dict[str, Any]:
+    """The fields of a state.json and their types: settings (a table), results (architecture
+    key -> top-1 %) and wall_s (the same keys -> seconds); one line naming the field otherwise."""
+    where = f"search state {path}"
+    tail = f"; it is not a search state this version wrote ({_STATE_FIX})"
+    if not isinstance(saved, dict):
+        raise AutoVitError(f"{where} must be a JSON object, got {type(saved).__name__}{tail}")
+    try:
+        check_keys(saved, ("settings", "results", "wall_s"), where)
+        for key in ("settings", "results", "wall_s"):
+            if not isinstance(saved.get(key), dict):
+                got = type(saved[key]).__name__ if key in saved else "nothing"
+                raise AutoVitError(f"{where}: field '{key}' must be an object, got {got}")
+        results, wall = saved["results"], saved["wall_s"]
+        if len(results) > MAX_STATE_RESULTS:
+            raise AutoVitError(f"{where}: {len(results):,} results, more than any search makes")
+        if set(results) != set(wall):
+            raise AutoVitError(f"{where}: fields 'results' and 'wall_s' name different architectures")
+        for key, top1 in results.items():
+            number(top1, f"{where}: a result (top-1 %)", 0, 100)
+            number(wall[key], f"{where}: a wall_s value (seconds)", 0)
+    except AutoVitError as e:
+        raise AutoVitError(f"{e}{tail}") from None
+    return saved
 
 
 # ---- results folder ----------------------------------------------------------------------------
@@ -481,7 +528,7 @@ def write_results(out, settings: dict[str, Any], result: SearchResult, constrain
     best_i = order[0]
     summary = {**settings, "evaluations": len(rows), "best": rows[best_i],
                "top": [{k: v for k, v in rows[i].items() if k != "arch"} for i in order[:top]]}
-    atomic_write_text(out / "search.json", json.dumps({**summary, "candidates": rows}, indent=1) + "\n")
+    atomic_write_text(out / "search.json", dumps({**summary, "candidates": rows}, indent=1) + "\n")
     result.best.to_json(out / "best_arch.json")
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -29,6 +29,7 @@ from autovit.nas.arch import (
 )
 
 BUILTIN_SPACES = ("xxs", "xs", "s")
+MAX_SPACE_BYTES = 2**20  # a space file is a few kB
 
 
 @dataclass(frozen=True)
@@ -306,8 +307,8 @@ def _floats(d: dict, key: str, where: str) -> tuple[float, ...]:
     v = _field(d, key, where)
     if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
         raise AutoVitError(f"space {where}: '{key}' must be a non-empty list of numbers, got {v!r}")
-    if min(v) <= 0:
-        raise AutoVitError(f"space {where}: '{key}' values must be > 0, got {v!r}")
+    if not all(0 < x < float("inf") for x in v):
+        raise AutoVitError(f"space {where}: '{key}' values must be finite and > 0, got {v!r}")
     return tuple(float(x) for x in v)
 
 
@@ -333,6 +334,8 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     mbs, trs = _field(d, "mbconv", where), _field(d, "transformer", where)
     if not isinstance(stem, dict) or not isinstance(mbs, list) or not isinstance(trs, list) or not trs:
         raise AutoVitError(f"space {where}: needs a [stem] table and [[mbconv]], [[transformer]] lists")
+    if not all(isinstance(s, dict) for s in [*mbs, *trs]):
+        raise AutoVitError(f"space {where}: every [[mbconv]] and [[transformer]] entry must be a table")
     mb = tuple(
         MBConvChoices(
             widths=_ints(s, "widths", f"{where} mbconv[{i}]"), depths=_ints(s, "depths", f"{where} mbconv[{i}]"),
@@ -358,6 +361,9 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
         raise AutoVitError(
             f"space {where}: 'num_transformer_stages' allows {max(nstages)} but only {len(tr)} [[transformer]] stages are listed")
     prange = d.get("params_range_m")
+    if prange is not None and (not isinstance(prange, list) or len(prange) != 2
+                               or not all(isinstance(x, (int, float)) and 0 <= x < float("inf") for x in prange)):
+        raise AutoVitError(f"space {where}: 'params_range_m' must be two numbers [low, high] (M parameters)")
     mono = d.get("monotonic_widths", True)
     if not isinstance(mono, bool):
         raise AutoVitError(f"space {where}: 'monotonic_widths' must be true or false")
@@ -373,6 +379,9 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
         head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
         monotonic_widths=mono, params_range_m=tuple(prange) if prange else None, source=source,
     )
+    from autovit.nas.limits import check_space_limits
+
+    check_space_limits(space)
     if space.count() == 0:
         raise AutoVitError(f"space {where}: no architecture satisfies the monotonic-width rule; widen the choices")
     return space
@@ -388,10 +397,13 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     if not p.is_file():
         raise AutoVitError(
             f"unknown space '{key}': use one of {', '.join(BUILTIN_SPACES)} or the path of a space TOML file")
+    if p.stat().st_size > MAX_SPACE_BYTES:
+        raise AutoVitError(f"space {p}: {p.stat().st_size:,} bytes, far more than a space file holds")
     try:
         d = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise AutoVitError(f"space {p}: not valid TOML ({e})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: an integer of thousands of digits; RecursionError: arrays nested thousands deep
+        raise AutoVitError(f"space {p}: not valid TOML ({str(e).splitlines()[0][:100] or type(e).__name__})") from None
     return space_from_dict(d, source=str(p))
 
 
@@ -403,16 +415,24 @@ def space_to_saved(space: SearchSpace) -> dict[str, Any]:
     return asdict(space)
 
 
-def space_from_saved(d: dict[str, Any]) -> SearchSpace:
-    try:
-        return SearchSpace(**{
-            **d,
-            "mbconv": tuple(MBConvChoices(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
-                            for s in d["mbconv"]),
-            "transformer": tuple(TransformerChoices(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
-                                 for s in d["transformer"]),
-            **{k: tuple(d[k]) for k in ("resolutions", "stem_widths", "num_transformer_stages")},
-            "params_range_m": tuple(d["params_range_m"]) if d.get("params_range_m") else None,
-        })
-    except (KeyError, TypeError) as e:
-        raise AutoVitError(f"saved search space is malformed ({e})") from None
+def space_from_saved(d: Any) -> SearchSpace:
+    """The space `space_to_saved` wrote, through the same checks as a space file (a checkpoint
+    is input like any other)."""
+    if not isinstance(d, dict):
+        raise AutoVitError(f"saved search space must be a table, got {type(d).__name__}")
+    d = _as_lists(d)
+    stem = {k: d.pop(f"stem_{k}") for k in ("widths", "kernel", "stride") if f"stem_{k}" in d}
+    source = d.pop("source", "")
+    if d.get("params_range_m", 0) is None:
+        del d["params_range_m"]
+    return space_from_dict({**d, "stem": stem}, source=source if isinstance(source, str) else "")
+
+
+def _as_lists(v: Any, depth: int = 4) -> Any:
+    """Tuples as lists, as a TOML file has them, down to the depth a saved space has (deeper
+    input is left for the checks to refuse, never recursed into)."""
+    if depth and isinstance(v, (list, tuple)):
+        return [_as_lists(x, depth - 1) for x in v]
+    if depth and isinstance(v, dict):
+        return {k: _as_lists(x, depth - 1) for k, x in v.items()}
+    return v

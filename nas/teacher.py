@@ -10,10 +10,10 @@ from autovit.latmodel.errors import AutoVitError
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
-        raise AutoVitError(f"--teacher-ckpt {path}: not a readable torch checkpoint ({type(e).__name__})") from None
+    from autovit.nas.checkpoint import load_torch_file
+
+    obj = load_torch_file(path, "torch checkpoint for --teacher-ckpt", "give the teacher's weights as a state dict "
+                          "saved with torch.save")
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -23,9 +23,10 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_teacher(spec: str, ckpt: str | None, num_classes: int) -> nn.Module:
+def load_teacher(spec: str, ckpt: str | None, num_classes: int, trust_code: bool = False) -> nn.Module:
     """`timm:NAME` + a local checkpoint, or a model file exported by `autovit-nas export`
-    (`.pt`) or TorchScript. Raises AutoVitError naming what does not match."""
+    (`.pt`), or TorchScript when `trust_code` (loading TorchScript runs the code inside it).
+    Raises AutoVitError naming what does not match."""
     if spec.startswith("timm:"):
         import timm
 
@@ -56,4 +57,4 @@ def load_teacher(spec: str, ckpt: str | None, num_classes: int) -> nn.Module:
         raise AutoVitError(f"--teacher {spec}: not timm:NAME, supernet-max, or an existing model file")
     from autovit.nas.export import load_model_file
 
-    return load_model_file(p)
+    return load_model_file(p, trust_code=trust_code)

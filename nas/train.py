@@ -12,16 +12,16 @@ are functions of (seed, epoch, step); the global RNG states are saved).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
-import json
 import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -29,13 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from autovit.cli.common import progress_bar
-from autovit.latmodel.errors import AutoVitError
-from autovit.latmodel.io import atomic_write_text
+from autovit.latmodel.errors import AutoVitError, UsageError
+from autovit.latmodel.checks import dumps
+from autovit.latmodel.io import FolderLock, atomic_write_text
 from autovit.nas.arch import ArchConfig
+from autovit.nas.bounds import check_train_config
 from autovit.nas.checkpoint import (checkpoint_space, load_checkpoint, remove_stale_temporaries, rng_state,
-                                    save_checkpoint, set_rng_state)
-from autovit.nas.data import DataSource, collate_skipping, open_data
-from autovit.nas.space import SearchSpace, load_space, space_to_saved
+                                    save_checkpoint, set_rng_state, shorten)
+from autovit.nas.data import BUILTIN_DATA, DataSource, collate_skipping, open_data
+from autovit.nas.space import BUILTIN_SPACES, SearchSpace, load_space, space_to_saved
 from autovit.nas.supernet import Supernet, recalibrate_bn
 
 # Recipe presets. "deit" is the paper's (SPEC.md section 3, DeiT's hyper-parameters);
@@ -99,26 +101,22 @@ class TrainConfig:
     recipe_values: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
-        """A copy with the recipe's values filled in where the user gave none; checked."""
-        if self.recipe not in RECIPES:
-            raise AutoVitError(f"unknown --recipe '{self.recipe}': use one of {', '.join(RECIPES)}")
-        if self.sampling not in SAMPLING:
-            raise AutoVitError(f"unknown --sampling '{self.sampling}': use one of {', '.join(SAMPLING)}")
-        if self.kd not in KD_KINDS:
-            raise AutoVitError(f"unknown --kd '{self.kd}': use one of {', '.join(KD_KINDS)}")
+        """A copy with the recipe's values filled in where the user gave none; checked (flags
+        out of range, or contradicting each other, are a UsageError naming the flag)."""
+        check_train_config(self)
         if self.kd != "none" and not self.teacher:
-            raise AutoVitError(f"--kd {self.kd} needs --teacher (timm:NAME with --teacher-ckpt, a checkpoint file, "
-                               f"or {SUPERNET_TEACHER})")
-        if self.epochs < 1:
-            raise AutoVitError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.eval_every < 1:
-            raise AutoVitError(f"--eval-every must be >= 1, got {self.eval_every}")
-        if not 0 <= self.kd_alpha <= 1 or self.kd_tau <= 0:
-            raise AutoVitError("--kd-alpha must lie in [0, 1] and --kd-tau be > 0")
+            raise UsageError(f"--kd {self.kd} needs --teacher (timm:NAME with --teacher-ckpt, a model file, "
+                             f"or {SUPERNET_TEACHER})")
+        if self.kd == "none" and self.teacher:
+            raise UsageError(f"--teacher {self.teacher} is given but --kd is none, so it would be ignored: "
+                             "add --kd soft or --kd hard, or drop --teacher")
+        if self.warmup_epochs is not None and self.epochs is not None and self.warmup_epochs > self.epochs:
+            raise UsageError(f"--warmup-epochs {self.warmup_epochs:g} is longer than the run (--epochs {self.epochs}): "
+                             "the learning rate would never reach its peak; shorten the warm-up")
+        if self.teacher_ckpt and not (self.teacher or "").startswith("timm:"):
+            raise UsageError("--teacher-ckpt holds the weights of a --teacher timm:NAME; drop it or name a timm model")
         filled = {k: (getattr(self, k) if getattr(self, k) is not None else v) for k, v in RECIPES[self.recipe].items()}
         out = replace(self, **filled)
-        if out.batch_size < 2 or out.lr <= 0:
-            raise AutoVitError("--batch-size must be >= 2 and --lr > 0")
         out.recipe_values = filled
         return out
 
@@ -127,12 +125,18 @@ class TrainConfig:
 
     @classmethod
     def from_saved(cls, d: dict[str, Any]) -> "TrainConfig":
+        """The configuration a checkpoint holds, every field checked (keys this version does
+        not know are left out, as an older file may have them)."""
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
         for k in ("crop_scale", "resolutions"):
-            if d.get(k) is not None:
+            if isinstance(d.get(k), list):
                 d[k] = tuple(d[k])
-        return cls(**d)
+        if not isinstance(d.get("recipe_values", {}), dict):
+            raise AutoVitError("field 'config.recipe_values' must be a table")
+        cfg = cls(**d)
+        check_train_config(cfg, saved=True)
+        return cfg
 
 
 class TrainingDiverged(AutoVitError):
@@ -157,9 +161,17 @@ class DistContext:
         use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise AutoVitError("--device cuda: no CUDA device is visible; use --device cpu")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+        try:
+            world, rank, local = (int(os.environ.get(k, d)) for k, d in
+                                  (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")))
+        except ValueError:
+            raise AutoVitError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (torchrun sets them); "
+                               "unset them to run one process") from None
+        # cuda:N picks a device for one process; under torchrun each rank takes its local one
+        index = int(device.split(":")[1]) if device.startswith("cuda:") and world == 1 else local
+        if use_cuda and index >= torch.cuda.device_count():
+            raise AutoVitError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices are visible")
+        dev = torch.device(f"cuda:{index}" if use_cuda else "cpu")
         if world > 1:
             import torch.distributed as dist
 
@@ -274,7 +286,9 @@ def inherited_model(supernet: Supernet, arch: ArchConfig, bn_loader, device: tor
     supernet.set_active_subnet(arch)
     model = supernet.get_active_subnet().to(device)
     if recalibrate:
-        recalibrate_bn(model, (resize(x.to(device), arch.resolution) for x, y, _ in bn_loader if len(y)))
+        # a batch of one image (the tail of a small set, or what skipped images leave) has no
+        # batch statistics: BatchNorm in training mode refuses it
+        recalibrate_bn(model, (resize(x.to(device), arch.resolution) for x, y, _ in bn_loader if len(y) > 1))
     return model.eval()
 
 
@@ -325,38 +339,132 @@ def label_criterion(cfg: TrainConfig) -> nn.Module:
 
 
 # ---- the loop ----------------------------------------------------------------------------------
+RUN_FILES = ("config.json", "last.ckpt", "best.ckpt", "metrics.csv")
+
+
 def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print, stop_after_epochs: int | None = None) -> dict[str, Any]:
+          log: Callable[[str], None] = print, stop_after_epochs: int | None = None, force: bool = False,
+          trust_teacher_code: bool = False, explicit: Iterable[str] | None = None) -> dict[str, Any]:
     """Train a supernet; returns a summary (history per epoch, best, paths, per-step losses).
 
-    `stop_after_epochs` ends the run early as an interruption would (tests and time budgets);
-    the schedule still spans `cfg.epochs`.
+    `out` must be empty, or the folder of `resume`; `force` lets a fresh run replace what it
+    holds (its run files are removed first). Rank 0 holds a FolderLock on `out` while it
+    writes. A TorchScript teacher runs code, so it is refused unless `trust_teacher_code`.
+    `explicit`: the fields the user set (None: all); see run_config. `stop_after_epochs` ends
+    the run early as an interruption would (tests and time budgets); the schedule still spans
+    `cfg.epochs`.
     """
+    out = Path(out)
+    ck = load_checkpoint(resume) if resume is not None else None
+    cfg = run_config(cfg, ck, resume, explicit).resolved()
+    claim_out(out, resume, force)  # every rank, before any writes: rank 0 cannot write before all join
+    run = _setup(cfg, trust_teacher_code)
+    start = _restore(run, ck, resume) if ck is not None else (0, 0, [], None)
+    with FolderLock(out, "training run folder") if run.ctx.main else contextlib.nullcontext():
+        if run.ctx.main:
+            claim_out(out, resume, force, clear=True)
+            remove_stale_temporaries(out)
+            atomic_write_text(out / "config.json", dumps(cfg.to_saved(), indent=2) + "\n")
+        return _epochs(run, out, *start, progress=progress, log=log, stop_after_epochs=stop_after_epochs)
+
+
+RESUME_CHANGES = ("epochs", "workers", "device", "teacher", "teacher_ckpt")  # what a resumed run may set anew
+
+
+def run_config(cfg: TrainConfig, ck: dict[str, Any] | None, resume: Path | None,
+               explicit: Iterable[str] | None = None) -> TrainConfig:
+    """The configuration to run: `cfg` for a fresh run; for a resumed one, the checkpoint's,
+    with the epochs (None: the checkpoint's), workers, device and teacher given now. Any other
+    field in `explicit` (None: every field, as for a library caller) must equal the
+    checkpoint's: a flag silently ignored would mislead. A teacher named inside a checkpoint is
+    never loaded: a file could run code, so the user names it again."""
+    # a data folder or space file is saved by its absolute path: eval, export and search read
+    # the checkpoint from other folders than the one training ran in
+    cfg = replace(cfg, data=_absolute(cfg.data, BUILTIN_DATA), space=_absolute(cfg.space, BUILTIN_SPACES))
+    if ck is None:
+        return replace(cfg, epochs=10 if cfg.epochs is None else cfg.epochs)
+    given = {f.name for f in fields(TrainConfig)} if explicit is None else set(explicit)
+    checkpoint_space(ck, cfg.space if "space" in given else None, resume)
+    saved = TrainConfig.from_saved(ck["config"])
+    if explicit is not None:
+        for name in sorted(given - set(RESUME_CHANGES) - {"space", "recipe_values"}):
+            if getattr(cfg, name) != getattr(saved, name):
+                flag = "--arch" if name == "arch" else f"--{name.replace('_', '-')}"
+                raise UsageError(f"{flag} differs from the run in {resume} ({repr(getattr(saved, name))[:40]} there): "
+                                 f"a resumed run keeps its configuration; drop {flag}, or start a new run")
+    if saved.kd != "none" and saved.teacher != SUPERNET_TEACHER and not cfg.teacher:
+        again = f"--teacher {saved.teacher}" + (f" --teacher-ckpt {saved.teacher_ckpt}" if saved.teacher_ckpt else "")
+        raise UsageError(f"{resume} was trained with --kd {saved.kd} from a teacher file; a resumed run never loads "
+                         f"a file named inside a checkpoint: name the teacher again ({again[:300]})")
+    teacher = (cfg.teacher, cfg.teacher_ckpt) if cfg.teacher else (saved.teacher, None)
+    return replace(saved, epochs=saved.epochs if cfg.epochs is None else cfg.epochs, workers=cfg.workers,
+                   device=cfg.device, teacher=teacher[0], teacher_ckpt=teacher[1])
+
+
+def _absolute(value: Any, builtin: tuple[str, ...]) -> Any:
+    """An existing path as an absolute one; a built-in name (or anything else) as it is."""
+    if not isinstance(value, str) or value.lower() in builtin or len(value) > 4096 or not Path(value).exists():
+        return value
+    return str(Path(value).resolve())
+
+
+def claim_out(out: Path, resume: Path | None, force: bool, clear: bool = False) -> None:
+    """Refuse an `out` that holds anything (but its lock) unless it is the folder of `resume`
+    or `force` is given; with `clear`, a forced fresh run removes the old run's files so that
+    the folder never mixes two runs."""
+    if out.exists() and not out.is_dir():
+        raise AutoVitError(f"--out {out} is a file, not a folder; choose a folder")
+    held = sorted(p.name for p in out.iterdir() if p.name != ".lock") if out.is_dir() else []
+    if not held or (resume is not None and Path(resume).resolve().parent == out.resolve()):
+        return
+    if not force:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        hint = f"continue its run with --resume {out / 'last.ckpt'}, " if "last.ckpt" in held else ""
+        raise AutoVitError(f"--out {out} is not empty ({shown}): nothing is overwritten without --force; "
+                           f"{hint}choose another --out, or pass --force to replace it")
+    if clear and resume is None:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+
+@dataclass
+class _Run:
+    """Everything a training run builds before its first epoch."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    data: DataSource
+    space: SearchSpace
+    loaders: Loaders
+    steps: int
+    supernet: Supernet
+    model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    ema: Any
+    mixup_fn: Any
+    criterion: nn.Module
+    teacher: nn.Module | None
+    fixed: ArchConfig | None  # the one subnet of a stand-alone run
+    followed: dict[str, ArchConfig]  # the subnets evaluated after each epoch
+
+
+def _setup(cfg: TrainConfig, trust_teacher_code: bool) -> _Run:
     from timm.data import Mixup
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
 
-    out = Path(out)
-    ck = None
-    if resume is not None:
-        ck = load_checkpoint(resume)
-        checkpoint_space(ck, cfg.space, resume)
-        saved = TrainConfig.from_saved(ck["config"])
-        cfg = replace(saved, epochs=cfg.epochs, workers=cfg.workers, device=cfg.device)
-    cfg = cfg.resolved()
     ctx = DistContext.setup(cfg.device)
     if cfg.amp == "on" and ctx.device.type != "cuda":
-        raise AutoVitError("--amp on needs a CUDA device (mixed precision is off on CPU); drop --amp")
+        raise UsageError("--amp on needs a CUDA device (mixed precision is off on CPU); drop --amp")
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     data = open_data(cfg.data, cfg.seed)
     space = supernet_space(cfg, data)
-    if ck is not None and ck["space"]["name"] != space.name:
-        raise AutoVitError(f"{resume} holds a supernet of space '{ck['space']['name']}', not '{space.name}'")
     loaders = make_loaders(cfg, data, max(space.resolutions), ctx)
     steps = len(loaders.train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loaders.train))
-
     supernet = Supernet(space).to(ctx.device)
     model: nn.Module = supernet
     if ctx.world > 1:
@@ -374,15 +482,13 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=cfg.epochs,
                                        warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01, min_lr=cfg.min_lr,
                                        step_on_epochs=False, updates_per_epoch=steps)
-    use_amp = ctx.device.type == "cuda" and cfg.amp != "off"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and cfg.amp != "off")
     ema = None
     if cfg.ema:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(supernet, decay=cfg.ema_decay)
     mixup_fn = None
-    criterion = label_criterion(cfg)
     if cfg.mixup > 0 or cfg.cutmix > 0:
         mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                          num_classes=data.num_classes)
@@ -390,104 +496,72 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     if cfg.kd != "none" and cfg.teacher != SUPERNET_TEACHER:
         from autovit.nas.teacher import load_teacher
 
-        teacher = load_teacher(cfg.teacher, cfg.teacher_ckpt, data.num_classes).to(ctx.device).eval()
-
-    start_epoch, step, history, best = 0, 0, [], None
-    if ck is not None:
-        supernet.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if ck["config"]["epochs"] == cfg.epochs:
-            scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        if ema is not None and ck.get("ema") is not None:
-            ema.module.load_state_dict(ck["ema"])
-        set_rng_state(ck["rng"])
-        start_epoch, step, history, best = ck["epoch"], ck["step"], ck["history"], ck["best"]
-        if start_epoch >= cfg.epochs:
-            raise AutoVitError(f"{resume} already finished {start_epoch} epochs; pass --epochs N > {start_epoch}")
-    if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_saved(), indent=2, default=list) + "\n")
-    writer = _tensorboard(out) if cfg.tensorboard and ctx.main else None
-
+        teacher = load_teacher(cfg.teacher, cfg.teacher_ckpt, data.num_classes,
+                               trust_code=trust_teacher_code).to(ctx.device).eval()
     fixed = fixed_arch(cfg, space)
     followed = {"arch": fixed} if fixed is not None else eval_archs(space, cfg.eval_random, cfg.seed)
+    return _Run(cfg, ctx, data, space, loaders, steps, supernet, model, optimizer, scheduler, scaler, ema, mixup_fn,
+                label_criterion(cfg), teacher, fixed, followed)
+
+
+def _restore(run: _Run, ck: dict[str, Any], resume: Path) -> tuple[int, int, list, dict | None]:
+    """Load a checkpoint's states into the run; returns (epoch, step, history, best). The
+    scheduler is rebuilt from the configuration and the step, never read: every value it holds
+    follows from them."""
+    if ck["space"]["name"] != run.space.name:
+        raise AutoVitError(f"{resume} holds a supernet of space '{ck['space']['name']}', not '{run.space.name}'")
+    parts = [("model weights", lambda: run.supernet.load_state_dict(ck["model"])),
+             ("optimizer state", lambda: _load_optimizer(run.optimizer, ck["optimizer"])),
+             ("AMP scaler state", lambda: run.scaler.load_state_dict(ck["scaler"])),
+             ("RNG state", lambda: set_rng_state(ck["rng"]))]
+    if run.ema is not None and ck.get("ema") is not None:
+        parts.append(("EMA weights", lambda: run.ema.module.load_state_dict(ck["ema"])))
+    for what, load in parts:
+        try:
+            load()
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+            raise AutoVitError(f"checkpoint {resume}: its {what} does not fit this run ({shorten(str(e))}); "
+                               "it is not a checkpoint this version wrote") from None
+    start_epoch, step = ck["epoch"], ck["step"]
+    if start_epoch >= run.cfg.epochs:
+        raise UsageError(f"{resume} already finished {start_epoch} epochs; pass --epochs N > {start_epoch}")
+    run.scheduler.step_update(step)
+    return start_epoch, step, list(ck["history"]), ck["best"]
+
+
+def _load_optimizer(optimizer, state: dict[str, Any]) -> None:
+    """The saved per-parameter state (moments, step counts), shape-checked; hyper-parameters
+    stay those of the configuration (a saved NaN learning rate would poison the first step)."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, fresh):
+        group.update(own)
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if not isinstance(v, torch.Tensor) or (v.dim() > 0 and v.shape != p.shape):
+                raise ValueError(f"'{k}' of a parameter of shape {tuple(p.shape)} is {_shape(v)}")
+            if not torch.isfinite(v).all():
+                raise ValueError(f"'{k}' holds non-finite values")
+
+
+def _shape(v: Any) -> str:
+    return f"of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+
+
+def _epochs(run: _Run, out: Path, start_epoch: int, step: int, history: list[dict[str, Any]], best: dict | None,
+            progress: bool, log: Callable[[str], None], stop_after_epochs: int | None) -> dict[str, Any]:
+    """The epoch loop: train, evaluate the followed subnets, write the checkpoints (rank 0)."""
+    cfg, ctx = run.cfg, run.ctx
+    writer = _tensorboard(out) if cfg.tensorboard and ctx.main else None
+    fixed, followed = run.fixed, run.followed
     step_losses: list[float] = []
     t_run = time.perf_counter()
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         t_epoch_start = time.perf_counter()
-        loaders.sampler.set_epoch(epoch)
-        if hasattr(loaders.train_set, "set_epoch"):
-            loaders.train_set.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum, seen, skipped = 0.0, 0, 0
-        bar = progress_bar(progress and ctx.main, f"epoch {epoch + 1}/{cfg.epochs}", steps)
-        for i, (x, y, n_skip) in enumerate(loaders.train):
-            if i >= steps:
-                break
-            skipped += n_skip
-            if mixup_fn is not None and len(y) % 2:
-                x, y = x[:-1], y[:-1]  # timm's Mixup pairs images: it needs an even batch
-            if len(y) < 2:
-                continue
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            x, targets = mixup_fn(x, y) if mixup_fn is not None else (x, y)
-            loss = _train_step(cfg, space, supernet, model, criterion, x, targets, teacher, scaler, use_amp,
-                               step, epoch, fixed)
-            if cfg.clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(supernet.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            scheduler.step_update(step)
-            if ema is not None:
-                ema.update(supernet, step=step)
-            step_losses.append(loss)
-            loss_sum += loss * len(y)
-            seen += len(y)
-            if bar is not None:
-                el = time.perf_counter() - t0
-                bar.update(f"loss {loss_sum / seen:.3f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
-                           f"{seen * ctx.world / el:.0f} img/s")
-        if bar is not None:
-            bar.close()
-        ctx.sync_buffers(supernet)
-        epoch_s = time.perf_counter() - t0
-        row: dict[str, Any] = {
-            "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen * ctx.world / epoch_s, "epoch_s": epoch_s,
-            "skipped_images": skipped,
-        }
-        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        row, step = _train_epoch(run, epoch, step, fixed, step_losses, progress)
         if ctx.main:
-            eval_model = supernet if ema is None else ema.module
-            for name, arch in followed.items():
-                row[f"top1_{name}"] = (evaluate_subnet(eval_model, arch, loaders.bn, loaders.val, ctx.device)["top1"]
-                                       if evaluated else None)
-            supernet.train()
-            score = float(np.mean([row[f"top1_{n}"] for n in followed])) if evaluated else None
-            row["top1_mean"] = score
-            # wall time of the whole run so far (training and evaluation), across resumes
-            row["elapsed_s"] = (history[-1].get("elapsed_s", 0.0) if history else 0.0) + time.perf_counter() - t_epoch_start
-            history.append(row)
-            is_best = evaluated and (best is None or score > best["top1_mean"])
-            if is_best:
-                best = {"epoch": epoch + 1, "top1_mean": score}
-            state = {
-                "space": space_to_saved(space), "config": cfg.to_saved(), "model": supernet.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
-                "rng": rng_state(), "epoch": epoch + 1, "step": step, "history": history, "best": best,
-            }
-            save_checkpoint(out / "last.ckpt", state)
-            if is_best:
-                save_checkpoint(out / "best.ckpt", state)
-            _write_csv(out / "metrics.csv", history)
+            best = _end_epoch(run, out, row, epoch, step, followed, history, best, t_epoch_start)
             if writer is not None:
                 for k, v in row.items():
                     writer.add_scalar(k, v, epoch + 1)
@@ -498,8 +572,90 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     if writer is not None:
         writer.close()
     return {"out": str(out), "epochs_done": epoch + 1, "history": history, "best": best,
-            "step_losses": step_losses, "wall_s": time.perf_counter() - t_run, "space": space.name,
-            "world_size": ctx.world, "rank": ctx.rank, "final_state": supernet.state_dict()}
+            "step_losses": step_losses, "wall_s": time.perf_counter() - t_run, "space": run.space.name,
+            "world_size": ctx.world, "rank": ctx.rank, "final_state": run.supernet.state_dict()}
+
+
+def _train_epoch(run: _Run, epoch: int, step: int, fixed: ArchConfig | None, step_losses: list[float],
+                 progress: bool) -> tuple[dict[str, Any], int]:
+    """One epoch of steps; returns its metrics row (without evaluations) and the step count."""
+    cfg, ctx, loaders, optimizer = run.cfg, run.ctx, run.loaders, run.optimizer
+    use_amp = run.scaler.is_enabled()
+    loaders.sampler.set_epoch(epoch)
+    if hasattr(loaders.train_set, "set_epoch"):
+        loaders.train_set.set_epoch(epoch)
+    run.model.train()
+    t0 = time.perf_counter()
+    loss_sum, seen, skipped = 0.0, 0, 0
+    bar = progress_bar(progress and ctx.main, f"epoch {epoch + 1}/{cfg.epochs}", run.steps)
+    for i, (x, y, n_skip) in enumerate(loaders.train):
+        if i >= run.steps:
+            break
+        skipped += n_skip
+        if run.mixup_fn is not None and len(y) % 2:
+            x, y = x[:-1], y[:-1]  # timm's Mixup pairs images: it needs an even batch
+        if len(y) < 2:
+            continue
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        x, targets = run.mixup_fn(x, y) if run.mixup_fn is not None else (x, y)
+        loss = _train_step(cfg, run.space, run.supernet, run.model, run.criterion, x, targets, run.teacher,
+                           run.scaler, use_amp, step, epoch, fixed)
+        if cfg.clip_grad:
+            run.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(run.supernet.parameters(), cfg.clip_grad)
+        run.scaler.step(optimizer)
+        run.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        run.scheduler.step_update(step)
+        if run.ema is not None:
+            run.ema.update(run.supernet, step=step)
+        step_losses.append(loss)
+        loss_sum += loss * len(y)
+        seen += len(y)
+        if bar is not None:
+            el = time.perf_counter() - t0
+            bar.update(f"loss {loss_sum / seen:.3f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                       f"{seen * ctx.world / el:.0f} img/s")
+    if bar is not None:
+        bar.close()
+    ctx.sync_buffers(run.supernet)
+    epoch_s = time.perf_counter() - t0
+    return {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen * ctx.world / epoch_s, "epoch_s": epoch_s,
+            "skipped_images": skipped}, step
+
+
+def _end_epoch(run: _Run, out: Path, row: dict[str, Any], epoch: int, step: int, followed: dict[str, ArchConfig],
+               history: list[dict[str, Any]], best: dict | None, t_epoch_start: float) -> dict | None:
+    """Evaluate the followed subnets (when due), append the row and write last.ckpt (and
+    best.ckpt) and metrics.csv; returns the best epoch so far."""
+    cfg = run.cfg
+    evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    eval_model = run.supernet if run.ema is None else run.ema.module
+    for name, arch in followed.items():
+        row[f"top1_{name}"] = (evaluate_subnet(eval_model, arch, run.loaders.bn, run.loaders.val,
+                                               run.ctx.device)["top1"] if evaluated else None)
+    run.supernet.train()
+    score = float(np.mean([row[f"top1_{n}"] for n in followed])) if evaluated else None
+    row["top1_mean"] = score
+    # wall time of the whole run so far (training and evaluation), across resumes
+    row["elapsed_s"] = (history[-1].get("elapsed_s", 0.0) if history else 0.0) + time.perf_counter() - t_epoch_start
+    history.append(row)
+    is_best = evaluated and (best is None or score > best["top1_mean"])
+    if is_best:
+        best = {"epoch": epoch + 1, "top1_mean": score}
+    state = {
+        "space": space_to_saved(run.space), "config": cfg.to_saved(), "model": run.supernet.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(), "ema": run.ema.module.state_dict() if run.ema is not None else None,
+        "rng": rng_state(), "epoch": epoch + 1, "step": step, "history": history, "best": best,
+    }
+    save_checkpoint(out / "last.ckpt", state)
+    if is_best:
+        save_checkpoint(out / "best.ckpt", state)
+    _write_csv(out / "metrics.csv", history)
+    return best
 
 
 def _train_step(cfg: TrainConfig, space: SearchSpace, supernet: Supernet, model: nn.Module, criterion: nn.Module,

@@ -54,3 +54,17 @@ def unknown_op_onnx(tmp_path):
     p = tmp_path / "unknown.onnx"
     onnx.save(model, p)
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A one-epoch XXS supernet checkpoint on mnist5k (32 px, 3 steps): the input that hostile
+    tests forge their broken checkpoints from."""
+    from dataclasses import replace
+
+    from autovit.nas.train import train
+    from tests.test_train import TINY
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(replace(TINY, epochs=1), out, progress=False, log=lambda _m: None)
+    return out / "last.ckpt"

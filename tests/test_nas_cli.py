@@ -62,13 +62,14 @@ def test_export_every_format_and_estimate_the_onnx(ckpt, tmp_path, capsys):
     assert model.arch.num_classes == 10
     code, out, _ = run_cli(lat, ["estimate", str(tmp_path / "min.onnx"), "--hw", "iphone13", "--json"], capsys)
     assert code == 0 and json.loads(out)["latency_ms"] > 0
-    # an exported model (pt or TorchScript) can teach the next supernet
-    for teacher in ("min.pt", "min.torchscript.pt"):
+    # an exported model (pt, or TorchScript when its code is trusted) can teach the next supernet
+    for teacher, trust in (("min.pt", []), ("min.torchscript.pt", ["--trust-teacher-code"])):
         code, out, err = run_cli(nas, ["train", "--data", "mnist5k", "--epochs", "1", "--steps-per-epoch", "1",
                                        "--batch-size", "16", "--eval-random", "0", "--val-images", "16",
-                                       "--kd", "soft", "--teacher", str(tmp_path / teacher),
+                                       "--kd", "soft", "--teacher", str(tmp_path / teacher), *trust,
                                        "--out", str(tmp_path / f"kd-{teacher}"), "--json"], capsys)
         assert code == 0, err
+        assert ("warning" in err) == bool(trust)
 
 
 @pytest.mark.parametrize("content, needle", [
@@ -123,9 +124,9 @@ def test_arch_outside_the_checkpoint_space(ckpt, tmp_path, capsys):
     (["--resolutions", "a,b"], "comma-separated integers"),
     (["--amp", "on", "--device", "cpu"], "--amp on needs a CUDA device"),
     (["--batch-size", "1"], "--batch-size must be >= 2"),
-    (["--lr", "0"], "--lr > 0"),
+    (["--lr", "0"], "--lr must be > 0"),
     (["--eval-every", "0"], "--eval-every must be >= 1"),
-    (["--kd-alpha", "2", "--kd", "soft", "--teacher", "supernet-max"], "--kd-alpha must lie in [0, 1]"),
+    (["--kd-alpha", "2", "--kd", "soft", "--teacher", "supernet-max"], "--kd-alpha must be <= 1"),
     (["--resolutions", "8"], "--resolutions must be >= 16"),
 ])
 def test_train_bad_input(tmp_path, capsys, args, needle):
