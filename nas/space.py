@@ -21,10 +21,13 @@ from typing import Any
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import (
+    LOCAL_CONVS,
     ArchConfig,
     MBConvStage,
     TransformerLayer,
     TransformerStage,
+    conv_channels,
+    legacy_internals,
     mlp_hidden,
 )
 
@@ -66,8 +69,15 @@ class SearchSpace:
     head_expansion: int
     num_classes: int
     monotonic_widths: bool
+    local_conv: str = "depthwise"
+    fusion_kernel: int = 1
+    conv_ratio: float = 1.0
     params_range_m: tuple[float, float] | None = None
     source: str = ""
+
+    def channels(self, width: int) -> int:
+        """Conv channels of a transformer stage of `width`."""
+        return conv_channels(width, self.conv_ratio)
 
     # ---- counting -------------------------------------------------------------------------
     def count(self, monotonic: bool | None = None) -> int:
@@ -125,6 +135,7 @@ class SearchSpace:
             head_dim=self.head_dim, patch=self.patch, conv_kernel=self.conv_kernel,
             downsample_expansion=self.downsample_expansion, head_expansion=self.head_expansion,
             num_classes=self.num_classes, stem_kernel=self.stem_kernel, stem_stride=self.stem_stride,
+            local_conv=self.local_conv, fusion_kernel=self.fusion_kernel, conv_ratio=self.conv_ratio,
             space=self.source.removeprefix("builtin:") if self.source.startswith("builtin:") else self.source,
         )
 
@@ -144,7 +155,7 @@ class SearchSpace:
         need("resolution", arch.resolution, self.resolutions)
         need("stem_width", arch.stem_width, self.stem_widths)
         for f in ("head_dim", "patch", "conv_kernel", "downsample_expansion", "head_expansion",
-                  "stem_kernel", "stem_stride"):
+                  "stem_kernel", "stem_stride", "local_conv", "fusion_kernel", "conv_ratio"):
             same(f, getattr(arch, f), getattr(self, f))
         if len(arch.mbconv) != len(self.mbconv):
             out.append(f"mbconv has {len(arch.mbconv)} stages, space '{self.name}' has {len(self.mbconv)}")
@@ -364,6 +375,15 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     dexp = d.get("downsample_expansion", 2)
     if not isinstance(dexp, (int, float)) or isinstance(dexp, bool) or dexp <= 0:
         raise AutoVitError(f"space {where}: 'downsample_expansion' must be a positive number")
+    local_conv = d.get("local_conv", "depthwise")
+    if local_conv not in LOCAL_CONVS:
+        raise AutoVitError(f"space {where}: 'local_conv' must be one of {', '.join(LOCAL_CONVS)}, got {local_conv!r}")
+    ratio = d.get("conv_ratio", 1.0)
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
+        raise AutoVitError(f"space {where}: 'conv_ratio' must be a number in (0, 1], got {ratio!r}")
+    fusion_kernel = _int(d, "fusion_kernel", where, 1)
+    if fusion_kernel % 2 == 0:
+        raise AutoVitError(f"space {where}: 'fusion_kernel' must be odd, got {fusion_kernel}")
     space = SearchSpace(
         name=name, resolutions=_ints(d, "resolutions", where), stem_widths=_ints(stem, "widths", f"{where} stem"),
         stem_kernel=_int(stem, "kernel", f"{where} stem", 3), stem_stride=_int(stem, "stride", f"{where} stem", 2),
@@ -371,7 +391,8 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
         head_dim=_int(d, "head_dim", where), patch=_int(d, "patch", where, 2),
         conv_kernel=_int(d, "conv_kernel", where, 3), downsample_expansion=float(dexp),
         head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
-        monotonic_widths=mono, params_range_m=tuple(prange) if prange else None, source=source,
+        monotonic_widths=mono, local_conv=local_conv, fusion_kernel=fusion_kernel, conv_ratio=float(ratio),
+        params_range_m=tuple(prange) if prange else None, source=source,
     )
     if space.count() == 0:
         raise AutoVitError(f"space {where}: no architecture satisfies the monotonic-width rule; widen the choices")
@@ -404,8 +425,11 @@ def space_to_saved(space: SearchSpace) -> dict[str, Any]:
 
 
 def space_from_saved(d: dict[str, Any]) -> SearchSpace:
+    """The space of `space_to_saved`; one saved before the block-internal fields existed has
+    MobileViT v1's internals (its weights have their shapes)."""
     try:
         return SearchSpace(**{
+            **legacy_internals(d.get("conv_kernel", 3)),
             **d,
             "mbconv": tuple(MBConvChoices(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
                             for s in d["mbconv"]),

@@ -7,7 +7,8 @@ import pytest
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import ArchConfig, TransformerLayer, arch_from_dict, load_arch
-from autovit.nas.space import BUILTIN_SPACES, load_space, monotonic_problems, space_from_dict
+from autovit.nas.space import (BUILTIN_SPACES, load_space, monotonic_problems, space_from_dict, space_from_saved,
+                               space_to_saved)
 
 TINY = {
     "name": "tiny", "resolutions": [32], "head_dim": 8, "num_transformer_stages": [1, 2],
@@ -106,3 +107,40 @@ def test_arch_json_errors(tmp_path):
         load_arch(p)
     with pytest.raises(AutoVitError, match="not found"):
         load_arch(tmp_path / "missing.json")
+
+
+def test_format_1_files_mean_mobilevit_v1_internals(tmp_path):
+    """Files written before the block-internal fields keep their meaning: dense local conv,
+    n x n fusion, conv channels = width (their supernets' weights have those shapes)."""
+    d = json.loads(load_space("xxs").sample(0).to_json())
+    for k in ("local_conv", "fusion_kernel", "conv_ratio"):
+        d.pop(k)
+    d["format"] = "autovit-arch/1"
+    old = ArchConfig.from_dict(d)
+    assert (old.local_conv, old.fusion_kernel, old.conv_ratio) == ("dense", 3, 1.0)
+    d.pop("format")
+    current = ArchConfig.from_dict(d)
+    assert (current.local_conv, current.fusion_kernel) == ("depthwise", 1)
+    saved = space_to_saved(load_space("xxs"))
+    for k in ("local_conv", "fusion_kernel", "conv_ratio"):
+        saved.pop(k)
+    assert space_from_saved(saved).local_conv == "dense"
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("local_conv", "grouped", "'local_conv' must be one of depthwise, dense"),
+    ("fusion_kernel", 2, "'fusion_kernel' must be odd"),
+    ("conv_ratio", 1.5, "'conv_ratio' must be"),
+])
+def test_bad_block_internals_are_named(field, value, match):
+    d = json.loads(load_space("xxs").sample(0).to_json())
+    with pytest.raises(AutoVitError, match=match):
+        ArchConfig.from_dict({**d, field: value})
+    with pytest.raises(AutoVitError, match=match):
+        space_from_dict({**TINY, field: value})
+
+
+def test_space_fixes_the_block_internals():
+    sp = load_space("xxs")
+    with pytest.raises(AutoVitError, match="local_conv = dense but space 'xxs' fixes it to depthwise"):
+        sp.check(replace(sp.sample(0), local_conv="dense"))
