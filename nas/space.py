@@ -10,9 +10,10 @@ is drawn in proportion to them, so no rejection loop is needed and none can spin
 from __future__ import annotations
 
 import random
+import re
 import tomllib
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from itertools import accumulate
@@ -79,6 +80,15 @@ class SearchSpace:
         """Conv channels of a transformer stage of `width`."""
         return conv_channels(width, self.conv_ratio)
 
+    @property
+    def ident(self) -> str:
+        """What architecture files record as their space, and what load_space reads back: a
+        built-in name ('xxs'), a space file's absolute path, either with '@RESpx' when the
+        resolutions were overridden (a supernet trained on built-in data: 'xxs@32px')."""
+        if self.source.startswith("builtin:"):
+            return self.source.removeprefix("builtin:")
+        return self.source or self.name
+
     # ---- counting -------------------------------------------------------------------------
     def count(self, monotonic: bool | None = None) -> int:
         """Number of distinct architectures (exact integer)."""
@@ -136,7 +146,7 @@ class SearchSpace:
             downsample_expansion=self.downsample_expansion, head_expansion=self.head_expansion,
             num_classes=self.num_classes, stem_kernel=self.stem_kernel, stem_stride=self.stem_stride,
             local_conv=self.local_conv, fusion_kernel=self.fusion_kernel, conv_ratio=self.conv_ratio,
-            space=self.source.removeprefix("builtin:") if self.source.startswith("builtin:") else self.source,
+            space=self.ident,
         )
 
     # ---- validation -----------------------------------------------------------------------
@@ -399,9 +409,16 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     return space
 
 
+_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>\d+(?:,\d+)*)px$")
+
+
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path."""
+    """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path; either may end in
+    '@RESpx' (e.g. 'xxs@32px', 'my.toml@48,64px'): that space at those resolutions."""
     key = str(name_or_path)
+    m = _OVERRIDE.match(key)
+    if m:
+        return with_resolutions(load_space(m["base"]), [int(r) for r in m["res"].split(",")])
     if key.lower() in BUILTIN_SPACES:
         ref = resources.files("autovit.nas") / "spaces" / f"{key.lower()}.toml"
         return space_from_dict(tomllib.loads(ref.read_text()), source=f"builtin:{key.lower()}")
@@ -413,7 +430,36 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
         d = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise AutoVitError(f"space {p}: not valid TOML ({e})") from None
-    return space_from_dict(d, source=str(p))
+    # The absolute path is the space's identity: architecture files record it (ident).
+    return replace(space_from_dict(d, source=str(p)), source=str(p.resolve()))
+
+
+def with_resolutions(space: SearchSpace, resolutions) -> SearchSpace:
+    """`space` with other input resolutions, under a name and identity that say so
+    ('xxs@32px'); the same space when they are its own."""
+    res = tuple(sorted(set(resolutions)))
+    if res == space.resolutions:
+        return space
+    return _suffixed(replace(space, resolutions=res))
+
+
+def _suffixed(space: SearchSpace) -> SearchSpace:
+    """`space` named after its base space and its resolutions."""
+    suffix = "@" + ",".join(map(str, space.resolutions)) + "px"
+    base_source = _base(space.source)
+    return replace(space, name=_base(space.name) + suffix, source=base_source + suffix if base_source else "")
+
+
+def _base(name: str) -> str:
+    m = _OVERRIDE.match(name)
+    return m["base"] if m else name
+
+
+def same_space(given: str, space: SearchSpace) -> bool:
+    """Whether a space the user named (--space) is `space`: its name, file or identity, or the
+    space it was derived from by a resolution override."""
+    names = {n.lower() for n in (space.name, space.ident, _base(space.name), _base(space.ident))}
+    return given.lower() in names or Path(given).stem.lower() in names or str(Path(given).resolve()).lower() in names
 
 
 def space_to_saved(space: SearchSpace) -> dict[str, Any]:
@@ -428,7 +474,7 @@ def space_from_saved(d: dict[str, Any]) -> SearchSpace:
     """The space of `space_to_saved`; one saved before the block-internal fields existed has
     MobileViT v1's internals (its weights have their shapes)."""
     try:
-        return SearchSpace(**{
+        space = SearchSpace(**{
             **legacy_internals(d.get("conv_kernel", 3)),
             **d,
             "mbconv": tuple(MBConvChoices(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
@@ -440,3 +486,8 @@ def space_from_saved(d: dict[str, Any]) -> SearchSpace:
         })
     except (KeyError, TypeError) as e:
         raise AutoVitError(f"saved search space is malformed ({e})") from None
+    builtin = space.source.removeprefix("builtin:")
+    if space.source.startswith("builtin:") and builtin in BUILTIN_SPACES \
+            and space.resolutions != load_space(builtin).resolutions:
+        space = _suffixed(space)  # saved before derived spaces were named: give it its identity
+    return space

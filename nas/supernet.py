@@ -318,7 +318,7 @@ class Supernet(nn.Module):
     # ---- API ---------------------------------------------------------------------------------
     def set_active_subnet(self, arch: ArchConfig) -> ArchConfig:
         """Activate `arch` (checked against the space; its class count follows the supernet's)."""
-        arch = replace(arch, num_classes=self.space.num_classes, space=self.space.name)
+        arch = replace(arch, num_classes=self.space.num_classes, space=self.space.ident)
         self.space.check(arch)
         self.stem.set_active(out=arch.stem_width)
         for blocks, st in zip(self.mbconv, arch.mbconv):

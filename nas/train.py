@@ -35,7 +35,7 @@ from autovit.nas.arch import ArchConfig
 from autovit.nas.checkpoint import (checkpoint_space, load_checkpoint, remove_stale_temporaries, rng_state,
                                     save_checkpoint, set_rng_state)
 from autovit.nas.data import DataSource, collate_skipping, open_data
-from autovit.nas.space import SearchSpace, load_space, space_to_saved
+from autovit.nas.space import SearchSpace, load_space, space_to_saved, with_resolutions
 from autovit.nas.supernet import Supernet, recalibrate_bn
 
 # Recipe presets. "deit" is the paper's (SPEC.md section 3, DeiT's hyper-parameters);
@@ -187,12 +187,13 @@ class DistContext:
 
 # ---- data ----------------------------------------------------------------------------------------
 def supernet_space(cfg: TrainConfig, data: DataSource) -> SearchSpace:
-    """The space file with the data's class count and the training resolutions."""
+    """The space file with the data's class count and the training resolutions (a space of its
+    own when they differ from the file's: 'xxs@32px')."""
     space = load_space(cfg.space)
     res = cfg.resolutions or ((data.native_size,) if data.native_size else space.resolutions)
     if min(res) < 16:
         raise AutoVitError(f"--resolutions must be >= 16 px, got {list(res)}")
-    return replace(space, num_classes=data.num_classes, resolutions=tuple(sorted(set(res))))
+    return with_resolutions(replace(space, num_classes=data.num_classes), res)
 
 
 def transforms(cfg: TrainConfig, data: DataSource, size: int):
@@ -340,7 +341,7 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     ck = None
     if resume is not None:
         ck = load_checkpoint(resume)
-        checkpoint_space(ck, cfg.space, resume)
+        saved_space = checkpoint_space(ck, cfg.space, resume).name
         saved = TrainConfig.from_saved(ck["config"])
         cfg = replace(saved, epochs=cfg.epochs, workers=cfg.workers, device=cfg.device)
     cfg = cfg.resolved()
@@ -352,8 +353,8 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     torch.manual_seed(cfg.seed)
     data = open_data(cfg.data, cfg.seed)
     space = supernet_space(cfg, data)
-    if ck is not None and ck["space"]["name"] != space.name:
-        raise AutoVitError(f"{resume} holds a supernet of space '{ck['space']['name']}', not '{space.name}'")
+    if ck is not None and saved_space != space.name:
+        raise AutoVitError(f"{resume} holds a supernet of space '{saved_space}', not '{space.name}'")
     loaders = make_loaders(cfg, data, max(space.resolutions), ctx)
     steps = len(loaders.train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loaders.train))
 

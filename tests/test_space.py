@@ -1,6 +1,7 @@
 import json
 import random
 from collections import Counter
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -144,3 +145,22 @@ def test_space_fixes_the_block_internals():
     sp = load_space("xxs")
     with pytest.raises(AutoVitError, match="local_conv = dense but space 'xxs' fixes it to depthwise"):
         sp.check(replace(sp.sample(0), local_conv="dense"))
+
+
+def test_a_space_at_other_resolutions_has_its_own_identity(tmp_path):
+    from autovit.nas.space import same_space, with_resolutions
+
+    sp = with_resolutions(load_space("xxs"), [32])
+    assert (sp.name, sp.ident, sp.resolutions) == ("xxs@32px", "xxs@32px", (32,))
+    assert load_space(sp.ident) == sp and sp.sample(0).space == "xxs@32px"
+    assert with_resolutions(load_space("xxs"), [256, 224]) == load_space("xxs")
+    assert same_space("xxs", sp) and same_space("XXS@32px", sp) and not same_space("xs", sp)
+    # a space file is recorded by its absolute path, so a file written elsewhere finds it
+    f = tmp_path / "mine.toml"
+    f.write_text((Path(__file__).parents[1] / "nas" / "spaces" / "xxs.toml").read_text().replace('"xxs"', '"mine"'))
+    mine = with_resolutions(load_space(f), [48, 64])
+    assert mine.ident == f"{f.resolve()}@48,64px" and load_space(mine.ident).resolutions == (48, 64)
+    # checkpoints saved before derived spaces were named get their identity on load
+    saved = space_to_saved(sp)
+    saved.update(name="xxs", source="builtin:xxs")
+    assert space_from_saved(saved).ident == "xxs@32px"

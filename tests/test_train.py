@@ -48,7 +48,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
 def test_checkpoint_records_space_and_config(tmp_path):
     train(replace(TINY, epochs=1), tmp_path, progress=False, log=quiet)
     ck = load_checkpoint(tmp_path / "best.ckpt")
-    assert ck["space"]["name"] == "xxs" and ck["space"]["num_classes"] == 10
+    assert ck["space"]["name"] == "xxs@32px" and ck["space"]["num_classes"] == 10
     assert ck["space"]["resolutions"] == [32] or tuple(ck["space"]["resolutions"]) == (32,)
     assert ck["config"]["data"] == "mnist5k" and ck["config"]["lr"] == 2e-3  # the recipe's value, resolved
     assert set(ck) >= {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step"}
@@ -109,7 +109,7 @@ def test_cuda_device_without_cuda_is_a_clear_error(monkeypatch):
 
 def test_resume_refuses_another_space(tmp_path):
     train(replace(TINY, epochs=2), tmp_path, progress=False, log=quiet, stop_after_epochs=1)
-    with pytest.raises(AutoVitError, match="space 'xxs', not 's'"):
+    with pytest.raises(AutoVitError, match="space 'xxs@32px', not 's'"):
         train(replace(TINY, space="s"), tmp_path, resume=tmp_path / "last.ckpt", progress=False, log=quiet)
 
 
