@@ -71,16 +71,22 @@ def mnist5k_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
 
 
+def scatter_fragments(canvas: np.ndarray, others: np.ndarray, pieces: int, rng: np.random.Generator) -> np.ndarray:
+    """`canvas` (uint8, square) with `pieces` random CLUTTER_SIDE-pixel crops of `others` (uint8
+    [K, 28, 28]) drawn over it at random places (brighter pixel wins)."""
+    s, side = CLUTTER_SIDE, canvas.shape[0]
+    for _ in range(pieces):
+        src = others[rng.integers(len(others))]
+        y, x = rng.integers(0, 28 - s, size=2)
+        cy, cx = rng.integers(0, side - s, size=2)
+        np.maximum(canvas[cy:cy + s, cx:cx + s], src[y:y + s, x:x + s], out=canvas[cy:cy + s, cx:cx + s])
+    return canvas
+
+
 def render_clutter(digit: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A CANVAS x CANVAS uint8 image: `digit` at a random place over CLUTTER_PIECES random
     CLUTTER_SIDE-pixel crops of `others` (uint8 [K, 28, 28]), placed at random."""
-    canvas = np.zeros((CANVAS, CANVAS), np.uint8)
-    s = CLUTTER_SIDE
-    for _ in range(CLUTTER_PIECES):
-        src = others[rng.integers(len(others))]
-        y, x = rng.integers(0, 28 - s, size=2)
-        cy, cx = rng.integers(0, CANVAS - s, size=2)
-        np.maximum(canvas[cy:cy + s, cx:cx + s], src[y:y + s, x:x + s], out=canvas[cy:cy + s, cx:cx + s])
+    canvas = scatter_fragments(np.zeros((CANVAS, CANVAS), np.uint8), others, CLUTTER_PIECES, rng)
     cy, cx = rng.integers(0, CANVAS - 28, size=2)
     np.maximum(canvas[cy:cy + 28, cx:cx + 28], digit, out=canvas[cy:cy + 28, cx:cx + 28])
     return canvas
@@ -104,13 +110,7 @@ def warp_digit(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def render_pair(left: np.ndarray, right: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A PAIR_CANVAS x PAIR_CANVAS uint8 image: `left` and `right` warped, side by side with
     jitter, over PAIR_PIECES CLUTTER_SIDE-pixel fragments of `others` (uint8 [K, 28, 28])."""
-    canvas = np.zeros((PAIR_CANVAS, PAIR_CANVAS), np.uint8)
-    s = CLUTTER_SIDE
-    for _ in range(PAIR_PIECES):
-        src = others[rng.integers(len(others))]
-        y, x = rng.integers(0, 28 - s, size=2)
-        cy, cx = rng.integers(0, PAIR_CANVAS - s, size=2)
-        np.maximum(canvas[cy:cy + s, cx:cx + s], src[y:y + s, x:x + s], out=canvas[cy:cy + s, cx:cx + s])
+    canvas = scatter_fragments(np.zeros((PAIR_CANVAS, PAIR_CANVAS), np.uint8), others, PAIR_PIECES, rng)
     b = PAIR_BOX
     for digit, x0 in ((left, 0), (right, PAIR_CANVAS - b)):
         # Each box may slide up to a fifth of its side toward the middle and anywhere vertically.
