@@ -1,15 +1,22 @@
 """Why latency and not FLOPs: search this machine under a latency budget twice, with (a) the
 calibrated analytical oracle and (b) the FLOPs proxy scaled to the same budget, then measure
-the returned top-10 architectures of each with onnxruntime.
+the returned top-10 architectures of each with onnxruntime (the referee).
 
     python benchmarks/latency_vs_flops.py --supernet runs/clutter-xxs/last.ckpt \
         [--hw local-cpu@calibrated --budget auto --evaluations 100 --rounds 10 --seed 0]
+    python benchmarks/latency_vs_flops.py --supernet runs/pairs-xxs/last.ckpt --deploy-resolution 160
 
-Both searches are the real command (`autovit-nas search --strategy coarse-to-fine --json`),
-with the same seed, budget and number of accuracy evaluations. `--budget auto` is the
+Both searches are coarse-to-fine (Searcher.coarse_to_fine, the search command's strategy) with
+the same seed, budget and number of accuracy evaluations. `--budget auto` is the
 `--percentile` (default 25th) of (a)'s latency over 2,000 random architectures of the
-supernet's space, so the budget binds. The proxy's ms per FLOP is fitted over the space (make_oracle), so a FLOPs
-budget means the same ms on average.
+supernet's space, so the budget binds. The proxy's ms per FLOP is fitted over the space
+(PROXY_REFERENCE architectures, as make_oracle), so a FLOPs budget means the same ms on average.
+
+`--deploy-resolution R` prices and measures every architecture at R x R pixels while its
+accuracy stays the supernet's (inherited weights at the training resolution): the supernets
+this machine can train take small images and run in under 1 ms, where timing noise hides the
+difference between the oracles; at R = 160 XXS networks take several ms here. Without it,
+networks are priced and measured at their own resolution.
 
 Measurement is validate's protocol: interleaved rounds (`--rounds`), a drift monitor timing a
 reference model between bursts, and every value expressed at the calibration LUT's reference
@@ -23,26 +30,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 
-def run_search(args, oracle: str, budget_ms: float, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "autovit.cli.nas", "search", "--supernet", args.supernet, "--hw", args.hw,
-           "--latency-budget", f"{budget_ms:.6g}ms", "--latency-oracle", oracle, "--evaluations", str(args.evaluations),
-           "--population", str(args.population), "--parents", str(args.parents), "--seed", str(args.seed),
-           "--out", str(out), "--json"]
+class AtResolution:
+    """An oracle that prices each architecture at `resolution` pixels (None: its own)."""
+
+    def __init__(self, oracle, resolution: int | None):
+        self.oracle, self.resolution = oracle, resolution
+
+    def deployed(self, archs):
+        return [a if self.resolution is None else replace(a, resolution=self.resolution) for a in archs]
+
+    def latency_ms(self, archs):
+        return self.oracle.latency_ms(self.deployed(archs))
+
+
+def run_search(args, net, cfg, oracle, budget_ms: float) -> list[dict]:
+    """Coarse-to-fine under `budget_ms` on `oracle`: every evaluated candidate, best first."""
+    from autovit.nas.evaluate import AccuracyEvaluator
+    from autovit.nas.params import count_params
+    from autovit.nas.search import Constraints, EvolutionSettings, Searcher
+
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"search with {oracle} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    print(f"search ({oracle}) done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
-    return json.loads((out / "search.json").read_text())
+    cons = Constraints(budgets_ms={args.hw: budget_ms}, oracles={args.hw: oracle})
+    evaluator = AccuracyEvaluator(net, cfg, val_images=args.val_images)
+    settings = EvolutionSettings(population=args.population, generations=args.evaluations, parents=args.parents)
+    res = Searcher(net.space, cons, evaluator, seed=args.seed).coarse_to_fine(
+        settings, coarse=args.coarse, evaluations=args.evaluations)
+    rows = [{"arch": h["arch"], "top1": h["top1"], "params": count_params(h["arch"]),
+             "searched_ms": float(oracle.latency_ms([h["arch"]])[0])} for h in res.history]
+    print(f"search done in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    return sorted(rows, key=lambda r: -r["top1"])
 
 
 def main() -> None:
@@ -57,6 +81,9 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--deploy-resolution", type=int, default=None, help="price and measure at R x R px")
+    ap.add_argument("--val-images", type=int, default=500)
+    ap.add_argument("--coarse", type=int, default=10_000)
     ap.add_argument("--out", default=str(HERE / "results" / "latency_vs_flops.json"))
     args = ap.parse_args()
 
@@ -69,30 +96,31 @@ def main() -> None:
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.measure import TimingPolicy, physical_cores
+    from autovit.latmodel.oracle import AnalyticalOracle, ProxyOracle
     from autovit.latmodel.profiler import drift_monitor
-    from autovit.nas.arch import ArchConfig
     from autovit.nas.builder import build_model
-    from autovit.nas.checkpoint import checkpoint_space, load_checkpoint
-    from autovit.nas.search import make_oracle, parse_latency
+    from autovit.nas.evaluate import supernet_from_checkpoint
+    from autovit.nas.search import PROXY_REFERENCE, parse_latency
 
     profile = load_profile(args.hw)
-    space = checkpoint_space(load_checkpoint(args.supernet), None, args.supernet)
-    analytical = make_oracle("analytical", args.hw)
+    net, cfg, _ = supernet_from_checkpoint(args.supernet)
+    space = net.space
+    rng = random.Random(0)
+    reference = [space.sample(rng) for _ in range(PROXY_REFERENCE)]
+    analytical = AtResolution(AnalyticalOracle(profile), args.deploy_resolution)
+    flops = AtResolution(ProxyOracle("flops", profile, analytical.deployed(reference)), args.deploy_resolution)
     if args.budget == "auto":
         rng = random.Random(12345)
         budget = float(np.percentile(analytical.latency_ms([space.sample(rng) for _ in range(2000)]), args.percentile))
     else:
         budget = parse_latency(args.budget)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        found = {o: run_search(args, o, budget, Path(tmp) / o) for o in ("analytical", "flops")}
-
+    found = {"analytical": run_search(args, net, cfg, analytical, budget), "flops": run_search(args, net, cfg, flops, budget)}
     cands, tops = [], {}
-    for oracle, res in found.items():
-        rows = sorted(res["candidates"], key=lambda r: -r["top1"])[: args.top]
-        tops[oracle] = rows
-        for i, r in enumerate(rows):
-            arch = ArchConfig.from_dict(r["arch"])
+    for oracle, rows in found.items():
+        tops[oracle] = rows[: args.top]
+        for i, r in enumerate(tops[oracle]):
+            arch = analytical.deployed([r["arch"]])[0]
             side = arch.resolution
             cands.append(v.Candidate(f"{oracle}-{i}", oracle, (lambda a=arch: build_model(a)), (1, 3, side, side),
                                      arch=arch))
@@ -109,11 +137,11 @@ def main() -> None:
         sys.exit(f"could not measure: {failed}")
     print(f"measured {len(cands)} architectures x {args.rounds} rounds in {time.time() - t0:.0f} s", file=sys.stderr)
 
-    flops_oracle = make_oracle("flops", args.hw, space)
     out = {"benchmark": "latency_vs_flops", "supernet": args.supernet, "hw": args.hw, "budget_ms": budget,
            "budget_percentile": args.percentile if args.budget == "auto" else None,
+           "deploy_resolution": args.deploy_resolution, "val_images": args.val_images,
            "evaluations": args.evaluations, "seed": args.seed, "rounds": args.rounds, "reference_ms": ref_ms,
-           "flops_ms_per_mflop": flops_oracle.factor * 1e6, "by_oracle": {}, "rows": []}
+           "flops_ms_per_mflop": flops.oracle.factor * 1e6, "by_oracle": {}, "rows": []}
     for oracle, rows in tops.items():
         mine = [c for c in cands if c.group == oracle]
         meas = np.array([c.measured_ms for c in mine])
@@ -131,9 +159,11 @@ def main() -> None:
             "analytical_ms_median": float(np.median(pred_lat)),
             "mape_analytical_vs_measured": float(np.mean(np.abs(pred_lat - meas) / meas) * 100)}
         for c, r, p in zip(mine, rows, pred_lat):
-            out["rows"].append({"oracle": oracle, "top1": r["top1"], "params": r["params"], "flops": r["flops"],
-                                "searched_ms": r["latency_ms"][args.hw], "analytical_ms": float(p),
-                                "measured_ms": c.measured_ms, "raw_ms": c.raw_ms, "cv": c.cv})
+            out["rows"].append({"oracle": oracle, "top1": r["top1"], "params": r["params"],
+                                "flops": float(flops.oracle.units(analytical.deployed([r["arch"]]))[0]),
+                                "searched_ms": r["searched_ms"], "analytical_ms": float(p),
+                                "measured_ms": c.measured_ms, "raw_ms": c.raw_ms, "cv": c.cv,
+                                "arch": json.loads(r["arch"].to_json())})
     atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     print(json.dumps({k: v_ for k, v_ in out.items() if k != "rows"}))
 

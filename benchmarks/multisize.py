@@ -2,6 +2,8 @@
 accuracy of XXS-sized subnets with inherited weights.
 
     python benchmarks/multisize.py [--epochs 15] [--data mnist5k-clutter] [--n 10]
+    OMP_NUM_THREADS=1 python benchmarks/multisize.py --data mnist5k-pairs --epochs 40 --workdir runs/multisize-pairs \
+        --out benchmarks/results/multisize_pairs.json
 
 Trains two supernets with the same recipe, data, seed and number of steps: one on the XXS
 space, one on benchmarks/spaces/multi.toml (every stage offers the union of the three spaces'
@@ -40,7 +42,7 @@ def main() -> None:
     from autovit.nas.train import TrainConfig, train
 
     t0 = time.perf_counter()
-    runs = {}
+    runs, train_s = {}, {}
     for name, space in (("xxs", "xxs"), ("multi", MULTI)):
         out = Path(args.workdir) / name
         last = out / "last.ckpt"
@@ -52,6 +54,7 @@ def main() -> None:
             train(cfg, out, resume=last if last.exists() else None, progress=False, force=not last.exists(),
                   log=lambda m: print(m, file=sys.stderr, flush=True))
         runs[name] = supernet_from_checkpoint(last)
+        train_s[name] = runs[name][2]["history"][-1].get("elapsed_s")
     xxs_space = runs["xxs"][0].space
     rng = random.Random(args.seed + 1)
     archs = [xxs_space.smallest(), xxs_space.largest()] + [xxs_space.sample(rng) for _ in range(args.n - 2)]
@@ -69,7 +72,8 @@ def main() -> None:
         "multi_space_count": load_space(MULTI).count(), "xxs_space_count": load_space("xxs").count(),
         "supernet_params": {n: sum(p.numel() for p in r[0].parameters()) for n, r in runs.items()},
         "mean_top1": {n: statistics.mean(r[f"{n}_top1"] for r in rows) for n in runs},
-        "mean_gain_of_xxs_supernet": statistics.mean(diffs),
+        "mean_gain_of_xxs_supernet": statistics.mean(diffs), "training_wall_s": train_s,
+        "own_largest_top1": {n: r[2]["history"][-1].get("top1_max") for n, r in runs.items()},
         "subnets_better_in_xxs_supernet": sum(d > 0 for d in diffs),
         "wall_s": time.perf_counter() - t0, "subnet_results": rows,
     }

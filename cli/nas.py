@@ -189,7 +189,7 @@ def _clip_grad(value: str | None) -> float | None:
 @cli.command()
 @click.option("--space", default="xxs", show_default=True, help="xxs, xs, s or a space TOML file.")
 @click.option("--data", default="mnist5k", show_default=True,
-              help="mnist5k, mnist5k-clutter (built in, offline) or a folder with train/ and val/.")
+              help="mnist5k, mnist5k-clutter, mnist5k-pairs (built in, offline) or a folder with train/ and val/.")
 @click.option("--epochs", type=int, default=None,
               help="Epochs in all [default: 10; with --resume, the checkpoint's].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,

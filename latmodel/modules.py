@@ -8,7 +8,8 @@ Kinds:
 - conv:        the stem, 3 -> width, k x k, stride 2
 - mbconv:      one inverted residual, cin -> cout
 - mvit_convs:  a MobileViT block without its transformer layers (local conv, 1x1 in/out,
-               unfold/fold, fusion conv) at width C
+               unfold/fold, fusion conv): cin = its conv channels C, cout = its transformer
+               width d; `local_conv` (depthwise or dense) and `fusion_kernel` are its internals
 - transformer: one transformer layer on P = patch^2 sequences of N tokens
 - head:        MBPool (1x1 conv, pool, classifier)
 """
@@ -40,11 +41,18 @@ class BlockSpec:
     head_dim: int = 0
     patch: int = 2
     num_classes: int = 0
+    # mvit_convs only. The defaults are MobileViT v1's, what LUTs written before these fields meant.
+    local_conv: str = "dense"
+    fusion_kernel: int = 3
 
     @property
     def key(self) -> str:
-        """Stable, human-readable LUT key with only the fields that matter for this kind."""
-        parts = {k: v for k, v in self.to_dict().items() if k in _KEY_FIELDS[self.kind]}
+        """Stable, human-readable LUT key with only the fields that matter for this kind (the
+        internals only where they differ from v1's, so older LUT keys stay valid)."""
+        fields_ = _KEY_FIELDS[self.kind]
+        if self.kind == "mvit_convs" and (self.local_conv, self.fusion_kernel) != ("dense", self.kernel):
+            fields_ += ("local_conv", "fusion_kernel")
+        parts = {k: v for k, v in self.to_dict().items() if k in fields_}
         return self.kind + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in parts.items())
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,7 +73,14 @@ class BlockSpec:
         for name in ("hw", "cin", "cout"):
             if name not in d:
                 raise AutoVitError(f"{where}: missing field '{name}'")
-        values = {}
+        values: dict[str, Any] = {}
+        if kind == "mvit_convs" and "fusion_kernel" not in d:
+            d = {**d, "fusion_kernel": d.get("kernel", 3)}  # written before the field: v1's n x n fusion
+        if "local_conv" in d:
+            if d["local_conv"] not in LOCAL_CONVS:
+                raise AutoVitError(f"{where}: field 'local_conv' must be one of {', '.join(LOCAL_CONVS)}, "
+                                   f"got {d['local_conv']!r:.40}")
+            values["local_conv"] = d["local_conv"]
         for name, (lo, hi, lo_open) in _FIELD_RANGES.items():
             if name in d:
                 is_int = name not in ("expansion", "mlp_ratio")
@@ -104,7 +119,8 @@ class BlockSpec:
         elif self.kind == "mbconv":
             m = b.MBConv(self.cin, self.cout, self.stride, self.kernel, self.expansion)
         elif self.kind == "mvit_convs":
-            m = b.MobileViTBlock(self.cin, self.cout, (), max(self.head_dim, 1), self.patch, self.kernel)
+            m = b.MobileViTBlock(self.cin, self.cout, (), max(self.head_dim, 1), self.patch, self.kernel,
+                                 self.local_conv, self.fusion_kernel)
         elif self.kind == "transformer":
             m = b.TransformerBlock(self.cin, TransformerLayer(self.heads, self.mlp_ratio), self.head_dim)
         elif self.kind == "head":
@@ -126,7 +142,9 @@ _FIELD_RANGES = {
     "hw": (1, 4096, False), "cin": (1, 8192, False), "cout": (1, 8192, False), "kernel": (1, 15, False),
     "stride": (1, 8, False), "expansion": (0, 16, True), "heads": (0, 256, False), "mlp_ratio": (0, 16, False),
     "head_dim": (0, 1024, False), "patch": (1, 16, False), "num_classes": (0, 100_000, False),
+    "fusion_kernel": (1, 15, False),
 }
+LOCAL_CONVS = ("dense", "depthwise")
 
 _KEY_FIELDS = {
     "conv": ("hw", "cin", "cout", "kernel", "stride"),
@@ -220,30 +238,38 @@ def calib50(spaces: tuple[str, ...] = ("xxs", "xs", "s")) -> list[BlockSpec]:
     return out
 
 
+_NOT_MVIT = ("dense", 3)  # the internals fields of every block that is not mvit_convs
+
+
 def arch_block_fields(arch) -> list[tuple]:
     """The blocks an AutoViT architecture runs, in order, as BlockSpec field tuples (kind, hw,
-    cin, cout, kernel, stride, expansion, heads, mlp_ratio, head_dim, patch, num_classes).
-    Tuples hash and compare in C: the search's oracle looks up ~10^5 of them per second."""
+    cin, cout, kernel, stride, expansion, heads, mlp_ratio, head_dim, patch, num_classes,
+    local_conv, fusion_kernel). Tuples hash and compare in C: the search's oracle looks up ~10^5
+    of them per second."""
     side = arch.resolution
     hd, p = arch.head_dim, arch.patch
-    out = [("conv", side, 3, arch.stem_width, arch.stem_kernel, arch.stem_stride, 1.0, 0, 0.0, 0, 2, 0)]
+    out = [("conv", side, 3, arch.stem_width, arch.stem_kernel, arch.stem_stride, 1.0, 0, 0.0, 0, 2, 0, *_NOT_MVIT)]
     side = -(-side // arch.stem_stride)
     c = arch.stem_width
     for st in arch.mbconv:
         for i in range(st.depth):
             stride = st.stride if i == 0 else 1
-            out.append(("mbconv", side, c, st.width, st.kernel, stride, st.expansion, 0, 0.0, 0, 2, 0))
+            out.append(("mbconv", side, c, st.width, st.kernel, stride, st.expansion, 0, 0.0, 0, 2, 0, *_NOT_MVIT))
             side = -(-side // stride)
             c = st.width
     for st in arch.transformer:
-        out.append(("mbconv", side, c, st.width, arch.conv_kernel, st.stride, arch.downsample_expansion, 0, 0.0, 0, 2, 0))
+        cw = arch.channels(st.width)
+        out.append(("mbconv", side, c, cw, arch.conv_kernel, st.stride, arch.downsample_expansion, 0, 0.0, 0, 2, 0,
+                    *_NOT_MVIT))
         side = -(-side // st.stride)
-        c = st.width
-        out.append(("mvit_convs", side, c, c, arch.conv_kernel, 1, 1.0, 0, 0.0, hd, p, 0))
+        c = cw
+        out.append(("mvit_convs", side, c, st.width, arch.conv_kernel, 1, 1.0, 0, 0.0, hd, p, 0,
+                    arch.local_conv, arch.fusion_kernel))
         tokens_side = -(-side // p) * p
         for layer in st.layers:
-            out.append(("transformer", tokens_side, c, c, 3, 1, 1.0, layer.heads, layer.mlp_ratio, hd, p, 0))
-    out.append(("head", side, c, c * arch.head_expansion, 3, 1, 1.0, 0, 0.0, 0, 2, arch.num_classes))
+            out.append(("transformer", tokens_side, st.width, st.width, 3, 1, 1.0, layer.heads, layer.mlp_ratio, hd, p, 0,
+                        *_NOT_MVIT))
+    out.append(("head", side, c, c * arch.head_expansion, 3, 1, 1.0, 0, 0.0, 0, 2, arch.num_classes, *_NOT_MVIT))
     return out
 
 
@@ -276,17 +302,22 @@ def space_blocks(space) -> list[BlockSpec]:
             ins, side = outs, next_side
         for i, st in enumerate(space.transformer[:max(space.num_transformer_stages)]):
             next_side = -(-side // st.stride)
+            channels = {w: space.channels(w) for w in st.widths}
             for cin in ins:
                 for w in st.widths:
-                    out.add(BlockSpec("mbconv", side, cin, w, space.conv_kernel, st.stride, space.downsample_expansion))
+                    out.add(BlockSpec("mbconv", side, cin, channels[w], space.conv_kernel, st.stride,
+                                      space.downsample_expansion))
             tokens_side = -(-next_side // space.patch) * space.patch
             for w in st.widths:
-                out.add(BlockSpec("mvit_convs", next_side, w, w, space.conv_kernel, patch=space.patch, head_dim=space.head_dim))
+                out.add(BlockSpec("mvit_convs", next_side, channels[w], w, space.conv_kernel, patch=space.patch,
+                                  head_dim=space.head_dim, local_conv=space.local_conv,
+                                  fusion_kernel=space.fusion_kernel))
                 for h in st.heads:
                     for r in st.mlp_ratios:
                         out.add(BlockSpec("transformer", tokens_side, w, w, heads=h, mlp_ratio=r,
                                           head_dim=space.head_dim, patch=space.patch))
                 if i + 1 in space.num_transformer_stages:
-                    out.add(BlockSpec("head", next_side, w, w * space.head_expansion, num_classes=space.num_classes))
-            ins, side = set(st.widths), next_side
+                    out.add(BlockSpec("head", next_side, channels[w], channels[w] * space.head_expansion,
+                                      num_classes=space.num_classes))
+            ins, side = set(channels.values()), next_side
     return sorted(out)

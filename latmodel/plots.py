@@ -99,3 +99,24 @@ def pareto_png(latency_ms, top1, budget_ms: float | None, best: int, device: str
     ax.set_ylabel("validation top-1 (%)")
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def best_so_far_png(curves: dict[str, list[list[float]]], path: str | Path, ylabel: str = "best validation top-1 (%)",
+                    reference: float | None = None) -> Path:
+    """Best-so-far against evaluations, one line per strategy (mean over seeds) with a band from
+    the worst to the best seed; `curves[strategy]` holds one curve per seed."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, runs) in enumerate(curves.items()):
+        n = min(len(r) for r in runs)
+        arr = np.array([r[:n] for r in runs], float)
+        x = np.arange(1, n + 1)
+        ax.plot(x, arr.mean(axis=0), color=f"C{i}", label=f"{name} (mean of {len(runs)} seeds)")
+        ax.fill_between(x, arr.min(axis=0), arr.max(axis=0), color=f"C{i}", alpha=0.18, linewidth=0)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls=":", lw=1)
+    ax.set_xlabel("accuracy evaluations")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)

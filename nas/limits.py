@@ -63,7 +63,7 @@ def check_arch_limits(arch: "ArchConfig") -> None:
     for name, kind in (("resolution", "resolution"), ("stem_width", "width"), ("head_dim", "head_dim"),
                        ("patch", "patch"), ("conv_kernel", "kernel"), ("downsample_expansion", "expansion"),
                        ("head_expansion", "head_expansion"), ("num_classes", "num_classes"),
-                       ("stem_kernel", "kernel"), ("stem_stride", "stride")):
+                       ("stem_kernel", "kernel"), ("stem_stride", "stride"), ("fusion_kernel", "kernel")):
         check_field(name, getattr(arch, name), kind)
     for name in ("mbconv", "transformer"):
         check_field(f"number of {name} stages", len(getattr(arch, name)), "stages")

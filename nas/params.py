@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from autovit.nas.arch import ArchConfig, TransformerStage, expanded, mlp_hidden
+from autovit.nas.arch import ArchConfig, TransformerStage, conv_channels, expanded, mlp_hidden
 
 
 def _conv(cin: int, cout: int, k: int, groups: int = 1, bias: bool = False) -> int:
@@ -42,11 +42,13 @@ def _mbconv_stage(cin: int, width: int, depth: int, kernel: int, e: float) -> in
 
 
 @lru_cache(maxsize=65536)
-def _transformer_stage(cin: int, st: TransformerStage, head_dim: int, k: int, down_e: float) -> int:
-    c = d = st.width
-    n = _mbconv(cin, c, k, down_e) + _conv_bn(c, c, k) + _conv(c, d, 1)
+def _transformer_stage(cin: int, st: TransformerStage, arch_internals: tuple) -> int:
+    head_dim, k, down_e, local_conv, fusion_k, ratio = arch_internals
+    d = st.width
+    c = conv_channels(d, ratio)
+    n = _mbconv(cin, c, k, down_e) + _conv_bn(c, c, k, groups=c if local_conv == "depthwise" else 1) + _conv(c, d, 1)
     n += sum(_transformer_layer(d, layer.heads, head_dim, layer.mlp_ratio) for layer in st.layers)
-    return n + 2 * d + _conv_bn(d, c, 1) + _conv_bn(2 * c, c, k)
+    return n + 2 * d + _conv_bn(d, c, 1) + _conv_bn(2 * c, c, fusion_k)
 
 
 def count_params(arch: ArchConfig) -> int:
@@ -57,8 +59,10 @@ def count_params(arch: ArchConfig) -> int:
     for st in arch.mbconv:
         n += _mbconv_stage(c, st.width, st.depth, st.kernel, st.expansion)
         c = st.width if st.depth else c
+    internals = (arch.head_dim, arch.conv_kernel, arch.downsample_expansion, arch.local_conv, arch.fusion_kernel,
+                 arch.conv_ratio)
     for st in arch.transformer:
-        n += _transformer_stage(c, st, arch.head_dim, arch.conv_kernel, arch.downsample_expansion)
-        c = st.width
+        n += _transformer_stage(c, st, internals)
+        c = conv_channels(st.width, arch.conv_ratio)
     feats = c * arch.head_expansion
     return n + _conv_bn(c, feats, 1) + _linear(feats, arch.num_classes)

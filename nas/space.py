@@ -10,9 +10,10 @@ is drawn in proportion to them, so no rejection loop is needed and none can spin
 from __future__ import annotations
 
 import random
+import re
 import tomllib
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from itertools import accumulate
@@ -21,10 +22,13 @@ from typing import Any
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import (
+    LOCAL_CONVS,
     ArchConfig,
     MBConvStage,
     TransformerLayer,
     TransformerStage,
+    conv_channels,
+    legacy_internals,
     mlp_hidden,
 )
 
@@ -67,8 +71,24 @@ class SearchSpace:
     head_expansion: int
     num_classes: int
     monotonic_widths: bool
+    local_conv: str = "depthwise"
+    fusion_kernel: int = 1
+    conv_ratio: float = 1.0
     params_range_m: tuple[float, float] | None = None
     source: str = ""
+
+    def channels(self, width: int) -> int:
+        """Conv channels of a transformer stage of `width`."""
+        return conv_channels(width, self.conv_ratio)
+
+    @property
+    def ident(self) -> str:
+        """What architecture files record as their space, and what load_space reads back: a
+        built-in name ('xxs'), a space file's absolute path, either with '@RESpx' when the
+        resolutions were overridden (a supernet trained on built-in data: 'xxs@32px')."""
+        if self.source.startswith("builtin:"):
+            return self.source.removeprefix("builtin:")
+        return self.source or self.name
 
     # ---- counting -------------------------------------------------------------------------
     def count(self, monotonic: bool | None = None) -> int:
@@ -126,7 +146,8 @@ class SearchSpace:
             head_dim=self.head_dim, patch=self.patch, conv_kernel=self.conv_kernel,
             downsample_expansion=self.downsample_expansion, head_expansion=self.head_expansion,
             num_classes=self.num_classes, stem_kernel=self.stem_kernel, stem_stride=self.stem_stride,
-            space=self.source.removeprefix("builtin:") if self.source.startswith("builtin:") else self.source,
+            local_conv=self.local_conv, fusion_kernel=self.fusion_kernel, conv_ratio=self.conv_ratio,
+            space=self.ident,
         )
 
     # ---- validation -----------------------------------------------------------------------
@@ -145,7 +166,7 @@ class SearchSpace:
         need("resolution", arch.resolution, self.resolutions)
         need("stem_width", arch.stem_width, self.stem_widths)
         for f in ("head_dim", "patch", "conv_kernel", "downsample_expansion", "head_expansion",
-                  "stem_kernel", "stem_stride"):
+                  "stem_kernel", "stem_stride", "local_conv", "fusion_kernel", "conv_ratio"):
             same(f, getattr(arch, f), getattr(self, f))
         if len(arch.mbconv) != len(self.mbconv):
             out.append(f"mbconv has {len(arch.mbconv)} stages, space '{self.name}' has {len(self.mbconv)}")
@@ -370,6 +391,15 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     dexp = d.get("downsample_expansion", 2)
     if not isinstance(dexp, (int, float)) or isinstance(dexp, bool) or dexp <= 0:
         raise AutoVitError(f"space {where}: 'downsample_expansion' must be a positive number")
+    local_conv = d.get("local_conv", "depthwise")
+    if local_conv not in LOCAL_CONVS:
+        raise AutoVitError(f"space {where}: 'local_conv' must be one of {', '.join(LOCAL_CONVS)}, got {local_conv!r}")
+    ratio = d.get("conv_ratio", 1.0)
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
+        raise AutoVitError(f"space {where}: 'conv_ratio' must be a number in (0, 1], got {ratio!r}")
+    fusion_kernel = _int(d, "fusion_kernel", where, 1)
+    if fusion_kernel % 2 == 0:
+        raise AutoVitError(f"space {where}: 'fusion_kernel' must be odd, got {fusion_kernel}")
     space = SearchSpace(
         name=name, resolutions=_ints(d, "resolutions", where), stem_widths=_ints(stem, "widths", f"{where} stem"),
         stem_kernel=_int(stem, "kernel", f"{where} stem", 3), stem_stride=_int(stem, "stride", f"{where} stem", 2),
@@ -377,7 +407,8 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
         head_dim=_int(d, "head_dim", where), patch=_int(d, "patch", where, 2),
         conv_kernel=_int(d, "conv_kernel", where, 3), downsample_expansion=float(dexp),
         head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
-        monotonic_widths=mono, params_range_m=tuple(prange) if prange else None, source=source,
+        monotonic_widths=mono, local_conv=local_conv, fusion_kernel=fusion_kernel, conv_ratio=float(ratio),
+        params_range_m=tuple(prange) if prange else None, source=source,
     )
     from autovit.nas.limits import check_space_limits
 
@@ -387,9 +418,16 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     return space
 
 
+_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>\d+(?:,\d+)*)px$")
+
+
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path."""
+    """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path; either may end in
+    '@RESpx' (e.g. 'xxs@32px', 'my.toml@48,64px'): that space at those resolutions."""
     key = str(name_or_path)
+    m = _OVERRIDE.match(key)
+    if m:
+        return with_resolutions(load_space(m["base"]), [int(r) for r in m["res"].split(",")])
     if key.lower() in BUILTIN_SPACES:
         ref = resources.files("autovit.nas") / "spaces" / f"{key.lower()}.toml"
         return space_from_dict(tomllib.loads(ref.read_text()), source=f"builtin:{key.lower()}")
@@ -404,7 +442,45 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
         # ValueError: an integer of thousands of digits; RecursionError: arrays nested thousands deep
         raise AutoVitError(f"space {p}: not valid TOML ({str(e).splitlines()[0][:100] or type(e).__name__})") from None
-    return space_from_dict(d, source=str(p))
+    # The absolute path is the space's identity: architecture files record it (ident).
+    return replace(space_from_dict(d, source=str(p)), source=str(p.resolve()))
+
+
+def with_resolutions(space: SearchSpace, resolutions) -> SearchSpace:
+    """`space` with other input resolutions, under a name and identity that say so
+    ('xxs@32px'); the same space when they are its own."""
+    res = tuple(sorted(set(resolutions)))
+    if res == space.resolutions:
+        return space
+    return _suffixed(replace(space, resolutions=res))
+
+
+def _suffixed(space: SearchSpace) -> SearchSpace:
+    """`space` named after its base space and its resolutions."""
+    suffix = "@" + ",".join(map(str, space.resolutions)) + "px"
+    base_source = _base(space.source)
+    return replace(space, name=_base(space.name) + suffix, source=base_source + suffix if base_source else "")
+
+
+def _base(name: str) -> str:
+    m = _OVERRIDE.match(name)
+    return m["base"] if m else name
+
+
+def anchored_ident(ident: str, folder: Path) -> str:
+    """A space identity read from a file in `folder`: a relative space-file path (with or without
+    an '@RESpx' override) made absolute against that folder; built-in names stay as they are."""
+    base = _base(ident)
+    if base.lower() in BUILTIN_SPACES or Path(base).is_absolute():
+        return ident
+    return str((folder / base).resolve()) + ident[len(base):]
+
+
+def same_space(given: str, space: SearchSpace) -> bool:
+    """Whether a space the user named (--space) is `space`: its name, file or identity, or the
+    space it was derived from by a resolution override."""
+    names = {n.lower() for n in (space.name, space.ident, _base(space.name), _base(space.ident))}
+    return given.lower() in names or Path(given).stem.lower() in names or str(Path(given).resolve()).lower() in names
 
 
 def space_to_saved(space: SearchSpace) -> dict[str, Any]:
@@ -420,12 +496,18 @@ def space_from_saved(d: Any) -> SearchSpace:
     is input like any other)."""
     if not isinstance(d, dict):
         raise AutoVitError(f"saved search space must be a table, got {type(d).__name__}")
-    d = _as_lists(d)
+    # Saved before the block-internal fields existed: MobileViT v1's internals (its weights have their shapes).
+    d = {**legacy_internals(d.get("conv_kernel", 3)), **_as_lists(d)}
     stem = {k: d.pop(f"stem_{k}") for k in ("widths", "kernel", "stride") if f"stem_{k}" in d}
     source = d.pop("source", "")
     if d.get("params_range_m", 0) is None:
         del d["params_range_m"]
-    return space_from_dict({**d, "stem": stem}, source=source if isinstance(source, str) else "")
+    space = space_from_dict({**d, "stem": stem}, source=source if isinstance(source, str) else "")
+    builtin = space.source.removeprefix("builtin:")
+    if space.source.startswith("builtin:") and builtin in BUILTIN_SPACES \
+            and space.resolutions != load_space(builtin).resolutions:
+        space = _suffixed(space)  # saved before derived spaces were named: give it its identity
+    return space
 
 
 def _as_lists(v: Any, depth: int = 4) -> Any:

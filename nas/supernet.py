@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autovit.latmodel.errors import AutoVitError
-from autovit.nas.arch import ArchConfig, expanded, mlp_hidden
+from autovit.nas.arch import ArchConfig, conv_channels, expanded, mlp_hidden
 from autovit.nas.builder import build_model, on_patches
 from autovit.nas.space import SearchSpace
 
@@ -249,24 +249,24 @@ class DynamicTransformerLayer(nn.Module):
 
 
 class DynamicMobileViTBlock(nn.Module):
-    """MobileViT block with elastic width (= transformer dim) and depth (first L layers)."""
+    """MobileViT block with elastic conv channels, transformer width and depth (first L layers)."""
 
-    def __init__(self, max_width: int, max_depth: int, max_heads: int, head_dim: int, max_hidden: int,
-                 patch: int, kernel: int):
+    def __init__(self, max_channels: int, max_width: int, max_depth: int, max_heads: int, head_dim: int,
+                 max_hidden: int, patch: int, kernel: int, local_conv: str, fusion_kernel: int):
         super().__init__()
         self.patch = patch
-        self.local = DynamicConvBNAct(max_width, max_width, kernel)
-        self.to_tokens = DynamicConv2d(max_width, max_width, 1)
+        self.local = DynamicConvBNAct(max_channels, max_channels, kernel, depthwise=local_conv == "depthwise")
+        self.to_tokens = DynamicConv2d(max_channels, max_width, 1)
         self.transformer = nn.ModuleList(
             DynamicTransformerLayer(max_width, max_heads, head_dim, max_hidden) for _ in range(max_depth))
         self.norm = DynamicLayerNorm(max_width)
-        self.from_tokens = DynamicConvBNAct(max_width, max_width, 1)
-        self.fuse = DynamicConvBNAct(2 * max_width, max_width, kernel, parts=2)
+        self.from_tokens = DynamicConvBNAct(max_width, max_channels, 1)
+        self.fuse = DynamicConvBNAct(2 * max_channels, max_channels, fusion_kernel, parts=2)
         self.active_depth = max_depth
 
-    def set_active(self, width: int, layers) -> None:
+    def set_active(self, width: int, channels: int, layers) -> None:
         for conv in (self.local, self.from_tokens, self.fuse):
-            conv.set_active(out=width)
+            conv.set_active(out=channels)
         self.to_tokens.active_out = width
         self.active_depth = len(layers)
         for block, layer in zip(self.transformer, layers):
@@ -303,12 +303,13 @@ class Supernet(nn.Module):
         self.mobilevit = nn.ModuleList()
         for st in sp.transformer:
             w = max(st.widths)
-            self.downsample.append(DynamicMBConv(c, w, st.stride, (sp.conv_kernel,), (sp.downsample_expansion,)))
+            cw = conv_channels(w, sp.conv_ratio)
+            self.downsample.append(DynamicMBConv(c, cw, st.stride, (sp.conv_kernel,), (sp.downsample_expansion,)))
             self.mobilevit.append(DynamicMobileViTBlock(
-                w, max(st.depths), max(st.heads), sp.head_dim, mlp_hidden(w, max(st.mlp_ratios)),
-                sp.patch, sp.conv_kernel))
-            c = w
-        last = max(max(sp.transformer[n - 1].widths) for n in sp.num_transformer_stages)
+                cw, w, max(st.depths), max(st.heads), sp.head_dim, mlp_hidden(w, max(st.mlp_ratios)),
+                sp.patch, sp.conv_kernel, sp.local_conv, sp.fusion_kernel))
+            c = cw
+        last = max(conv_channels(max(sp.transformer[n - 1].widths), sp.conv_ratio) for n in sp.num_transformer_stages)
         self.head_conv = DynamicConvBNAct(last, last * sp.head_expansion, 1)
         self.classifier = DynamicLinear(last * sp.head_expansion, sp.num_classes)
         self._arch: ArchConfig | None = None
@@ -317,16 +318,17 @@ class Supernet(nn.Module):
     # ---- API ---------------------------------------------------------------------------------
     def set_active_subnet(self, arch: ArchConfig) -> ArchConfig:
         """Activate `arch` (checked against the space; its class count follows the supernet's)."""
-        arch = replace(arch, num_classes=self.space.num_classes, space=self.space.name)
+        arch = replace(arch, num_classes=self.space.num_classes, space=self.space.ident)
         self.space.check(arch)
         self.stem.set_active(out=arch.stem_width)
         for blocks, st in zip(self.mbconv, arch.mbconv):
             for blk in blocks[:st.depth]:
                 blk.set_active(st.width, st.kernel, st.expansion)
         for i, st in enumerate(arch.transformer):
-            self.downsample[i].set_active(st.width, self.space.conv_kernel, self.space.downsample_expansion)
-            self.mobilevit[i].set_active(st.width, st.layers)
-        self.head_conv.set_active(out=arch.transformer[-1].width * self.space.head_expansion)
+            channels = conv_channels(st.width, arch.conv_ratio)
+            self.downsample[i].set_active(channels, self.space.conv_kernel, self.space.downsample_expansion)
+            self.mobilevit[i].set_active(st.width, channels, st.layers)
+        self.head_conv.set_active(out=conv_channels(arch.transformer[-1].width, arch.conv_ratio) * self.space.head_expansion)
         self._arch = arch
         return arch
 

@@ -37,7 +37,7 @@ from autovit.nas.bounds import check_train_config
 from autovit.nas.checkpoint import (checkpoint_space, load_checkpoint, remove_stale_temporaries, rng_state,
                                     save_checkpoint, set_rng_state, shorten)
 from autovit.nas.data import BUILTIN_DATA, DataSource, collate_skipping, open_data
-from autovit.nas.space import BUILTIN_SPACES, SearchSpace, load_space, space_to_saved
+from autovit.nas.space import BUILTIN_SPACES, SearchSpace, load_space, space_to_saved, with_resolutions
 from autovit.nas.supernet import Supernet, recalibrate_bn
 
 # Recipe presets. "deit" is the paper's (SPEC.md section 3, DeiT's hyper-parameters);
@@ -199,12 +199,13 @@ class DistContext:
 
 # ---- data ----------------------------------------------------------------------------------------
 def supernet_space(cfg: TrainConfig, data: DataSource) -> SearchSpace:
-    """The space file with the data's class count and the training resolutions."""
+    """The space file with the data's class count and the training resolutions (a space of its
+    own when they differ from the file's: 'xxs@32px')."""
     space = load_space(cfg.space)
     res = cfg.resolutions or ((data.native_size,) if data.native_size else space.resolutions)
     if min(res) < 16:
         raise AutoVitError(f"--resolutions must be >= 16 px, got {list(res)}")
-    return replace(space, num_classes=data.num_classes, resolutions=tuple(sorted(set(res))))
+    return with_resolutions(replace(space, num_classes=data.num_classes), res)
 
 
 def transforms(cfg: TrainConfig, data: DataSource, size: int):
@@ -508,8 +509,9 @@ def _restore(run: _Run, ck: dict[str, Any], resume: Path) -> tuple[int, int, lis
     """Load a checkpoint's states into the run; returns (epoch, step, history, best). The
     scheduler is rebuilt from the configuration and the step, never read: every value it holds
     follows from them."""
-    if ck["space"]["name"] != run.space.name:
-        raise AutoVitError(f"{resume} holds a supernet of space '{ck['space']['name']}', not '{run.space.name}'")
+    saved_space = checkpoint_space(ck).name
+    if saved_space != run.space.name:
+        raise AutoVitError(f"{resume} holds a supernet of space '{saved_space}', not '{run.space.name}'")
     parts = [("model weights", lambda: run.supernet.load_state_dict(ck["model"])),
              ("optimizer state", lambda: _load_optimizer(run.optimizer, ck["optimizer"])),
              ("AMP scaler state", lambda: run.scaler.load_state_dict(ck["scaler"])),

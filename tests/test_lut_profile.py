@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from dataclasses import replace
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import LUT_SCHEMA, Lut, load_lut
@@ -14,6 +15,7 @@ from autovit.latmodel.measure import (
     TimingPolicy, check_backend, cuda_event_timer, median_ci_halfwidth_pct, summarize, time_callable)
 from autovit.latmodel.modules import BlockSpec, arch_blocks, paper46, space_blocks
 from autovit.latmodel.profiler import profile_blocks
+from autovit.nas.params import count_params
 from autovit.nas.space import load_space
 
 from test_cli import assert_one_line_error, run_cli
@@ -30,11 +32,26 @@ def test_paper46_is_the_papers_table():
 
 
 @pytest.mark.parametrize("name", ["xxs", "xs", "s"])
-def test_space_blocks_cover_every_sampled_architecture(name):
-    sp = load_space(name)
+@pytest.mark.parametrize("internals", [{}, dict(local_conv="dense", fusion_kernel=3, conv_ratio=0.75)])
+def test_space_blocks_cover_every_sampled_architecture(name, internals):
+    sp = replace(load_space(name), **internals)
     blocks = set(space_blocks(sp))
     for seed in range(40):
-        assert set(arch_blocks(sp.sample(seed))) <= blocks
+        arch = sp.sample(seed)
+        assert set(arch_blocks(arch)) <= blocks
+    # The blocks are the network: their parameters add up to the architecture's.
+    assert sum(sum(p.numel() for p in b.build().parameters()) for b in arch_blocks(arch)) == count_params(arch)
+
+
+def test_block_keys_of_older_luts_stay_valid():
+    """A LUT block written before the internals fields is MobileViT v1's block, under its old key."""
+    old = {"kind": "mvit_convs", "hw": 8, "cin": 16, "cout": 16, "kernel": 3, "stride": 1, "expansion": 1.0,
+           "heads": 0, "mlp_ratio": 0.0, "head_dim": 8, "patch": 2, "num_classes": 0}
+    b = BlockSpec.from_dict(old)
+    assert (b.local_conv, b.fusion_kernel) == ("dense", 3)
+    assert b.key == "mvit_convs:hw=8,cin=16,cout=16,kernel=3,patch=2"
+    new = replace(b, local_conv="depthwise", fusion_kernel=1)
+    assert new.key.endswith(",local_conv=depthwise,fusion_kernel=1")
 
 
 def test_statistics():

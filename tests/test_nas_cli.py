@@ -32,7 +32,7 @@ def test_train_cli_json_summary(tmp_path, capsys):
                                  "--val-images", "32", "--out", str(tmp_path), "--json"], capsys)
     assert code == 0
     res = json.loads(out)
-    assert res["epochs_done"] == 1 and res["space"] == "xxs"
+    assert res["epochs_done"] == 1 and res["space"] == "xxs@32px"
     assert {"top1_max", "top1_min"} <= set(res["history"][0])
     assert (tmp_path / "last.ckpt").exists() and (tmp_path / "best.ckpt").exists()
     assert (tmp_path / "metrics.csv").exists() and (tmp_path / "config.json").exists()
@@ -101,14 +101,14 @@ def test_eval_refuses_a_torch_file_that_is_not_a_checkpoint(tmp_path, capsys):
 
 def test_eval_refuses_another_space(ckpt, capsys):
     code, _, err = run_cli(nas, ["eval", "--supernet", str(ckpt), "--space", "s"], capsys)
-    assert_one_line_error(code, err, "space 'xxs', not 's'")
+    assert_one_line_error(code, err, "space 'xxs@32px', not 's'")
 
 
 def test_arch_outside_the_checkpoint_space(ckpt, tmp_path, capsys):
     code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", "xs", "--out", str(tmp_path)], capsys)
     assert code == 0
     code, _, err = run_cli(nas, ["eval", "--supernet", str(ckpt), "--arch", str(tmp_path / "arch_000.json")], capsys)
-    assert_one_line_error(code, err, "outside the supernet's space 'xxs'")
+    assert_one_line_error(code, err, "outside the supernet's space 'xxs@32px'")
     code, _, err = run_cli(nas, ["export", "--supernet", str(ckpt), "--arch", "autovit:xxs", "--out", str(tmp_path)],
                            capsys)
     assert_one_line_error(code, err, "outside the supernet's space")
@@ -171,6 +171,33 @@ def test_search_writes_the_results_folder(ckpt, tmp_path, capsys):
     code, _, err = run_cli(nas, ["eval", "--supernet", str(ckpt), "--arch", str(tmp_path / "best_arch.json"),
                                  "--bn-batches", "1", "--json"], capsys)
     assert code == 0, err
+
+
+def test_every_command_accepts_a_searched_architecture(ckpt, tmp_path, capsys):
+    """A supernet trained on built-in data (32 px, 10 classes) is its own space, 'xxs@32px': the
+    search's best_arch.json names it, and estimate, export, eval and spaces --check accept it."""
+    code, out, err = run_cli(nas, ["search", "--supernet", str(ckpt), "--hw", "v100", "--latency-budget", "100ms",
+                                   "--population", "4", "--generations", "1", "--parents", "2", "--coarse", "100",
+                                   "--val-images", "16", "--out", str(tmp_path / "s"), "--json"], capsys)
+    assert code == 0, err
+    best = tmp_path / "s" / "best_arch.json"
+    assert json.loads(best.read_text())["space"] == "xxs@32px"
+    code, out, err = run_cli(lat, ["estimate", str(best), "--hw", "v100", "--json"], capsys)
+    assert code == 0 and json.loads(out)["latency_ms"] > 0, err
+    code, out, err = run_cli(nas, ["export", "--supernet", str(ckpt), "--arch", str(best), "--format", "onnx",
+                                   "--bn-batches", "1", "--out", str(tmp_path / "x"), "--json"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(lat, ["estimate", str(tmp_path / "x" / "best_arch.onnx"), "--hw", "v100", "--json"], capsys)
+    assert code == 0, err
+    for space in ("xxs", "xxs@32px"):
+        code, _, err = run_cli(nas, ["eval", "--supernet", str(ckpt), "--space", space, "--arch", str(best),
+                                     "--bn-batches", "1", "--json"], capsys)
+        assert code == 0, err
+    code, out, err = run_cli(nas, ["spaces", "--check", str(best), "--space", "xxs@32px", "--json"], capsys)
+    assert code == 0 and json.loads(out)["valid"], err
+    # the base space still refuses it, naming the resolution
+    code, _, err = run_cli(nas, ["spaces", "--check", str(best), "--space", "xxs"], capsys)
+    assert_one_line_error(code, err, "resolution = 32 not in {224, 256}")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -288,5 +315,5 @@ def test_search_refuses_a_truncated_checkpoint_or_another_space(ckpt, tmp_path, 
     code, _, err = run_cli(nas, ["search", "--supernet", str(cut), *args], capsys)
     assert_one_line_error(code, err, "truncated")
     code, _, err = run_cli(nas, ["search", "--supernet", str(ckpt), "--space", "s", *args], capsys)
-    assert_one_line_error(code, err, "'xxs'")
+    assert_one_line_error(code, err, "'xxs@32px'")
     assert not (tmp_path / "s" / "state.json").exists()

@@ -1,13 +1,15 @@
 import json
 import random
 from collections import Counter
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import ArchConfig, TransformerLayer, arch_from_dict, load_arch
-from autovit.nas.space import BUILTIN_SPACES, load_space, monotonic_problems, space_from_dict
+from autovit.nas.space import (BUILTIN_SPACES, load_space, monotonic_problems, space_from_dict, space_from_saved,
+                               space_to_saved)
 
 TINY = {
     "name": "tiny", "resolutions": [32], "head_dim": 8, "num_transformer_stages": [1, 2],
@@ -106,3 +108,59 @@ def test_arch_json_errors(tmp_path):
         load_arch(p)
     with pytest.raises(AutoVitError, match="not found"):
         load_arch(tmp_path / "missing.json")
+
+
+def test_format_1_files_mean_mobilevit_v1_internals(tmp_path):
+    """Files written before the block-internal fields keep their meaning: dense local conv,
+    n x n fusion, conv channels = width (their supernets' weights have those shapes)."""
+    d = json.loads(load_space("xxs").sample(0).to_json())
+    for k in ("local_conv", "fusion_kernel", "conv_ratio"):
+        d.pop(k)
+    d["format"] = "autovit-arch/1"
+    old = ArchConfig.from_dict(d)
+    assert (old.local_conv, old.fusion_kernel, old.conv_ratio) == ("dense", 3, 1.0)
+    d.pop("format")
+    current = ArchConfig.from_dict(d)
+    assert (current.local_conv, current.fusion_kernel) == ("depthwise", 1)
+    saved = space_to_saved(load_space("xxs"))
+    for k in ("local_conv", "fusion_kernel", "conv_ratio"):
+        saved.pop(k)
+    assert space_from_saved(saved).local_conv == "dense"
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("local_conv", "grouped", "'local_conv' must be one of depthwise, dense"),
+    ("fusion_kernel", 2, "'fusion_kernel' must be odd"),
+    ("conv_ratio", 1.5, "'conv_ratio' must be"),
+])
+def test_bad_block_internals_are_named(field, value, match):
+    d = json.loads(load_space("xxs").sample(0).to_json())
+    with pytest.raises(AutoVitError, match=match):
+        ArchConfig.from_dict({**d, field: value})
+    with pytest.raises(AutoVitError, match=match):
+        space_from_dict({**TINY, field: value})
+
+
+def test_space_fixes_the_block_internals():
+    sp = load_space("xxs")
+    with pytest.raises(AutoVitError, match="local_conv = dense but space 'xxs' fixes it to depthwise"):
+        sp.check(replace(sp.sample(0), local_conv="dense"))
+
+
+def test_a_space_at_other_resolutions_has_its_own_identity(tmp_path):
+    from autovit.nas.space import same_space, with_resolutions
+
+    sp = with_resolutions(load_space("xxs"), [32])
+    assert (sp.name, sp.ident, sp.resolutions) == ("xxs@32px", "xxs@32px", (32,))
+    assert load_space(sp.ident) == sp and sp.sample(0).space == "xxs@32px"
+    assert with_resolutions(load_space("xxs"), [256, 224]) == load_space("xxs")
+    assert same_space("xxs", sp) and same_space("XXS@32px", sp) and not same_space("xs", sp)
+    # a space file is recorded by its absolute path, so a file written elsewhere finds it
+    f = tmp_path / "mine.toml"
+    f.write_text((Path(__file__).parents[1] / "nas" / "spaces" / "xxs.toml").read_text().replace('"xxs"', '"mine"'))
+    mine = with_resolutions(load_space(f), [48, 64])
+    assert mine.ident == f"{f.resolve()}@48,64px" and load_space(mine.ident).resolutions == (48, 64)
+    # checkpoints saved before derived spaces were named get their identity on load
+    saved = space_to_saved(sp)
+    saved.update(name="xxs", source="builtin:xxs")
+    assert space_from_saved(saved).ident == "xxs@32px"

@@ -14,8 +14,17 @@ from autovit.nas.space import load_space
 from autovit.nas.supernet import DynamicConv2d, DynamicQKV, Supernet, recalibrate_bn
 
 
-def small_space(name: str = "xxs"):
-    return replace(load_space(name), num_classes=10, resolutions=(32, 48))
+# Block internals: the default (depthwise local conv, 1x1 fusion), MobileViT v1's (the legacy
+# option), and conv channels narrower than the transformer width.
+INTERNALS = {
+    "default": {},
+    "v1": dict(local_conv="dense", fusion_kernel=3),
+    "narrow": dict(conv_ratio=0.75, local_conv="dense", fusion_kernel=3),
+}
+
+
+def small_space(name: str = "xxs", internals: str = "default"):
+    return replace(load_space(name), num_classes=10, resolutions=(32, 48), **INTERNALS[internals])
 
 
 def randomize(net: torch.nn.Module, seed: int = 0) -> None:
@@ -32,15 +41,17 @@ def randomize(net: torch.nn.Module, seed: int = 0) -> None:
 
 
 @pytest.mark.parametrize("name", ["xxs", "xs", "s"])
-def test_supernet_stores_exactly_the_largest_subnet(name):
-    sp = small_space(name)
+@pytest.mark.parametrize("internals", list(INTERNALS))
+def test_supernet_stores_exactly_the_largest_subnet(name, internals):
+    sp = small_space(name, internals)
     net = Supernet(sp)
     assert sum(p.numel() for p in net.parameters()) == count_params(sp.largest())
 
 
-def test_static_subnet_matches_supernet_for_sampled_archs():
+@pytest.mark.parametrize("internals", list(INTERNALS))
+def test_static_subnet_matches_supernet_for_sampled_archs(internals):
     # Tolerance: 1e-4 relative to the logits' scale (float32 sums in a different order).
-    sp = small_space()
+    sp = small_space(internals=internals)
     net = Supernet(sp)
     randomize(net)
     net.eval()

@@ -48,7 +48,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
 def test_checkpoint_records_space_and_config(tmp_path):
     train(replace(TINY, epochs=1), tmp_path, progress=False, log=quiet)
     ck = load_checkpoint(tmp_path / "best.ckpt")
-    assert ck["space"]["name"] == "xxs" and ck["space"]["num_classes"] == 10
+    assert ck["space"]["name"] == "xxs@32px" and ck["space"]["num_classes"] == 10
     assert ck["space"]["resolutions"] == [32] or tuple(ck["space"]["resolutions"]) == (32,)
     assert ck["config"]["data"] == "mnist5k" and ck["config"]["lr"] == 2e-3  # the recipe's value, resolved
     assert set(ck) >= {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step"}
@@ -109,7 +109,7 @@ def test_cuda_device_without_cuda_is_a_clear_error(monkeypatch):
 
 def test_resume_refuses_another_space(tmp_path):
     train(replace(TINY, epochs=2), tmp_path, progress=False, log=quiet, stop_after_epochs=1)
-    with pytest.raises(AutoVitError, match="space 'xxs', not 's'"):
+    with pytest.raises(AutoVitError, match="space 'xxs@32px', not 's'"):
         train(replace(TINY, space="s"), tmp_path, resume=tmp_path / "last.ckpt", progress=False, log=quiet)
 
 
@@ -130,6 +130,32 @@ def test_clutter_is_deterministic_and_rerendered_each_epoch():
     assert not np.array_equal(img0, np.asarray(ds.train.image(5)))
     ds.val.set_epoch(3)  # validation canvases do not depend on the epoch counter of another set
     assert np.array_equal(np.asarray(ds.val.image(0)), np.asarray(open_data("mnist5k-clutter").val.image(0)))
+
+
+def test_pairs_labels_canvases_and_validation_size():
+    from autovit.nas.data import PAIR_CANVAS, PAIR_CLASS, PAIR_VAL_PER_DIGIT, DigitPairs
+
+    ds = open_data("mnist5k-pairs")
+    assert ds.num_classes == 55 == len(ds.train.classes) and ds.native_size == PAIR_CANVAS
+    assert len(ds.train) == N_TRAIN and len(ds.val) == (5000 - N_TRAIN) * PAIR_VAL_PER_DIGIT
+    # every unordered pair has its own class, whichever digit is on the left
+    assert sorted(PAIR_CLASS[a][b] for a in range(10) for b in range(a, 10)) == list(range(55))
+    img, label = ds.train.render(7)
+    assert img.shape == (PAIR_CANVAS, PAIR_CANVAS) and 0 <= label < 55
+    assert str(ds.train.labels[7]) in ds.train.classes[label]  # the class names both digits
+    # the left digit of canvas i is digit i mod N; the validation set repeats each with new partners
+    n_val = 5000 - N_TRAIN
+    firsts = {ds.val.render(j)[1] for j in (3, 3 + n_val, 3 + 2 * n_val)}
+    digit = str(ds.val.labels[3])
+    assert all(digit in ds.val.classes[c] for c in firsts)
+    # deterministic, re-rendered every epoch for training, fixed for validation
+    again = open_data("mnist5k-pairs")
+    assert np.array_equal(img, again.train.render(7)[0])
+    ds.train.set_epoch(1)
+    assert not np.array_equal(img, ds.train.render(7)[0])
+    ds.val.set_epoch(2)
+    assert np.array_equal(ds.val.render(5)[0], again.val.render(5)[0])
+    assert isinstance(ds.train, DigitPairs)
 
 
 def _image_tree(root: Path, classes=("cat", "dog"), per_class=4, broken: int = 0) -> Path:

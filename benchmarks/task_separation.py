@@ -1,0 +1,82 @@
+"""Does a built-in task separate subnets? The smallest, median and largest subnets of a space
+trained alone with the same recipe and budget, several seeds each (issue 14; target: largest
+minus smallest >= 5 points, seed standard deviation <= 1 point, each run <= 10 minutes).
+
+    OMP_NUM_THREADS=1 python benchmarks/task_separation.py [--data mnist5k-pairs --space xxs \
+        --epochs 12 --seeds 0,1,2 --workdir runs/standalone]
+
+"Median" is the subnet at the middle of 400 uniform samples sorted by parameter count. Each run
+trains one subnet from scratch (autovit-nas train --arch) and reports its final top-1 on the
+whole validation set, its wall time and its process CPU time; finished runs in --workdir are
+reused (benchmarks/standalone.py), so an interrupted benchmark resumes. One run at a time.
+Prints JSON (also --out).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from standalone import spread_archs, standalone
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="mnist5k-pairs")
+    ap.add_argument("--space", default="xxs")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--recipe", default="small")
+    ap.add_argument("--workdir", default="runs/standalone")
+    ap.add_argument("--out", default="benchmarks/results/task_separation.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from autovit.latmodel.io import atomic_write_text
+    from autovit.nas.data import open_data
+    from autovit.nas.params import count_params
+    from autovit.nas.train import TrainConfig, supernet_space
+
+    cfg = TrainConfig(space=args.space, data=args.data, recipe=args.recipe)
+    space = supernet_space(cfg, open_data(args.data))
+    archs = dict(zip(("smallest", "median", "largest"), spread_archs(space, 3, seed=0)))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    t0 = time.perf_counter()
+    runs = []
+    for name, arch in archs.items():
+        for seed in seeds:
+            r = standalone(cfg, arch, seed, args.epochs, Path(args.workdir))
+            runs.append({"subnet": name, "seed": seed, "params": count_params(arch), **r})
+            print(f"{name} seed {seed}: top-1 {r['top1']:.2f}  {r['wall_s']:.0f} s wall  {r['cpu_s']:.0f} s CPU"
+                  + ("  (reused)" if r["reused"] else ""), file=sys.stderr, flush=True)
+    summary = {}
+    for name, arch in archs.items():
+        mine = [r for r in runs if r["subnet"] == name]
+        top1 = [r["top1"] for r in mine]
+        summary[name] = {"params": count_params(arch), "top1_mean": statistics.mean(top1),
+                         "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0,
+                         "wall_s_max": max(r["wall_s"] for r in mine), "cpu_s_max": max(r["cpu_s"] for r in mine),
+                         "arch": json.loads(arch.to_json())}
+    gap = summary["largest"]["top1_mean"] - summary["smallest"]["top1_mean"]
+    worst_std = max(s["top1_std"] for s in summary.values())
+    slowest = max(r["wall_s"] for r in runs)
+    val_images = len(open_data(args.data).val)
+    res = {
+        "benchmark": "task_separation", "data": args.data, "space": space.name, "epochs": args.epochs,
+        "recipe": args.recipe, "seeds": seeds, "threads": torch.get_num_threads(), "val_images": val_images,
+        "largest_minus_smallest": gap, "max_seed_std": worst_std, "slowest_run_wall_s": slowest,
+        "targets": {"separation >= 5 points": gap >= 5, "seed std <= 1 point": worst_std <= 1,
+                    "each run <= 600 s": slowest <= 600},
+        "summary": summary, "runs": runs, "wall_s": time.perf_counter() - t0,
+    }
+    atomic_write_text(Path(args.out), json.dumps(res, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k not in ("runs", "summary")}
+                     | {"top1": {k: (round(s["top1_mean"], 2), round(s["top1_std"], 2)) for k, s in summary.items()}}))
+
+
+if __name__ == "__main__":
+    main()
