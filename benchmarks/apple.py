@@ -31,12 +31,14 @@ first Neural Engine model's residuals had pointed at the rows they change (docs/
   its chip's profile for that format (neural_engine.for_format);
 - the graph of each row (`coreml_form`): timm's model, except where the measured network is
   Apple's Core ML conversion of it. Apple's converter for its own MobileViT and ViT models
-  (apple/ml-cvnets `cvnets-convert`, its documented way to Core ML) switches on Core ML-
-  compatible modules whose attention splits the heads by slicing the last axis
-  (`MultiHeadAttention.forward_tracing`) instead of timm's rank-5 qkv reshape and permute:
-  MobileViT rows in every table (the models' official code ships that converter) and the DeiT
-  rows of Apple's own MobileViTv2 table, which cvnets measured, are exported with that attention
-  (`split_head_attention`); the rest of the network stays timm's.
+  (apple/ml-cvnets `cvnets-convert`, the documented way to Core ML of MobileViT's official
+  code) switches on Core ML-compatible modules whose attention splits the heads by slicing the
+  last axis (`MultiHeadAttention.forward_tracing`) instead of timm's rank-5 qkv reshape and
+  permute, and always writes the NeuralNetwork format (`convert_to="neuralnetwork"`, every
+  release). So in a NeuralNetwork-format table the MobileViT rows, and the DeiT rows of Apple's
+  own MobileViTv2 table (which cvnets measured), are exported with that attention
+  (`split_head_attention`; the rest of the network stays timm's); an ML Program table was not
+  converted by cvnets.
 """
 from __future__ import annotations
 
@@ -86,8 +88,9 @@ COREML_FORMAT = {
 }
 # The format only matters for a graph with a rank-5 tensor (timm's attention): of the held-out
 # tables' models only FastViT's have one, so the pooled held-out table is an ML Program too.
-# Apple's Core ML conversion (cvnets-convert) of the models with timm's ViT attention that cvnets
-# has too: MobileViT (v1) in every table (its official code), DeiT/ViT in the table cvnets measured.
+# Apple's Core ML conversion (cvnets-convert, NeuralNetwork format) of the models with timm's ViT
+# attention that cvnets has too: MobileViT (v1; its official code) in any NeuralNetwork-format
+# table, DeiT/ViT as well in the table cvnets measured.
 CVNETS_FAMILIES = ("mobilevit_",)
 CVNETS_TABLES = {"apple-mobilevitv2-a14": ("mobilevit_", "deit_", "vit_")}
 
@@ -99,8 +102,9 @@ def coreml_format(set_name: str) -> str:
 
 def coreml_form(set_name: str, timm_name: str) -> str:
     """Which graph prices a row: "timm", or "cvnets" (timm's model with Apple's per-head attention)."""
-    families = CVNETS_TABLES.get(set_name, CVNETS_FAMILIES)
-    return "cvnets" if timm_name.startswith(families) else "timm"
+    if coreml_format(set_name) != "neuralnetwork":
+        return "timm"
+    return "cvnets" if timm_name.startswith(CVNETS_TABLES.get(set_name, CVNETS_FAMILIES)) else "timm"
 
 
 def split_head_attention(model) -> int:

@@ -311,8 +311,9 @@ def test_apple_tables_know_their_core_ml_format_and_which_rows_are_apples_conver
     apple = _benchmarks()
     assert apple.coreml_format("apple-swiftformer-a15") == "neuralnetwork"
     assert apple.coreml_format("apple-mnv4-a15") == apple.coreml_format("apple-iformer-a15") == "mlprogram"
-    assert apple.coreml_form("apple-iformer-a15", "mobilevit_xxs") == "cvnets"
-    assert apple.coreml_form("apple-iformer-a15", "mobilevitv2_050") == "timm"
+    assert apple.coreml_form("apple-swiftformer-a15", "mobilevit_xs") == "cvnets"  # Apple's converter, an .mlmodel
+    assert apple.coreml_form("apple-iformer-a15", "mobilevit_xxs") == "timm"  # an ML Program: not cvnets-convert's
+    assert apple.coreml_form("apple-swiftformer-a15", "mobilevitv2_100") == "timm"
     assert apple.coreml_form("apple-swiftformer-a15", "deit_tiny_patch16_224") == "timm"
     assert apple.coreml_form("apple-mobilevitv2-a14", "deit_tiny_patch16_224") == "cvnets"
     row = apple.AppleRow("apple-mobilevitv2-a14", "DeiT-Tiny", "deit_tiny_patch16_224", 224, 3.4, "A14", "cvnets")
