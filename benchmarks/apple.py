@@ -22,6 +22,23 @@ Rows used (decided before any prediction was looked at):
 Cross-table disagreements (`disagreements`): every pair of rows of the same timm model and
 resolution in two tables, with the ratio of their latencies; pairs of the same chip above 2x
 are the ones the issue asks to report, pairs across chips above 2x are listed beside them.
+
+What each table measured. Unlike the exclusion rule, these two rules were written after the
+first Neural Engine model's residuals had pointed at the rows they change (docs/BENCHMARKS.md
+7.0, 7.3); each rests on the exporters' own code or files, cited where it is set:
+- its Core ML format (`COREML_FORMAT`): the NeuralNetwork format where the paper's exports are
+  documented as such, else an ML Program (coremltools' default since 7.0). A table is priced on
+  its chip's profile for that format (neural_engine.for_format);
+- the graph of each row (`coreml_form`): timm's model, except where the measured network is
+  Apple's Core ML conversion of it. Apple's converter for its own MobileViT and ViT models
+  (apple/ml-cvnets `cvnets-convert`, the documented way to Core ML of MobileViT's official
+  code) switches on Core ML-compatible modules whose attention splits the heads by slicing the
+  last axis (`MultiHeadAttention.forward_tracing`) instead of timm's rank-5 qkv reshape and
+  permute, and always writes the NeuralNetwork format (`convert_to="neuralnetwork"`, every
+  release). So in a NeuralNetwork-format table the MobileViT rows, and the DeiT rows of Apple's
+  own MobileViTv2 table (which cvnets measured), are exported with that attention
+  (`split_head_attention`; the rest of the network stays timm's); an ML Program table was not
+  converted by cvnets.
 """
 from __future__ import annotations
 
@@ -59,6 +76,59 @@ CHIP_ORDER = ("A14", "A15", "A16", "A17 Pro")
 DISAGREE_RATIO = 2.0
 
 
+# Core ML format of each table's exports (default "mlprogram") and where that is documented.
+COREML_FORMAT = {
+    "apple-swiftformer-a15": ("neuralnetwork", "Amshaker/SwiftFormer issue 3: the Core ML models its README links "
+                              "are .mlmodel files and the authors convert 'to mlmodel' (the NeuralNetwork format; an "
+                              "ML Program is saved as .mlpackage), with coremltools 5.2, whose default it is"),
+    "apple-mobilevitv2-a14": ("neuralnetwork", "apple/ml-cvnets at the MobileViTv2 release (commit 5f5dbc7), "
+                              "utils/pytorch_to_coreml.py: ct.convert(..., convert_to='neuralnetwork')"),
+    "apple-mnv4-a15": ("mlprogram", "MobileNetV4 paper: Core ML MLProgram FP16, coremltools 7.1"),
+    "heldout-fastvit-a14": ("mlprogram", "apple/ml-fastvit export_model.py: convert_to='mlprogram'"),
+}
+# The format only matters for a graph with a rank-5 tensor (timm's attention): of the held-out
+# tables' models only FastViT's have one, so the pooled held-out table is an ML Program too.
+# Apple's Core ML conversion (cvnets-convert, NeuralNetwork format) of the models with timm's ViT
+# attention that cvnets has too: MobileViT (v1; its official code) in any NeuralNetwork-format
+# table, DeiT/ViT as well in the table cvnets measured.
+CVNETS_FAMILIES = ("mobilevit_",)
+CVNETS_TABLES = {"apple-mobilevitv2-a14": ("mobilevit_", "deit_", "vit_")}
+
+
+def coreml_format(set_name: str) -> str:
+    """The Core ML format a table's exports used ("mlprogram" unless documented otherwise)."""
+    return COREML_FORMAT.get(set_name, ("mlprogram", ""))[0]
+
+
+def coreml_form(set_name: str, timm_name: str) -> str:
+    """Which graph prices a row: "timm", or "cvnets" (timm's model with Apple's per-head attention)."""
+    if coreml_format(set_name) != "neuralnetwork":
+        return "timm"
+    return "cvnets" if timm_name.startswith(CVNETS_TABLES.get(set_name, CVNETS_FAMILIES)) else "timm"
+
+
+def split_head_attention(model) -> int:
+    """Make every timm `Attention` of `model` compute head by head from slices of the last axis,
+    as Apple's Core ML converter does (same result, no rank-5 tensor); returns how many it changed.
+    A model without timm attention is left as it is."""
+    import types
+
+    import torch
+    from timm.layers.attention import Attention
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        heads = zip(*(t.chunk(self.num_heads, dim=-1) for t in (q * self.scale, k, v)))
+        out = [torch.matmul(torch.matmul(qh, kh.transpose(-1, -2)).softmax(dim=-1), vh) for qh, kh, vh in heads]
+        return self.proj(torch.cat(out, dim=-1))
+
+    plain = [m for m in model.modules() if isinstance(m, Attention) and getattr(m, "gate", None) is None
+             and all(isinstance(getattr(m, n), torch.nn.Identity) for n in ("q_norm", "k_norm", "norm"))]
+    for m in plain:
+        m.forward = types.MethodType(forward, m)
+    return len(plain)
+
+
 @dataclass(frozen=True)
 class AppleRow:
     set: str
@@ -67,11 +137,17 @@ class AppleRow:
     resolution: int  # px, from the row or timm's default
     latency_ms: float
     chip: str
+    form: str = "timm"  # coreml_form: the graph that prices the row
 
     @property
     def key(self) -> str:
-        """Graph cache key: the re-parameterised timm model at this resolution."""
+        """The model: the re-parameterised timm model at this resolution (rows of two tables match on it)."""
         return f"timm-rep__{self.timm_name}__{self.resolution}"
+
+    @property
+    def graph_key(self) -> str:
+        """Graph cache key: `key`, or its Core ML form's variant."""
+        return self.key if self.form == "timm" else f"timm-rep-{self.form}__{self.timm_name}__{self.resolution}"
 
     @property
     def label(self) -> str:
@@ -99,7 +175,8 @@ def apple_rows(data: Path, sets: list[str] | None = None) -> dict[str, list[Appl
                     if not r["timm_name"]:
                         continue
                     res = int(r["resolution"]) if r["resolution"].strip() else default_resolution(r["timm_name"])
-                    rows.append(AppleRow(name, r["model"], r["timm_name"], res, float(r["latency_ms"]), chip))
+                    rows.append(AppleRow(name, r["model"], r["timm_name"], res, float(r["latency_ms"]), chip,
+                                         coreml_form(name, r["timm_name"])))
         out[name] = rows
     return out
 

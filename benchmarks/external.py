@@ -30,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from apple import APPLE_SETS, HELDOUT_SETS, TABLES, apple_rows, disagreements, excluded_rows, residual_png  # noqa: E402
+from apple import (APPLE_SETS, HELDOUT_SETS, TABLES, apple_rows, coreml_format, disagreements, excluded_rows,  # noqa: E402
+                   residual_png, split_head_attention)
 
 TIMM_SETS = {
     "rtx3090": ("timm/benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv", "rtx3090", "fp16"),
@@ -66,10 +67,11 @@ def _quiet_worker() -> None:
     os.dup2(devnull, 2)
 
 
-def _export_timm(model: str, size: int, out: str, reparam: bool = False) -> str:
+def _export_timm(model: str, size: int, out: str, reparam: bool = False, form: str = "timm") -> str:
     """Worker: timm model -> OpGraph pickle. Returns 'ok' or the reason it was skipped.
     `reparam`: fuse the training-time branches first (timm.utils.reparameterize_model), as a
-    model is deployed (MobileOne, FastViT, RepViT, ...)."""
+    model is deployed (MobileOne, FastViT, RepViT, ...); `form` "cvnets": attention in Apple's
+    Core ML form (apple.split_head_attention)."""
     import warnings
 
     import torch
@@ -86,7 +88,9 @@ def _export_timm(model: str, size: int, out: str, reparam: bool = False) -> str:
             from timm.utils import reparameterize_model
 
             m = reparameterize_model(m)
-        g = module_graph(m, (1, 3, size, size), source=f"timm:{model}@{size}")
+        if form == "cvnets":
+            split_head_attention(m)
+        g = module_graph(m, (1, 3, size, size), source=f"timm:{model}@{size}" + ("" if form == "timm" else f" ({form})"))
     except AutoVitError as e:
         return f"skip: {str(e).split(';')[0]}"
     except Exception as e:  # a model our exporter or onnx cannot handle: counted, not fatal
@@ -266,8 +270,8 @@ def apple_models(rows: dict, cache: Path, jobs: int) -> tuple[dict, dict[str, st
     reason for each key that could not be priced."""
     from autovit.latmodel.estimate import LatencyModel
 
-    keys = {r.key: r for rs in rows.values() for r in rs}
-    todo = [(_export_timm, k, r.timm_name, r.resolution, str(_graph_path(cache, k)), True)
+    keys = {r.graph_key: r for rs in rows.values() for r in rs}
+    todo = [(_export_timm, k, r.timm_name, r.resolution, str(_graph_path(cache, k)), True, r.form)
             for k, r in keys.items() if not _graph_path(cache, k).exists()]
     status = _run_jobs(todo, jobs, "export Apple-table models")
     models, skip = {}, {}
@@ -288,10 +292,10 @@ def apple_priced(rows: list, models: dict, skip: dict[str, str], excluded: dict[
     """(row, estimate) for every priced row of one table, and the skipped count per reason."""
     priced, sk = [], {}
     for r in rows:
-        if r.key in skip:
-            sk[skip[r.key]] = sk.get(skip[r.key], 0) + 1
+        if r.graph_key in skip:
+            sk[skip[r.graph_key]] = sk.get(skip[r.graph_key], 0) + 1
             continue
-        priced.append((r, models[r.key].estimate(profile, 1, "fp16"), r.label in excluded))
+        priced.append((r, models[r.graph_key].estimate(profile, 1, "fp16"), r.label in excluded))
     return priced, sk
 
 
@@ -307,7 +311,7 @@ def apple_result(name: str, priced: list, sk: dict, excluded: dict[str, str], mo
     pred = [e.latency_ms for _, e in kept]
     meas = [r.latency_ms for r, _ in kept]
     flops = [e.flops for _, e in kept]
-    acts = [float(sum(c.out_elems for c in models[r.key].costs.values())) for r, _ in kept]
+    acts = [float(sum(c.out_elems for c in models[r.graph_key].costs.values())) for r, _ in kept]
     params = [float(e.params) for _, e in kept]
     res = evaluate(name, pred, meas, flops, acts, sk, profile.name,
                    {"dtype": "fp16", "source": " + ".join(_as_tuple(TABLES[name][0])), "chip": TABLES[name][2]}, params)
@@ -316,11 +320,20 @@ def apple_result(name: str, priced: list, sk: dict, excluded: dict[str, str], mo
         allp = [(e.latency_ms, r.latency_ms) for r, e, _ in priced]
         res["kendall_tau_all_rows"] = round(float(stats.kendalltau(*zip(*allp)).statistic), 4)
     res["rows"] = [{"model": r.timm_name, "res": r.resolution, "ms": r.latency_ms, "pred_ms": round(e.latency_ms, 4),
-                    "gflops": round(e.flops / 1e9, 3), "excluded": ex} for r, e, ex in priced]
+                    "gflops": round(e.flops / 1e9, 3), "excluded": ex, "graph": r.form} for r, e, ex in priced]
+    res["coreml_format"] = coreml_format(name)
     if plots is not None and len(kept) >= 7:  # a residual plot of the 3-4-row doc tables says nothing
         shares = [{c: e.breakdown.get(c, 0.0) / e.latency_ms for c in CATEGORIES} for _, e in kept]
         residual_png(f"{name} on {profile.name}", pred, meas, shares, flops, plots / f"residuals_{name}.png")
     return res
+
+
+def table_profile(profile, set_name: str):
+    """`profile` for the Core ML format of a table's exports (apple.COREML_FORMAT); a profile
+    without a Neural Engine (--apple-hw a GPU) is taken as it is."""
+    from autovit.latmodel.neural_engine import for_format
+
+    return profile if profile.ane is None else for_format(profile, coreml_format(set_name))
 
 
 def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
@@ -334,12 +347,16 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
     calibrate_on = getattr(args, "calibrate_on", None)
     sel = apple_rows(data, list(dict.fromkeys(wanted + ([calibrate_on] if calibrate_on else []))))
     models, skip = apple_models(sel, cache, args.jobs)
-    profiles = {s: load_profile(args.apple_hw or TABLES[s][1]) for s in sel}
+    profiles = {s: table_profile(load_profile(args.apple_hw or TABLES[s][1]), s) for s in sel}
     if args.ablation or args.sensitivity:
         return run_apple_ablation({s: sel[s] for s in wanted}, profiles, models, skip, excluded,
                                   _scaled_variants if args.sensitivity else None)
     if args.loto:
         return run_apple_loto({s: sel[s] for s in wanted}, profiles, models, skip, excluded)
+    if args.provenance:
+        if any(p.ane is None for p in profiles.values()):
+            sys.exit("--provenance compares Core ML formats: price the Apple tables on Neural Engine profiles")
+        return run_apple_provenance({s: sel[s] for s in wanted}, profiles, models, skip, excluded, cache, args.jobs)
     if args.kshot:
         return run_apple_kshot({s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {}),
                                profiles, models, skip, excluded, args.kshot, args.seed, calibrate_on)
@@ -354,11 +371,26 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
     return results
 
 
-def apple_nets(rows: list, models: dict, skip: dict, excluded: dict) -> tuple[list, list, list]:
-    """(nets [(LatencyModel, batch 1, params)], measured ms, FLOPs) of a table's kept rows."""
-    kept = [r for r in rows if r.key not in skip and r.label not in excluded]
-    nets = [(models[r.key], 1, float(models[r.key].graph.params)) for r in kept]
-    flops = [sum(c.flops for c in models[r.key].costs.values()) for r in kept]
+class _InFormat:
+    """A table's model priced in the table's Core ML format on whatever profile it is given: a
+    calibration fitted on one table's rows is tested on another's, of another format."""
+
+    def __init__(self, model, fmt: str):
+        self.model, self.fmt, self.graph = model, fmt, model.graph
+
+    def estimate(self, profile, batch, dtype):
+        from autovit.latmodel.neural_engine import for_format
+
+        return self.model.estimate(for_format(profile, self.fmt), batch, dtype)
+
+
+def apple_nets(rows: list, models: dict, skip: dict, excluded: dict, fmt: str | None = None) -> tuple[list, list, list]:
+    """(nets [(LatencyModel, batch 1, params)], measured ms, FLOPs) of a table's kept rows; with
+    `fmt`, each model is priced in that Core ML format whatever profile prices it."""
+    kept = [r for r in rows if r.graph_key not in skip and r.label not in excluded]
+    lms = [models[r.graph_key] if fmt is None else _InFormat(models[r.graph_key], fmt) for r in kept]
+    nets = [(lm, 1, float(lm.graph.params)) for lm in lms]
+    flops = [sum(c.flops for c in models[r.graph_key].costs.values()) for r in kept]
     return nets, [r.latency_ms for r in kept], flops
 
 
@@ -382,7 +414,7 @@ def _variants(profile) -> dict:
 # Figures of the Apple profiles that no document gives (assumptions) or that calibration fits.
 _ASSUMED = {"launch_us": ("launch_us",), "l2_mib": ("ane", "l2_mib"), "l2_gbps": ("ane", "l2_gbps"),
             "cache_gbps": ("cache_gbps",), "eff_memory": ("eff_memory",), "eff_vector": ("eff_vector",),
-            "layout_penalty": ("layout_penalty",)}
+            "layout_penalty": ("layout_penalty",), "switch_us": ("fallback", "switch_us")}
 
 
 def _scaled_variants(profile) -> dict:
@@ -392,9 +424,9 @@ def _scaled_variants(profile) -> dict:
     out = {"all": profile}
     for name, path in _ASSUMED.items():
         for label, f in (("/2", 0.5), ("*2", 2.0)):
-            if len(path) == 2:
-                ane = profile.ane
-                out[name + label] = replace(profile, ane=replace(ane, **{path[1]: getattr(ane, path[1]) * f}))
+            if len(path) == 2:  # a figure of a sub-table: [ane], [fallback]
+                part = getattr(profile, path[0])
+                out[name + label] = replace(profile, **{path[0]: replace(part, **{path[1]: getattr(part, path[1]) * f})})
             else:
                 v = getattr(profile, path[0]) * f
                 out[name + label] = replace(profile, **{path[0]: min(v, 1.0) if name.startswith("eff") else v})
@@ -430,7 +462,7 @@ def run_apple_kshot(tables: dict, profiles: dict, models: dict, skip: dict, excl
     else:
         todo = [(calibrate_on, s) for s in tables if s != calibrate_on and TABLES[s][2] == TABLES[calibrate_on][2]]
     for cal, s in todo:
-        nets, meas, flops = apple_nets(tables[cal], models, skip, excluded)
+        nets, meas, flops = apple_nets(tables[cal], models, skip, excluded, coreml_format(cal))
         if len(nets) < k + (3 if cal == s else 0):
             print(f"{cal}: {len(nets)} rows, too few for K = {k}; skipped", file=sys.stderr)
             continue
@@ -440,9 +472,40 @@ def run_apple_kshot(tables: dict, profiles: dict, models: dict, skip: dict, excl
             order = list(range(len(nets)))
             random.Random(seed).shuffle(order)
             train = tuple([x[i] for i in order[:k]] for x in (nets, meas, flops))
-            test = apple_nets(tables[s], models, skip, excluded)
+            test = apple_nets(tables[s], models, skip, excluded, coreml_format(s))
             res = {"set": s, "hw": profiles[s].name, "k": k, "n_test": len(test[0]), "seed": seed, "calibrated_on": cal,
                    **calibrated_evaluate(profiles[cal], "fp16", train, test)}
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
+def run_apple_provenance(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict, cache: Path,
+                         jobs: int) -> list[dict]:
+    """Kendall tau of each table priced as measured (its Core ML format, Apple's conversion where
+    Apple's converter made the graph: apple.py), then with either rule off: every table an ML
+    Program, every row timm's graph; "neither" is how the first Neural Engine model priced them."""
+    from dataclasses import replace
+
+    from scipy import stats
+
+    from autovit.latmodel.neural_engine import for_format
+
+    as_timm = {s: [replace(r, form="timm") for r in rs] for s, rs in tables.items()}
+    timm_models, timm_skip = apple_models(as_timm, cache, jobs)
+    models, skip = {**models, **timm_models}, {**skip, **timm_skip}
+    results = []
+    for s, rows in tables.items():
+        mlprogram = for_format(profiles[s], "mlprogram")
+        variants = {"as measured": (rows, profiles[s]), "ML Program everywhere": (rows, mlprogram),
+                    "timm graphs everywhere": (as_timm[s], profiles[s]), "neither": (as_timm[s], mlprogram)}
+        tau = {}
+        for label, (rs, p) in variants.items():
+            nets, meas, flops = apple_nets(rs, models, skip, excluded)
+            tau[label] = round(float(stats.kendalltau([lm.estimate(p, 1, "fp16").latency_ms for lm, _, _ in nets],
+                                                      meas).statistic), 4)
+        res = {"set": s, "hw": profiles[s].name, "n": len(nets), "ablation_tau": tau,
+               "flops_tau": round(float(stats.kendalltau(flops, meas).statistic), 4)}
         results.append(res)
         print(json.dumps(res), flush=True)
     return results
@@ -455,9 +518,9 @@ def run_apple_loto(tables: dict, profiles: dict, models: dict, skip: dict, exclu
         others = [o for o in tables if o != s and TABLES[o][2] == TABLES[s][2]]
         if not others or len(tables[s]) < 7:
             continue
-        parts = [apple_nets(tables[o], models, skip, excluded) for o in others]
+        parts = [apple_nets(tables[o], models, skip, excluded, coreml_format(o)) for o in others]
         train = tuple(sum((list(p[i]) for p in parts), []) for i in range(3))
-        test = apple_nets(tables[s], models, skip, excluded)
+        test = apple_nets(tables[s], models, skip, excluded, coreml_format(s))
         if len(train[0]) < 10:  # fewer rows than the profile's free parameters cannot calibrate it
             print(f"{s}: the other {TABLES[s][2]} tables have {len(train[0])} rows; skipped", file=sys.stderr)
             continue
@@ -470,9 +533,10 @@ def run_apple_loto(tables: dict, profiles: dict, models: dict, skip: dict, exclu
 
 def ablation_table(results: list[dict]) -> str:
     """The docs/BENCHMARKS.md ablation table: tau per table, all mechanisms on and each switched off."""
-    names = list(results[0]["ablation_tau"])
+    names = list(dict.fromkeys(m for r in results for m in r["ablation_tau"]))  # a mechanism on in some tables only: both columns
     head = "| set | n | FLOPs | " + " | ".join(names) + " |\n|---|---|---|" + "---|" * len(names) + "\n"
-    rows = [f"| {r['set']} | {r['n']} | {r['flops_tau']:.3f} | " + " | ".join(f"{r['ablation_tau'][m]:.3f}" for m in names) + " |"
+    cell = lambda r, m: f"{r['ablation_tau'][m]:.3f}" if m in r["ablation_tau"] else "-"  # noqa: E731
+    rows = [f"| {r['set']} | {r['n']} | {r['flops_tau']:.3f} | " + " | ".join(cell(r, m) for m in names) + " |"
             for r in results]
     return head + "\n".join(rows) + "\n"
 
@@ -525,6 +589,9 @@ def main() -> None:
                     help="Apple tables: Kendall tau with each assumed profile figure halved and doubled")
     ap.add_argument("--loto", action="store_true",
                     help="Apple tables: calibrate on every other table of the chip, test on the one left out")
+    ap.add_argument("--provenance", action="store_true",
+                    help="Apple tables: Kendall tau as measured and with the Core ML format or Apple's-conversion "
+                         "rule switched off")
     ap.add_argument("--calibrate-on", metavar="SET",
                     help="with --kshot K: calibrate on K rows of this Apple table, test on the other tables of its chip")
     ap.add_argument("--table", metavar="JSONL", help="print the Markdown table of a results file and exit")

@@ -37,14 +37,17 @@ def cli() -> None:
 @click.option("--batch", type=BATCH, default=None, help="Images per inference [default: the model's own, 1 for timm/autovit].")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Precision (default: the profile's).")
 @click.option("--input-shape", default=None, help="Fix a dynamic ONNX input, e.g. 1,3,224,224.")
+@click.option("--coreml-format", type=click.Choice(["mlprogram", "neuralnetwork"]), default=None,
+              help="Neural Engine profiles: the Core ML format the model is converted to "
+                   "[default: mlprogram, coremltools' default since 7.0; neuralnetwork = an .mlmodel].")
 @click.option("--breakdown", type=click.Choice(["category", "kernel", "none"]), default="category", show_default=True,
               help="Human output: ms per op category, or every kernel.")
 @click.option("--top", type=click.IntRange(0, 10_000), default=10, show_default=True, help="Slowest kernels to list.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG: stacked breakdown bar.")
 @click.option("--roofline", is_flag=True, help="With --plot: a roofline scatter of the kernels instead.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_shape: str | None, breakdown: str,
-             top: int, plot: str | None, roofline: bool, as_json: bool) -> None:
+def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_shape: str | None,
+             coreml_format: str | None, breakdown: str, top: int, plot: str | None, roofline: bool, as_json: bool) -> None:
     """Predict the latency of MODEL on a device.
 
     MODEL is an .onnx file, an architecture .json, timm:NAME (random weights, nothing is
@@ -64,6 +67,13 @@ def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_sh
     shape = parse_input_shape(input_shape) if input_shape else None
     plot_path = output_path(plot, "--plot", (model, hw))
     profile = load_profile(hw)
+    if coreml_format:
+        from autovit.latmodel.neural_engine import for_format
+
+        if profile.ane is None:
+            raise UsageError(f"--coreml-format: '{profile.name}' is not a Neural Engine profile; "
+                             "drop the flag or use an Apple one (e.g. --hw iphone13)")
+        profile = for_format(profile, coreml_format)
     if dtype and dtype not in profile.dtypes:
         raise UsageError(f"--dtype {dtype}: hardware '{profile.name}' does not compute in {dtype}; "
                          f"use --dtype {' or '.join(profile.dtypes)}")

@@ -68,11 +68,13 @@ class Fallback:
 # task per batch element, i.e. per head and patch (heads); dense 3x3 stride-1 convolutions use
 # Winograd (winograd); 64-byte rows (align); which reshapes and transposes move data (layout);
 # ops the engine cannot run go to the GPU (fallback);
-# two hypotheses tried and left off by the Apple profiles (docs/BENCHMARKS.md): depthwise
-# convolutions on the planar path instead of the multiply array (depthwise); copies through
-# rank-5+ tensors leave the engine for the fallback (rank5).
+# left off by the Apple profiles: depthwise convolutions on the planar path instead of the multiply
+# array (depthwise) and linear layers / LayerNorms on (B, N, C) tokens through DRAM (tokens), two
+# hypotheses the tables do not support (docs/BENCHMARKS.md); copies through rank-5+
+# tensors leave the engine for the fallback (rank5: models in Core ML's NeuralNetwork format,
+# neural_engine.COREML_FORMATS).
 ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align", "layout", "fallback", "depthwise",
-                  "rank5")
+                  "tokens", "rank5")
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,24 @@ has the ablation, docs/COST_MODEL.md the sources):
   rows (free); one that changes it repacks every row (a copy at bandwidth); a transpose that
   puts another axis last moves single elements and pays `efficiency.layout_penalty` per byte.
 - fallback: ops the engine cannot run go to the GPU (`[fallback]`), with a switch each way.
-Two hypotheses are switches the Apple profiles leave off, because the published tables rank
-better without them (docs/BENCHMARKS.md, ablation):
+Three switches the Apple profiles leave off:
 - depthwise: depthwise convolutions at the planar path's rate (`compute.vector_tflops`), as if
-  the multiply array could not reduce over a single channel;
+  the multiply array could not reduce over a single channel (a hypothesis the published tables
+  rank better without, docs/BENCHMARKS.md);
+- tokens: a linear layer or LayerNorm on (B, N, C) tokens (the channel axis last, the layout
+  Apple's transformer guide calls the wrong one for the engine, principle 1; EfficientFormer's
+  observation 3: LN-Linear slower than CONV-BN on the iPhone 12) streams its activations
+  through DRAM, as if every such layer were re-laid out through memory. A hypothesis: no
+  document says by how much, and the tables do not agree on it (docs/BENCHMARKS.md);
 - rank5 (kernels.py): a copy through a rank-5+ tensor (the qkv split of timm's attention) runs
-  on the fallback engine, as Core ML's "ND" layers did.
+  on the fallback engine. It belongs to the Core ML format, not the chip: the Apple profiles
+  price an ML Program (coremltools' default since 7.0; the engine takes tensors of rank <= 5,
+  ANE guide ch. 4); the NeuralNetwork format (.mlmodel, the default before 7.0) expresses a
+  rank-5 reshape or transpose with its "ND" layer types, which run off the engine
+  (hollance/neural-engine, unsupported layers). Apple's own NeuralNetwork converter for
+  MobileViT and ViT (apple/ml-cvnets, `cvnets-convert`) avoids them: it swaps the rank-5 qkv
+  split for per-head slices of the last axis. `for_format` prices a model of either format
+  (COREML_FORMATS).
 """
 from __future__ import annotations
 
@@ -52,11 +64,43 @@ from autovit.latmodel.kernels import Kernel
 from autovit.latmodel.timing import KernelTime, kernel_time, padded_elems
 
 
+# Core ML model formats -> the mechanisms a model of that format adds to an Apple profile (which
+# describes an ML Program): the NeuralNetwork format runs rank-5 layers off the engine (see above).
+COREML_FORMATS = {"mlprogram": (), "neuralnetwork": ("rank5",)}
+
+
+def with_mechanisms(profile: HardwareProfile, mechanisms: tuple[str, ...]) -> HardwareProfile:
+    """The same profile with exactly these Neural Engine mechanisms switched on."""
+    unknown = [m for m in mechanisms if m not in ANE_MECHANISMS]
+    if profile.ane is None or unknown:
+        raise ValueError(f"{profile.name} has no Neural Engine mechanism {', '.join(map(repr, unknown)) or 'at all'}")
+    return replace(profile, ane=replace(profile.ane, mechanisms=tuple(mechanisms)))
+
+
 def without(profile: HardwareProfile, mechanism: str) -> HardwareProfile:
     """The same profile with one Neural Engine mechanism switched off (for the ablation)."""
     if profile.ane is None or mechanism not in ANE_MECHANISMS:
         raise ValueError(f"{profile.name} has no Neural Engine mechanism {mechanism!r}")
-    return replace(profile, ane=replace(profile.ane, mechanisms=tuple(m for m in profile.ane.mechanisms if m != mechanism)))
+    return with_mechanisms(profile, tuple(m for m in profile.ane.mechanisms if m != mechanism))
+
+
+def for_format(profile: HardwareProfile, fmt: str) -> HardwareProfile:
+    """The profile that prices a model converted to Core ML format `fmt` ("mlprogram" or
+    "neuralnetwork"): its mechanisms with those of the format (COREML_FORMATS) and no other
+    format's, so a profile already set for one format can be moved to the other."""
+    if fmt not in COREML_FORMATS:
+        raise ValueError(f"unknown Core ML format {fmt!r}: use one of {', '.join(COREML_FORMATS)}")
+    if profile.ane is None:
+        raise ValueError(f"{profile.name} has no [ane] table: Core ML formats apply to the Neural Engine only")
+    by_format = {m for ms in COREML_FORMATS.values() for m in ms}
+    return with_mechanisms(profile, tuple(m for m in profile.ane.mechanisms if m not in by_format) + COREML_FORMATS[fmt])
+
+
+def channels_last_tokens(k: Kernel) -> bool:
+    """Whether a task is a linear layer or a LayerNorm on (B, N, C) tokens, the channel axis last
+    (mechanism tokens)."""
+    return (k.category in ("linear", "norm") and bool(k.act_shapes) and len(k.act_shapes[0]) == 3
+            and k.op_types[0] in ("MatMul", "Gemm", "LayerNormalization"))
 
 
 class NeuralEngineTimer:
@@ -120,7 +164,7 @@ class NeuralEngineTimer:
             return KernelTime(k, 0.0, 0.0, 0.0, 0.0, 0.0, "overhead", 0.0, 0.0, p.name)
         act = self.act_bytes(k)
         w_bytes = k.w_elems * self.eb
-        bw = self.act_bandwidth(act)
+        bw = self.dram if "tokens" in self.on and channels_last_tokens(k) else self.act_bandwidth(act)
         t_act = act / bw
         if k.klass == "layout" and k.moves_last_axis and "layout" in self.on:
             t_act *= p.layout_penalty

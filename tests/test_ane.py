@@ -14,7 +14,7 @@ from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.graph import build_graph
 from autovit.latmodel.hardware import ANE_MECHANISMS, load_profile, profile_from_dict
 from autovit.latmodel.kernels import Kernel
-from autovit.latmodel.neural_engine import NeuralEngineTimer, without
+from autovit.latmodel.neural_engine import COREML_FORMATS, NeuralEngineTimer, for_format, without
 from autovit.latmodel.timing import RooflineTimer, timer_for
 
 from conftest import _init, make_model
@@ -242,6 +242,82 @@ def test_rank5_mechanism_sends_copies_through_rank5_tensors_to_the_fallback():
     assert not any(k.unsupported for k in _kernels(g))
     on = replace(ANE, ane=replace(ANE.ane, mechanisms=ANE.ane.mechanisms + ("rank5",)))
     assert [k.unsupported for k in _kernels(g, on)] == [False, True]
+
+
+def test_tokens_mechanism_streams_linear_layers_and_layernorms_on_bnc_tokens_through_dram():
+    w = _init("w", (32, 32))
+    tok = _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], (1, 64, 32), [w])
+    conv = _graph([_conv(32, 32, out="y")[0]], (1, 32, 8, 8), [_conv(32, 32)[1]])
+    norm = _graph([helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)], (1, 64, 32),
+                  _consts(g=np.ones(32), b=np.zeros(32)))
+    on = replace(ANE, ane=replace(ANE.ane, mechanisms=ANE.ane.mechanisms + ("tokens",)))
+    assert "tokens" in ANE_MECHANISMS and "tokens" not in ANE.ane.mechanisms
+    for g in (tok, norm):
+        (k,) = _kernels(g)
+        act = NeuralEngineTimer(ANE, "fp16", 1.0).act_bytes(k)
+        dram = ANE.dram_gbps * 1e9 * ANE.eff_memory
+        assert NeuralEngineTimer(on, "fp16", 1.0).time(k).memory_ms == pytest.approx(act / dram * 1e3 + k.w_elems * 2 / dram * 1e3)
+        assert _ms(g, on) > _ms(g)
+    assert _ms(conv, on) == _ms(conv)  # a (B, C, H, W) convolution keeps its activations on chip
+
+
+def test_the_neuralnetwork_format_adds_rank5_and_an_ml_program_takes_it_away():
+    nn = for_format(ANE, "neuralnetwork")
+    assert set(COREML_FORMATS) == {"mlprogram", "neuralnetwork"}
+    assert nn.ane.mechanisms == ANE.ane.mechanisms + ("rank5",)
+    assert for_format(nn, "neuralnetwork") == nn  # set, not stacked
+    assert for_format(nn, "mlprogram").ane.mechanisms == ANE.ane.mechanisms
+    with pytest.raises(ValueError, match="unknown Core ML format 'onnx'"):
+        for_format(ANE, "onnx")
+    with pytest.raises(ValueError, match="no \\[ane\\] table"):
+        for_format(load_profile("rtx4090"), "mlprogram")
+
+
+def _benchmarks():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import apple
+
+    return apple
+
+
+def test_apples_split_head_attention_is_timms_attention_without_a_rank5_tensor():
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    from autovit.latmodel.sources import module_graph
+
+    apple = _benchmarks()
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=16, depth=1, num_heads=2,
+                          embed_dim=32, num_classes=4).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graphs, outs = [], []
+    for patched in (False, True):
+        if patched:
+            assert apple.split_head_attention(m) == 1
+        with torch.no_grad():
+            outs.append(m(x))
+        graphs.append(module_graph(m, (1, 3, 32, 32)))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    nn = for_format(ANE, "neuralnetwork")
+    timm_graph, split = graphs
+    assert any(k.unsupported for k in _kernels(timm_graph, nn))  # the rank-5 qkv split leaves the engine
+    assert not any(k.unsupported for k in _kernels(split, nn))
+
+
+def test_apple_tables_know_their_core_ml_format_and_which_rows_are_apples_conversion():
+    apple = _benchmarks()
+    assert apple.coreml_format("apple-swiftformer-a15") == "neuralnetwork"
+    assert apple.coreml_format("apple-mnv4-a15") == apple.coreml_format("apple-iformer-a15") == "mlprogram"
+    assert apple.coreml_form("apple-swiftformer-a15", "mobilevit_xs") == "cvnets"  # Apple's converter, an .mlmodel
+    assert apple.coreml_form("apple-iformer-a15", "mobilevit_xxs") == "timm"  # an ML Program: not cvnets-convert's
+    assert apple.coreml_form("apple-swiftformer-a15", "mobilevitv2_100") == "timm"
+    assert apple.coreml_form("apple-swiftformer-a15", "deit_tiny_patch16_224") == "timm"
+    assert apple.coreml_form("apple-mobilevitv2-a14", "deit_tiny_patch16_224") == "cvnets"
+    row = apple.AppleRow("apple-mobilevitv2-a14", "DeiT-Tiny", "deit_tiny_patch16_224", 224, 3.4, "A14", "cvnets")
+    assert row.key == "timm-rep__deit_tiny_patch16_224__224" != row.graph_key
 
 
 def test_weights_and_onchip_activations_stream_at_once_but_share_dram():

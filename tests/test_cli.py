@@ -116,6 +116,31 @@ def test_unknown_timm_name(capsys):
     assert_one_line_error(code, err, "unknown timm model")
 
 
+def test_coreml_format_prices_rank5_layers_of_an_mlmodel_off_the_engine(tmp_path, capsys):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from conftest import make_model
+
+    s = numpy_helper.from_array(np.array([1, 16, 3, 2, 8], dtype=np.int64), "s")
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "s"], ["a"]),
+             helper.make_node("Transpose", ["a"], ["y"], perm=[2, 0, 3, 1, 4])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 48])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    path = tmp_path / "qkv.onnx"
+    onnx.save(make_model(nodes, [x], [y], [s]), path)
+    ms = {}
+    for fmt in ("mlprogram", "neuralnetwork"):
+        code, out, _ = run_cli(lat, ["estimate", str(path), "--hw", "iphone13", "--coreml-format", fmt, "--json"], capsys)
+        assert code == 0
+        ms[fmt] = json.loads(out)["latency_ms"]
+    assert ms["neuralnetwork"] > ms["mlprogram"]
+    code, _, err = run_cli(lat, ["estimate", str(path), "--hw", "rtx4090", "--coreml-format", "mlprogram"], capsys)
+    assert code == 2
+    assert_one_line_error(code, err, "--coreml-format", "not a Neural Engine profile")
+
+
 def test_bad_dtype_for_device(tiny_conv_onnx, capsys):
     code, _, err = run_cli(lat, ["estimate", str(tiny_conv_onnx), "--hw", "iphone13", "--dtype", "fp32"], capsys)
     assert_one_line_error(code, err, "fp16")
