@@ -122,6 +122,8 @@ def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: s
 
 def print_calibration(profile, cal, written: Path, title: str) -> None:
     """The fitted parameters next to the data sheet's, the fit error and where it was written."""
+    from autovit.latmodel.hardware import user_profile_dir
+
     t = Table(title=title)
     for col in ("parameter", "data sheet", "fitted", "+-"):
         t.add_column(col, justify="left" if col == "parameter" else "right")
@@ -132,7 +134,8 @@ def print_calibration(profile, cal, written: Path, title: str) -> None:
                   + f"; RMS log error {cal.rms_log_error:.3f}", highlight=False)
     for w in cal.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    console.print(f"wrote {written}; use --hw {profile.name}@calibrated", highlight=False)
+    use = f"{profile.name}@calibrated" if written.parent == user_profile_dir() else str(written)
+    console.print(f"wrote {written}; use --hw {use}", highlight=False)
 
 
 # ---- profile --export ----------------------------------------------------------------------

@@ -59,15 +59,18 @@ def export_coreml(model: torch.nn.Module, example: torch.Tensor, path: Path, out
     Python ints. torch.export specialises those shapes to constants for the fixed input, so
     no such cast reaches the converter.
     """
+    import contextlib
     import logging
     import os
     import shutil
     import tempfile
 
-    import coremltools as ct
+    # coremltools says on import that Core ML cannot run here, and draws a tqdm bar per pass
+    # pipeline while converting: both on stderr, over our own progress bar.
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        import coremltools as ct
 
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings():
+        logging.getLogger("coremltools").setLevel(logging.ERROR)
         warnings.simplefilter("ignore")
         program = torch.export.export(model.eval(), (example,)).run_decompositions({})
         mlmodel = ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
