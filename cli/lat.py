@@ -8,8 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from autovit.cli.common import FiniteFloat, console, output_path, print_json, run
-from autovit.cli.lat_device import (lut_group, run_calibrate_networks, run_export_blocks, run_validate_measurements,
-                                    table_options)
+from autovit.cli.lat_device import (lut_group, print_calibration, run_calibrate_networks, run_export_blocks,
+                                    run_validate_measurements, table_options)
 from autovit.latmodel.errors import AutoVitError, UsageError
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
@@ -368,17 +368,7 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, ou
     if as_json:
         print_json({"profile": str(written), **cal.to_dict()})
         return
-    t = Table(title=f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
-    for col in ("parameter", "data sheet", "fitted", "+-"):
-        t.add_column(col, justify="left" if col == "parameter" else "right")
-    for n, v in cal.params.items():
-        t.add_row(n, f"{getattr(profile, n):.4g}", f"{v:.4g}", f"{cal.stderr[n]:.2g}")
-    console.print(t)
-    console.print("fit error (MAPE by block kind): " + ", ".join(f"{k} {v:.1f} %" for k, v in cal.mape_by_kind.items())
-                  + f"; RMS log error {cal.rms_log_error:.3f}", highlight=False)
-    for w in cal.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    console.print(f"wrote {written}; use --hw {profile.name}@calibrated", highlight=False)
+    print_calibration(profile, cal, written, f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
 
 
 @cli.command()

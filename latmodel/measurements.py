@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from autovit.latmodel.checks import did_you_mean
+from autovit.latmodel.checks import did_you_mean, read_text
 from autovit.latmodel.errors import AutoVitError
 
 # Largest CSV any reader accepts (the biggest published table is ~20 KB) and most data rows.
@@ -55,14 +55,7 @@ def read_csv(path: str | Path, what: str, required: list[tuple[str, ...]], fix: 
     is one line."""
     p = Path(path)
     where = f"{what} {p}"
-    if not p.is_file():
-        raise AutoVitError(f"{where}: {'no such file' if not p.exists() else 'not a file'}; {fix}")
-    if p.stat().st_size > MAX_CSV_BYTES:
-        raise AutoVitError(f"{where}: {p.stat().st_size:,} bytes, more than any table should be ({MAX_CSV_BYTES:,})")
-    try:
-        text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise AutoVitError(f"{where}: not UTF-8 text; save it as CSV (UTF-8)") from None
+    text = read_text(p, what, fix, MAX_CSV_BYTES, "utf-8-sig")  # -sig: a spreadsheet's BOM is not a column name
     if not text.strip():
         raise AutoVitError(f"{where}: the file is empty; {fix}")
     try:

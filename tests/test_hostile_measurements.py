@@ -99,7 +99,7 @@ def test_non_utf8_and_missing_tables(tmp_path, capsys):
     code, _, err = run_cli(lat, ["validate", "--hw", "v100", "--measurements", str(p)], capsys)
     assert_one_line_error(code, err, "not UTF-8")
     code, _, err = run_cli(lat, ["validate", "--hw", "v100", "--measurements", str(tmp_path / "none.csv")], capsys)
-    assert_one_line_error(code, err, "no such file")
+    assert_one_line_error(code, err, "measurement table not found")
 
 
 def test_a_link_out_of_the_folder_is_refused(tmp_path):
