@@ -26,7 +26,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from external import OFA_SETS, TIMM_SETS, _graph_path, _unresolved_share, find_data, timm_rows  # noqa: E402
+from external import OFA_SETS, TIMM_SETS, find_data, timm_rows  # noqa: E402
+
+from autovit.latmodel.network_graphs import graph_path, unresolved_share  # noqa: E402
 
 
 def _residuals(pred: list[float], meas: list[float]) -> np.ndarray:
@@ -91,11 +93,11 @@ def main() -> None:
         profile = load_profile(hw)
         pred, meas, fams, shares = [], [], [], []
         for r in rows[name]:
-            gp = _graph_path(cache, f"timm__{r['model']}__{r['infer_img_size']}")
+            gp = graph_path(cache, f"timm__{r['model']}__{r['infer_img_size']}")
             if not gp.exists():
                 continue
             g = pickle.loads(gp.read_bytes())
-            if _unresolved_share(g) > 0.1:
+            if unresolved_share(g) > 0.1:
                 continue
             est = LatencyModel(g).estimate(profile, int(r["infer_batch_size"]), dtype)
             pred.append(est.latency_ms)
@@ -115,8 +117,8 @@ def main() -> None:
     with open(data / "help-ofa/ofa_mbv3_latency_ms.csv") as f:
         ofa = list(csv.DictReader(f))
     ofa = random.Random(args.seed).sample(ofa, min(args.ofa_n, len(ofa)))
-    models = [(r, LatencyModel(pickle.loads(_graph_path(cache, f"ofa__{r['idx']}").read_bytes())))
-              for r in ofa if _graph_path(cache, f"ofa__{r['idx']}").exists()]
+    models = [(r, LatencyModel(pickle.loads(graph_path(cache, f"ofa__{r['idx']}").read_bytes())))
+              for r in ofa if graph_path(cache, f"ofa__{r['idx']}").exists()]
     v100 = load_profile("v100")
     feats = {
         "resolution": [int(r["resolution"]) for r, _ in models],

@@ -8,6 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from autovit.cli.common import FiniteFloat, console, output_path, print_json, run
+from autovit.cli.lat_device import (lut_group, print_calibration, run_calibrate_networks, run_export_blocks,
+                                    run_validate_measurements, table_options)
 from autovit.latmodel.errors import AutoVitError, UsageError
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
@@ -193,10 +195,14 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
               help="Bursts per block, one pass over all blocks each (robust to slow spells of shared machines).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time a reference model between bursts and express entries at the LUT's reference speed.")
+@click.option("--export", "export_dir", type=click.Path(), default=None,
+              help="Measure elsewhere: write every block as a model file + manifest.json into this new folder.")
+@click.option("--format", "export_format", type=click.Choice(["coreml", "onnx", "torchscript"]), default="coreml",
+              show_default=True, help="With --export: the file format of the blocks.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as one JSON object on stdout.")
 def profile(hw: str, backend: str, preset: str | None, space_name: str | None, blocks_file: str | None, mode: str,
             out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, rounds: int,
-            reference: bool, as_json: bool) -> None:
+            reference: bool, export_dir: str | None, export_format: str, as_json: bool) -> None:
     """Measure blocks on this machine into a lookup table (LUT).
 
     \b
@@ -204,6 +210,7 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
       autovit-lat profile --hw local-cpu --backend onnxruntime --preset paper46 --out luts/local-cpu.json
       autovit-lat profile --hw local-cpu --space xxs --mode ablation
       autovit-lat profile --hw local-cpu --preset calib50 --rounds 5 --out luts/calib50.json
+      autovit-lat profile --hw iphone13 --preset calib50 --export blocks/ --format coreml
     """
     import time
 
@@ -215,6 +222,8 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     chosen = [x for x in (preset, space_name, blocks_file) if x]
     if len(chosen) != 1:
         raise UsageError("give exactly one module set: --preset paper46|calib50, --space NAME or --blocks FILE")
+    if export_dir:
+        return run_export_blocks(_module_set(preset, space_name, blocks_file), export_format, export_dir, hw, mode, as_json)
     check_backend(backend)
     device = load_profile(hw).name
     blocks = _module_set(preset, space_name, blocks_file)
@@ -300,19 +309,30 @@ def _open_lut(out, device: str, backend: str, threads: int, policy):
 
 @cli.command()
 @click.option("--hw", "hw", required=True, help="The data-sheet profile to calibrate (e.g. local-cpu).")
-@click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="LUT from `autovit-lat profile`.")
+@click.option("--lut", "lut_path", type=click.Path(dir_okay=False), default=None,
+              help="LUT from `autovit-lat profile` or `lut import`.")
+@click.option("--networks", type=click.Path(dir_okay=False), default=None,
+              help="Whole networks measured on the device: a measurement CSV (model, latency_ms, path or timm_name).")
 @click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Profile file to write [default: $AUTOVIT_HOME/profiles/HW@calibrated.toml].")
+@table_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: bool) -> None:
-    """Fit a profile's free parameters to measured blocks; writes HW@calibrated.
+def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, out_path: str | None, table_format: str,
+              cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
+    """Fit a profile's free parameters to measured blocks (a LUT), whole networks, or both; writes HW@calibrated.
 
     \b
     Example:
       autovit-lat calibrate --hw local-cpu --lut luts/local-cpu.json
       autovit-lat estimate autovit:xxs --hw local-cpu@calibrated
+      autovit-lat calibrate --hw iphone13 --networks measured.csv [--lut luts/iphone13.json]
     """
+    if networks:
+        return run_calibrate_networks(hw, networks, lut_path, mode, out_path, table_format, cvnets_families, cache,
+                                      jobs, as_json)
+    if not lut_path:
+        raise UsageError("nothing to calibrate on: give --lut LUT, --networks TABLE.csv or both")
     from datetime import date
     from pathlib import Path
 
@@ -348,17 +368,7 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     if as_json:
         print_json({"profile": str(written), **cal.to_dict()})
         return
-    t = Table(title=f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
-    for col in ("parameter", "data sheet", "fitted", "+-"):
-        t.add_column(col, justify="left" if col == "parameter" else "right")
-    for n, v in cal.params.items():
-        t.add_row(n, f"{getattr(profile, n):.4g}", f"{v:.4g}", f"{cal.stderr[n]:.2g}")
-    console.print(t)
-    console.print("fit error (MAPE by block kind): " + ", ".join(f"{k} {v:.1f} %" for k, v in cal.mape_by_kind.items())
-                  + f"; RMS log error {cal.rms_log_error:.3f}", highlight=False)
-    for w in cal.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    console.print(f"wrote {written}; use --hw {profile.name}@calibrated", highlight=False)
+    print_calibration(profile, cal, written, f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
 
 
 @cli.command()
@@ -381,17 +391,27 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Scatter PNG: predicted vs measured, log-log.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the full result JSON here.")
+@click.option("--measurements", type=click.Path(dir_okay=False), default=None,
+              help="Measured elsewhere: score --hw's predictions against this CSV (model, latency_ms, path or "
+                   "timm_name [, resolution]) instead of measuring here.")
+@click.option("--exclude", multiple=True, help="With --measurements: leave out this row (model, timm name or name@px).")
+@table_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut_path: str | None,
              lut_mode: str | None, rounds: int, reference: bool, threads: int | None, seed: int, plot: str | None,
-             out_path: str | None, as_json: bool) -> None:
+             out_path: str | None, measurements: str | None, exclude: tuple[str, ...], table_format: str,
+             cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
     """Measure random subnets and a held-out timm zoo here; compare four predictors.
 
     \b
     Example:
       autovit-lat validate --hw local-cpu@calibrated --backend onnxruntime --models random:100 \\
           --space xxs,xs,s --zoo default --plot scatter.png
+      autovit-lat validate --hw iphone13 --measurements mobilenetv4-paper_iphone13.csv --plot scatter.png
     """
+    if measurements:
+        return run_validate_measurements(hw, measurements, table_format, cvnets_families, exclude, cache, jobs, plot,
+                                         out_path, as_json)
     import time
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -541,6 +561,9 @@ def hw_show(name: str, as_json: bool) -> None:
         free = " (calibrated)" if k in HardwareProfile.FREE_PARAMETERS else ""
         t.add_row(k + free, str(v))
     console.print(t)
+
+
+cli.add_command(lut_group)
 
 
 def main() -> None:

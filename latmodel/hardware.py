@@ -205,6 +205,7 @@ FUSION_KEYS: dict[str, Key] = {
 # What `autovit-lat calibrate` records about a fit (write_calibrated_profile).
 CALIBRATION_KEYS: dict[str, Key] = {
     "lut": Key("str", 1, 4096, default=None), "date": Key("str", 0, 100, default=None),
+    "networks": Key("str", 1, 4096, default=None),  # the measurement table of `calibrate --networks`
     "mode": Key("str", choices=("isolated", "ablation"), default=None), "n_points": Key("int", 0, 10**7, default=None),
     "rms_log_error": Key("number", 0, 1e3, default=None), "mape_by_kind": Key("numbers", 0, 1e9, default=None),
     "stderr": Key("numbers", 0, 1e12, default=None), "at_bound": Key("strs", 0, 100, default=None),

@@ -66,7 +66,7 @@ def _now() -> str:
 _LUT_KEYS = ("schema", "device", "backend", "created", "updated", "environment", "policy", "reference", "entries")
 _ENTRY_KEYS = ("mode", "block", "median_ms", "iqr_ms", "q1_ms", "q3_ms", "repeats", "outliers", "ci_pct", "converged",
                "round_medians", "with_round_ms", "without_round_ms", "round_reference_ms", "below_noise",
-               "with_ms", "without_ms")
+               "with_ms", "without_ms", "std_ms")
 # Longest latency a LUT may hold (about 3 hours) and most entries and rounds (every block of
 # every space is a few hundred entries).
 MAX_MS = 1e7
@@ -148,7 +148,7 @@ def _check_entry(key: str, e: Any, w: str) -> None:
     if len(lengths) > 1 or (e["mode"] == "ablation" and "round_medians" in e
                             and not {"with_round_ms", "without_round_ms"} <= set(e)):
         raise AutoVitError(f"{w}: its rounds disagree in number; {_FIX}")
-    for k in ("iqr_ms", "q1_ms", "q3_ms", "ci_pct", "repeats", "outliers"):
+    for k in ("iqr_ms", "q1_ms", "q3_ms", "std_ms", "ci_pct", "repeats", "outliers"):
         v = e.get(k)
         if v is not None:
             number(v, f"{w} {k}", 0, MAX_MS, integer=k in ("repeats", "outliers"))
