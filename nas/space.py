@@ -20,6 +20,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from autovit.latmodel.checks import integer
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import (
     LOCAL_CONVS,
@@ -31,6 +32,7 @@ from autovit.nas.arch import (
     legacy_internals,
     mlp_hidden,
 )
+from autovit.nas.limits import LIMITS
 
 BUILTIN_SPACES = ("xxs", "xs", "s")
 MAX_SPACE_BYTES = 2**20  # a space file is a few kB
@@ -418,14 +420,24 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     return space
 
 
-_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>\d+(?:,\d+)*)px$")
+# ASCII digits only: \d also matches other scripts' digits, which would then name one space
+# by several strings; 1-4 digits per side (the sane bound is 1,024 px).
+_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>[0-9]{1,4}(?:,[0-9]{1,4})*)px$")
+# What an override looks like even when malformed ('xxs@-1px', 'xxs@32px@64px', 'xxs@٣٢px').
+_LOOKS_OVERRIDDEN = re.compile(r"@[^/\\]*px$")
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path; either may end in
     '@RESpx' (e.g. 'xxs@32px', 'my.toml@48,64px'): that space at those resolutions."""
     key = str(name_or_path)
+    if len(key) > LIMITS["text"]:
+        raise AutoVitError(f"space name of {len(key):,} characters, longer than any name or path")
     m = _OVERRIDE.match(key)
+    malformed = _OVERRIDE.match(m["base"]) if m else _LOOKS_OVERRIDDEN.search(key)
+    if malformed and not Path(key).is_file():
+        raise AutoVitError(f"space '{key}': a resolution override is one '@' and the sides in ASCII digits, "
+                           "comma-separated, then 'px' (e.g. xxs@32px or xxs@32,64px)")
     if m:
         return with_resolutions(load_space(m["base"]), [int(r) for r in m["res"].split(",")])
     if key.lower() in BUILTIN_SPACES:
@@ -450,6 +462,8 @@ def with_resolutions(space: SearchSpace, resolutions) -> SearchSpace:
     """`space` with other input resolutions, under a name and identity that say so
     ('xxs@32px'); the same space when they are its own."""
     res = tuple(sorted(set(resolutions)))
+    for r in res:  # the bounds a space file's resolutions meet (a side of 0 px crashed onnxruntime)
+        integer(r, f"space {space.name}: resolution", lo=1, hi=int(LIMITS["resolution"]))
     if res == space.resolutions:
         return space
     return _suffixed(replace(space, resolutions=res))
@@ -468,10 +482,11 @@ def _base(name: str) -> str:
 
 
 def anchored_ident(ident: str, folder: Path) -> str:
-    """A space identity read from a file in `folder`: a relative space-file path (with or without
-    an '@RESpx' override) made absolute against that folder; built-in names stay as they are."""
+    """A space identity read from a file in `folder` (or named on the command line: `folder` is
+    the working one): a relative space-file path (with or without an '@RESpx' override) made
+    absolute against that folder; built-in names stay as they are."""
     base = _base(ident)
-    if base.lower() in BUILTIN_SPACES or Path(base).is_absolute():
+    if base.lower() in BUILTIN_SPACES or Path(base).is_absolute() or len(ident) > LIMITS["text"]:
         return ident
     return str((folder / base).resolve()) + ident[len(base):]
 

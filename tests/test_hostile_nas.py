@@ -520,3 +520,51 @@ def test_a_garbled_torchrun_environment_is_one_line(tmp_path, capsys, monkeypatc
     code, _, err = run_cli(nas, ["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "WORLD_SIZE, RANK and LOCAL_RANK must be integers")
     assert not (tmp_path / "r").exists()
+
+
+# ---- break-it pass 15: space identities with a resolution override ---------------------------------
+@pytest.mark.parametrize("ident, needle", [
+    ("xxs@0px", "resolution must be >= 1, got 0"),  # profile --space xxs@0px died of SIGFPE in onnxruntime
+    ("xxs@2048px", "resolution must be <= 1024"),
+    ("xxs@99999999px", "a resolution override is one '@'"),  # 12 GB blocks in profile before
+    ("xxs@" + "9" * 5000 + "px", "longer than any name or path"),  # int() of 5,000 digits: traceback
+    ("xxs" + "@32px" * 3000, "longer than any name or path"),  # RecursionError before
+    ("xxs@32px@64px", "a resolution override is one '@'"),
+    ("xxs@-1px", "a resolution override is one '@'"),
+    ("xxs@\u0663\u0662px", "ASCII digits"),  # Arabic-Indic 32: \d matched it
+    ("@32px", "a resolution override is one '@'"),
+])
+def test_malformed_or_out_of_bounds_space_overrides_are_one_line(tmp_path, capsys, ident, needle):
+    code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", ident, "--out", str(tmp_path / "a")], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "a").exists()
+    code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--space", ident, "--out", str(tmp_path / "l.json")],
+                           capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_sampled_overridden_archs_are_read_back_from_any_folder(tmp_path, capsys, monkeypatch):
+    from importlib import resources
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "my.toml").write_text((resources.files("autovit.nas") / "spaces" / "xxs.toml").read_text())
+    monkeypatch.chdir(tmp_path)
+    for ident, recorded in (("xxs@32px", "xxs@32px"), ("sub/my.toml@32px", f"{tmp_path / 'sub' / 'my.toml'}@32px")):
+        out = tmp_path / ident.replace("/", "_")
+        code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", ident, "--out", str(out)], capsys)
+        assert code == 0, err
+        # it recorded the space as '<cwd>/xxs@32px' before, which nothing could load
+        assert json.loads((out / "arch_000.json").read_text())["space"] == recorded
+        monkeypatch.chdir(tmp_path / "sub")
+        code, _, err = run_cli(lat, ["estimate", str(out / "arch_000.json"), "--hw", "v100", "--json"], capsys)
+        assert code == 0, err
+        monkeypatch.chdir(tmp_path)
+
+
+def test_a_relative_space_file_with_an_override_is_saved_absolute(tmp_path, monkeypatch):
+    from autovit.nas.train import TrainConfig, run_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = run_config(TrainConfig(space="sub/my.toml@32px", data="mnist5k"), None, None)
+    assert cfg.space == f"{tmp_path.resolve() / 'sub' / 'my.toml'}@32px"
+    assert run_config(TrainConfig(space="xxs@32px", data="mnist5k"), None, None).space == "xxs@32px"
