@@ -143,7 +143,8 @@ def check_space_limits(space: "SearchSpace") -> None:
                                            * max(s.depths), s.stride) for s in space.transformer),
         head_dim=space.head_dim, patch=space.patch, conv_kernel=space.conv_kernel,
         downsample_expansion=space.downsample_expansion, head_expansion=space.head_expansion,
-        num_classes=space.num_classes, stem_kernel=space.stem_kernel, stem_stride=space.stem_stride)
+        num_classes=space.num_classes, stem_kernel=space.stem_kernel, stem_stride=space.stem_stride,
+        local_conv=space.local_conv, fusion_kernel=space.fusion_kernel, conv_ratio=space.conv_ratio)
     try:
         check_arch_limits(envelope)
     except AutoVitError as e:

@@ -20,7 +20,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from autovit.latmodel.checks import integer
+from autovit.latmodel.checks import check_keys, integer
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import (
     LOCAL_CONVS,
@@ -348,8 +348,27 @@ def _field(d: dict, key: str, where: str) -> Any:
     return d[key]
 
 
+# The keys a space file may hold: a misspelt one ('localconv') would be silently ignored.
+_SPACE_KEYS = ("name", "resolutions", "num_classes", "params_range_m", "head_dim", "patch", "conv_kernel",
+               "downsample_expansion", "head_expansion", "local_conv", "fusion_kernel", "conv_ratio",
+               "num_transformer_stages", "monotonic_widths", "stem", "mbconv", "transformer")
+_PART_KEYS = {"stem": ("widths", "kernel", "stride"),
+              "mbconv": ("widths", "depths", "kernels", "expansions", "stride"),
+              "transformer": ("widths", "depths", "heads", "mlp_ratios", "stride")}
+
+
+def _check_space_keys(d: dict[str, Any], where: str) -> None:
+    check_keys(d, _SPACE_KEYS, f"space {where}")
+    for part, known in _PART_KEYS.items():
+        tables = d.get(part) if isinstance(d.get(part), list) else [d.get(part)]
+        for i, t in enumerate(tables):
+            if isinstance(t, dict):
+                check_keys(t, known, f"space {where} {part}" + (f"[{i}]" if part != "stem" else ""))
+
+
 def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     where = source or "file"
+    _check_space_keys(d, where)
     name = _field(d, "name", where)
     if not isinstance(name, str) or not name:
         raise AutoVitError(f"space {where}: 'name' must be a non-empty string")

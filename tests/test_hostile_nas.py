@@ -568,3 +568,31 @@ def test_a_relative_space_file_with_an_override_is_saved_absolute(tmp_path, monk
     cfg = run_config(TrainConfig(space="sub/my.toml@32px", data="mnist5k"), None, None)
     assert cfg.space == f"{tmp_path.resolve() / 'sub' / 'my.toml'}@32px"
     assert run_config(TrainConfig(space="xxs@32px", data="mnist5k"), None, None).space == "xxs@32px"
+
+
+def _space_file(tmp_path: Path, old: str, new: str) -> Path:
+    from importlib import resources
+
+    text = (resources.files("autovit.nas") / "spaces" / "xxs.toml").read_text()
+    assert old in text
+    p = tmp_path / "space.toml"
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+@pytest.mark.parametrize("old, new, needles", [
+    # the supernet's fusion conv was built before any bound: a 1e9 kernel overflowed torch (traceback)
+    ("fusion_kernel = 1 ", "fusion_kernel = 1000000001 ", ["'fusion_kernel' is 1e+09, beyond the sane bound 15"]),
+    ("fusion_kernel = 1 ", "fusion_kernel = 17 ", ["'fusion_kernel' is 17"]),
+    ("local_conv = ", "localconv = ", ["unknown key 'localconv'", "did you mean 'local_conv'"]),  # was ignored
+    ("kernel = 3\nstride = 2", "kernal = 3\nstride = 2", ["space", "stem: unknown key 'kernal'"]),
+    ("heads = [2, 3, 4]", "head = [2, 3, 4]", ["transformer[0]: unknown key 'head'", "did you mean 'heads'"]),
+    ('local_conv = "depthwise"', 'local_conv = "Dense"', ["'local_conv' must be one of depthwise, dense"]),
+])
+def test_space_file_block_internals_and_keys(tmp_path, capsys, old, new, needles):
+    p = _space_file(tmp_path, old, new)
+    code, _, err = run_cli(nas, ["spaces", "--check", str(p)], capsys)
+    assert_one_line_error(code, err, *needles)
+    code, _, err = run_cli(nas, ["train", *QUICK, "--space", str(p), "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "r").exists()
