@@ -511,10 +511,20 @@ def anchored_ident(ident: str, folder: Path) -> str:
 
 
 def same_space(given: str, space: SearchSpace) -> bool:
-    """Whether a space the user named (--space) is `space`: its name, file or identity, or the
-    space it was derived from by a resolution override."""
+    """Whether a space the user named (--space) is `space`: its name or identity, or the space
+    it was derived from by a resolution override; a space file when it lists the same choices
+    (its name, path or resolutions aside): a file edited since, or another file of the same
+    name, is not the space a supernet was trained on."""
+    base = _base(given)
+    if base.lower() not in BUILTIN_SPACES and Path(base).is_file():
+        return _choices(load_space(given)) == _choices(space)
     names = {n.lower() for n in (space.name, space.ident, _base(space.name), _base(space.ident))}
-    return given.lower() in names or Path(given).stem.lower() in names or str(Path(given).resolve()).lower() in names
+    return given.lower() in names
+
+
+def _choices(space: SearchSpace) -> SearchSpace:
+    """`space` without what names it or what training on a data set sets (classes, sides)."""
+    return replace(space, name="", source="", resolutions=(), num_classes=0, params_range_m=None)
 
 
 def space_to_saved(space: SearchSpace) -> dict[str, Any]:

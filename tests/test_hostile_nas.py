@@ -576,6 +576,7 @@ def _space_file(tmp_path: Path, old: str, new: str) -> Path:
     text = (resources.files("autovit.nas") / "spaces" / "xxs.toml").read_text()
     assert old in text
     p = tmp_path / "space.toml"
+    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text.replace(old, new, 1))
     return p
 
@@ -596,3 +597,17 @@ def test_space_file_block_internals_and_keys(tmp_path, capsys, old, new, needles
     code, _, err = run_cli(nas, ["train", *QUICK, "--space", str(p), "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "r").exists()
+
+
+def test_space_given_as_a_file_must_list_the_checkpoints_choices(tiny_ckpt, tmp_path, capsys):
+    from autovit.nas.checkpoint import checkpoint_space, load_checkpoint
+
+    ck = load_checkpoint(tiny_ckpt)
+    same = _space_file(tmp_path, "# AutoViT", "# a copy of the XXS space")
+    assert checkpoint_space(ck, str(same)).name == "xxs@32px"
+    assert checkpoint_space(ck, f"{same}@32px").name == "xxs@32px"
+    edited = _space_file(tmp_path / "edited", "widths = [48, 64]", "widths = [56, 72]")
+    # matched by its file name alone before: a missing or edited 'xxs.toml' passed for the XXS space
+    for given in (str(edited), str(tmp_path / "nowhere" / "xxs.toml")):
+        code, _, err = run_cli(nas, ["eval", "--supernet", str(tiny_ckpt), "--arch", "max", "--space", given], capsys)
+        assert_one_line_error(code, err, "holds a supernet of space 'xxs@32px', not")
