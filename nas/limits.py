@@ -53,6 +53,9 @@ def check_field(what: str, value: float, kind: str, owner: str = "architecture")
     if value > LIMITS[kind]:
         why = _WHY.get(kind, "no real network comes near it, and building one would exhaust memory")
         raise AutoVitError(f"{owner}: '{what}' is {value:g}, beyond the sane bound {LIMITS[kind]:g} ({why})")
+    if kind == "kernel" and value % 2 == 0:  # 'same' padding (k // 2) keeps a side only for odd k
+        raise AutoVitError(f"{owner}: '{what}' is {value:g}; kernels must be odd (an even one changes the "
+                           "feature-map side and the block's branches no longer fit together)")
 
 
 def check_arch_limits(arch: "ArchConfig") -> None:

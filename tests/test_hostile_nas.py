@@ -331,6 +331,8 @@ def _set(path: str, value):
     (_set("stem_widht", 16), "unknown key 'stem_widht' (did you mean 'stem_width'?)"),
     (_set("transformer.0.layers.0.mlp_ratio", "2"), "must be int or float"),
     (_set("transformer", "x"), "must be list"),
+    (_set("conv_kernel", 4), "'conv_kernel' is 4; kernels must be odd"),  # a torch traceback in estimate before
+    (_set("stem_kernel", 2), "'stem_kernel' is 2; kernels must be odd"),
 ])
 def test_arch_file_bounds_without_a_space(tmp_path, capsys, change, needle):
     p = _arch(tmp_path, change)
@@ -589,6 +591,8 @@ def _space_file(tmp_path: Path, old: str, new: str) -> Path:
     ("kernel = 3\nstride = 2", "kernal = 3\nstride = 2", ["space", "stem: unknown key 'kernal'"]),
     ("heads = [2, 3, 4]", "head = [2, 3, 4]", ["transformer[0]: unknown key 'head'", "did you mean 'heads'"]),
     ('local_conv = "depthwise"', 'local_conv = "Dense"', ["'local_conv' must be one of depthwise, dense"]),
+    ("conv_kernel = 3 ", "conv_kernel = 4 ", ["'conv_kernel' is 4; kernels must be odd"]),  # traceback in train
+    ("kernel = 3\nstride = 2", "kernel = 4\nstride = 2", ["'stem_kernel' is 4; kernels must be odd"]),
 ])
 def test_space_file_block_internals_and_keys(tmp_path, capsys, old, new, needles):
     p = _space_file(tmp_path, old, new)
