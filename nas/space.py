@@ -543,15 +543,31 @@ def space_from_saved(d: Any) -> SearchSpace:
     # Saved before the block-internal fields existed: MobileViT v1's internals (its weights have their shapes).
     d = {**legacy_internals(d.get("conv_kernel", 3)), **_as_lists(d)}
     stem = {k: d.pop(f"stem_{k}") for k in ("widths", "kernel", "stride") if f"stem_{k}" in d}
-    source = d.pop("source", "")
+    source = _saved_source(d.pop("source", ""))
     if d.get("params_range_m", 0) is None:
         del d["params_range_m"]
-    space = space_from_dict({**d, "stem": stem}, source=source if isinstance(source, str) else "")
+    space = space_from_dict({**d, "stem": stem}, source=_base(source))
     builtin = space.source.removeprefix("builtin:")
-    if space.source.startswith("builtin:") and builtin in BUILTIN_SPACES \
-            and space.resolutions != load_space(builtin).resolutions:
-        space = _suffixed(space)  # saved before derived spaces were named: give it its identity
+    # The identity's '@RESpx' is written anew from the saved resolutions: a forged 'xxs@0px'
+    # would otherwise reach every architecture file sampled or exported from this supernet.
+    if source != space.source or (space.source.startswith("builtin:")
+                                  and space.resolutions != load_space(builtin).resolutions):
+        space = _suffixed(space)  # (also: saved before derived spaces were named)
     return space
+
+
+def _saved_source(source: Any) -> str:
+    """A saved space's `source`: '', 'builtin:NAME' or an absolute file path, either with an
+    '@RESpx' override (it becomes an identity recorded in architecture files)."""
+    if not isinstance(source, str) or len(source) > LIMITS["text"]:
+        raise AutoVitError(f"saved search space: 'source' must be a name or path of at most {LIMITS['text']:g} "
+                           f"characters, got {repr(source)[:40]}")
+    base = _base(source)
+    if base and not (base.startswith("builtin:") and base.removeprefix("builtin:") in BUILTIN_SPACES
+                     or Path(base).is_absolute()):
+        raise AutoVitError(f"saved search space: 'source' must be 'builtin:{'|'.join(BUILTIN_SPACES)}' or an "
+                           f"absolute space-file path, got {source[:60]!r}")
+    return source
 
 
 def _as_lists(v: Any, depth: int = 4) -> Any:

@@ -615,3 +615,25 @@ def test_space_given_as_a_file_must_list_the_checkpoints_choices(tiny_ckpt, tmp_
     for given in (str(edited), str(tmp_path / "nowhere" / "xxs.toml")):
         code, _, err = run_cli(nas, ["eval", "--supernet", str(tiny_ckpt), "--arch", "max", "--space", given], capsys)
         assert_one_line_error(code, err, "holds a supernet of space 'xxs@32px', not")
+
+
+@pytest.mark.parametrize("source, needle", [
+    ("x" * 5000, "'source' must be a name or path of at most 1024"),  # export wrote an unloadable min.pt
+    ("builtin:../../s.toml", "'source' must be 'builtin:xxs|xs|s' or an absolute"),
+    ("relative/s.toml@32px", "'source' must be 'builtin:xxs|xs|s' or an absolute"),
+])
+def test_a_forged_space_source_in_a_checkpoint_is_refused(tiny_ckpt, tmp_path, capsys, source, needle):
+    ck = forge(tiny_ckpt, tmp_path / "f", lambda c: c["space"].update(source=source))
+    code, _, err = run_cli(nas, ["export", "--supernet", str(ck), "--arch", "min", "--format", "pt",
+                                 "--no-recalibrate", "--out", str(tmp_path / "ex")], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "ex" / "min.pt").exists()
+
+
+def test_a_checkpoints_space_identity_is_derived_from_its_resolutions(tiny_ckpt, tmp_path):
+    from autovit.nas.checkpoint import checkpoint_space, load_checkpoint
+
+    ck = forge(tiny_ckpt, tmp_path / "f", lambda c: c["space"].update(source="builtin:xxs@0px"))
+    space = checkpoint_space(load_checkpoint(ck))
+    # 'xxs@0px' reached every sampled or exported architecture file before, which nothing could read back
+    assert (space.ident, space.sample(0).space) == ("xxs@32px", "xxs@32px")
