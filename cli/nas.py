@@ -48,7 +48,7 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
         rng = random.Random(seed)
         archs = [sp.sample(rng) for _ in range(sample)]
         if out_dir:
-            _write_archs(archs, out_dir, space_name)
+            _write_archs(archs, out_dir)
         if as_json:
             print_json([a.to_dict() for a in archs])  # each loadable as an architecture file
         else:
@@ -90,26 +90,24 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
     console.print(t)
 
 
-def _write_archs(archs: list, out_dir: str, space_name: str) -> None:
-    """OUT/arch_NNN.json for each, refusing to replace any file already there; a space file is
-    named by its absolute path, so the files can be read from any folder."""
-    from dataclasses import replace
+def _write_archs(archs: list, out_dir: str) -> None:
+    """OUT/arch_NNN.json for each, refusing to replace any file already there; each names its
+    space by the space's identity (a file by its absolute path, 'xxs@32px' as it is), so the
+    files can be read from any folder."""
     from pathlib import Path
 
     from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.io import FolderLock
-    from autovit.nas.space import BUILTIN_SPACES
 
     out = Path(out_dir)
     paths = [out / f"arch_{i:03d}.json" for i in range(len(archs))]
-    space = space_name if space_name.lower() in BUILTIN_SPACES else str(Path(space_name).resolve())
     with FolderLock(out, "architecture folder"):
         taken = [p.name for p in paths if p.exists()]
         if taken:
             more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
             raise AutoVitError(f"--out {out} already holds {taken[0]}{more}; nothing is overwritten: choose another --out")
         for a, p in zip(archs, paths):
-            replace(a, space=space).to_json(p)
+            a.to_json(p)
 
 
 @cli.command()

@@ -88,6 +88,9 @@ class NeuralEngine:
 def _neural_engine(d: dict, where: str) -> NeuralEngine | None:
     if "ane" not in d:
         return None
+    if _val(d, "kind", where) != "npu":  # the table switches pricing rules: a GPU or CPU priced half as an engine
+        raise AutoVitError(f"hardware profile {where}: an [ane] table describes a Neural Engine (kind = \"npu\"), "
+                           f"but this profile is kind = {_val(d, 'kind', where)!r}; drop the table or the profile's kind")
     return NeuralEngine(mechanisms=tuple(_val(d, "ane.mechanisms", where)), l2_mib=float(_val(d, "ane.l2_mib", where)),
                         l2_gbps=float(_val(d, "ane.l2_gbps", where)), winograd_tile=_val(d, "ane.winograd_tile", where))
 

@@ -96,6 +96,10 @@ class BlockSpec:
         if self.hw * self.hw * widest > MAX_BLOCK_ELEMS or weights > MAX_BLOCK_ELEMS:
             raise AutoVitError(f"{where}: {self.key} is beyond any real block (a tensor of more than "
                                f"{MAX_BLOCK_ELEMS:,} elements); check its hw, channels and ratios")
+        if self.kind != "transformer" and (self.kernel % 2 == 0 or self.fusion_kernel % 2 == 0):
+            # 'same' padding keeps the side only for odd kernels: an even one measured another shape
+            raise AutoVitError(f"{where}: kernels must be odd, got kernel {self.kernel}"
+                               + (f", fusion_kernel {self.fusion_kernel}" if self.kind == "mvit_convs" else ""))
         if self.kind in ("mvit_convs", "transformer") and self.patch > self.hw:
             raise AutoVitError(f"{where}: patch {self.patch} is larger than the {self.hw} px feature map")
         if self.kind == "transformer" and not (self.heads and self.head_dim and self.mlp_ratio):

@@ -20,6 +20,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from autovit.latmodel.checks import check_keys, integer
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import (
     LOCAL_CONVS,
@@ -31,6 +32,7 @@ from autovit.nas.arch import (
     legacy_internals,
     mlp_hidden,
 )
+from autovit.nas.limits import LIMITS
 
 BUILTIN_SPACES = ("xxs", "xs", "s")
 MAX_SPACE_BYTES = 2**20  # a space file is a few kB
@@ -346,8 +348,27 @@ def _field(d: dict, key: str, where: str) -> Any:
     return d[key]
 
 
+# The keys a space file may hold: a misspelt one ('localconv') would be silently ignored.
+_SPACE_KEYS = ("name", "resolutions", "num_classes", "params_range_m", "head_dim", "patch", "conv_kernel",
+               "downsample_expansion", "head_expansion", "local_conv", "fusion_kernel", "conv_ratio",
+               "num_transformer_stages", "monotonic_widths", "stem", "mbconv", "transformer")
+_PART_KEYS = {"stem": ("widths", "kernel", "stride"),
+              "mbconv": ("widths", "depths", "kernels", "expansions", "stride"),
+              "transformer": ("widths", "depths", "heads", "mlp_ratios", "stride")}
+
+
+def _check_space_keys(d: dict[str, Any], where: str) -> None:
+    check_keys(d, _SPACE_KEYS, f"space {where}")
+    for part, known in _PART_KEYS.items():
+        tables = d.get(part) if isinstance(d.get(part), list) else [d.get(part)]
+        for i, t in enumerate(tables):
+            if isinstance(t, dict):
+                check_keys(t, known, f"space {where} {part}" + (f"[{i}]" if part != "stem" else ""))
+
+
 def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     where = source or "file"
+    _check_space_keys(d, where)
     name = _field(d, "name", where)
     if not isinstance(name, str) or not name:
         raise AutoVitError(f"space {where}: 'name' must be a non-empty string")
@@ -418,14 +439,24 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     return space
 
 
-_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>\d+(?:,\d+)*)px$")
+# ASCII digits only: \d also matches other scripts' digits, which would then name one space
+# by several strings; 1-4 digits per side (the sane bound is 1,024 px).
+_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>[0-9]{1,4}(?:,[0-9]{1,4})*)px$")
+# What an override looks like even when malformed ('xxs@-1px', 'xxs@32px@64px', 'xxs@٣٢px').
+_LOOKS_OVERRIDDEN = re.compile(r"@[^/\\]*px$")
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path; either may end in
     '@RESpx' (e.g. 'xxs@32px', 'my.toml@48,64px'): that space at those resolutions."""
     key = str(name_or_path)
+    if len(key) > LIMITS["text"]:
+        raise AutoVitError(f"space name of {len(key):,} characters, longer than any name or path")
     m = _OVERRIDE.match(key)
+    malformed = _OVERRIDE.match(m["base"]) if m else _LOOKS_OVERRIDDEN.search(key)
+    if malformed and not Path(key).is_file():
+        raise AutoVitError(f"space '{key}': a resolution override is one '@' and the sides in ASCII digits, "
+                           "comma-separated, then 'px' (e.g. xxs@32px or xxs@32,64px)")
     if m:
         return with_resolutions(load_space(m["base"]), [int(r) for r in m["res"].split(",")])
     if key.lower() in BUILTIN_SPACES:
@@ -450,6 +481,8 @@ def with_resolutions(space: SearchSpace, resolutions) -> SearchSpace:
     """`space` with other input resolutions, under a name and identity that say so
     ('xxs@32px'); the same space when they are its own."""
     res = tuple(sorted(set(resolutions)))
+    for r in res:  # the bounds a space file's resolutions meet (a side of 0 px crashed onnxruntime)
+        integer(r, f"space {space.name}: resolution", lo=1, hi=int(LIMITS["resolution"]))
     if res == space.resolutions:
         return space
     return _suffixed(replace(space, resolutions=res))
@@ -468,19 +501,30 @@ def _base(name: str) -> str:
 
 
 def anchored_ident(ident: str, folder: Path) -> str:
-    """A space identity read from a file in `folder`: a relative space-file path (with or without
-    an '@RESpx' override) made absolute against that folder; built-in names stay as they are."""
+    """A space identity read from a file in `folder` (or named on the command line: `folder` is
+    the working one): a relative space-file path (with or without an '@RESpx' override) made
+    absolute against that folder; built-in names stay as they are."""
     base = _base(ident)
-    if base.lower() in BUILTIN_SPACES or Path(base).is_absolute():
+    if base.lower() in BUILTIN_SPACES or Path(base).is_absolute() or len(ident) > LIMITS["text"]:
         return ident
     return str((folder / base).resolve()) + ident[len(base):]
 
 
 def same_space(given: str, space: SearchSpace) -> bool:
-    """Whether a space the user named (--space) is `space`: its name, file or identity, or the
-    space it was derived from by a resolution override."""
+    """Whether a space the user named (--space) is `space`: its name or identity, or the space
+    it was derived from by a resolution override; a space file when it lists the same choices
+    (its name, path or resolutions aside): a file edited since, or another file of the same
+    name, is not the space a supernet was trained on."""
+    base = _base(given)
+    if base.lower() not in BUILTIN_SPACES and Path(base).is_file():
+        return _choices(load_space(given)) == _choices(space)
     names = {n.lower() for n in (space.name, space.ident, _base(space.name), _base(space.ident))}
-    return given.lower() in names or Path(given).stem.lower() in names or str(Path(given).resolve()).lower() in names
+    return given.lower() in names
+
+
+def _choices(space: SearchSpace) -> SearchSpace:
+    """`space` without what names it or what training on a data set sets (classes, sides)."""
+    return replace(space, name="", source="", resolutions=(), num_classes=0, params_range_m=None)
 
 
 def space_to_saved(space: SearchSpace) -> dict[str, Any]:
@@ -499,15 +543,31 @@ def space_from_saved(d: Any) -> SearchSpace:
     # Saved before the block-internal fields existed: MobileViT v1's internals (its weights have their shapes).
     d = {**legacy_internals(d.get("conv_kernel", 3)), **_as_lists(d)}
     stem = {k: d.pop(f"stem_{k}") for k in ("widths", "kernel", "stride") if f"stem_{k}" in d}
-    source = d.pop("source", "")
+    source = _saved_source(d.pop("source", ""))
     if d.get("params_range_m", 0) is None:
         del d["params_range_m"]
-    space = space_from_dict({**d, "stem": stem}, source=source if isinstance(source, str) else "")
+    space = space_from_dict({**d, "stem": stem}, source=_base(source))
     builtin = space.source.removeprefix("builtin:")
-    if space.source.startswith("builtin:") and builtin in BUILTIN_SPACES \
-            and space.resolutions != load_space(builtin).resolutions:
-        space = _suffixed(space)  # saved before derived spaces were named: give it its identity
+    # The identity's '@RESpx' is written anew from the saved resolutions: a forged 'xxs@0px'
+    # would otherwise reach every architecture file sampled or exported from this supernet.
+    if source != space.source or (space.source.startswith("builtin:")
+                                  and space.resolutions != load_space(builtin).resolutions):
+        space = _suffixed(space)  # (also: saved before derived spaces were named)
     return space
+
+
+def _saved_source(source: Any) -> str:
+    """A saved space's `source`: '', 'builtin:NAME' or an absolute file path, either with an
+    '@RESpx' override (it becomes an identity recorded in architecture files)."""
+    if not isinstance(source, str) or len(source) > LIMITS["text"]:
+        raise AutoVitError(f"saved search space: 'source' must be a name or path of at most {LIMITS['text']:g} "
+                           f"characters, got {repr(source)[:40]}")
+    base = _base(source)
+    if base and not (base.startswith("builtin:") and base.removeprefix("builtin:") in BUILTIN_SPACES
+                     or Path(base).is_absolute()):
+        raise AutoVitError(f"saved search space: 'source' must be 'builtin:{'|'.join(BUILTIN_SPACES)}' or an "
+                           f"absolute space-file path, got {source[:60]!r}")
+    return source
 
 
 def _as_lists(v: Any, depth: int = 4) -> Any:

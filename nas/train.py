@@ -37,7 +37,7 @@ from autovit.nas.bounds import check_train_config
 from autovit.nas.checkpoint import (checkpoint_space, load_checkpoint, remove_stale_temporaries, rng_state,
                                     save_checkpoint, set_rng_state, shorten)
 from autovit.nas.data import BUILTIN_DATA, DataSource, collate_skipping, open_data
-from autovit.nas.space import BUILTIN_SPACES, SearchSpace, load_space, space_to_saved, with_resolutions
+from autovit.nas.space import SearchSpace, anchored_ident, load_space, space_to_saved, with_resolutions
 from autovit.nas.supernet import Supernet, recalibrate_bn
 
 # Recipe presets. "deit" is the paper's (SPEC.md section 3, DeiT's hyper-parameters);
@@ -381,7 +381,8 @@ def run_config(cfg: TrainConfig, ck: dict[str, Any] | None, resume: Path | None,
     never loaded: a file could run code, so the user names it again."""
     # a data folder or space file is saved by its absolute path: eval, export and search read
     # the checkpoint from other folders than the one training ran in
-    cfg = replace(cfg, data=_absolute(cfg.data, BUILTIN_DATA), space=_absolute(cfg.space, BUILTIN_SPACES))
+    cfg = replace(cfg, data=_absolute(cfg.data, BUILTIN_DATA),
+                  space=anchored_ident(cfg.space, Path.cwd()) if isinstance(cfg.space, str) else cfg.space)
     if ck is None:
         return replace(cfg, epochs=10 if cfg.epochs is None else cfg.epochs)
     given = {f.name for f in fields(TrainConfig)} if explicit is None else set(explicit)
