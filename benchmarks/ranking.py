@@ -3,7 +3,7 @@ and better than counting parameters or FLOPs? (targets: Kendall tau >= 0.6 over 
 and above the parameter count's tau).
 
     OMP_NUM_THREADS=1 python benchmarks/ranking.py --supernet runs/pairs-xxs/last.ckpt \
-        [--n 12 --epochs 12 --seeds 0,1 --workdir runs/standalone] [--lr ... --batch-size ...]
+        [--n 12 --epochs 20 --seeds 0,1 --workdir runs/standalone] [--lr ... --batch-size ...]
 
 The n subnets are spread over the space: 400 uniform samples sorted by parameter count, the
 n at evenly spaced quantiles (smallest and largest included). Each is evaluated with inherited
@@ -41,7 +41,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--n", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=12, help="Stand-alone training budget per subnet.")
+    ap.add_argument("--epochs", type=int, default=20,
+                    help="Stand-alone training budget per subnet (task_separation.py's).")
     ap.add_argument("--seeds", default="0,1", help="Stand-alone runs per subnet (their mean is its accuracy).")
     ap.add_argument("--seed", type=int, default=0, help="Seed of the subnet sample.")
     ap.add_argument("--workdir", default="runs/standalone")

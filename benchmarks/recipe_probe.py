@@ -9,7 +9,8 @@ per-epoch training loss and its top-1 on the first --val-images validation canva
 
 A variant is NAME:FIELD=VALUE,... over the recipe fields of benchmarks/standalone.py (lr,
 batch_size, warmup_epochs, weight_decay, smoothing); "NAME:" alone is the `small` recipe.
-"smallest", "median" and "largest" are task_separation.py's subnets. Probe runs live in
+"smallest", "median" and "largest" are task_separation.py's subnets; NAME@N is that subnet with
+N transformer stages (its last ones dropped, or the space's smallest stages added). Probe runs live in
 --workdir as the first epochs of the full runs: task_separation.py with the same recipe,
 epochs and workdir continues them instead of starting again. Results are written after every
 probe (--out), so an interrupted probe loses only the run in progress. Prints JSON.
@@ -36,6 +37,27 @@ def parse_variant(text: str) -> tuple[str, dict]:
             sys.exit(f"--variant {text}: unknown field '{key}'; use {', '.join(RECIPE_FLAGS)}")
         values[key] = RECIPE_FLAGS[key](value)
     return name, values
+
+
+def probe_arch(archs: dict, space, spec: str):
+    """'largest' or 'largest@3' (the largest with 3 transformer stages; stages added beyond its
+    own are the space's smallest choices), checked against the space."""
+    from dataclasses import replace
+
+    from autovit.nas.arch import TransformerLayer, TransformerStage
+
+    name, _, stages = spec.partition("@")
+    arch = archs[name]
+    if stages:
+        n = int(stages)
+        extra = tuple(TransformerStage(width=min(st.widths), stride=st.stride, layers=tuple(
+            TransformerLayer(min(st.heads), min(st.mlp_ratios)) for _ in range(min(st.depths))))
+            for st in space.transformer[len(arch.transformer):n])
+        arch = replace(arch, transformer=(arch.transformer + extra)[:n])
+    problems = space.problems(arch)
+    if problems:
+        sys.exit(f"--subnets {spec}: {problems[0]}")
+    return arch
 
 
 def losses(folder: str) -> list[float]:
@@ -87,7 +109,7 @@ def main() -> None:
         for name, values in variants:
             cfg = recipe_config(base, values)
             for subnet in args.subnets.split(","):
-                arch = archs[subnet]
+                arch = probe_arch(archs, space, subnet)
                 r = standalone(cfg, arch, seed, args.epochs, Path(args.workdir), stop_after=args.probe_epochs)
                 row = {"variant": name, "recipe": values, "subnet": subnet, "params": count_params(arch), "seed": seed,
                        **{k: r[k] for k in ("wall_s", "cpu_s", "epochs", "folder")},

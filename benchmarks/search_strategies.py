@@ -41,7 +41,13 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--out", default="benchmarks/results/search_strategies.json")
     ap.add_argument("--plot", default=None, help="PNG of the best-so-far curves")
+    ap.add_argument("--replot", action="store_true",
+                    help="search nothing: draw --plot from the runs already in --out (an interrupted benchmark's)")
     args = ap.parse_args()
+    if args.replot:
+        runs = json.loads(Path(args.out).read_text())["runs"]
+        plot(runs, args.plot or str(Path(args.out).with_suffix(".png")))
+        return
 
     import numpy as np
     import torch
@@ -99,13 +105,19 @@ def main() -> None:
             out = {**head, "distinct_subnets_evaluated": len(shared), **summarise(runs, args.evaluations), "runs": runs}
             atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     if args.plot:
-        from autovit.latmodel.plots import best_so_far_png
-
-        best_so_far_png({s: [r["curve"] for r in runs if r["strategy"] == s] for s in STRATEGIES}, args.plot)
+        plot(runs, args.plot)
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}))
 
 
 STRATEGIES = ("random", "evolution", "coarse_to_fine")
+
+
+def plot(runs: list[dict], path: str) -> None:
+    """Best-so-far curves per strategy with a band over seeds (PNG)."""
+    from autovit.latmodel.plots import best_so_far_png
+
+    curves = {s: [r["curve"] for r in runs if r["strategy"] == s] for s in STRATEGIES}
+    best_so_far_png({s: c for s, c in curves.items() if c}, path)  # an interrupted run may lack a strategy
 
 
 def binding_shares(lat_ok, par_ok) -> dict:

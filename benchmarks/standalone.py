@@ -6,9 +6,10 @@ parts (the first epochs of its schedule, then the rest: recipe_probe.py's probes
 first epochs of the full runs); its wall and CPU times are the sums over its parts. Not a
 command: imported by the scripts next to it.
 
-The stand-alone recipe (STANDALONE_RECIPE, one for every subnet and benchmark) differs from the
-supernet's `small` recipe where docs/BENCHMARKS.md section 5.5 shows that `small` trains larger
-subnets worse alone; `recipe_flags` lets a benchmark override each value.
+The stand-alone recipe (STANDALONE_RECIPE, one for every subnet and benchmark) holds the
+values of the supernet's `small` recipe that the probes of docs/BENCHMARKS.md section 5.6 vary;
+none of the variants probed so far trains the larger subnets better, so they are still
+`small`'s. `add_recipe_flags` lets a benchmark override each value.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-# lr, batch and warm-up of the stand-alone recipe (docs/BENCHMARKS.md section 5.5); the rest is `small`'s.
+# lr, batch and warm-up of the stand-alone recipe (docs/BENCHMARKS.md section 5.6); the rest is `small`'s.
 STANDALONE_RECIPE = {"lr": 2e-3, "batch_size": 64, "warmup_epochs": 1.0}
 
 

@@ -3,7 +3,7 @@ trained alone with the same recipe and budget, several seeds each (issue 14; tar
 minus smallest >= 5 points, seed standard deviation <= 1 point, each run <= 10 minutes).
 
     OMP_NUM_THREADS=1 python benchmarks/task_separation.py [--data mnist5k-pairs --space xxs \
-        --epochs 12 --seeds 0,1,2 --workdir runs/standalone] [--lr ... --batch-size ... --warmup-epochs ...]
+        --epochs 20 --seeds 0,1,2 --workdir runs/standalone] [--lr ... --batch-size ... --warmup-epochs ...]
 
 "Median" is the subnet at the middle of 400 uniform samples sorted by parameter count. Each run
 trains one subnet from scratch (autovit-nas train --arch) and reports its final top-1 on the
@@ -29,7 +29,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="mnist5k-pairs")
     ap.add_argument("--space", default="xxs")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=20,
+                    help="budget per run (20: under 600 s of CPU for the largest XXS subnet)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--recipe", default="small")
     ap.add_argument("--workdir", default="runs/standalone")
