@@ -214,6 +214,8 @@ def _clip_grad(value: str | None) -> float | None:
 @click.option("--warmup-epochs", type=float, default=None)
 @click.option("--clip-grad", default=None, help="Gradient norm clip, or none. Default: the recipe's.")
 @click.option("--ema/--no-ema", default=None, help="Keep an EMA of the weights and evaluate it.")
+@click.option("--zero-init-residual", is_flag=True,
+              help="Start every residual branch at zero, so deep subnets first train as shallow ones.")
 @click.option("--resolutions", default=None, help="Input sides to train (comma list). Default: the data's "
               "native size for built-in sets, the space's otherwise.")
 @click.option("--eval-random", type=int, default=3, show_default=True,
@@ -233,7 +235,8 @@ def _clip_grad(value: str | None) -> float | None:
               help="Train only this subnet (architecture JSON): the stand-alone baseline of ranking studies.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_random, kd, kd_alpha, kd_tau, teacher,
-          trust_teacher_code, teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema, resolutions,
+          trust_teacher_code, teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema,
+          zero_init_residual, resolutions,
           eval_random, steps_per_epoch, val_images, eval_every, workers, seed, amp, device, force, tensorboard,
           arch_file, as_json) -> None:
     """Train a weight-entangled supernet (SPEC.md section 3).
@@ -261,6 +264,7 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
         space=space, data=data, epochs=epochs, recipe=recipe, sampling=sampling, sandwich_random=sandwich_random,
         kd=kd, kd_alpha=kd_alpha, kd_tau=kd_tau, teacher=teacher, teacher_ckpt=teacher_ckpt, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, clip_grad=_clip_grad(clip_grad), ema=ema,
+        zero_init_residual=zero_init_residual,
         resolutions=_resolutions(resolutions), eval_random=eval_random, steps_per_epoch=steps_per_epoch,
         eval_every=eval_every, val_images=val_images,
         workers=workers, seed=seed, amp=amp, device=device, tensorboard=tensorboard, arch=arch,

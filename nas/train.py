@@ -98,6 +98,7 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = False
     arch: dict[str, Any] | None = None  # train this one subnet alone (stand-alone baseline), as a dict
+    zero_init_residual: bool = False  # residual branches start at zero (Supernet.zero_init_residual)
     recipe_values: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -467,7 +468,10 @@ def _setup(cfg: TrainConfig, trust_teacher_code: bool) -> _Run:
     space = supernet_space(cfg, data)
     loaders = make_loaders(cfg, data, max(space.resolutions), ctx)
     steps = len(loaders.train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loaders.train))
-    supernet = Supernet(space).to(ctx.device)
+    supernet = Supernet(space)
+    if cfg.zero_init_residual:
+        supernet.zero_init_residual()
+    supernet = supernet.to(ctx.device)
     model: nn.Module = supernet
     if ctx.world > 1:
         import warnings
