@@ -302,10 +302,13 @@ def _open_lut(out, device: str, backend: str, threads: int, policy):
 @click.option("--hw", "hw", required=True, help="The data-sheet profile to calibrate (e.g. local-cpu).")
 @click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="LUT from `autovit-lat profile`.")
 @click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
+@click.option("--network/--no-network", "with_network", default=True, show_default=True,
+              help="Fit the LUT's reference network (the drift monitor's whole model, timed at the LUT's speed) "
+                   "together with the blocks.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Profile file to write [default: $AUTOVIT_HOME/profiles/HW@calibrated.toml].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: bool) -> None:
+def calibrate(hw: str, lut_path: str, mode: str, with_network: bool, out_path: str | None, as_json: bool) -> None:
     """Fit a profile's free parameters to measured blocks; writes HW@calibrated.
 
     \b
@@ -316,7 +319,7 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     from datetime import date
     from pathlib import Path
 
-    from autovit.latmodel.fit import ProfileCalibrator
+    from autovit.latmodel.fit import ProfileCalibrator, ReferenceNetwork
     from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.modules import BlockSpec
@@ -339,16 +342,20 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
     measured = [float(e["median_ms"]) for e in entries]
     calibrator = ProfileCalibrator(profile, mode=mode)
-    with console.status(f"fitting {len(calibrator.names)} parameters to {len(blocks)} blocks", spinner="dots"):
-        cal = calibrator.fit(blocks, measured)
+    # A whole network separates per-run from per-op costs (fit.ProfileCalibrator.fit); a LUT
+    # measured without the drift monitor has none.
+    network = ReferenceNetwork.of_lut(lut) if with_network else None
+    what = f"{len(blocks)} blocks" + (f" and {network.source}" if network else "")
+    with console.status(f"fitting {len(calibrator.names)} parameters to {what}", spinner="dots"):
+        cal = calibrator.fit(blocks, measured, network)
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound}
+              "at_bound": cal.at_bound, "network": network.describe() if network else None}
     written = write_calibrated_profile(hw, cal.params, record, out_file)
     if as_json:
-        print_json({"profile": str(written), **cal.to_dict()})
+        print_json({"profile": str(written), **cal.to_dict(), "network": record["network"]})
         return
-    t = Table(title=f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
+    t = Table(title=f"{profile.name} calibrated on {what} ({mode})")
     for col in ("parameter", "data sheet", "fitted", "+-"):
         t.add_column(col, justify="left" if col == "parameter" else "right")
     for n, v in cal.params.items():
