@@ -90,11 +90,12 @@ def fit_variant(base, lut, weight):
     """(profile, Calibration) of `base` fitted to the LUT's isolated blocks (+ its reference network)."""
     from dataclasses import replace as dc_replace
 
-    from autovit.latmodel.fit import ProfileCalibrator, ReferenceNetwork
+    from autovit.cli.lat import reference_network
+    from autovit.latmodel.fit import ProfileCalibrator
     from autovit.latmodel.modules import BlockSpec
 
     entries = [e for e in lut.entries.values() if e.get("mode") == "isolated"]
-    net = ReferenceNetwork.of_lut(lut) if weight is not None else None
+    net = reference_network(lut) if weight is not None else None
     if net is not None and weight != "blocks":
         net = dc_replace(net, weight=float(weight))
     cal = ProfileCalibrator(base)

@@ -298,6 +298,26 @@ def _open_lut(out, device: str, backend: str, threads: int, policy):
     return lut
 
 
+def reference_network(lut):
+    """The LUT's reference network (fit.ReferenceNetwork), counted as the preset's blocks: it
+    prices that many blocks inside a network, each of which the LUT measured alone; None when the
+    LUT has none."""
+    from dataclasses import replace
+
+    from autovit.latmodel.fit import ReferenceNetwork
+    from autovit.latmodel.modules import arch_block_fields
+    from autovit.nas.presets import load_preset
+
+    net = ReferenceNetwork.of_lut(lut)
+    if net is None:
+        return None
+    try:
+        return replace(net, weight=float(len(arch_block_fields(load_preset(net.source)))))
+    except AutoVitError as e:
+        raise AutoVitError(f"the LUT's reference network '{net.source[:40]}' cannot be priced ({str(e)[:120]}); "
+                           "calibrate on the blocks alone with --no-network") from None
+
+
 @cli.command()
 @click.option("--hw", "hw", required=True, help="The data-sheet profile to calibrate (e.g. local-cpu).")
 @click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="LUT from `autovit-lat profile`.")
@@ -319,7 +339,7 @@ def calibrate(hw: str, lut_path: str, mode: str, with_network: bool, out_path: s
     from datetime import date
     from pathlib import Path
 
-    from autovit.latmodel.fit import ProfileCalibrator, ReferenceNetwork
+    from autovit.latmodel.fit import ProfileCalibrator
     from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.modules import BlockSpec
@@ -344,7 +364,7 @@ def calibrate(hw: str, lut_path: str, mode: str, with_network: bool, out_path: s
     calibrator = ProfileCalibrator(profile, mode=mode)
     # A whole network separates per-run from per-op costs (fit.ProfileCalibrator.fit); a LUT
     # measured without the drift monitor has none.
-    network = ReferenceNetwork.of_lut(lut) if with_network else None
+    network = reference_network(lut) if with_network else None
     what = f"{len(blocks)} blocks" + (f" and {network.source}" if network else "")
     with console.status(f"fitting {len(calibrator.names)} parameters to {what}", spinner="dots"):
         cal = calibrator.fit(blocks, measured, network)

@@ -69,34 +69,26 @@ def network_pricer(source: str) -> Pricer:
     return lambda prof: model.estimate(prof).latency_ms
 
 
-def network_weight(source: str) -> float:
-    """How many blocks a whole network's measurement stands for in the fit: an AutoViT preset
-    counts as its blocks (it prices that many blocks inside a network, each of which the LUT
-    measured alone); anything else as one point."""
-    if not source.startswith("autovit:"):
-        return 1.0
-    from autovit.latmodel.modules import arch_block_fields
-    from autovit.nas.presets import load_preset
-
-    return float(len(arch_block_fields(load_preset(source))))
-
-
 @dataclass
 class ReferenceNetwork:
     """A whole network measured at the LUT's speed: the drift monitor's reference model, whose
     time *is* the LUT's reference speed (`reference.ref_ms`), so every LUT measured with the
-    monitor holds one whole network for free."""
+    monitor holds one whole network for free. `weight`: how many points it counts as in the fit
+    (the caller's choice; `autovit-lat calibrate` uses the preset's number of blocks)."""
 
     source: str
     ms: float
-    weight: float
+    weight: float = 1.0
 
     @classmethod
     def of_lut(cls, lut) -> "ReferenceNetwork | None":
         ref = getattr(lut, "reference", None) or {}
-        if not ref.get("model") or not ref.get("ref_ms"):
+        source = str(ref.get("model") or "")
+        # The drift monitor's reference is an AutoViT preset; a LUT naming anything else (a file,
+        # a timm model) is not trusted to make calibrate read or export it.
+        if not source.startswith("autovit:") or not ref.get("ref_ms"):
             return None
-        return cls(str(ref["model"]), float(ref["ref_ms"]), network_weight(str(ref["model"])))
+        return cls(source, float(ref["ref_ms"]))
 
     def describe(self) -> str:
         return f"{self.source} {self.ms:.4g} ms, weight {self.weight:g}"

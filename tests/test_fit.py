@@ -123,9 +123,13 @@ def test_a_weight_counts_as_copies_of_the_point():
 def test_reference_network_comes_from_the_lut():
     from types import SimpleNamespace
 
-    from autovit.latmodel.fit import ReferenceNetwork
+    from autovit.cli.lat import reference_network
 
-    assert ReferenceNetwork.of_lut(SimpleNamespace(reference={})) is None
-    net = ReferenceNetwork.of_lut(SimpleNamespace(reference={"model": "autovit:xxs", "ref_ms": 4.8}))
+    assert reference_network(SimpleNamespace(reference={})) is None
+    net = reference_network(SimpleNamespace(reference={"model": "autovit:xxs", "ref_ms": 4.8}))
     # The XXS preset stands for its blocks (stem, MBConvs, MobileViT parts, transformer layers, head).
     assert (net.source, net.ms) == ("autovit:xxs", 4.8) and net.weight > 10
+    # Only the drift monitor's kind of reference is priced: a LUT cannot make calibrate read a file.
+    assert reference_network(SimpleNamespace(reference={"model": "/etc/x.onnx", "ref_ms": 1.0})) is None
+    with pytest.raises(AutoVitError, match="--no-network"):
+        reference_network(SimpleNamespace(reference={"model": "autovit:nope", "ref_ms": 1.0}))
