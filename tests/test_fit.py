@@ -133,3 +133,29 @@ def test_reference_network_comes_from_the_lut():
     assert reference_network(SimpleNamespace(reference={"model": "/etc/x.onnx", "ref_ms": 1.0})) is None
     with pytest.raises(AutoVitError, match="--no-network"):
         reference_network(SimpleNamespace(reference={"model": "autovit:nope", "ref_ms": 1.0}))
+
+
+def test_calibrate_cli_fits_the_luts_reference_network(tmp_path, monkeypatch, capsys):
+    import json
+
+    from autovit.cli import lat
+    from autovit.latmodel.fit import network_pricer
+    from autovit.latmodel.lut import Lut
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    base = load_profile("cpu-x86")
+    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
+    cal = ProfileCalibrator(base)
+    lut = Lut("cpu-x86", "onnxruntime", {}, {})
+    for b in BLOCKS:
+        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    lut.reference = {"model": "autovit:xxs", "ref_ms": network_pricer("autovit:xxs")(truth)}
+    lut.save(tmp_path / "lut.json")
+    args = ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"]
+    code, out, _ = run_cli(lat, args, capsys)
+    result = json.loads(out)
+    assert code == 0 and result["network"].startswith("autovit:xxs") and result["mape_by_kind"]["network"] < 5
+    assert load_profile("cpu-x86@calibrated").calibration["network"] == result["network"]
+    code, out, _ = run_cli(lat, args + ["--no-network"], capsys)
+    assert code == 0 and json.loads(out)["network"] is None and "network" not in json.loads(out)["mape_by_kind"]
