@@ -307,6 +307,26 @@ def _open_lut(out, device: str, backend: str, threads: int, policy):
     return lut
 
 
+def reference_network(lut):
+    """The LUT's reference network (fit.ReferenceNetwork), counted as the preset's blocks: it
+    prices that many blocks inside a network, each of which the LUT measured alone; None when the
+    LUT has none."""
+    from dataclasses import replace
+
+    from autovit.latmodel.fit import ReferenceNetwork
+    from autovit.latmodel.modules import arch_block_fields
+    from autovit.nas.presets import load_preset
+
+    net = ReferenceNetwork.of_lut(lut)
+    if net is None:
+        return None
+    try:
+        return replace(net, weight=float(len(arch_block_fields(load_preset(net.source)))))
+    except AutoVitError as e:
+        raise AutoVitError(f"the LUT's reference network '{net.source[:40]}' cannot be priced ({str(e)[:120]}); "
+                           "calibrate on the blocks alone with --no-network") from None
+
+
 @cli.command()
 @click.option("--hw", "hw", required=True, help="The data-sheet profile to calibrate (e.g. local-cpu).")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), default=None,
@@ -314,12 +334,15 @@ def _open_lut(out, device: str, backend: str, threads: int, policy):
 @click.option("--networks", type=click.Path(dir_okay=False), default=None,
               help="Whole networks measured on the device: a measurement CSV (model, latency_ms, path or timm_name).")
 @click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
+@click.option("--network/--no-network", "with_network", default=True, show_default=True,
+              help="Fit the LUT's reference network (the drift monitor's whole model, timed at the LUT's speed) "
+                   "together with the blocks.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Profile file to write [default: $AUTOVIT_HOME/profiles/HW@calibrated.toml].")
 @table_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, out_path: str | None, table_format: str,
-              cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
+def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, with_network: bool, out_path: str | None,
+              table_format: str, cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
     """Fit a profile's free parameters to measured blocks (a LUT), whole networks, or both; writes HW@calibrated.
 
     \b
@@ -359,16 +382,20 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, ou
     blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
     measured = [float(e["median_ms"]) for e in entries]
     calibrator = ProfileCalibrator(profile, mode=mode)
-    with console.status(f"fitting {len(calibrator.names)} parameters to {len(blocks)} blocks", spinner="dots"):
-        cal = calibrator.fit(blocks, measured)
+    # A whole network separates per-run from per-op costs (fit.ProfileCalibrator.fit); a LUT
+    # measured without the drift monitor has none.
+    network = reference_network(lut) if with_network else None
+    what = f"{len(blocks)} blocks" + (f" and {network.source}" if network else "")
+    with console.status(f"fitting {len(calibrator.names)} parameters to {what}", spinner="dots"):
+        cal = calibrator.fit(blocks, measured, network)
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound}
+              "at_bound": cal.at_bound, "network": network.describe() if network else None}
     written = write_calibrated_profile(hw, cal.params, record, out_file)
     if as_json:
-        print_json({"profile": str(written), **cal.to_dict()})
+        print_json({"profile": str(written), **cal.to_dict(), "network": record["network"]})
         return
-    print_calibration(profile, cal, written, f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
+    print_calibration(profile, cal, written, f"{profile.name} calibrated on {what} ({mode})")
 
 
 @cli.command()

@@ -60,6 +60,50 @@ def block_pricer(block: BlockSpec, mode: str = "isolated") -> Pricer:
     return lambda prof: with_block.estimate(prof).latency_ms - without.estimate(prof).latency_ms
 
 
+def network_pricer(source: str) -> Pricer:
+    """profile -> predicted ms of a whole network (`autovit:PRESET`, `timm:NAME`, an .onnx file)
+    at batch 1, priced from its exported graph as `estimate` prices it."""
+    from autovit.latmodel.sources import graph_for
+
+    model = LatencyModel(graph_for(source))
+    return lambda prof: model.estimate(prof).latency_ms
+
+
+@dataclass
+class ReferenceNetwork:
+    """A whole network measured at the LUT's speed: the drift monitor's reference model, whose
+    time *is* the LUT's reference speed (`reference.ref_ms`), so every LUT measured with the
+    monitor holds one whole network for free. `weight`: how many points it counts as in the fit
+    (the caller's choice; `autovit-lat calibrate` uses the preset's number of blocks)."""
+
+    source: str
+    ms: float
+    weight: float = 1.0
+
+    @classmethod
+    def of_lut(cls, lut) -> "ReferenceNetwork | None":
+        ref = getattr(lut, "reference", None) or {}
+        source = str(ref.get("model") or "")
+        # The drift monitor's reference is an AutoViT preset; a LUT naming anything else (a file,
+        # a timm model) is not trusted to make calibrate read or export it.
+        if not source.startswith("autovit:") or not ref.get("ref_ms"):
+            return None
+        return cls(source, float(ref["ref_ms"]))
+
+    def describe(self) -> str:
+        return f"{self.source} {self.ms:.4g} ms, weight {self.weight:g}"
+
+
+def _weighted_soft_l1(w: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """scipy's soft-L1 loss, rho(z) = 2 (sqrt(1 + z) - 1), with point i counted w[i] times
+    (least_squares takes a callable returning rho and its first two derivatives)."""
+    def loss(z: np.ndarray) -> np.ndarray:
+        t = 1.0 + z
+        return np.vstack([2.0 * (np.sqrt(t) - 1.0), t ** -0.5, -0.5 * t ** -1.5]) * w
+
+    return loss
+
+
 @dataclass
 class Calibration:
     """Fitted free parameters and how well they fit."""
@@ -130,11 +174,32 @@ class ProfileCalibrator:
                 seen.append(n)
         return tuple(seen)
 
-    def fit(self, blocks: list[BlockSpec], measured_ms: list[float]) -> Calibration:
-        return self.fit_pricers([self._pricer(b) for b in blocks], measured_ms, [b.kind for b in blocks])
+    def fit(self, blocks: list[BlockSpec], measured_ms: list[float],
+            network: ReferenceNetwork | None = None) -> Calibration:
+        """Fit to measured blocks and, with `network`, to one whole network as well.
 
-    def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str]) -> Calibration:
+        Blocks alone cannot tell a cost a block pays once per `session.run` (run_us, the
+        reorders at its ends) from one it pays per op or per byte: every block has both. A whole
+        network pays the first once and the second for every block, so one network in the fit
+        separates them (docs/BENCHMARKS.md, "whole networks on this machine")."""
+        pricers = [self._pricer(b) for b in blocks]
+        kinds = [b.kind for b in blocks]
+        weights = [1.0] * len(blocks)
+        if network is not None:
+            pricers.append(network_pricer(network.source))
+            measured_ms = list(measured_ms) + [network.ms]
+            kinds.append("network")
+            weights.append(network.weight)
+        return self.fit_pricers(pricers, measured_ms, kinds, weights)
+
+    def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str],
+                    weights: list[float] | None = None) -> Calibration:
+        """`weights`: how many points each measurement counts as (default 1 each): a point of
+        weight w adds w times its robust loss, exactly as w copies of it would."""
         y = np.asarray(measured_ms, float)
+        w = np.asarray(weights if weights is not None else [1.0] * len(y), float)
+        if len(w) != len(y) or not np.all(np.isfinite(w) & (w > 0)):
+            raise AutoVitError(f"calibration weights must be {len(y)} finite numbers > 0")
         if not len(y) or not np.all(np.isfinite(y) & (y > 0)):
             raise AutoVitError("calibration needs measured latencies, all finite and > 0; "
                                f"got {len(y)} values" + (" with bad ones" if len(y) else ""))
@@ -156,7 +221,8 @@ class ProfileCalibrator:
             pred = self._price(pricers, self._profile_with(lo + z * scale))
             return np.log(pred) - np.log(y)
 
-        res = least_squares(residuals, (x0 - lo) / scale, bounds=(0.0, 1.0), loss="soft_l1", f_scale=0.1,
+        loss = "soft_l1" if np.all(w == 1.0) else _weighted_soft_l1(w)
+        res = least_squares(residuals, (x0 - lo) / scale, bounds=(0.0, 1.0), loss=loss, f_scale=0.1,
                             diff_step=1e-3)
         x = lo + res.x * scale
         r = res.fun
@@ -164,7 +230,7 @@ class ProfileCalibrator:
             raise AutoVitError("the fit did not converge to finite values; nothing was written (check the LUT's entries)")
         dof = max(len(y) - len(x), 1)
         try:
-            cov = np.linalg.pinv(res.jac.T @ res.jac) * float(r @ r) / dof
+            cov = np.linalg.pinv(res.jac.T @ (res.jac * w[:, None])) * float(r @ (r * w)) / dof
             stderr = np.sqrt(np.clip(np.diag(cov), 0, None)) * scale
         except np.linalg.LinAlgError:
             stderr = np.full(len(x), math.nan)

@@ -212,6 +212,7 @@ CALIBRATION_KEYS: dict[str, Key] = {
     "mode": Key("str", choices=("isolated", "ablation"), default=None), "n_points": Key("int", 0, 10**7, default=None),
     "rms_log_error": Key("number", 0, 1e3, default=None), "mape_by_kind": Key("numbers", 0, 1e9, default=None),
     "stderr": Key("numbers", 0, 1e12, default=None), "at_bound": Key("strs", 0, 100, default=None),
+    "network": Key("str", 0, 4096, default=None),  # the whole network fitted with the blocks (fit.ReferenceNetwork)
 }
 # Every key a profile may hold, its type, the range a real device can have, and its default
 # (REQUIRED: no default). Adding a key to the profile format is one line here.

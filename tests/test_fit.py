@@ -80,3 +80,82 @@ def test_every_free_parameter_has_bounds():
     assert HardwareProfile.FREE_PARAMETERS == ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us",
                                                "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half",
                                                "run_us", "layout_run_ns", "reduce_row_ns", "transcendental_flops")
+
+
+def _op_count_pricer(ops: int):
+    """A part run once per session.run with `ops` ops: run_us + ops x dispatch_us (ms)."""
+    return lambda p: (p.run_us + ops * p.dispatch_us) * 1e-3
+
+
+def test_a_whole_network_separates_per_run_from_per_op_cost():
+    """Blocks of one op count see only run_us + n x dispatch_us; a network (one run, many ops)
+    pins the split. Without it the fit can keep a per-run cost the network pays only once."""
+    start = replace(load_profile("local-cpu"), run_us=20.0, dispatch_us=1.0)
+    truth = replace(start, run_us=2.0, dispatch_us=3.0)
+    blocks = [_op_count_pricer(10)] * 4
+    network = _op_count_pricer(300)
+    names = ("dispatch_us", "run_us")
+    alone = ProfileCalibrator(start, names).fit_pricers(blocks, [b(truth) for b in blocks], ["mbconv"] * 4)
+    assert network(replace(start, **alone.params)) < 0.9 * network(truth)
+    c = ProfileCalibrator(start, names).fit_pricers(blocks + [network], [b(truth) for b in blocks] + [network(truth)],
+                                                    ["mbconv"] * 4 + ["network"], weights=[1.0] * 4 + [8.0])
+    assert c.params["dispatch_us"] == pytest.approx(3.0, rel=0.02)
+    assert c.params["run_us"] == pytest.approx(2.0, abs=0.5)
+    assert c.mape_by_kind["network"] < 1.0
+
+
+def test_a_weight_counts_as_copies_of_the_point():
+    base = load_profile("cpu-x86")
+    names = ("eff_matrix", "eff_vector", "dispatch_us")
+    cal = ProfileCalibrator(base, names)
+    pricers = [cal._pricer(b) for b in BLOCKS]
+    # Deliberately inconsistent data, so the weights matter.
+    measured = [p(replace(base, eff_matrix=0.3 + 0.02 * i)) for i, p in enumerate(pricers)]
+    copies = ProfileCalibrator(base, names).fit_pricers(pricers + [pricers[0]] * 3, measured + [measured[0]] * 3,
+                                                        ["x"] * (len(BLOCKS) + 3))
+    weighted = ProfileCalibrator(base, names).fit_pricers(pricers, measured, ["x"] * len(BLOCKS),
+                                                          weights=[4.0] + [1.0] * (len(BLOCKS) - 1))
+    assert weighted.params == pytest.approx(copies.params, rel=1e-3)
+    with pytest.raises(AutoVitError, match="weights must be"):
+        ProfileCalibrator(base, names).fit_pricers(pricers, measured, ["x"] * len(BLOCKS), weights=[0.0] * len(BLOCKS))
+
+
+def test_reference_network_comes_from_the_lut():
+    from types import SimpleNamespace
+
+    from autovit.cli.lat import reference_network
+
+    assert reference_network(SimpleNamespace(reference={})) is None
+    net = reference_network(SimpleNamespace(reference={"model": "autovit:xxs", "ref_ms": 4.8}))
+    # The XXS preset stands for its blocks (stem, MBConvs, MobileViT parts, transformer layers, head).
+    assert (net.source, net.ms) == ("autovit:xxs", 4.8) and net.weight > 10
+    # Only the drift monitor's kind of reference is priced: a LUT cannot make calibrate read a file.
+    assert reference_network(SimpleNamespace(reference={"model": "/etc/x.onnx", "ref_ms": 1.0})) is None
+    with pytest.raises(AutoVitError, match="--no-network"):
+        reference_network(SimpleNamespace(reference={"model": "autovit:nope", "ref_ms": 1.0}))
+
+
+def test_calibrate_cli_fits_the_luts_reference_network(tmp_path, monkeypatch, capsys):
+    import json
+
+    from autovit.cli import lat
+    from autovit.latmodel.fit import network_pricer
+    from autovit.latmodel.lut import Lut
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    base = load_profile("cpu-x86")
+    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
+    cal = ProfileCalibrator(base)
+    lut = Lut("cpu-x86", "onnxruntime", {}, {})
+    for b in BLOCKS:
+        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    lut.reference = {"model": "autovit:xxs", "ref_ms": network_pricer("autovit:xxs")(truth)}
+    lut.save(tmp_path / "lut.json")
+    args = ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"]
+    code, out, _ = run_cli(lat, args, capsys)
+    result = json.loads(out)
+    assert code == 0 and result["network"].startswith("autovit:xxs") and result["mape_by_kind"]["network"] < 5
+    assert load_profile("cpu-x86@calibrated").calibration["network"] == result["network"]
+    code, out, _ = run_cli(lat, args + ["--no-network"], capsys)
+    assert code == 0 and json.loads(out)["network"] is None and "network" not in json.loads(out)["mape_by_kind"]
