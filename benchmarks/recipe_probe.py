@@ -8,7 +8,8 @@ per-epoch training loss and its top-1 on the first --val-images validation canva
         --variant small: --variant lr1e-3-b32:lr=1e-3,batch_size=32 [--subnets smallest,largest --seeds 0,1]
 
 A variant is NAME:FIELD=VALUE,... over the recipe fields of benchmarks/standalone.py (lr,
-batch_size, warmup_epochs, weight_decay, smoothing); "NAME:" alone is the `small` recipe.
+batch_size, warmup_epochs, weight_decay, smoothing, zero_init_residual, resolution: the input
+side the subnets train and are evaluated at); "NAME:" alone is the `small` recipe.
 "smallest", "median" and "largest" are task_separation.py's subnets; NAME@N is that subnet with
 N transformer stages (its last ones dropped, or the space's smallest stages added). Probe runs live in
 --workdir as the first epochs of the full runs: task_separation.py with the same recipe,
@@ -100,7 +101,6 @@ def main() -> None:
 
     base = TrainConfig(space=args.space, data=args.data, recipe="small")
     space = supernet_space(base, open_data(args.data))
-    archs = dict(zip(("smallest", "median", "largest"), spread_archs(space, 3, seed=0)))
     res = {"benchmark": "recipe_probe", "data": args.data, "space": space.name, "epochs": args.epochs,
            "probe_epochs": args.probe_epochs, "val_images": args.val_images, "threads": torch.get_num_threads(),
            "probes": []}
@@ -108,6 +108,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):  # seed-major: one seed of every variant comes first
         for name, values in variants:
             cfg = recipe_config(base, values)
+            space = supernet_space(cfg, open_data(args.data))  # a variant may set the resolution
+            archs = dict(zip(("smallest", "median", "largest"), spread_archs(space, 3, seed=0)))
             for subnet in args.subnets.split(","):
                 arch = probe_arch(archs, space, subnet)
                 r = standalone(cfg, arch, seed, args.epochs, Path(args.workdir), stop_after=args.probe_epochs)

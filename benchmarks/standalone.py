@@ -30,7 +30,7 @@ def yes(value) -> bool:
 
 
 RECIPE_FLAGS = {"lr": float, "batch_size": int, "warmup_epochs": float, "weight_decay": float, "smoothing": float,
-                "zero_init_residual": yes}
+                "zero_init_residual": yes, "resolution": int}
 
 
 def add_recipe_flags(ap, defaults: dict | None = None) -> None:
@@ -44,7 +44,9 @@ def add_recipe_flags(ap, defaults: dict | None = None) -> None:
 
 def recipe_config(cfg, args_or_dict):
     """`cfg` with the recipe values given (argparse namespace or dict; None keeps cfg's)."""
-    given = args_or_dict if isinstance(args_or_dict, dict) else vars(args_or_dict)
+    given = dict(args_or_dict if isinstance(args_or_dict, dict) else vars(args_or_dict))
+    side = given.pop("resolution", None)  # the one training side (TrainConfig.resolutions)
+    cfg = replace(cfg, resolutions=(side,)) if side is not None else cfg
     return replace(cfg, **{k: given[k] for k in RECIPE_FLAGS if given.get(k) is not None})
 
 
