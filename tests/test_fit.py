@@ -37,6 +37,20 @@ def test_refuses_fewer_points_than_parameters():
         ProfileCalibrator(load_profile("cpu-x86")).predict(BLOCKS)
 
 
+
+def _lut_priced_by_a_known_profile():
+    """A cpu-x86 LUT of BLOCKS whose times a known profile (the truth a fit should find) priced."""
+    from autovit.latmodel.lut import Lut
+
+    base = load_profile("cpu-x86")
+    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
+    cal = ProfileCalibrator(base)
+    lut = Lut("cpu-x86", "onnxruntime", {}, {})
+    for b in BLOCKS:
+        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    return lut, truth
+
+
 def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys):
     import json
 
@@ -45,19 +59,14 @@ def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys
     from test_cli import assert_one_line_error, run_cli
 
     monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
-    base = load_profile("cpu-x86")
-    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
-    cal = ProfileCalibrator(base)
-    lut = Lut("cpu-x86", "onnxruntime", {}, {})
-    for b in BLOCKS:
-        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    lut, _ = _lut_priced_by_a_known_profile()
     lut.save(tmp_path / "lut.json")
     code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
     assert code == 0
     result = json.loads(out)
     assert result["rms_log_error"] < 0.05 and result["profile"].endswith("cpu-x86@calibrated.toml")
     calibrated = load_profile("cpu-x86@calibrated")
-    assert calibrated.calibration["n_points"] == len(BLOCKS) and calibrated.units == base.units
+    assert calibrated.calibration["n_points"] == len(BLOCKS) and calibrated.units == load_profile("cpu-x86").units
     code, out, _ = run_cli(lat, ["hw", "list", "--json"], capsys)
     assert any(p["name"] == "cpu-x86@calibrated" and p["calibration"] for p in json.loads(out))
     code, out, _ = run_cli(lat, ["estimate", "autovit:xxs", "--hw", "cpu-x86@calibrated", "--json"], capsys)
@@ -140,16 +149,10 @@ def test_calibrate_cli_fits_the_luts_reference_network(tmp_path, monkeypatch, ca
 
     from autovit.cli import lat
     from autovit.latmodel.fit import network_pricer
-    from autovit.latmodel.lut import Lut
     from test_cli import run_cli
 
     monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
-    base = load_profile("cpu-x86")
-    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
-    cal = ProfileCalibrator(base)
-    lut = Lut("cpu-x86", "onnxruntime", {}, {})
-    for b in BLOCKS:
-        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    lut, truth = _lut_priced_by_a_known_profile()
     lut.reference = {"model": "autovit:xxs", "ref_ms": network_pricer("autovit:xxs")(truth)}
     lut.save(tmp_path / "lut.json")
     args = ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"]
