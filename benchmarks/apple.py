@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Apple's per-head attention and timm's default sizes are the library's (validate --measurements uses them too).
-from autovit.latmodel.measurements import default_resolution
+from autovit.latmodel.measurements import CVNETS_FAMILIES, default_resolution, graph_form, timm_graph_key
 from autovit.latmodel.network_graphs import split_head_attention  # noqa: F401  (tests use apple.split_head_attention)
 
 # name -> (CSV under the data folder, profile that prices it, chip)
@@ -95,7 +95,6 @@ COREML_FORMAT = {
 # Apple's Core ML conversion (cvnets-convert, NeuralNetwork format) of the models with timm's ViT
 # attention that cvnets has too: MobileViT (v1; its official code) in any NeuralNetwork-format
 # table, DeiT/ViT as well in the table cvnets measured.
-CVNETS_FAMILIES = ("mobilevit_",)
 CVNETS_TABLES = {"apple-mobilevitv2-a14": ("mobilevit_", "deit_", "vit_")}
 
 
@@ -106,9 +105,7 @@ def coreml_format(set_name: str) -> str:
 
 def coreml_form(set_name: str, timm_name: str) -> str:
     """Which graph prices a row: "timm", or "cvnets" (timm's model with Apple's per-head attention)."""
-    if coreml_format(set_name) != "neuralnetwork":
-        return "timm"
-    return "cvnets" if timm_name.startswith(CVNETS_TABLES.get(set_name, CVNETS_FAMILIES)) else "timm"
+    return graph_form(coreml_format(set_name), timm_name, CVNETS_TABLES.get(set_name, CVNETS_FAMILIES))
 
 
 @dataclass(frozen=True)
@@ -124,12 +121,12 @@ class AppleRow:
     @property
     def key(self) -> str:
         """The model: the re-parameterised timm model at this resolution (rows of two tables match on it)."""
-        return f"timm-rep__{self.timm_name}__{self.resolution}"
+        return timm_graph_key(self.timm_name, self.resolution)
 
     @property
     def graph_key(self) -> str:
         """Graph cache key: `key`, or its Core ML form's variant."""
-        return self.key if self.form == "timm" else f"timm-rep-{self.form}__{self.timm_name}__{self.resolution}"
+        return timm_graph_key(self.timm_name, self.resolution, self.form)
 
     @property
     def label(self) -> str:

@@ -143,14 +143,25 @@ class MeasuredRow:
         """Cache key of the graph (the same as benchmarks/apple.py's, so one cache serves both)."""
         if self.path is not None:
             return f"path__{self.path}"
-        prefix = "timm-rep" if self.form == "timm" else f"timm-rep-{self.form}"
-        return f"{prefix}__{self.timm_name}__{self.resolution}"
+        return timm_graph_key(self.timm_name, self.resolution, self.form)
 
     @property
     def names(self) -> tuple[str, ...]:
         """What --exclude may call this row: its model, timm name, timm name@resolution."""
         return (self.model, f"{self.model}@{self.resolution}") + (
             (self.timm_name, f"{self.timm_name}@{self.resolution}") if self.timm_name else ())
+
+
+def timm_graph_key(timm_name: str, resolution: int, form: str = "timm") -> str:
+    """Graph-cache key of a re-parameterised timm model at `resolution` px in one of GRAPH_FORMS."""
+    prefix = "timm-rep" if form == "timm" else f"timm-rep-{form}"
+    return f"{prefix}__{timm_name}__{resolution}"
+
+
+def graph_form(coreml_format: str, timm_name: str, families: tuple[str, ...] = CVNETS_FAMILIES) -> str:
+    """The graph that prices a timm row: "cvnets" (Apple's per-head attention) for a model of `families`
+    converted to the NeuralNetwork format, which Apple's converter always writes; else "timm"."""
+    return "cvnets" if coreml_format == "neuralnetwork" and timm_name.startswith(families) else "timm"
 
 
 def read_measurements(path: str | Path, coreml_format: str = "mlprogram",
@@ -173,9 +184,7 @@ def _measured_row(line: int, r: dict[str, str], folder: Path, default_format: st
     path = safe_path(r["path"], folder, where, (".onnx", ".json")) if r.get("path") else None
     timm_name = "" if path is not None else r.get("timm_name", "")
     res = _resolution(r.get("resolution", ""), timm_name, where) if timm_name else 0
-    form = _choice(r.get("graph", ""), GRAPH_FORMS, "graph", where)
-    if not form:
-        form = "cvnets" if fmt == "neuralnetwork" and timm_name.startswith(families) else "timm"
+    form = _choice(r.get("graph", ""), GRAPH_FORMS, "graph", where) or graph_form(fmt, timm_name, families)
     return MeasuredRow(line, r["model"], ms, timm_name, res, path, fmt, form)
 
 
