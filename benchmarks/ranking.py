@@ -46,13 +46,14 @@ def main() -> None:
 
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.oracle import BlockCounts
+    from autovit.nas.blocks import DECOMPOSITION
     from autovit.nas.evaluate import evaluate, supernet_from_checkpoint
     from autovit.nas.params import count_params
 
     net, cfg, ck = supernet_from_checkpoint(args.supernet)
     archs = spread_archs(net.space, args.n, args.seed)
     seeds = [int(s) for s in args.seeds.split(",")]
-    flops = BlockCounts().flops(archs)
+    flops = BlockCounts(**DECOMPOSITION).flops(archs)
     rows = []
     t0 = time.perf_counter()
     for i, arch in enumerate(archs):

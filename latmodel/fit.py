@@ -17,7 +17,7 @@ from scipy.optimize import least_squares
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.hardware import HardwareProfile
-from autovit.latmodel.modules import BlockSpec
+from autovit.latmodel.blocks import Block
 
 # Bounds of each free parameter (units as in the profile: fractions, us, multipliers, elements).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -31,7 +31,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def block_model(block: BlockSpec) -> LatencyModel:
+def block_model(block: Block) -> LatencyModel:
     """The latency model of one block, exported as networks are, at the block's own input shape."""
     from autovit.latmodel.sources import module_graph
 
@@ -41,7 +41,7 @@ def block_model(block: BlockSpec) -> LatencyModel:
 Pricer = Callable[[HardwareProfile], float]
 
 
-def block_pricer(block: BlockSpec, mode: str = "isolated") -> Pricer:
+def block_pricer(block: Block, mode: str = "isolated") -> Pricer:
     """profile -> predicted ms of what a LUT entry of `mode` measured for `block`: the block
     alone (isolated), or lead-in + block minus lead-in (ablation, see profiler.py)."""
     if mode == "isolated":
@@ -98,7 +98,7 @@ class ProfileCalibrator:
         self._pricers: dict[str, Pricer] = {}
         self.calibration: Calibration | None = None
 
-    def _pricer(self, block: BlockSpec) -> Pricer:
+    def _pricer(self, block: Block) -> Pricer:
         if block.key not in self._pricers:
             try:
                 self._pricers[block.key] = block_pricer(block, self.mode)
@@ -130,7 +130,7 @@ class ProfileCalibrator:
                 seen.append(n)
         return tuple(seen)
 
-    def fit(self, blocks: list[BlockSpec], measured_ms: list[float]) -> Calibration:
+    def fit(self, blocks: list[Block], measured_ms: list[float]) -> Calibration:
         return self.fit_pricers([self._pricer(b) for b in blocks], measured_ms, [b.kind for b in blocks])
 
     def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str]) -> Calibration:
@@ -192,6 +192,6 @@ class ProfileCalibrator:
             raise AutoVitError("calibrate first: fit() has not run")
         return replace(self.profile, **self.calibration.params)
 
-    def predict(self, blocks: list[BlockSpec]) -> np.ndarray:
+    def predict(self, blocks: list[Block]) -> np.ndarray:
         prof = self.fitted_profile()
         return np.array([self._pricer(b)(prof) for b in blocks])

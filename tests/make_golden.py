@@ -21,6 +21,7 @@ def main() -> None:
     from autovit.latmodel.hardware import builtin_names, load_profile
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.sources import graph_for
+    import autovit.nas  # noqa: F401 - registers the autovit: and architecture-file sources
     from tests.golden_models import GOLDEN, priced, sources
 
     profiles = [load_profile(n) for n in builtin_names()]

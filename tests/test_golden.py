@@ -10,6 +10,7 @@ import pytest
 from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.hardware import builtin_names, load_profile
 from autovit.latmodel.sources import graph_for
+import autovit.nas  # noqa: F401 - registers the autovit: and architecture-file sources
 from tests.golden_models import GOLDEN, model_names, priced, sources
 
 REL = 1e-9
