@@ -116,3 +116,16 @@ def test_autovit_registers_its_kinds_sources_and_timm_models():
     with pytest.raises(AutoVitError, match="no pretrained AutoViT weights"):
         timm.create_model("autovit_s", pretrained=True)
     assert graph_for("autovit:xxs").params == graph_for("timm:autovit_xxs").params
+
+
+def test_the_ofa_example_decomposes_a_subnet_into_exactly_its_layers():
+    """examples/ofa_mbv3_oracle.py: the blocks of a subnet hold all its parameters, in LUT-able form."""
+    from examples.ofa_mbv3_oracle import OFABlock, decompose, network, sample_subnets
+
+    subnet = sample_subnets(1, 64, [3, 5, 7], [3, 4, 6], [2, 3, 4], seed=1)[0]
+    blocks = decompose(subnet)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert sum(count(b.build()) for b in blocks) == count(network(subnet))
+    assert all(block_from_dict(b.to_dict()) == b for b in blocks) and isinstance(blocks[0], OFABlock)
+    with pytest.raises(AutoVitError, match="kind must be one of ofa_stem"):
+        block_from_dict({**blocks[1].to_dict(), "act": "gelu"})
