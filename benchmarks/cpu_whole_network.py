@@ -57,7 +57,8 @@ def rows_of(path: Path) -> list[dict]:
 
 def candidates(rows: list[dict], seed: int = 0, spaces=("xxs", "xs", "s")):
     """(row, Candidate) for each saved row: random subnets rebuilt from the seed, timm by name."""
-    from autovit.latmodel.validate import random_candidates, zoo_candidates
+    from autovit.latmodel.validate import zoo_candidates
+    from autovit.nas.latency import random_candidates
 
     n_random = sum(r["group"] == "random" for r in rows)
     rand = {c.name: c for c in random_candidates(n_random, list(spaces), seed)}
@@ -91,15 +92,15 @@ def fit_variant(base, lut, weight):
     from dataclasses import replace as dc_replace
 
     from autovit.cli.lat import reference_network
+    from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.modules import BlockSpec
 
     entries = [e for e in lut.entries.values() if e.get("mode") == "isolated"]
     net = reference_network(lut) if weight is not None else None
     if net is not None and weight != "blocks":
         net = dc_replace(net, weight=float(weight))
     cal = ProfileCalibrator(base)
-    c = cal.fit([BlockSpec.from_dict(e["block"]) for e in entries], [float(e["median_ms"]) for e in entries], net)
+    c = cal.fit([block_from_dict(e["block"]) for e in entries], [float(e["median_ms"]) for e in entries], net)
     return cal.fitted_profile(), c
 
 
@@ -118,8 +119,9 @@ STATISTICS = {"measured_ms": lambda r, ref: r["measured_ms"], "raw_min_ms": lamb
 def price_sets(profile, items, statistic: str = "measured_ms", ref_ms: float = 0.0) -> dict[str, dict]:
     """Metrics per set (random, zoo, extra) and predictor (analytical, analytical_blocks)."""
     from autovit.latmodel.oracle import AnalyticalOracle
+    from autovit.nas.blocks import DECOMPOSITION
 
-    blocks = AnalyticalOracle(profile)
+    blocks = AnalyticalOracle(profile, **DECOMPOSITION)
     per: dict[tuple[str, str], tuple[list, list]] = {}
     for r, arch, model in items:
         preds = {"analytical": model.estimate(profile).latency_ms}
@@ -140,8 +142,8 @@ def block_sums(rows: list[dict], luts: Path) -> dict[str, float]:
     has every block), median over the random subnets the ablation LUT covers."""
     from dataclasses import astuple
 
-    from autovit.latmodel.modules import BlockSpec, arch_block_fields
-    from autovit.nas.arch import arch_from_dict
+    from autovit.nas.arch import arch_block_fields, arch_from_dict
+    from autovit.nas.blocks import BlockSpec
 
     def table(name):
         return {astuple(BlockSpec.from_dict(e["block"])): e["median_ms"]

@@ -97,18 +97,20 @@ def main() -> None:
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.measure import TimingPolicy, physical_cores
     from autovit.latmodel.oracle import AnalyticalOracle, ProxyOracle
-    from autovit.latmodel.profiler import drift_monitor
+    from autovit.latmodel.runner import drift_monitor
+    from autovit.nas.blocks import DECOMPOSITION
     from autovit.nas.builder import build_model
     from autovit.nas.evaluate import supernet_from_checkpoint
-    from autovit.nas.search import PROXY_REFERENCE, parse_latency
+    from autovit.nas.latency import PROXY_REFERENCE, reference_model
+    from autovit.nas.search import parse_latency
 
     profile = load_profile(args.hw)
     net, cfg, _ = supernet_from_checkpoint(args.supernet)
     space = net.space
     rng = random.Random(0)
     reference = [space.sample(rng) for _ in range(PROXY_REFERENCE)]
-    analytical = AtResolution(AnalyticalOracle(profile), args.deploy_resolution)
-    flops = AtResolution(ProxyOracle("flops", profile, analytical.deployed(reference)), args.deploy_resolution)
+    analytical = AtResolution(AnalyticalOracle(profile, **DECOMPOSITION), args.deploy_resolution)
+    flops = AtResolution(ProxyOracle("flops", profile, analytical.deployed(reference), **DECOMPOSITION), args.deploy_resolution)
     if args.budget == "auto":
         rng = random.Random(12345)
         budget = float(np.percentile(analytical.latency_ms([space.sample(rng) for _ in range(2000)]), args.percentile))
@@ -131,8 +133,9 @@ def main() -> None:
     # median moved by 25 % from round to round (first run of this script).
     policy = TimingPolicy(warmup=10, min_repeats=50, max_repeats=400, ci_pct=1.0, max_seconds=1.0)
     t0 = time.time()
-    failed = v.measure(cands, "onnxruntime", threads, args.rounds, policy, None,
-                       drift_monitor("onnxruntime", threads, policy), ref_ms)
+    ref_module, ref_shape, ref_name = reference_model()
+    monitor = drift_monitor(ref_module, ref_shape, "onnxruntime", threads, policy, name=ref_name)
+    failed = v.measure(cands, "onnxruntime", threads, args.rounds, policy, None, monitor, ref_ms)
     if failed:
         sys.exit(f"could not measure: {failed}")
     print(f"measured {len(cands)} architectures x {args.rounds} rounds in {time.time() - t0:.0f} s", file=sys.stderr)

@@ -55,7 +55,8 @@ def main() -> None:
     from autovit.latmodel.io import atomic_write_text
     from autovit.nas.evaluate import AccuracyEvaluator, supernet_from_checkpoint
     from autovit.nas.params import count_params
-    from autovit.nas.search import Constraints, EvolutionSettings, Searcher, make_oracle, parse_latency, parse_params
+    from autovit.nas.latency import make_oracle
+    from autovit.nas.search import Constraints, EvolutionSettings, Searcher, parse_latency, parse_params
 
     net, cfg, _ = supernet_from_checkpoint(args.supernet)
     oracle = make_oracle("analytical", args.hw)

@@ -17,7 +17,7 @@ from scipy.optimize import least_squares
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.hardware import HardwareProfile
-from autovit.latmodel.modules import BlockSpec
+from autovit.latmodel.blocks import Block
 
 # Bounds of each free parameter (units as in the profile: fractions, us, multipliers, elements).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -31,7 +31,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def block_model(block: BlockSpec) -> LatencyModel:
+def block_model(block: Block) -> LatencyModel:
     """The latency model of one block, exported as networks are, at the block's own input shape."""
     from autovit.latmodel.sources import module_graph
 
@@ -41,7 +41,7 @@ def block_model(block: BlockSpec) -> LatencyModel:
 Pricer = Callable[[HardwareProfile], float]
 
 
-def block_pricer(block: BlockSpec, mode: str = "isolated") -> Pricer:
+def block_pricer(block: Block, mode: str = "isolated") -> Pricer:
     """profile -> predicted ms of what a LUT entry of `mode` measured for `block`: the block
     alone (isolated), or lead-in + block minus lead-in (ablation, see profiler.py)."""
     if mode == "isolated":
@@ -61,8 +61,9 @@ def block_pricer(block: BlockSpec, mode: str = "isolated") -> Pricer:
 
 
 def network_pricer(source: str) -> Pricer:
-    """profile -> predicted ms of a whole network (`autovit:PRESET`, `timm:NAME`, an .onnx file)
-    at batch 1, priced from its exported graph as `estimate` prices it."""
+    """profile -> predicted ms of a whole network (any registered source: `timm:NAME`, an .onnx
+    file, `autovit:PRESET` once `autovit.nas` is imported) at batch 1, priced from its exported
+    graph as `estimate` prices it."""
     from autovit.latmodel.sources import graph_for
 
     model = LatencyModel(graph_for(source))
@@ -81,12 +82,13 @@ class ReferenceNetwork:
     weight: float = 1.0
 
     @classmethod
-    def of_lut(cls, lut) -> "ReferenceNetwork | None":
+    def of_lut(cls, lut, trusted: Callable[[str], bool]) -> "ReferenceNetwork | None":
+        """The network `lut.reference` names, or None when it names none or one the caller does
+        not trust: `trusted(source)` says whether the caller will build and export that model (a
+        LUT comes from elsewhere; a file path in it must not make calibrate read that file)."""
         ref = getattr(lut, "reference", None) or {}
         source = str(ref.get("model") or "")
-        # The drift monitor's reference is an AutoViT preset; a LUT naming anything else (a file,
-        # a timm model) is not trusted to make calibrate read or export it.
-        if not source.startswith("autovit:") or not ref.get("ref_ms"):
+        if not source or not trusted(source) or not ref.get("ref_ms"):
             return None
         return cls(source, float(ref["ref_ms"]))
 
@@ -142,7 +144,7 @@ class ProfileCalibrator:
         self._pricers: dict[str, Pricer] = {}
         self.calibration: Calibration | None = None
 
-    def _pricer(self, block: BlockSpec) -> Pricer:
+    def _pricer(self, block: Block) -> Pricer:
         if block.key not in self._pricers:
             try:
                 self._pricers[block.key] = block_pricer(block, self.mode)
@@ -174,7 +176,7 @@ class ProfileCalibrator:
                 seen.append(n)
         return tuple(seen)
 
-    def fit(self, blocks: list[BlockSpec], measured_ms: list[float],
+    def fit(self, blocks: list[Block], measured_ms: list[float],
             network: ReferenceNetwork | None = None) -> Calibration:
         """Fit to measured blocks and, with `network`, to one whole network as well.
 
@@ -258,6 +260,6 @@ class ProfileCalibrator:
             raise AutoVitError("calibrate first: fit() has not run")
         return replace(self.profile, **self.calibration.params)
 
-    def predict(self, blocks: list[BlockSpec]) -> np.ndarray:
+    def predict(self, blocks: list[Block]) -> np.ndarray:
         prof = self.fitted_profile()
         return np.array([self._pricer(b)(prof) for b in blocks])

@@ -17,7 +17,7 @@ from autovit.latmodel.checks import check_keys, dumps, number, read_json
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.io import atomic_write_text
 from autovit.latmodel.measure import BACKENDS
-from autovit.latmodel.modules import BlockSpec
+from autovit.latmodel.blocks import Block, block_from_dict
 
 LUT_SCHEMA = "autovit-lut/1"
 MODES = ("isolated", "ablation")
@@ -35,16 +35,13 @@ class Lut:
     reference: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def entry_key(mode: str, block: BlockSpec) -> str:
+    def entry_key(mode: str, block: Block) -> str:
         return f"{mode}|{block.key}"
 
-    def has(self, mode: str, block: BlockSpec) -> bool:
-        return self.entry_key(mode, block) in self.entries
-
-    def add(self, mode: str, block: BlockSpec, measurement: dict[str, Any]) -> None:
+    def add(self, mode: str, block: Block, measurement: dict[str, Any]) -> None:
         self.entries[self.entry_key(mode, block)] = {"mode": mode, "block": block.to_dict(), **measurement}
 
-    def median_ms(self, mode: str, block: BlockSpec) -> float | None:
+    def median_ms(self, mode: str, block: Block) -> float | None:
         e = self.entries.get(self.entry_key(mode, block))
         return e["median_ms"] if e else None
 
@@ -127,7 +124,7 @@ def _check_entry(key: str, e: Any, w: str) -> None:
     check_keys(e, _ENTRY_KEYS, w)
     if e.get("mode") not in MODES:
         raise AutoVitError(f"{w}: 'mode' must be one of {', '.join(MODES)}, got {e.get('mode')!r:.40}")
-    block = BlockSpec.from_dict(e.get("block"), f"{w} block")
+    block = block_from_dict(e.get("block"), f"{w} block")
     if key != Lut.entry_key(e["mode"], block):
         raise AutoVitError(f"{w} does not match its block (its key would be '{Lut.entry_key(e['mode'], block)}'); {_FIX}")
     _ms(e.get("median_ms"), f"{w} median_ms")

@@ -5,7 +5,7 @@ import pytest
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.fit import ProfileCalibrator
 from autovit.latmodel.hardware import load_profile
-from autovit.latmodel.modules import BlockSpec
+from autovit.nas.blocks import BlockSpec
 
 BLOCKS = [BlockSpec("conv", 64, 3, 16, 3, 2), BlockSpec("conv", 64, 3, 24, 3, 2),
           BlockSpec("mbconv", 32, 16, 16, 3, 1, 1.0), BlockSpec("mbconv", 16, 24, 32, 3, 2, 2.0),

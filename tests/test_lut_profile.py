@@ -13,7 +13,7 @@ from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import LUT_SCHEMA, Lut, load_lut
 from autovit.latmodel.measure import (
     TimingPolicy, check_backend, cuda_event_timer, median_ci_halfwidth_pct, summarize, time_callable)
-from autovit.latmodel.modules import BlockSpec, arch_blocks, paper46, space_blocks
+from autovit.nas.blocks import BlockSpec, arch_blocks, paper46, space_blocks
 from autovit.latmodel.profiler import profile_blocks
 from autovit.nas.params import count_params
 from autovit.nas.space import load_space
