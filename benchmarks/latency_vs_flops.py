@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--deploy-resolution", type=int, default=None, help="price and measure at R x R px")
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--coarse", type=int, default=10_000)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime threads of the referee [default: physical cores]; use the calibration LUT's")
     ap.add_argument("--out", default=str(HERE / "results" / "latency_vs_flops.json"))
     args = ap.parse_args()
 
@@ -126,7 +128,7 @@ def main() -> None:
                                      arch=arch))
     calib = profile.calibration.get("lut")
     ref_ms = load_lut(calib, profile.name).reference.get("ref_ms") if calib else None
-    threads = physical_cores()
+    threads = args.threads or physical_cores()
     # validate's protocol with longer bursts: these networks take ~1 ms, where a 6-run burst's
     # median moved by 25 % from round to round (first run of this script).
     policy = TimingPolicy(warmup=10, min_repeats=50, max_repeats=400, ci_pct=1.0, max_seconds=1.0)
@@ -137,7 +139,7 @@ def main() -> None:
         sys.exit(f"could not measure: {failed}")
     print(f"measured {len(cands)} architectures x {args.rounds} rounds in {time.time() - t0:.0f} s", file=sys.stderr)
 
-    out = {"benchmark": "latency_vs_flops", "supernet": args.supernet, "hw": args.hw, "budget_ms": budget,
+    out = {"benchmark": "latency_vs_flops", "supernet": args.supernet, "hw": args.hw, "budget_ms": budget, "threads": threads,
            "budget_percentile": args.percentile if args.budget == "auto" else None,
            "deploy_resolution": args.deploy_resolution, "val_images": args.val_images,
            "evaluations": args.evaluations, "seed": args.seed, "rounds": args.rounds, "reference_ms": ref_ms,
