@@ -360,7 +360,8 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     from pathlib import Path
 
     from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
+    from autovit.latmodel.hardware import (CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, profile_at_threads,
+                                           write_calibrated_profile)
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.modules import BlockSpec
 
@@ -371,8 +372,10 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     if out_file and out_file.exists() and not out_file.read_bytes().startswith(CALIBRATION_HEADER.encode()):
         raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
                          "choose a new file")
-    profile = load_profile(hw)
-    lut = load_lut(lut_path, profile.name)
+    lut = load_lut(lut_path, load_profile(hw).name)
+    threads = (lut.environment or {}).get("threads")
+    # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many.
+    profile, fixed = profile_at_threads(hw, threads if isinstance(threads, int) else None)
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         others = sorted({e["mode"] for e in lut.entries.values()})
@@ -390,8 +393,9 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
         cal = calibrator.fit(blocks, measured, network)
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound, "network": network.describe() if network else None}
-    written = write_calibrated_profile(hw, cal.params, record, out_file)
+              "at_bound": cal.at_bound, "network": network.describe() if network else None,
+              "threads": threads if isinstance(threads, int) else None}
+    written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
         print_json({"profile": str(written), **cal.to_dict(), "network": record["network"]})
         return
