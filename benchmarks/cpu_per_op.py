@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -37,79 +36,33 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-ELEMENTWISE = {"Add", "Mul", "Sub", "Div", "Pow", "Sqrt", "Erf", "Where", "Equal", "Neg", "Reciprocal"}
-ACTIVATIONS = {"Relu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Tanh", "QuickGelu", "FastGelu",
-               "BiasGelu"}
-NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "BatchNormalization",
-         "GroupNorm", "InstanceNormalization", "ReduceMean"}
-MATMULS = {"MatMul", "FusedMatMul", "Gemm", "FusedGemm"}
-LAYOUT = {"Transpose", "Reshape", "Split", "Concat", "ReorderInput", "ReorderOutput", "Flatten", "Squeeze",
-          "Unsqueeze", "Gather", "Slice", "Expand", "Shape", "Identity", "Pad", "Tile", "Resize"}
+
+def node_class(node: dict) -> str:
+    """A node record's op class (records collected before `class` was stored carry the shapes)."""
+    from autovit.latmodel.ort_profile import op_class
+
+    return node.get("class") or op_class(node["op"], node.get("in"), node.get("param_bytes", 0))
 
 
-def ort_category(node: dict) -> str:
-    """The model's category (kernels.py) of one onnxruntime profiler node record."""
-    op = node["op"]
-    if op in ("Conv", "FusedConv", "NchwcConv"):
-        shapes = node.get("in") or []
-        w = list(shapes[1].values())[0] if len(shapes) > 1 and isinstance(shapes[1], dict) else None
-        return "dwconv" if w and len(w) == 4 and w[1] == 1 and w[0] > 1 else "conv"
-    if op in MATMULS:
-        return "linear" if node.get("param_bytes", 0) > 0 else "attention"
-    if op == "Softmax":
-        return "attention"
-    if op in NORMS:
-        return "norm"
-    if op in ACTIVATIONS:
-        return "activation"
-    if op in ELEMENTWISE:
-        return "elementwise"
-    if "Pool" in op:
-        return "pooling"
-    return "layout" if op in LAYOUT else "other"
+def timed_nodes(onnx_bytes: bytes, shape, threads: int, runs: int) -> dict:
+    """{'run_ms' (unprofiled), 'profiled_run_ms', 'nodes'}: the profiler's own cost is the difference."""
+    from autovit.latmodel.ort_profile import node_times, session
 
+    def median_run_ms(sess) -> float:
+        feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        for _ in range(5):
+            sess.run(None, feed)
+        t = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            t.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(t))
 
-
-def _session(onnx_bytes: bytes, threads: int, profile_dir: str | None):
-    import onnxruntime as ort
-
-    o = ort.SessionOptions()
-    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
-    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if profile_dir:
-        o.enable_profiling, o.profile_file_prefix = True, profile_dir + "/p"
-    return ort.InferenceSession(onnx_bytes, o, providers=["CPUExecutionProvider"])
-
-
-def _median_run_ms(sess, feed, runs: int) -> float:
-    for _ in range(5):
-        sess.run(None, feed)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        t.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(t))
-
-
-def node_times(onnx_bytes: bytes, shape, threads: int, runs: int) -> dict:
-    """{'run_ms', 'profiled_run_ms', 'nodes': [{name, op, in, param_bytes, ms}]}: medians over `runs`."""
-    feed_value = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    plain = _session(onnx_bytes, threads, None)
-    run_ms = _median_run_ms(plain, {plain.get_inputs()[0].name: feed_value}, runs)
+    run_ms = median_run_ms(session(onnx_bytes, threads))
     with tempfile.TemporaryDirectory() as d:
-        sess = _session(onnx_bytes, threads, d)
-        profiled = _median_run_ms(sess, {sess.get_inputs()[0].name: feed_value}, runs)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    per, info = defaultdict(list), {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            name, a = e["name"][: -len("_kernel_time")], e["args"]
-            per[name].append(e["dur"] / 1e3)
-            info[name] = {"op": a.get("op_name"), "in": a.get("input_type_shape"),
-                          "param_bytes": int(a.get("parameter_size", 0) or 0)}
-    return {"run_ms": run_ms, "profiled_run_ms": profiled,
-            "nodes": [{"name": n, **info[n], "ms": float(np.median(v[-runs:]))} for n, v in per.items()]}
+        profiled = median_run_ms(session(onnx_bytes, threads, d + "/p"))
+    return {"run_ms": run_ms, "profiled_run_ms": profiled, "nodes": node_times(onnx_bytes, shape, threads, runs)}
 
 
 def networks(n_random: int) -> dict[str, tuple]:
@@ -131,8 +84,8 @@ def collect(args) -> None:
     res = json.loads(out.read_text()) if out.exists() else {}
     for name, (build, shape) in networks(args.random).items():
         if name not in res:
-            res[name] = {"shape": list(shape), **node_times(export_onnx_bytes(build().eval(), shape), shape,
-                                                            args.threads, args.runs)}
+            res[name] = {"shape": list(shape), **timed_nodes(export_onnx_bytes(build().eval(), shape), shape,
+                                                             args.threads, args.runs)}
             atomic_write_text(out, json.dumps(res))  # resumable
             print(f"{name}: {res[name]['run_ms']:.3f} ms", file=sys.stderr)
 
@@ -161,7 +114,7 @@ def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
                 a["pred_ms"] += k.ms
                 a["kernels"] += 1
         for n in r["nodes"]:
-            a = acc[g][ort_category(n)]
+            a = acc[g][node_class(n)]
             a["ort_ms"] += n["ms"]
             a["nodes"] += 1
         overhead[g].append(1e3 * (r["profiled_run_ms"] - r["run_ms"]) / max(len(r["nodes"]), 1))
@@ -174,34 +127,22 @@ def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
     return out
 
 
-def op_points(cal, blocks, measured, res: dict, min_ms: float):
-    """(pricers, ms, kinds) of each block's per-class kernel time >= min_ms, scaled so that the
-    block's profiled kernels sum to its LUT time (the profiler's inflation taken out pro rata)."""
-    from autovit.latmodel.fit import block_model
-
-    pricers, ms, kinds = [], [], []
-    for b, lut_ms in zip(blocks, measured):
+def block_op_ms(res: dict, blocks) -> list[dict | None]:
+    """Per block: its collected kernel ms per op class (None where not collected)."""
+    out = []
+    for b in blocks:
         r = res.get("calib50|" + b.key)
-        if r is None:
-            continue
-        total = sum(n["ms"] for n in r["nodes"])
-        by_class: dict[str, float] = defaultdict(float)
-        for n in r["nodes"]:
-            by_class[ort_category(n)] += n["ms"]
-        model = block_model(b)
-        for c, v in by_class.items():
-            if v >= min_ms and c not in ("layout", "other", "elementwise"):
-                pricers.append(lambda p, m=model, c=c: sum(k.ms for k in m.estimate(p).kernels
-                                                         if k.kernel.category == c))
-                ms.append(v * lut_ms / total)
-                kinds.append("op:" + c)
-    return pricers, ms, kinds
+        per: dict[str, float] = defaultdict(float)
+        for n in (r or {}).get("nodes", []):
+            per[node_class(n)] += n["ms"]
+        out.append(dict(per) if r else None)
+    return out
 
 
 def fit_experiment(args, res: dict, builders: dict, cache: Path) -> dict:
     from autovit.cli.lat import reference_network
     from autovit.latmodel.estimate import estimate
-    from autovit.latmodel.fit import ProfileCalibrator, network_pricer
+    from autovit.latmodel.fit import ProfileCalibrator
     from autovit.latmodel.hardware import profile_at_threads
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.modules import BlockSpec
@@ -218,18 +159,13 @@ def fit_experiment(args, res: dict, builders: dict, cache: Path) -> dict:
     out = {}
     for variant in ("blocks+network", "blocks+network+ops"):
         cal = ProfileCalibrator(base)
-        pricers = [cal._pricer(b) for b in blocks] + [network_pricer(net.source)]
-        ms, kinds, weights = measured + [net.ms], [b.kind for b in blocks] + ["network"], [1.0] * len(blocks) + [net.weight]
-        if variant.endswith("ops"):
-            p, m, k = op_points(cal, blocks, measured, res, args.min_ms)
-            pricers, ms, kinds, weights = pricers + p, ms + m, kinds + k, weights + [1.0] * len(p)
-        c = cal.fit_pricers(pricers, ms, kinds, weights)
+        c = cal.fit(blocks, measured, net, block_op_ms(res, blocks) if variant.endswith("ops") else None)
         prof = cal.fitted_profile()
         per: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
         for (r, _), g in zip(rows, graphs):
             per[r["group"]][0].append(estimate(g, prof).latency_ms)
             per[r["group"]][1].append(r["measured_ms"])
-        out[variant] = {"points": len(ms), "rms_log_error": c.rms_log_error, "params": c.params,
+        out[variant] = {"points": c.n_points, "rms_log_error": c.rms_log_error, "params": c.params,
                         "at_bound": c.at_bound, "sets": {g: ratio_metrics(*v) for g, v in per.items()}}
     return out
 

@@ -55,7 +55,9 @@ def op_class(op: str, input_shapes: list[Any] | None = None, param_bytes: int = 
     return _CLASS_OF_OP.get(op, "other")
 
 
-def _session(onnx_bytes: bytes, threads: int, profile_prefix: str | None):
+def session(onnx_bytes: bytes, threads: int, profile_prefix: str | None = None):
+    """An onnxruntime CPU session as `profile` and `validate` time them (all graph optimisations,
+    `threads` intra-op threads), profiling into `profile_prefix`* when given."""
     import onnxruntime as ort
 
     o = ort.SessionOptions()
@@ -70,7 +72,7 @@ def node_times(onnx_bytes: bytes, shape: tuple[int, ...], threads: int, runs: in
     """Every kernel of one profiled run: [{name, op, class, ms}], ms the median over `runs` runs
     after 5 warm-up runs (ms of the kernel alone, as onnxruntime's profiler reports it)."""
     with tempfile.TemporaryDirectory() as d:
-        sess = _session(onnx_bytes, threads, str(Path(d) / "p"))
+        sess = session(onnx_bytes, threads, str(Path(d) / "p"))
         feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
         for _ in range(5 + runs):
             sess.run(None, feed)
