@@ -84,22 +84,23 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--deploy-resolution", type=int, default=None, help="price and measure at R x R px")
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--coarse", type=int, default=10_000)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime threads of the referee [default: physical cores]; use the calibration LUT's")
     ap.add_argument("--out", default=str(HERE / "results" / "latency_vs_flops.json"))
     return ap.parse_args()
 
 
-def measure(cands: list, profile, rounds: int) -> float | None:
+def measure(cands: list, profile, rounds: int, threads: int) -> float | None:
     """Time `cands` with validate's protocol (fills their measured_ms, raw_ms, cv); returns the
     calibration LUT's reference ms the values are expressed at (None: raw)."""
     from autovit.latmodel import validate as v
     from autovit.latmodel.lut import load_lut
-    from autovit.latmodel.measure import TimingPolicy, physical_cores
+    from autovit.latmodel.measure import TimingPolicy
     from autovit.latmodel.runner import drift_monitor
     from autovit.nas.latency import reference_model
 
     calib = profile.calibration.get("lut")
     ref_ms = load_lut(calib, profile.name).reference.get("ref_ms") if calib else None
-    threads = physical_cores()
     # validate's protocol with longer bursts: these networks take ~1 ms, where a 6-run burst's
     # median moved by 25 % from round to round (first run of this script).
     policy = TimingPolicy(warmup=10, min_repeats=50, max_repeats=400, ci_pct=1.0, max_seconds=1.0)
@@ -142,6 +143,7 @@ def main() -> None:
     from autovit.latmodel import validate as v
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
+    from autovit.latmodel.measure import physical_cores
     from autovit.latmodel.oracle import AnalyticalOracle, ProxyOracle
     from autovit.nas.blocks import DECOMPOSITION
     from autovit.nas.builder import build_model
@@ -171,9 +173,10 @@ def main() -> None:
             side = arch.resolution
             cands.append(v.Candidate(f"{oracle}-{i}", oracle, (lambda a=arch: build_model(a)), (1, 3, side, side),
                                      arch=arch))
-    ref_ms = measure(cands, profile, args.rounds)
+    threads = args.threads or physical_cores()
+    ref_ms = measure(cands, profile, args.rounds, threads)
 
-    out = {"benchmark": "latency_vs_flops", "supernet": args.supernet, "hw": args.hw, "budget_ms": budget,
+    out = {"benchmark": "latency_vs_flops", "supernet": args.supernet, "hw": args.hw, "budget_ms": budget, "threads": threads,
            "budget_percentile": args.percentile if args.budget == "auto" else None,
            "deploy_resolution": args.deploy_resolution, "val_images": args.val_images,
            "evaluations": args.evaluations, "seed": args.seed, "rounds": args.rounds, "reference_ms": ref_ms,

@@ -197,6 +197,9 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
               help="Bursts per block, one pass over all blocks each (robust to slow spells of shared machines).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time a reference model between bursts and express entries at the LUT's reference speed.")
+@click.option("--per-op/--no-per-op", default=True, show_default=True,
+              help="onnxruntime, isolated: also record each block's kernel time per op class (its profiler), "
+                   "which calibrate fits op class by op class.")
 @click.option("--export", "export_dir", type=click.Path(), default=None,
               help="Measure elsewhere: write every block as a model file + manifest.json into this new folder.")
 @click.option("--format", "export_format", type=click.Choice(["coreml", "onnx", "torchscript"]), default="coreml",
@@ -204,7 +207,7 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--json", "as_json", is_flag=True, help="Summary as one JSON object on stdout.")
 def profile(hw: str, backend: str, preset: str | None, space_name: str | None, blocks_file: str | None, mode: str,
             out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, rounds: int,
-            reference: bool, export_dir: str | None, export_format: str, as_json: bool) -> None:
+            reference: bool, per_op: bool, export_dir: str | None, export_format: str, as_json: bool) -> None:
     """Measure blocks on this machine into a lookup table (LUT).
 
     \b
@@ -242,9 +245,12 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
                       f"({backend}, {threads} threads)", highlight=False)
         t0 = time.time()
         measured, failures = _measure(todo, lut, out, backend, threads, mode, policy, reference)
+        per_op = per_op and backend == "onnxruntime" and mode == "isolated"
+        op_annotated = _annotate_op_classes(blocks, lut, out, threads) if per_op else 0
     summary = {"lut": str(out), "device": device, "backend": backend, "threads": threads, "mode": mode,
                "reference": lut.reference,
                "blocks": len(blocks), "measured": measured, "already_there": len(blocks) - len(todo),
+               "op_classes_recorded": op_annotated,
                "failed": [{"block": k, "error": e} for k, e in failures], "wall_s": round(time.time() - t0, 1)}
     if as_json:
         print_json(summary)
@@ -281,6 +287,20 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
         console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
                       "run the same command to resume", highlight=False)
         raise SystemExit(130) from None
+
+
+def _annotate_op_classes(blocks: list, lut, out, threads: int) -> int:
+    """Each measured block's kernel ms per op class (ort_profile.annotate_lut) behind a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from autovit.latmodel.ort_profile import annotate_lut
+    from autovit.latmodel.convert import export_onnx_bytes
+
+    todo = [b for b in blocks if "op_ms" not in lut.entries.get(lut.entry_key("isolated", b), {"op_ms": 0})]
+    with Progress(TextColumn("[bold]op classes[/]"), BarColumn(), MofNCompleteColumn(), console=console) as prog:
+        task = prog.add_task("", total=len(todo))
+        return annotate_lut(lut, out, todo, lambda b: export_onnx_bytes(b.build(), b.input_shape()), threads,
+                            on_progress=lambda b: prog.advance(task))
 
 
 def _module_set(preset: str | None, space_name: str | None, blocks_file: str | None) -> list:
@@ -351,12 +371,14 @@ def reference_network(lut):
 @click.option("--network/--no-network", "with_network", default=True, show_default=True,
               help="Fit the LUT's reference network (the drift monitor's whole model, timed at the LUT's speed) "
                    "together with the blocks.")
+@click.option("--per-op/--no-per-op", default=True, show_default=True,
+              help="Fit each block's large op classes too, where the LUT recorded them (profile --per-op).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Profile file to write [default: $AUTOVIT_HOME/profiles/HW@calibrated.toml].")
 @table_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, with_network: bool, out_path: str | None,
-              table_format: str, cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
+def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, with_network: bool, per_op: bool,
+              out_path: str | None, table_format: str, cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
     """Fit a profile's free parameters to measured blocks (a LUT), whole networks, or both; writes HW@calibrated.
 
     \b
@@ -375,7 +397,8 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
 
     from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
+    from autovit.latmodel.hardware import (CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, profile_at_threads,
+                                           write_calibrated_profile)
     from autovit.latmodel.lut import load_lut
 
     register_autovit()
@@ -386,8 +409,10 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     if out_file and out_file.exists() and not out_file.read_bytes().startswith(CALIBRATION_HEADER.encode()):
         raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
                          "choose a new file")
-    profile = load_profile(hw)
-    lut = load_lut(lut_path, profile.name)
+    lut = load_lut(lut_path, load_profile(hw).name)
+    threads = (lut.environment or {}).get("threads")
+    # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many.
+    profile, fixed = profile_at_threads(hw, threads if isinstance(threads, int) else None)
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         others = sorted({e["mode"] for e in lut.entries.values()})
@@ -400,13 +425,16 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     # A whole network separates per-run from per-op costs (fit.ProfileCalibrator.fit); a LUT
     # measured without the drift monitor has none.
     network = reference_network(lut) if with_network else None
-    what = f"{len(blocks)} blocks" + (f" and {network.source}" if network else "")
+    op_ms = [e.get("op_ms") for e in entries] if per_op else None
+    what = f"{len(blocks)} blocks" + (" (per op class)" if op_ms and any(op_ms) else "") + \
+        (f" and {network.source}" if network else "")
     with console.status(f"fitting {len(calibrator.names)} parameters to {what}", spinner="dots"):
-        cal = calibrator.fit(blocks, measured, network)
+        cal = calibrator.fit(blocks, measured, network, op_ms)
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound, "network": network.describe() if network else None}
-    written = write_calibrated_profile(hw, cal.params, record, out_file)
+              "at_bound": cal.at_bound, "network": network.describe() if network else None,
+              "threads": threads if isinstance(threads, int) else None}
+    written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
         print_json({"profile": str(written), **cal.to_dict(), "network": record["network"]})
         return

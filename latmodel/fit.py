@@ -18,6 +18,7 @@ from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.hardware import HardwareProfile
 from autovit.latmodel.blocks import Block
+from autovit.latmodel.ort_profile import op_points
 
 # Bounds of each free parameter (units as in the profile: fractions, us, multipliers, elements).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -142,6 +143,7 @@ class ProfileCalibrator:
             names = tuple(n for n in names if n not in ("dispatch_us", "view_dispatch_us"))
         self.names = tuple(names)
         self._pricers: dict[str, Pricer] = {}
+        self._models: dict[str, LatencyModel] = {}
         self.calibration: Calibration | None = None
 
     def _pricer(self, block: Block) -> Pricer:
@@ -154,6 +156,13 @@ class ProfileCalibrator:
                 raise AutoVitError(f"block {block.key}: cannot be built to price it ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0][:100] if str(e) else ''}); drop it from the LUT") from None
         return self._pricers[block.key]
+
+    def _class_pricer(self, block: Block, cls: str) -> Pricer:
+        """profile -> predicted ms of the kernels of category `cls` in `block` (isolated)."""
+        if block.key not in self._models:
+            self._models[block.key] = block_model(block)
+        model = self._models[block.key]
+        return lambda prof: sum(k.ms for k in model.estimate(prof).kernels if k.kernel.category == cls)
 
     def _profile_with(self, x: np.ndarray) -> HardwareProfile:
         return replace(self.profile, **dict(zip(self.names, map(float, x))))
@@ -177,16 +186,28 @@ class ProfileCalibrator:
         return tuple(seen)
 
     def fit(self, blocks: list[Block], measured_ms: list[float],
-            network: ReferenceNetwork | None = None) -> Calibration:
-        """Fit to measured blocks and, with `network`, to one whole network as well.
+            network: ReferenceNetwork | None = None,
+            op_ms: list[dict[str, float] | None] | None = None) -> Calibration:
+        """Fit to measured blocks and, with `network`, to one whole network as well; with `op_ms`
+        (per block: kernel ms per op class from the runtime's profiler, or None), to each
+        block's large op classes too.
 
         Blocks alone cannot tell a cost a block pays once per `session.run` (run_us, the
         reorders at its ends) from one it pays per op or per byte: every block has both. A whole
         network pays the first once and the second for every block, so one network in the fit
-        separates them (docs/BENCHMARKS.md, "whole networks on this machine")."""
+        separates them (docs/BENCHMARKS.md, "whole networks on this machine"). Nor can they
+        tell a slow convolution from a slow activation inside the same block; per-class kernel
+        times can (ort_profile.py)."""
         pricers = [self._pricer(b) for b in blocks]
         kinds = [b.kind for b in blocks]
         weights = [1.0] * len(blocks)
+        measured_ms = list(measured_ms)
+        for b, block_ms, ops in zip(blocks, measured_ms[:len(blocks)], op_ms or []):
+            for cls, ms in op_points(ops or {}, block_ms).items():
+                pricers.append(self._class_pricer(b, cls))
+                measured_ms.append(ms)
+                kinds.append("op:" + cls)
+                weights.append(1.0)
         if network is not None:
             pricers.append(network_pricer(network.source))
             measured_ms = list(measured_ms) + [network.ms]

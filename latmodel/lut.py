@@ -63,7 +63,7 @@ def _now() -> str:
 _LUT_KEYS = ("schema", "device", "backend", "created", "updated", "environment", "policy", "reference", "entries")
 _ENTRY_KEYS = ("mode", "block", "median_ms", "iqr_ms", "q1_ms", "q3_ms", "repeats", "outliers", "ci_pct", "converged",
                "round_medians", "with_round_ms", "without_round_ms", "round_reference_ms", "below_noise",
-               "with_ms", "without_ms", "std_ms")
+               "with_ms", "without_ms", "std_ms", "op_ms")
 # Longest latency a LUT may hold (about 3 hours) and most entries and rounds (every block of
 # every space is a few hundred entries).
 MAX_MS = 1e7
@@ -117,6 +117,20 @@ def _ms(v: Any, what: str, positive: bool = True) -> None:
                            f"(at most {MAX_MS:g} ms); {_FIX}")
 
 
+def _check_op_ms(op_ms: Any, w: str) -> None:
+    """Kernel ms per op class (ort_profile.class_times): known classes, finite ms >= 0."""
+    from autovit.latmodel.costs import CATEGORIES
+
+    if not isinstance(op_ms, dict):
+        raise AutoVitError(f"{w} op_ms must be an object of op class -> ms, got {op_ms!r:.40}; {_FIX}")
+    for c, v in op_ms.items():
+        if c not in CATEGORIES:
+            raise AutoVitError(f"{w} op_ms: unknown op class {c!r:.40} (known: {', '.join(CATEGORIES)}); {_FIX}")
+        _ms(v, f"{w} op_ms.{c}", positive=False)
+        if v < 0:
+            raise AutoVitError(f"{w} op_ms.{c} is {v!r:.40}; kernel times must be >= 0; {_FIX}")
+
+
 def _check_entry(key: str, e: Any, w: str) -> None:
     """One entry: known fields, a valid block whose key is the entry's, finite positive latencies."""
     if not isinstance(e, dict):
@@ -131,6 +145,8 @@ def _check_entry(key: str, e: Any, w: str) -> None:
     for k in ("with_ms", "without_ms"):
         if k in e:
             _ms(e[k], f"{w} {k}")
+    if "op_ms" in e:
+        _check_op_ms(e["op_ms"], w)
     lengths = set()
     for k in ("round_medians", "with_round_ms", "without_round_ms", "round_reference_ms"):
         if k not in e:
