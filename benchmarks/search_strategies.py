@@ -186,7 +186,8 @@ class AccuracyCache:
 
 def merge(files: list[str], out: Path) -> dict:
     """The runs of several results files of the same settings, in one results file (`out`,
-    written) with the summary over all of them; a (strategy, seed) run twice is an error."""
+    written) with the summary over the seeds every strategy finished (the others are left out
+    and named); a (strategy, seed) run twice is an error."""
     from autovit.latmodel.checks import read_json
     from autovit.latmodel.io import atomic_write_text
 
@@ -200,10 +201,15 @@ def merge(files: list[str], out: Path) -> dict:
     twice = sorted({s for s in seen if seen.count(s) > 1})
     if twice:
         sys.exit(f"--merge: {twice[0][0]} seed {twice[0][1]} is in more than one file; merge disjoint seeds")
+    # a seed some strategy has not finished (an interrupted file's last) would compare the
+    # strategies over different seeds
+    partial = sorted({r["seed"] for r in runs if any((s, r["seed"]) not in seen for s in STRATEGIES)})
+    runs = [r for r in runs if r["seed"] not in partial]
     head = {k: v for k, v in parts[0].items() if k not in ("runs", "summary", "targets", "distinct_subnets_evaluated",
                                                            "c2f_evaluations_to_reach_evolution_best",
                                                            "seeds_c2f_within_half", "cache", "cached_at_start")}
-    res = {**head, "merged_from": files, **summarise(runs, head["evaluations"]), "runs": runs}
+    res = {**head, "merged_from": files, "seeds": sorted({r["seed"] for r in runs}), "incomplete_seeds_left_out": partial,
+           **summarise(runs, head["evaluations"]), "runs": runs}
     atomic_write_text(out, json.dumps(res, indent=1) + "\n")
     return res
 

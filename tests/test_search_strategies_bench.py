@@ -67,6 +67,17 @@ def test_merge_summarises_the_runs_of_all_files(tmp_path):
     assert json.loads((tmp_path / "all.json").read_text())["merged_from"] == files
 
 
+def test_merge_leaves_out_a_seed_some_strategy_did_not_finish(tmp_path):
+    from search_strategies import merge
+
+    cut = results(tmp_path, "b.json", [1, 2])
+    data = json.loads(Path(cut).read_text())
+    Path(cut).write_text(json.dumps({**data, "runs": data["runs"][:-1]}))  # seed 2's coarse-to-fine is missing
+    out = merge([results(tmp_path, "a.json", [0]), cut], tmp_path / "all.json")
+    assert out["seeds"] == [0, 1] and out["incomplete_seeds_left_out"] == [2]
+    assert {r["seed"] for r in out["runs"]} == {0, 1} and out["c2f_evaluations_to_reach_evolution_best"] == [2, 2]
+
+
 @pytest.mark.parametrize("second, message", [
     ({"seeds": [0]}, "coarse_to_fine seed 0 is in more than one file"),
     ({"seeds": [1], "val_images": 16}, "differs from"),
