@@ -89,7 +89,9 @@ def summarise(archs: dict, runs: list[dict]) -> dict:
         gap = summary["largest"]["top1_mean"] - summary["smallest"]["top1_mean"]
         worst_std = max(s["top1_std"] for s in summary.values())
         out.update(largest_minus_smallest=gap, max_seed_std=worst_std, targets={
-            "separation >= 5 points": gap >= 5, "seed std <= 1 point": worst_std <= 1,
+            "separation >= 5 points": gap >= 5,
+            # undecided until every subnet has two seeds (one seed's std is 0 by definition)
+            "seed std <= 1 point": worst_std <= 1 if min(s["runs"] for s in summary.values()) > 1 else None,
             # one thread's CPU time bounds a quiet run's wall time on two threads
             "each run <= 600 s (CPU time, one thread)": out["slowest_run_cpu_s"] <= 600})
     return out

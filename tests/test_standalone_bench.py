@@ -76,3 +76,22 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
     assert torch.allclose(net.mbconv[0][1](x), x)
     assert net.mbconv[0][0].project[1].weight.abs().sum() > 0  # no skip connection there: left as it was
     assert net(torch.randn(2, 3, 32, 32)).abs().sum() > 0
+
+
+def test_separation_leaves_the_seed_target_undecided_with_one_seed():
+    from task_separation import summarise
+
+    from autovit.nas.data import open_data
+    from autovit.nas.train import TrainConfig, supernet_space
+
+    space = supernet_space(TrainConfig(space="xxs", data="mnist5k"), open_data("mnist5k"))
+    archs = {"smallest": space.smallest(), "largest": space.largest()}
+
+    def run(name, seed, top1):
+        return {"subnet": name, "seed": seed, "top1": top1, "wall_s": 1.0, "cpu_s": 1.0}
+
+    one = summarise(archs, [run("smallest", 0, 70.0), run("largest", 0, 80.0)])
+    assert one["targets"]["seed std <= 1 point"] is None and one["targets"]["separation >= 5 points"]
+    two = summarise(archs, [run("smallest", 0, 70.0), run("largest", 0, 80.0), run("smallest", 1, 73.0),
+                            run("largest", 1, 80.0)])
+    assert two["targets"]["seed std <= 1 point"] is False and two["largest_minus_smallest"] == 8.5
