@@ -67,7 +67,8 @@ def rows_of(path: Path) -> list[dict]:
 
 def candidates(rows: list[dict], seed: int = 0, spaces=("xxs", "xs", "s")):
     """(row, Candidate) for each saved row: random subnets rebuilt from the seed, timm by name."""
-    from autovit.latmodel.validate import random_candidates, zoo_candidates
+    from autovit.latmodel.validate import zoo_candidates
+    from autovit.nas.latency import random_candidates
 
     n_random = sum(r["group"] == "random" for r in rows)
     rand = {c.name: c for c in random_candidates(n_random, list(spaces), seed)}
@@ -198,15 +199,15 @@ def drift_report(items: list[Item], ref: Reference) -> dict:
 
 
 def lut_items(lut, profile) -> list[tuple[object, Item]]:
-    """(BlockSpec, Item) for every isolated entry of the LUT, described by its block's graph."""
+    """(block, Item) for every isolated entry of the LUT, described by its block's graph."""
+    from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.fit import block_model
-    from autovit.latmodel.modules import BlockSpec
 
     out = []
     for e in lut.entries.values():
         if e.get("mode") != "isolated":
             continue
-        b = BlockSpec.from_dict(e["block"])
+        b = block_from_dict(e["block"])
         m = block_model(b)
         out.append((b, Item("lut", list(e["round_medians"]), list(e["round_reference_ms"]), op_count(m, profile),
                             memory_share(m, profile), row=e)))
@@ -247,8 +248,9 @@ def price_sets(profile, items: list[Item], statistic: str, ref: Reference) -> di
     """Metrics per set (random, zoo, extra) and predictor (analytical, analytical_blocks), and the
     predicted/measured ratio of every timm model (`ratios`)."""
     from autovit.latmodel.oracle import AnalyticalOracle
+    from autovit.nas.blocks import DECOMPOSITION
 
-    blocks = AnalyticalOracle(profile)
+    blocks = AnalyticalOracle(profile, **DECOMPOSITION)
     per: dict[tuple[str, str], tuple[list, list]] = {}
     ratios: dict[str, float] = {}
     for it in items:
@@ -290,8 +292,8 @@ def block_sums(rows: list[dict], luts: Path) -> dict[str, float]:
     has every block), median over the random subnets the ablation LUT covers."""
     from dataclasses import astuple
 
-    from autovit.latmodel.modules import BlockSpec, arch_block_fields
-    from autovit.nas.arch import arch_from_dict
+    from autovit.nas.arch import arch_block_fields, arch_from_dict
+    from autovit.nas.blocks import BlockSpec
 
     def table(name):
         return {astuple(BlockSpec.from_dict(e["block"])): e["median_ms"]

@@ -52,6 +52,7 @@ def standin_times(manifest: Path, hw: str, out: Path) -> None:
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.lut_import import read_manifest
+    import autovit.nas  # noqa: F401 - registers AutoViT's block kinds, the manifest's
 
     profile = load_profile(hw)
     _, entries = read_manifest(manifest)

@@ -54,6 +54,7 @@ def main() -> None:
 
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.oracle import BlockCounts
+    from autovit.nas.blocks import DECOMPOSITION
     from autovit.nas.evaluate import supernet_from_checkpoint
     from autovit.nas.params import count_params
 
@@ -61,7 +62,7 @@ def main() -> None:
     alone_cfg = recipe_config(cfg, args)
     archs = spread_archs(net.space, args.n, args.seed)
     seeds = [int(s) for s in args.seeds.split(",")]
-    flops = BlockCounts().flops(archs)
+    flops = BlockCounts(**DECOMPOSITION).flops(archs)
     head = {"benchmark": "ranking_fidelity", "supernet": args.supernet, "supernet_epochs": ck["epoch"],
             "data": cfg.data, "standalone_epochs": args.epochs, "standalone_seeds": seeds,
             "standalone_recipe": recipe_values(alone_cfg)}

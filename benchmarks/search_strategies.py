@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--hw", default="local-cpu")
@@ -43,7 +43,31 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="PNG of the best-so-far curves")
     ap.add_argument("--replot", action="store_true",
                     help="search nothing: draw --plot from the runs already in --out (an interrupted benchmark's)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def one_run(new_searcher, strategy: str, settings, evaluations: int, seed: int) -> dict:
+    """One search of `strategy` (on the Searcher `new_searcher()` makes, its making timed too):
+    its best top-1, best-so-far curve, wall and process CPU time (s)."""
+    import numpy as np
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    searcher = new_searcher()
+    if strategy == "random":
+        res = searcher.random(evaluations)
+    elif strategy == "evolution":
+        res = searcher.evolution(settings, evaluations=evaluations)
+    else:
+        res = searcher.coarse_to_fine(settings, evaluations=evaluations)
+    curve = list(np.maximum.accumulate([h["top1"] for h in res.history]))
+    print(f"seed {seed} {strategy}: {res.best_top1:.2f} after {res.evaluations}", file=sys.stderr, flush=True)
+    return {"strategy": strategy, "seed": seed, "best_top1": res.best_top1, "evaluations": res.evaluations,
+            "curve": [float(v) for v in curve], "wall_s": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0}
+
+
+def main() -> None:
+    args = parse_args()
     if args.replot:
         runs = json.loads(Path(args.out).read_text())["runs"]
         plot(runs, args.plot or str(Path(args.out).with_suffix(".png")))
@@ -55,7 +79,8 @@ def main() -> None:
     from autovit.latmodel.io import atomic_write_text
     from autovit.nas.evaluate import AccuracyEvaluator, supernet_from_checkpoint
     from autovit.nas.params import count_params
-    from autovit.nas.search import Constraints, EvolutionSettings, Searcher, make_oracle, parse_latency, parse_params
+    from autovit.nas.latency import make_oracle
+    from autovit.nas.search import Constraints, EvolutionSettings, Searcher, parse_latency, parse_params
 
     net, cfg, _ = supernet_from_checkpoint(args.supernet)
     oracle = make_oracle("analytical", args.hw)
@@ -89,19 +114,8 @@ def main() -> None:
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for strategy in STRATEGIES:
-            t0, c0 = time.perf_counter(), time.process_time()
-            se = Searcher(net.space, cons, cached, seed=seed)
-            if strategy == "random":
-                res = se.random(args.evaluations)
-            elif strategy == "evolution":
-                res = se.evolution(settings, evaluations=args.evaluations)
-            else:
-                res = se.coarse_to_fine(settings, evaluations=args.evaluations)
-            curve = list(np.maximum.accumulate([h["top1"] for h in res.history]))
-            runs.append({"strategy": strategy, "seed": seed, "best_top1": res.best_top1, "evaluations": res.evaluations,
-                         "curve": [float(v) for v in curve], "wall_s": time.perf_counter() - t0,
-                         "cpu_s": time.process_time() - c0})
-            print(f"seed {seed} {strategy}: {res.best_top1:.2f} after {res.evaluations}", file=sys.stderr, flush=True)
+            runs.append(one_run(lambda: Searcher(net.space, cons, cached, seed=seed), strategy, settings, args.evaluations,
+                                seed))
             out = {**head, "distinct_subnets_evaluated": len(shared), **summarise(runs, args.evaluations), "runs": runs}
             atomic_write_text(Path(args.out), json.dumps(out, indent=1) + "\n")
     if args.plot:

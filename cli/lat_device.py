@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from autovit.cli.common import console, output_path, print_json
+from autovit.cli.common import console, output_path, print_json, register_autovit
 from autovit.latmodel.errors import UsageError
 
 
@@ -31,6 +31,8 @@ def read_networks(table: str, coreml_format: str, cvnets: str, cache: str | None
     from autovit.latmodel.network_graphs import build_models
 
     rows = read_measurements(table, coreml_format, _families(cvnets))
+    if any(r.path is not None and r.path.suffix.lower() == ".json" for r in rows):
+        register_autovit()  # AutoViT architecture files are a source `autovit.nas` registers
     check_exclude(rows, exclude)  # before the exports, which can take minutes
     models, skip = build_models(rows, _cache(cache), jobs, "export the table's timm models")
     return rows, models, skip
@@ -99,6 +101,8 @@ def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: s
         raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
                          "choose a new file")
     profile = load_profile(hw)
+    if lut_path:
+        register_autovit()  # the LUT's blocks are read through the block registry
     lut = load_lut(lut_path, profile.name) if lut_path else None
     rows, models, skip = read_networks(networks, coreml_format, cvnets, cache, jobs)
     usable = [r for r in rows if r.graph_key not in skip]
@@ -190,6 +194,7 @@ def lut_import(manifest: str, times: str, hw: str, out_path: str, as_json: bool)
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.lut_import import import_lut
 
+    register_autovit()  # the manifest's blocks are AutoViT's kinds unless another package registered its own
     out = output_path(out_path, "--out", (manifest, times))
     if out.exists():
         raise UsageError(f"cannot use --out {out}: it exists; choose a new file (nothing was overwritten)")

@@ -80,7 +80,7 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
     if as_json:
         print_json(rows)
         return
-    t = Table(title="search spaces (SPEC.md section 2)")
+    t = Table(title="search spaces (docs/METHOD.md §2)")
     for col in ("space", "architectures", "without width rule", "params (M)", "paper (M)"):
         t.add_column(col)
     for r in rows:
@@ -239,7 +239,7 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
           zero_init_residual, resolutions,
           eval_random, steps_per_epoch, val_images, eval_every, workers, seed, amp, device, force, tensorboard,
           arch_file, as_json) -> None:
-    """Train a weight-entangled supernet (SPEC.md section 3).
+    """Train a weight-entangled supernet (docs/METHOD.md §3).
 
     \b
     Examples:
@@ -271,7 +271,8 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
     )
     log = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
     try:
-        summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None, progress=not as_json,
+        summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None,
+                            progress=None if as_json else Bar,
                             log=log, force=force, trust_teacher_code=trust_teacher_code,
                             explicit=_given_on_command_line())
     except KeyboardInterrupt:
@@ -408,7 +409,7 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluations, population, generations, parents,
            p_depth, p_layer, coarse, val_images, oracle, seed, out_dir, resume_dir, as_json) -> None:
-    """Latency-aware search over a trained supernet (SPEC.md section 5): coarse-to-fine,
+    """Latency-aware search over a trained supernet (docs/METHOD.md §5): coarse-to-fine,
     evolution or random under a parameter window and a latency budget per device. Writes
     search.json, best_arch.json, progress.csv and pareto.png; state.json after every evaluation
     (Ctrl-C loses nothing; --resume continues). Under torchrun, ranks split each generation.
@@ -425,7 +426,8 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
     from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.io import FolderLock
     from autovit.nas.evaluate import supernet_from_checkpoint
-    from autovit.nas.search import Constraints, SearchState, make_oracle
+    from autovit.nas.latency import make_oracle
+    from autovit.nas.search import Constraints, SearchState
     from autovit.nas.train import DistContext
 
     out_dir = _search_folder(out_dir, resume_dir)
@@ -466,7 +468,8 @@ def _search_settings(ckpt, devices, latency_budget, param_budget, strategy, eval
 
     from autovit.latmodel.errors import UsageError
     from autovit.nas.bounds import PROBABILITY, SEARCH_BOUNDS, SEED
-    from autovit.nas.search import check_oracle_spec, parse_latency_budgets, parse_param_window
+    from autovit.nas.latency import check_oracle_spec
+    from autovit.nas.search import parse_latency_budgets, parse_param_window
 
     budgets = parse_latency_budgets(latency_budget, list(devices))
     window = parse_param_window(param_budget)

@@ -44,12 +44,12 @@ def export_block(block, fmt: str, path: Path) -> dict[str, Any]:
     """Write one block in `fmt` at `path` (atomically); Core ML packages are re-read."""
     import torch
 
-    from autovit.latmodel.convert import export_coreml, torchscript_bytes, write_onnx
+    from autovit.latmodel.convert import export_coreml, export_onnx, torchscript_bytes
     from autovit.latmodel.io import atomic_write_bytes
 
     module, shape = block.build(), tuple(block.input_shape())
     if fmt == "onnx":
-        write_onnx(module, shape, path, OUTPUT_NAME)
+        export_onnx(module, shape, path, output_name=OUTPUT_NAME)
         return {}
     example = torch.zeros(shape)
     if fmt == "torchscript":

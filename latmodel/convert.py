@@ -1,6 +1,7 @@
 """Convert a torch module with a fixed input shape to ONNX, TorchScript or Core ML (on any OS).
 
-Shared by the network export (nas/export.py) and the block export (block_export.py).
+ONNX is what the latency model reads (sources.py) and what onnxruntime times (runner.py); all
+three serve the network export (nas/export.py) and the block export (block_export.py).
 """
 from __future__ import annotations
 
@@ -97,6 +98,9 @@ def export_coreml(model: torch.nn.Module, example: torch.Tensor, path: Path, out
             "inputs": inputs, "outputs": outputs}
 
 
-def write_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path, output_name: str = "logits") -> Path:
-    atomic_write_bytes(Path(path), export_onnx_bytes(model, input_shape, output_name=output_name))
-    return Path(path)
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path,
+                opset: int = ONNX_OPSET, output_name: str = "logits") -> Path:
+    """Write the ONNX file atomically; returns its path."""
+    p = Path(path)
+    atomic_write_bytes(p, export_onnx_bytes(model, input_shape, opset, output_name=output_name))
+    return p

@@ -217,6 +217,7 @@ CALIBRATION_KEYS: dict[str, Key] = {
     "rms_log_error": Key("number", 0, 1e3, default=None), "mape_by_kind": Key("numbers", 0, 1e9, default=None),
     "stderr": Key("numbers", 0, 1e12, default=None), "at_bound": Key("strs", 0, 100, default=None),
     "network": Key("str", 0, 4096, default=None),  # the whole network fitted with the blocks (fit.ReferenceNetwork)
+    "threads": Key("int", 1, 4096, default=None),  # the LUT's runtime threads: the [cpu] cores the fit modelled
 }
 # Every key a profile may hold, its type, the range a real device can have, and its default
 # (REQUIRED: no default). Adding a key to the profile format is one line here.
@@ -475,7 +476,7 @@ CALIBRATION_HEADER = "# Written by `autovit-lat calibrate`: the fitted free para
 
 
 def write_calibrated_profile(base: str, params: dict[str, float], calibration: dict[str, Any],
-                             path: str | Path | None = None) -> Path:
+                             path: str | Path | None = None, fixed: dict[str, dict[str, Any]] | None = None) -> Path:
     """A profile that starts from `base` and overrides the fitted free parameters (atomic write).
     A fit with a non-finite value is refused: it would replace a working profile with one that
     cannot load."""
@@ -492,7 +493,8 @@ def write_calibrated_profile(base: str, params: dict[str, float], calibration: d
     # The written file lives elsewhere, and a base path is read relative to the file that names it.
     if _is_path(base):
         base = str(Path(base).resolve())
-    sections: dict[str, dict[str, Any]] = {}
+    # `fixed`: keys the fit was made under (e.g. [cpu] cores = the LUT's threads), not fitted.
+    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (fixed or {}).items()}
     for param, value in params.items():
         section, key = PARAMETER_FIELDS[param]
         sections.setdefault(section, {})[key] = value
@@ -587,6 +589,10 @@ def _resolved_dict(ref: str, folder: Path | None = None, chain: tuple[str, ...] 
     if len(chain) >= MAX_BASE_DEPTH:
         raise AutoVitError(f"hardware profile {where}: more than {MAX_BASE_DEPTH} levels of 'base'")
     d = _parse(src, where)
+    if d.get("detect"):
+        # Detected at the level that asks for it, so a profile based on this one (a calibrated
+        # profile fitted at fewer threads, a user's copy) can still set [cpu] keys itself.
+        d = _merge(d, detect_local_cpu())
     base = d.get("base")
     if base is None:
         return d, where
@@ -649,7 +655,25 @@ def detect_local_cpu() -> dict[str, Any]:
 
 def load_profile(name_or_path: str) -> HardwareProfile:
     """A built-in profile by name (see builtin_names()) or a TOML file by path."""
+    return profile_at_threads(name_or_path, None)[0]
+
+
+def profile_at_threads(name_or_path: str, threads: int | None) -> tuple[HardwareProfile, dict[str, Any]]:
+    """The profile run on `threads` threads, and the keys that changed to model it (to be written
+    into a profile calibrated that way); see `threads_override`."""
     d, where = _resolved_dict(name_or_path)
-    if d.get("detect"):
-        d = _merge(d, detect_local_cpu())
-    return profile_from_dict(d, where)
+    over = threads_override(d, threads)
+    return profile_from_dict(_merge(d, over), where), over
+
+
+def threads_override(d: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """The [cpu] keys that make a CPU profile's dict `d` model `threads` threads: {} when it has
+    no [cpu] table or already has no more cores than that.
+
+    A CPU parallelises an op over the threads the runtime was given, not over the chip: a LUT
+    measured with `--threads 1` on a 2-core machine was measured on one core, and a profile
+    calibrated on it must keep one core's peak FLOP/s (docs/COST_MODEL.md)."""
+    cores = (d.get("cpu") or {}).get("cores")
+    if not threads or not isinstance(cores, int) or threads >= cores:
+        return {}
+    return {"cpu": {"cores": int(threads)}}

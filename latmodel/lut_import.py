@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autovit.latmodel.block_export import BACKEND, MANIFEST_SCHEMA, SUFFIX, block_key
+from autovit.latmodel.blocks import block_from_dict
 from autovit.latmodel.checks import check_keys, did_you_mean, read_json
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import Lut
@@ -22,13 +23,6 @@ _ENTRY_KEYS = ("key", "kind", "input_shape", "file", "block")
 MAX_BLOCKS = 10_000
 _FIX = "export the blocks again with `autovit-lat profile --export DIR --format ...`"
 TIMES_FIX = "columns: file or key, latency_ms [, std_ms], one row per block of the manifest"
-
-
-def block_from_dict(d: Any, where: str):
-    """The block a manifest entry describes (the one place that names the block class)."""
-    from autovit.latmodel.modules import BlockSpec
-
-    return BlockSpec.from_dict(d, where)
 
 
 def read_manifest(path: str | Path) -> tuple[str, list[dict[str, Any]]]:

@@ -255,7 +255,7 @@ def extended_metrics(pred, meas, flops, params) -> dict[str, Any]:
 
 def loo_proportional(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Leave-one-out predictions of y ~ k * x (k fitted on log scale on the other rows)."""
-    from autovit.latmodel.validate import proportional_factor
+    from autovit.latmodel.metrics import proportional_factor
 
     idx = np.arange(len(y))
     return np.array([proportional_factor(x[idx != i], y[idx != i]) * x[i] for i in idx])

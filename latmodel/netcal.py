@@ -26,13 +26,13 @@ def network_pricer(model, fmt: str = "mlprogram", batch: int = 1, dtype: str | N
 
 def lut_points(calibrator, lut, mode: str) -> tuple[list[Pricer], list[float], list[str]]:
     """(pricers, measured ms, kinds) of a LUT's entries of `mode`, for fit_pricers."""
-    from autovit.latmodel.modules import BlockSpec
+    from autovit.latmodel.blocks import block_from_dict
 
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         raise AutoVitError(f"the LUT has no {mode} entries to calibrate on; pass --mode "
                            + " or ".join(sorted({e['mode'] for e in lut.entries.values()}) or ["isolated"]))
-    blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
+    blocks = [block_from_dict(e["block"]) for e in entries]
     return [calibrator._pricer(b) for b in blocks], [float(e["median_ms"]) for e in entries], [b.kind for b in blocks]
 
 
@@ -56,7 +56,7 @@ def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple) -> dict:
     parameter-proportional baselines are fitted on the same training rows."""
     from autovit.latmodel.fit import ProfileCalibrator
     from autovit.latmodel.metrics import summary
-    from autovit.latmodel.validate import proportional_factor
+    from autovit.latmodel.metrics import proportional_factor
 
     (tr_nets, tr_meas, tr_flops), (te_nets, te_meas, te_flops) = train, test
     price = lambda nets, p: np.array([lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets])  # noqa: E731

@@ -180,6 +180,28 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         ms = profile.view_dispatch_us * 1e-3
         return KernelTime(k, ms, 0.0, 0.0, 0.0, ms, "overhead", 0.0, 0.0, engine)
 
+    nchw = nchw_conv(k, profile, dtype, scale)
+    act_bytes = _activation_elems(k, profile, dtype, eb) * scale * eb + (nchw.im2col_elems * eb if nchw else 0)
+    w_bytes = k.w_elems * eb
+    # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
+    flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
+    t_compute, units_share = _compute_s(k, profile, dtype, fb, flops, scale, nchw)
+    t_memory = _memory_s(k, profile, act_bytes, w_bytes, weight_hit, units_share, scale)
+
+    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6
+    t_device = launch + max(t_compute, t_memory)
+    overhead = launch + profile.dispatch_us * 1e-6
+    if max(t_compute, t_memory) < overhead:
+        bound = "overhead"
+    else:
+        bound = "compute" if t_compute >= t_memory else "memory"
+    return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
+                      bound, flops, act_bytes + w_bytes, engine)
+
+
+def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int) -> float:
+    """Activation elements a kernel reads and writes (graph batch), with the padding of the
+    profile's last-axis alignment and the relayouts of its convolution library."""
     act_elems = k.in_elems + k.out_elems
     if profile.last_axis_align_bytes and k.act_shapes:
         padded = sum(padded_elems(s, eb, profile.last_axis_align_bytes) for s in k.act_shapes)
@@ -191,12 +213,13 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         # channel-blocked nChw16c on CPUs): an NCHW input and output are re-laid out, i.e.
         # read and written once more each.
         act_elems *= 3
-    nchw = nchw_conv(k, profile, dtype, scale)
-    act_bytes = act_elems * scale * eb + (nchw.im2col_elems * eb if nchw else 0)
-    w_bytes = k.w_elems * eb
-    # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
-    flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
+    return act_elems
 
+
+def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float, scale: float,
+               nchw: NchwConv | None = None) -> tuple[float, float]:
+    """(compute time in s, share of the compute units the kernel occupies); `nchw`: the MLAS
+    NCHW execution of a convolution the blocked layout left out (nchw_conv), if any."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         util = matrix_utilization(gemm, profile, dtype)
@@ -217,7 +240,12 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
     t_compute += k.rows * scale * profile.reduce_row_ns * 1e-9 / max(profile.units * units_share, 1.0)
+    return t_compute, units_share
 
+
+def _memory_s(k: Kernel, profile: HardwareProfile, act_bytes: float, w_bytes: float, weight_hit: float,
+              units_share: float, scale: float) -> float:
+    """Memory time in s: activations from cache as far as they fit, weights from DRAM."""
     # Activations were just written by the previous kernel: they come from cache as far as the
     # kernel's working set fits in it. Weights are read cold from DRAM once per inference unless
     # the profile says they stay cached (`weight_hit`, set per network).
@@ -231,16 +259,7 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         # A strided copy pays per contiguous run (address arithmetic, a short load and store);
         # runtimes run these loops on one thread, so the runs do not split over the units.
         t_memory += k.runs * scale * profile.layout_run_ns * 1e-9
-
-    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6
-    t_device = launch + max(t_compute, t_memory)
-    overhead = launch + profile.dispatch_us * 1e-6
-    if max(t_compute, t_memory) < overhead:
-        bound = "overhead"
-    else:
-        bound = "compute" if t_compute >= t_memory else "memory"
-    return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
-                      bound, flops, act_bytes + w_bytes, engine)
+    return t_memory
 
 
 # Ops that ONNX Runtime's NCHWc transformer runs in the blocked layout (so no reorder around them).

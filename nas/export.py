@@ -1,4 +1,5 @@
-"""Export a torch module (an AutoViT configuration or a timm model) to ONNX with fixed shapes."""
+"""Export AutoViT subnets (pt, ONNX, TorchScript, Core ML) and read them back; the conversions of
+any torch module are latmodel/convert.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +7,9 @@ from pathlib import Path
 import torch
 
 # The conversions live in latmodel (the block export uses them too); their names stay importable here.
-from autovit.latmodel.convert import ONNX_OPSET, export_coreml, export_onnx_bytes, torchscript_bytes  # noqa: F401
+from autovit.latmodel.convert import (ONNX_OPSET, export_coreml, export_onnx, export_onnx_bytes,  # noqa: F401
+                                      torchscript_bytes)
 from autovit.latmodel.io import atomic_write_bytes
-
-
-def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path,
-                opset: int = ONNX_OPSET) -> Path:
-    """Write the ONNX file atomically; returns its path."""
-    p = Path(path)
-    atomic_write_bytes(p, export_onnx_bytes(model, input_shape, opset))
-    return p
-
 
 # ---- standalone subnets ------------------------------------------------------------------------
 MODEL_FORMAT = "autovit-model/1"

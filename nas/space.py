@@ -1,7 +1,7 @@
 """Search spaces as data: load a space file, validate an architecture against it, count it,
 and draw architectures uniformly from it.
 
-The monotonic-width rule (SPEC.md section 2: "widths never decrease") is applied to every
+The monotonic-width rule (docs/METHOD.md §2: "widths never decrease") is applied to every
 width of the transformer part, read in network order: the stage width, each layer's attention
 width (heads x head_dim) and each layer's MLP hidden width. Uniform sampling under that rule
 is exact: a dynamic programme counts the completions of every partial choice and each choice
@@ -373,6 +373,28 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     if not isinstance(name, str) or not name:
         raise AutoVitError(f"space {where}: 'name' must be a non-empty string")
     stem = _field(d, "stem", where)
+    mb, tr = _stage_choices(d, stem, where)
+    nstages = _ints(d, "num_transformer_stages", where)
+    if max(nstages) > len(tr):
+        raise AutoVitError(
+            f"space {where}: 'num_transformer_stages' allows {max(nstages)} but only {len(tr)} [[transformer]] stages are listed")
+    settings = _space_settings(d, where)
+    space = SearchSpace(
+        name=name, resolutions=_ints(d, "resolutions", where), stem_widths=_ints(stem, "widths", f"{where} stem"),
+        stem_kernel=_int(stem, "kernel", f"{where} stem", 3), stem_stride=_int(stem, "stride", f"{where} stem", 2),
+        mbconv=mb, transformer=tr, num_transformer_stages=nstages, **settings, source=source,
+    )
+    from autovit.nas.limits import check_space_limits
+
+    check_space_limits(space)
+    if space.count() == 0:
+        raise AutoVitError(f"space {where}: no architecture satisfies the monotonic-width rule; widen the choices")
+    return space
+
+
+def _stage_choices(d: dict[str, Any], stem: Any,
+                   where: str) -> tuple[tuple[MBConvChoices, ...], tuple[TransformerChoices, ...]]:
+    """The [[mbconv]] and [[transformer]] lists of a space file, each entry checked."""
     mbs, trs = _field(d, "mbconv", where), _field(d, "transformer", where)
     if not isinstance(stem, dict) or not isinstance(mbs, list) or not isinstance(trs, list) or not trs:
         raise AutoVitError(f"space {where}: needs a [stem] table and [[mbconv]], [[transformer]] lists")
@@ -395,13 +417,14 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
         )
         for i, s in enumerate(trs)
     )
-    for i, k in enumerate(x for s in mb for x in s.kernels):
+    for k in (x for s in mb for x in s.kernels):
         if k % 2 == 0:
             raise AutoVitError(f"space {where}: MBConv kernels must be odd, got {k}")
-    nstages = _ints(d, "num_transformer_stages", where)
-    if max(nstages) > len(tr):
-        raise AutoVitError(
-            f"space {where}: 'num_transformer_stages' allows {max(nstages)} but only {len(tr)} [[transformer]] stages are listed")
+    return mb, tr
+
+
+def _space_settings(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """The space's scalar settings (block internals, head, classes, parameter range), checked."""
     prange = d.get("params_range_m")
     if prange is not None and (not isinstance(prange, list) or len(prange) != 2
                                or not all(isinstance(x, (int, float)) and 0 <= x < float("inf") for x in prange)):
@@ -421,22 +444,11 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     fusion_kernel = _int(d, "fusion_kernel", where, 1)
     if fusion_kernel % 2 == 0:
         raise AutoVitError(f"space {where}: 'fusion_kernel' must be odd, got {fusion_kernel}")
-    space = SearchSpace(
-        name=name, resolutions=_ints(d, "resolutions", where), stem_widths=_ints(stem, "widths", f"{where} stem"),
-        stem_kernel=_int(stem, "kernel", f"{where} stem", 3), stem_stride=_int(stem, "stride", f"{where} stem", 2),
-        mbconv=mb, transformer=tr, num_transformer_stages=nstages,
-        head_dim=_int(d, "head_dim", where), patch=_int(d, "patch", where, 2),
-        conv_kernel=_int(d, "conv_kernel", where, 3), downsample_expansion=float(dexp),
-        head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
-        monotonic_widths=mono, local_conv=local_conv, fusion_kernel=fusion_kernel, conv_ratio=float(ratio),
-        params_range_m=tuple(prange) if prange else None, source=source,
-    )
-    from autovit.nas.limits import check_space_limits
-
-    check_space_limits(space)
-    if space.count() == 0:
-        raise AutoVitError(f"space {where}: no architecture satisfies the monotonic-width rule; widen the choices")
-    return space
+    return dict(head_dim=_int(d, "head_dim", where), patch=_int(d, "patch", where, 2),
+                conv_kernel=_int(d, "conv_kernel", where, 3), downsample_expansion=float(dexp),
+                head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
+                monotonic_widths=mono, local_conv=local_conv, fusion_kernel=fusion_kernel, conv_ratio=float(ratio),
+                params_range_m=tuple(prange) if prange else None)
 
 
 # ASCII digits only: \d also matches other scripts' digits, which would then name one space

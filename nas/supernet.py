@@ -1,4 +1,4 @@
-"""The weight-entangled supernet of a search space (SPEC.md section 3), in OFA's three levels.
+"""The weight-entangled supernet of a search space (docs/METHOD.md §3), in OFA's three levels.
 
 - Ops (`Dynamic*`): subclasses of the torch layers sized for the largest choice; a forward
   uses a slice: the first output channels, the input's channel count, a centred kernel, the

@@ -5,7 +5,7 @@ import pytest
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.fit import ProfileCalibrator
 from autovit.latmodel.hardware import load_profile
-from autovit.latmodel.modules import BlockSpec
+from autovit.nas.blocks import BlockSpec
 
 BLOCKS = [BlockSpec("conv", 64, 3, 16, 3, 2), BlockSpec("conv", 64, 3, 24, 3, 2),
           BlockSpec("mbconv", 32, 16, 16, 3, 1, 1.0), BlockSpec("mbconv", 16, 24, 32, 3, 2, 2.0),
@@ -79,6 +79,39 @@ def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys
     assert_one_line_error(code, err, "at least as many measured blocks")
     code, _, err = run_cli(lat, ["estimate", "autovit:xxs", "--hw", "v100@calibrated"], capsys)
     assert_one_line_error(code, err, "no calibrated profile")
+
+
+def test_calibrate_models_the_threads_the_lut_was_measured_with(tmp_path, monkeypatch, capsys):
+    """Blocks timed with 2 threads on an 8-core profile: the fit and the written profile run on
+    2 cores (one core's peak x 2), so a compute-bound network is not priced at 8 cores' speed."""
+    import json
+
+    from autovit.cli import lat
+    from autovit.latmodel.hardware import profile_at_threads
+    from autovit.latmodel.lut import Lut
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    two, fixed = profile_at_threads("cpu-x86", 2)
+    assert fixed == {"cpu": {"cores": 2}} and two.units == 2 and load_profile("cpu-x86").units == 8
+    assert profile_at_threads("cpu-x86", 8)[1] == {} and profile_at_threads("cpu-x86", 64)[1] == {}
+    truth = replace(two, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
+    cal = ProfileCalibrator(two)
+    lut = Lut("cpu-x86", "onnxruntime", {"threads": 2}, {})
+    for b in BLOCKS:
+        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    lut.save(tmp_path / "lut.json")
+    code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
+    assert code == 0 and json.loads(out)["rms_log_error"] < 0.05
+    calibrated = load_profile("cpu-x86@calibrated")
+    assert calibrated.units == 2 and calibrated.calibration["threads"] == 2
+    assert calibrated.eff_matrix == pytest.approx(0.3, rel=0.05)
+
+
+def test_a_profile_based_on_a_detected_one_can_set_its_cores(tmp_path):
+    """`detect = true` fills [cpu] where the detecting profile is; a profile based on it wins."""
+    (tmp_path / "one.toml").write_text('name = "one"\nbase = "local-cpu"\n[cpu]\ncores = 1\n')
+    assert load_profile(str(tmp_path / "one.toml")).units == 1
 
 
 def test_every_free_parameter_has_bounds():

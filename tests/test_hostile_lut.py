@@ -8,7 +8,8 @@ from autovit.cli import lat
 from autovit.latmodel import profiler
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import Lut, load_lut
-from autovit.latmodel.modules import BlockSpec, load_blocks
+from autovit.latmodel.blocks import load_blocks
+from autovit.nas.blocks import BlockSpec
 from test_cli import assert_one_line_error, run_cli
 
 CONV = BlockSpec("conv", 16, 3, 8, 3, 2)

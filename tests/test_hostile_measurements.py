@@ -13,7 +13,7 @@ from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import load_lut
 from autovit.latmodel.lut_import import import_lut
 from autovit.latmodel.measurements import read_measurements
-from autovit.latmodel.modules import BlockSpec
+from autovit.nas.blocks import BlockSpec
 from conftest import conv_model
 from test_cli import assert_one_line_error, run_cli
 
@@ -326,7 +326,7 @@ def test_profile_export_refuses_a_used_folder_and_ablation(tmp_path, capsys):
 
 
 def test_every_preset_block_kind_is_covered_here():
-    from autovit.latmodel.modules import calib50, paper46
+    from autovit.nas.blocks import calib50, paper46
 
     assert {b.kind for b in paper46() + calib50()} <= {b.kind for b in TINY_BLOCKS}
 
