@@ -79,6 +79,9 @@ class OpCost:
     rows: int = 0  # rows a last-axis reduction walks (LayerNorm, Softmax): each ends in a horizontal reduction
     moves_last_axis: bool = False  # a transpose whose output's last axis is another input axis (a transposing copy)
     winograd_3x3: bool = False  # a dense 3x3, stride-1, undilated 2-D convolution (Winograd-eligible)
+    # A 2-D convolution as (batch, input channels, output channels, groups, kernel elements, output
+    # pixels): a runtime decides its algorithm (and data layout) from these (timing.nchwc_runs).
+    conv: tuple[int, int, int, int, int, int] | None = None
 
 
 def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
@@ -213,11 +216,12 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
     cin_g = cin // group
     macs = n * cout * spatial * cin_g * kernel
     bias = out_elems if len(op.inputs) > 2 else 0
+    conv = (n, cin, cout, group, kernel, spatial) if len(w.shape) == 4 else None
     if group > 1 and cin_g == 1:  # depthwise: no reduction over channels, runs on vector units
-        return mk("dwconv", "vector", 2.0 * macs + bias)
+        return mk("dwconv", "vector", 2.0 * macs + bias, conv=conv)
     unit = all(v == 1 for v in list(op.attrs.get("strides", [1])) + list(op.attrs.get("dilations", [1])))
     return mk("conv", "matrix", 2.0 * macs + bias, gemm=(group, n * spatial, cout // group, cin_g * kernel),
-              winograd_3x3=group == 1 and tuple(w.shape[2:]) == (3, 3) and unit)
+              winograd_3x3=group == 1 and tuple(w.shape[2:]) == (3, 3) and unit, conv=conv)
 
 
 def _matmul_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:

@@ -152,6 +152,10 @@ class HardwareProfile:
     source: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
     ane: NeuralEngine | None = None  # kind = "npu": how the Neural Engine prices its tasks
+    # ORT's NCHWc rewrite takes only convolutions whose channels fill whole blocks of the fp32 vector
+    # width; the others run in NCHW through MLAS's im2col + GEMM, between reorders (timing.nchwc_runs).
+    nchwc_channels: bool = False
+    gemm_thread_macs: float = 0.0  # multiply-adds per thread before MLAS splits a GEMM over one more (0: no limit)
 
     def ane_uses(self, mechanism: str) -> bool:
         """Whether this profile's Neural Engine model has `mechanism` switched on (False off the ANE)."""
@@ -238,6 +242,7 @@ PROFILE_KEYS: dict[str, Key] = {
     "efficiency.layout_penalty": Key("number", 0.01, 1000, default=1.0),
     "efficiency.k_half": Key("number", 0, 1e6, default=0.0), "efficiency.layout_run_ns": _NS, "efficiency.reduce_row_ns": _NS,
     "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
+    "layout.nchwc_channels": Key("bool", default=False), "compute.gemm_thread_macs": Key("number", 0, 1e15, default=0.0),
     "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
     "layout.relayout_categories": Key("strs", 0, len(_CATEGORIES), default=("conv",), choices=_CATEGORIES),
     "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
@@ -422,6 +427,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         strided_readers=tuple(f["layout.strided_readers"]), nchw_conv_relayout=tuple(f["layout.nchw_conv_relayout"]),
         relayout_categories=tuple(f["layout.relayout_categories"]), fusion=_fusion(d, where),
         fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)), ane=_neural_engine(d, where),
+        nchwc_channels=f["layout.nchwc_channels"], gemm_thread_macs=num["compute.gemm_thread_macs"],
     )
 
 

@@ -40,6 +40,7 @@ class Kernel:
     rows: int = 0  # rows of last-axis reductions (see costs.OpCost.rows)
     moves_last_axis: bool = False  # contains a transpose that puts another axis last (see costs.OpCost)
     winograd_3x3: bool = False  # its main op is a Winograd-eligible convolution (see costs.OpCost)
+    conv: tuple[int, int, int, int, int, int] | None = None  # its main op's convolution shape (see costs.OpCost)
 
 
 def _selects(selector: str, cost: OpCost) -> bool:
@@ -252,7 +253,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         c = cs[0]
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
-                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3)
+                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv)
     inside = set(ops)
     produced = {o for n in ops for o in g.op(n).outputs}
     ext_in: dict[str, int] = {}
@@ -286,4 +287,5 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         batch_in=main.batch_in, act_shapes=shapes, unsupported=any(c.op_type in unsupported for c in cs),
         transcendentals=sum(c.transcendentals for c in cs), runs=sum(c.runs for c in cs),
         rows=sum(c.rows for c in cs), moves_last_axis=any(c.moves_last_axis for c in cs), winograd_3x3=main.winograd_3x3,
+        conv=main.conv,
     )

@@ -113,6 +113,61 @@ def _scaled_gemm(k: Kernel, scale: float) -> tuple[int, int, int, int]:
     return (count, max(1, round(m * scale)), n, kk)
 
 
+def nchwc_block(profile: HardwareProfile, dtype: str) -> int:
+    """Channels per block of ONNX Runtime's NCHWc layout: MLAS's NchwcBlockSize is the fp32 vector
+    width (16 floats with AVX-512F, 8 with AVX2; mlas/lib/platform.cpp), and only fp32 convolutions
+    are rewritten (0: none is)."""
+    return profile.matrix_align.get("fp32", 1) if dtype == "fp32" else 0
+
+
+def nchwc_runs(conv: tuple[int, ...], block: int) -> bool:
+    """Whether ONNX Runtime's NCHWc rewrite takes a convolution (batch, input channels, output
+    channels, groups, ...) at `block` channels per block (nchwc_transformer.cc, TransformConv): a
+    grouped one needs whole blocks of output channels and either one input channel per group
+    (depthwise) or whole blocks per group; a dense one needs whole blocks of input channels, or
+    fewer than one block (then it reads NCHW as it is: the image). Output channels are padded."""
+    if block <= 1:
+        return False
+    _, cin, cout, group = conv[:4]
+    if group > 1:
+        cin_g, cout_g = cin // group, cout // group
+        depthwise = cin_g == 1 and cout == group
+        return cout % block == 0 and (depthwise or (cin_g % block == 0 and cout_g % block == 0))
+    return cin < block or cin % block == 0
+
+
+@dataclass(frozen=True)
+class NchwConv:
+    """How MLAS runs a convolution the NCHWc rewrite left in NCHW (mlas/lib/convolve.cpp): per
+    image and group a GEMM of filters x output pixels x (channels x kernel), its input expanded
+    by im2col first unless the kernel is 1x1, on the threads its complexity rule gives (the GEMM
+    itself is priced as the blocked convolution's, from the kernel's own shape)."""
+
+    threads: int
+    im2col_elems: int  # expanded input, written then read by the GEMM
+
+
+def nchw_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> NchwConv | None:
+    """The NCHW execution of kernel `k` where the profile's NCHWc rule leaves its convolution out
+    of the blocked layout; None where it runs blocked (or the profile has no such rule)."""
+    if not (profile.chain_reorder and profile.nchwc_channels and k.conv):
+        return None
+    if nchwc_runs(k.conv, nchwc_block(profile, dtype)):
+        return None
+    n, cin, cout, group, kernel, pixels = k.conv  # type: ignore[misc]
+    n = max(1, round(n * scale))
+    reduce = cin // group * kernel
+    if kernel == 1 and group > 1:
+        threads = n * group  # a pointwise grouped GEMM: the groups are spread over the threads
+    elif profile.gemm_thread_macs > 0:
+        # MLAS adds a thread per `gemm_thread_macs` multiply-adds of one group's GEMM; the groups
+        # run one after another, so a depthwise convolution of a small map runs on one thread.
+        threads = 1 + int(cout // group * pixels * reduce // profile.gemm_thread_macs)
+    else:
+        threads = profile.units
+    return NchwConv(max(1, min(threads, profile.units)), 0 if kernel == 1 else 2 * n * group * reduce * pixels)
+
+
 def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
                 weight_hit: float = 0.0) -> KernelTime:
     """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch); the share
@@ -125,11 +180,12 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         ms = profile.view_dispatch_us * 1e-3
         return KernelTime(k, ms, 0.0, 0.0, 0.0, ms, "overhead", 0.0, 0.0, engine)
 
-    act_bytes = _activation_elems(k, profile, dtype, eb) * scale * eb
+    nchw = nchw_conv(k, profile, dtype, scale)
+    act_bytes = _activation_elems(k, profile, dtype, eb) * scale * eb + (nchw.im2col_elems * eb if nchw else 0)
     w_bytes = k.w_elems * eb
     # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
     flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
-    t_compute, units_share = _compute_s(k, profile, dtype, fb, flops, scale)
+    t_compute, units_share = _compute_s(k, profile, dtype, fb, flops, scale, nchw)
     t_memory = _memory_s(k, profile, act_bytes, w_bytes, weight_hit, units_share, scale)
 
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6
@@ -160,8 +216,10 @@ def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int) 
     return act_elems
 
 
-def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float, scale: float) -> tuple[float, float]:
-    """(compute time in s, share of the compute units the kernel occupies)."""
+def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float, scale: float,
+               nchw: NchwConv | None = None) -> tuple[float, float]:
+    """(compute time in s, share of the compute units the kernel occupies); `nchw`: the MLAS
+    NCHW execution of a convolution the blocked layout left out (nchw_conv), if any."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         util = matrix_utilization(gemm, profile, dtype)
@@ -174,6 +232,10 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         units_share = vector_utilization(k.work_elems * scale, profile)
         util = units_share
         peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * profile.eff_vector
+    if nchw is not None and nchw.threads < profile.units:
+        # MLAS leaves the other cores idle (a depthwise convolution of a small map: one thread).
+        cap = nchw.threads / profile.units
+        util, units_share = util * min(1.0, cap / units_share), min(units_share, cap)
     t_compute = flops / (peak * util) if flops > 0 else 0.0
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
@@ -213,38 +275,44 @@ def _reorder_ms(elems: float, profile: HardwareProfile, dtype: str) -> float:
     return (b / (profile.cache_gbps * 1e9) * profile.layout_penalty + profile.dispatch_us * 1e-6) * 1e3
 
 
+def _add_reorder(t: KernelTime, elems: float, profile: HardwareProfile, dtype: str, dispatch: bool = True) -> None:
+    extra = _reorder_ms(elems, profile, dtype)
+    t.device_ms += extra
+    t.ms += extra
+    if dispatch:
+        t.overhead_ms += profile.dispatch_us * 1e-3
+
+
 def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype: str, scale: float,
                         edges: tuple[bool, bool] = (False, False)) -> None:
     """Add the reorders a blocked-layout runtime inserts where a conv chain starts (NCHW -> blocked)
     and where a consumer that needs NCHW reads a chain's output (blocked -> NCHW), including the
     graph's output. Kernels are in execution order; a chain is followed along that order.
     `edges`: the graph's input arrives blocked / its output may stay blocked (a block inside a
-    network, between two convolutions)."""
+    network, between two convolutions). With the profile's NCHWc channel rule a convolution the
+    rewrite does not take (nchwc_runs) is such a consumer, and only a convolution that reads at
+    least one block of channels starts a chain with a reorder."""
+    block = nchwc_block(profile, dtype) if profile.nchwc_channels else 0
     blocked = edges[0]
     last = None
     for t in times:
         k = t.kernel
         if k.klass == "view":
             continue
-        if k.category in ("conv", "dwconv"):
+        conv = k.category in ("conv", "dwconv")
+        left_out = conv and block > 0 and k.conv is not None and not nchwc_runs(k.conv, block)
+        if conv and not left_out:
             cin = k.act_shapes[0][1] if k.act_shapes and len(k.act_shapes[0]) == 4 else 0
-            if not blocked and cin % _NCHWC_MIN_BLOCK == 0 and cin > 0:
-                extra = _reorder_ms(k.in_elems * scale, profile, dtype)
-                t.device_ms += extra
-                t.ms += extra
-                t.overhead_ms += profile.dispatch_us * 1e-3
+            reads_blocks = cin >= block if block else cin % _NCHWC_MIN_BLOCK == 0 and cin > 0
+            if not blocked and reads_blocks:
+                _add_reorder(t, k.in_elems * scale, profile, dtype)
             blocked = True
-        elif blocked and k.category not in _BLOCKED_OK:
-            extra = _reorder_ms(k.in_elems * scale, profile, dtype)
-            t.device_ms += extra
-            t.ms += extra
-            t.overhead_ms += profile.dispatch_us * 1e-3
+        elif blocked and (left_out or k.category not in _BLOCKED_OK):
+            _add_reorder(t, k.in_elems * scale, profile, dtype)
             blocked = False
         last = t
     if blocked and last is not None and not edges[1]:
-        extra = _reorder_ms(last.kernel.out_elems * scale, profile, dtype)
-        last.device_ms += extra
-        last.ms += extra
+        _add_reorder(last, last.kernel.out_elems * scale, profile, dtype, dispatch=False)
 
 
 class RooflineTimer:

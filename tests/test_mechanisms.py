@@ -152,3 +152,51 @@ def test_short_rows_of_layernorm_cost_per_row():
     cpu = replace(load_profile("local-cpu"), reduce_row_ns=0.0)
     base = LatencyModel(g).estimate(cpu).latency_ms
     assert LatencyModel(g).estimate(replace(cpu, reduce_row_ns=100.0)).latency_ms > base
+
+
+def _separable(c: int, hw: int = 16):
+    """1x1 conv 32 -> c, depthwise 3x3 on c, 1x1 conv c -> 32 (an inverted-residual body)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]),
+             helper.make_node("Conv", ["a", "wd"], ["d"], group=c, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["d", "w2"], ["y"])]
+    inits = [_init("w1", (c, 32, 1, 1)), _init("wd", (c, 1, 3, 3)), _init("w2", (32, c, 1, 1))]
+    return build_graph(make_model(nodes, [x], [y], inits))
+
+
+def test_nchwc_takes_only_convolutions_whose_channels_fill_whole_blocks():
+    from autovit.latmodel.timing import nchwc_runs
+
+    # (batch, input channels, output channels, groups): ORT's TransformConv at 16 channels per block.
+    assert nchwc_runs((1, 32, 32, 32), 16) and not nchwc_runs((1, 24, 24, 24), 16)  # depthwise
+    assert nchwc_runs((1, 24, 24, 24), 8)  # AVX2's 8-float blocks take it
+    assert nchwc_runs((1, 3, 24, 1), 16)  # fewer input channels than a block: the image, read as it is
+    assert nchwc_runs((1, 32, 24, 1), 16)  # output channels are padded to the block
+    assert not nchwc_runs((1, 24, 32, 1), 16)  # 24 input channels: a block and a half
+    assert not nchwc_runs((1, 16, 32, 2), 16) and nchwc_runs((1, 64, 64, 2), 16)  # grouped: 8 or 32 per group
+
+
+def test_convolutions_left_in_nchw_run_im2col_and_gemm_on_mlas_threads():
+    cpu = replace(load_profile("local-cpu"), units=2, matrix_align={"fp32": 16}, run_us=0.0)
+    assert cpu.nchwc_channels and cpu.gemm_thread_macs == 65536
+    off = replace(cpu, nchwc_channels=False)
+
+    def dw(c, profile, hw=16):
+        est = LatencyModel(_separable(c, hw)).estimate(profile)
+        return next(t for t in est.kernels if t.kernel.category == "dwconv"), est.latency_ms
+
+    # Whole blocks: the rule changes nothing.
+    assert dw(32, cpu)[1] == pytest.approx(dw(32, off)[1])
+    # 24 channels: the depthwise convolution expands its input 9x (written, then read by the GEMM) ...
+    (on_k, on_ms), (off_k, off_ms) = dw(24, cpu, hw=64), dw(24, off, hw=64)
+    assert on_k.bytes - off_k.bytes == pytest.approx(2 * 9 * 24 * 64 * 64 * 4)
+    # ... and, 9 x 4096 multiply-adds per channel being below MLAS's 64 Ki per thread, runs on one
+    # of the two cores (priced blocked, its 98 k outputs would keep 3 of 4 vector slots busy) ...
+    from autovit.latmodel.timing import nchw_conv, vector_utilization
+
+    assert nchw_conv(on_k.kernel, cpu, "fp32", 1.0).threads == 1
+    assert on_k.compute_ms == pytest.approx(off_k.compute_ms * vector_utilization(24 * 64 * 64, cpu) / 0.5)
+    assert nchw_conv(dw(24, cpu, hw=128)[0].kernel, cpu, "fp32", 1.0).threads == 2  # 9 x 16384 MACs: two threads
+    # ... with a reorder out of the blocked layout in front of it, and none back (its reader is NCHW too).
+    assert on_ms > off_ms
