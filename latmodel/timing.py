@@ -44,6 +44,7 @@ class KernelTime:
     flops: float
     bytes: float
     engine: str
+    launches: int = 1  # kernels the op runs as (an autocast fp32 op: cast in, op, cast out), each dispatched
 
 
 def _ceil_to(x: int, m: int) -> int:
@@ -113,6 +114,42 @@ def _scaled_gemm(k: Kernel, scale: float) -> tuple[int, int, int, int]:
     return (count, max(1, round(m * scale)), n, kk)
 
 
+def dw_tap_s(k: Kernel, profile: HardwareProfile, scale: float, units_share: float) -> float:
+    """Seconds a direct depthwise convolution spends loading its operands through L1 (s).
+
+    One thread per output walks the kh x kw taps and loads an input and a weight element per
+    multiply-add (PyTorch's DepthwiseConv2d.cu, the kernel eager PyTorch runs for fp32 and for the
+    fp16 shapes cuDNN's depthwise heuristic declines), so the kernel is bound by L1 load throughput,
+    not by its FMAs or its DRAM bytes: its time grows with k^2 x outputs.
+    """
+    loads = k.flops * scale  # 2 FLOPs and 2 loads per multiply-add
+    rate = profile.units * max(units_share, 1e-3) * profile.clock_ghz * 1e9 * profile.l1_loads_per_clock
+    return loads / rate
+
+
+def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
+    """Seconds a CPU kernel spends starting and joining its threads (s): `fork_join_us` per thread
+    it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
+    tiles, one thread per block up to the cores, so a small op runs on one thread and pays
+    nothing while a large one pays for every core: small kernels do not speed up with cores."""
+    if k.klass == "matrix" and k.gemm is not None:
+        gemm = _scaled_gemm(k, scale)
+        blocks = gemm_tiles(gemm, profile) * split_k(gemm, profile)
+    else:
+        blocks = math.ceil(k.work_elems * scale / profile.vector_block)
+    threads = min(profile.units, max(blocks, 1))
+    return profile.fork_join_us * 1e-6 * threads if threads > 1 else 0.0
+
+
+def autocast_fp32(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
+    """Whether torch.autocast runs vector kernel `k` in fp32 when the model runs in fp16: ops on
+    autocast's float32 list (layer_norm, group_norm, softmax, norm, sum, exp, ...; the profile's
+    `amp.fp32_ops`) cast their fp16 inputs up and return fp32 (PyTorch AMP docs, "CUDA Ops that can
+    autocast to float32"). A fused attention kernel (SDPA, on autocast's fp16 list) is not one."""
+    return (dtype == "fp16" and k.klass == "vector" and profile.uses("autocast") and "fp32" in profile.vector_tflops
+            and any(t in profile.amp_fp32_ops for t in k.op_types))
+
+
 def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
                 weight_hit: float = 0.0) -> KernelTime:
     """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch); the share
@@ -136,6 +173,12 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         # channel-blocked nChw16c on CPUs): an NCHW input and output are re-laid out, i.e.
         # read and written once more each.
         act_elems *= 3
+    casts = autocast_fp32(k, profile, dtype)
+    if casts:
+        # torch.autocast runs this op in fp32: its fp16 input is cast to fp32 (2 + 4 bytes per
+        # element), the op reads and writes fp32 (4 + 4), and the next fp16 op casts the result
+        # back (4 + 2): five times the bytes of the op in fp16.
+        act_elems *= 5
     act_bytes = act_elems * scale * eb
     w_bytes = k.w_elems * eb
     # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
@@ -152,8 +195,10 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     else:
         units_share = vector_utilization(k.work_elems * scale, profile)
         util = units_share
-        peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * profile.eff_vector
+        peak = (fb.vector_tflops if fb else profile.vector_tflops)["fp32" if casts else dtype] * 1e12 * profile.eff_vector
     t_compute = flops / (peak * util) if flops > 0 else 0.0
+    if k.category == "dwconv" and profile.uses("dw_taps") and profile.l1_loads_per_clock and profile.clock_ghz:
+        t_compute = max(t_compute, dw_tap_s(k, profile, scale, units_share))
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
     t_compute += k.rows * scale * profile.reduce_row_ns * 1e-9 / max(profile.units * units_share, 1.0)
@@ -172,7 +217,9 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         # runtimes run these loops on one thread, so the runs do not split over the units.
         t_memory += k.runs * scale * profile.layout_run_ns * 1e-9
 
-    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6
+    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
+    if profile.uses("fork_join"):
+        launch += fork_join_s(k, profile, scale)
     t_device = launch + max(t_compute, t_memory)
     overhead = launch + profile.dispatch_us * 1e-6
     if max(t_compute, t_memory) < overhead:
@@ -180,7 +227,7 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     else:
         bound = "compute" if t_compute >= t_memory else "memory"
     return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
-                      bound, flops, act_bytes + w_bytes, engine)
+                      bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts)
 
 
 # Ops that ONNX Runtime's NCHWc transformer runs in the blocked layout (so no reorder around them).
@@ -276,7 +323,7 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
                 issue += t.ms
                 t.ms = 0.0
                 continue
-            issue += dispatch
+            issue += dispatch * t.launches
             new_end = max(end, issue) + t.device_ms
             t.ms = new_end - end
             end = new_end
@@ -284,7 +331,7 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
     total = profile.run_us * 1e-3 if per_run else 0.0
     for t in times:
         if t.kernel.klass != "view":
-            t.ms = t.device_ms + dispatch
+            t.ms = t.device_ms + dispatch * t.launches
             if fb is not None and t.engine != prev_engine:
                 # Switching engines costs a synchronisation and moving the inputs across.
                 t.ms += fb.switch_us * 1e-3 + t.bytes / (fb.transfer_gbps * 1e9) * 1e3
