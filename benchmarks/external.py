@@ -613,8 +613,9 @@ def apple_table(results: list[dict]) -> str:
 def roofline_ablation(name: str, profile, dtype: str, nets: list[tuple], meas: list[float], flops: list[float],
                       extra: dict | None = None) -> dict:
     """Kendall tau of one GPU/CPU set with every roofline mechanism of its profile on ("all"),
-    each switched off in turn ("-name") and all off ("none"), and the FLOPs tau; `extra` maps
-    more labels to other graphs of the same rows, priced with every mechanism on."""
+    each switched off in turn ("-name"), all off ("none"), and the assumed figures halved and
+    doubled, and the FLOPs tau; `extra` maps more labels to other graphs of the same rows, priced
+    with every mechanism on."""
     from dataclasses import replace
 
     from scipy import stats
@@ -627,6 +628,10 @@ def roofline_ablation(name: str, profile, dtype: str, nets: list[tuple], meas: l
         variants[f"-{m}"] = replace(profile, mechanisms=tuple(x for x in profile.mechanisms if x != m))
     if len(profile.mechanisms) > 1:
         variants["none"] = replace(profile, mechanisms=())
+    # The assumed figures: the host's cost per op, and the per-thread start of fork_join.
+    for figure in ["dispatch_us"] + (["fork_join_us"] if profile.uses("fork_join") else []):
+        for label, f in (("/2", 0.5), ("*2", 2.0)):
+            variants[figure + label] = replace(profile, **{figure: getattr(profile, figure) * f})
     out = {label: tau(p, nets) for label, p in variants.items()}
     out.update({label: tau(profile, ns) for label, ns in (extra or {}).items()})
     return {"set": name, "hw": profile.name, "n": len(nets), "ablation_tau": out,
