@@ -249,8 +249,13 @@ def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list
     random.Random(seed).shuffle(order)
     train, test = order[:k], order[k:]
     pick = lambda idx: ([nets[i] for i in idx], [meas[i] for i in idx], [flops[i] for i in idx])  # noqa: E731
-    return {"set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed,
-            **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
+    from autovit.latmodel.errors import AutoVitError
+
+    head = {"set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed}
+    try:
+        return {**head, **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
+    except AutoVitError as e:  # fewer rows than free parameters: the fit is refused, the set reported
+        return {**head, "refused": str(e)}
 
 
 def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple) -> dict:
@@ -289,6 +294,9 @@ def kshot_table(results: list[dict]) -> str:
             "|---|---|---|---|---|---|---|\n")
     rows = []
     for r in results:
+        if "refused" in r:
+            rows.append(f"| {r['set']} | {r['k']} | {r['n_test']} | refused: {r['refused'].split(' (')[0]} | | | |")
+            continue
         u, f, p = r["uncalibrated"], r["baselines"]["flops"], r["baselines"]["params"]
         label = r["set"] + (f" (calibrated on {r['calibrated_on']})" if "calibrated_on" in r else "")
         rows.append(f"| {label} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
