@@ -636,8 +636,10 @@ def roofline_ablation(name: str, profile, dtype: str, nets: list[tuple], meas: l
         variants[f"-{m}"] = replace(profile, mechanisms=tuple(x for x in profile.mechanisms if x != m))
     if len(profile.mechanisms) > 1:
         variants["none"] = replace(profile, mechanisms=())
-    # The assumed figures: the host's cost per op, and the per-thread start of fork_join.
-    for figure in ["dispatch_us"] + (["fork_join_us"] if profile.uses("fork_join") else []):
+    # The assumed figures: the host's cost per op, the per-thread start of fork_join, the integer
+    # ops per tap of dw_loop.
+    assumed = {"dispatch_us": True, "fork_join_us": profile.uses("fork_join"), "dw_loop_int_ops": profile.uses("dw_loop")}
+    for figure in [f for f, used in assumed.items() if used]:
         for label, f in (("/2", 0.5), ("*2", 2.0)):
             variants[figure + label] = replace(profile, **{figure: getattr(profile, figure) * f})
     out = {label: tau(p, nets) for label, p in variants.items()}

@@ -82,8 +82,12 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # attention is one kernel only where the model called F.scaled_dot_product_attention (sdpa_call);
 # a direct depthwise convolution loads an input and a weight element per tap through L1 (dw_taps);
 # in fp16, torch.autocast runs the ops of its float32 list in fp32 between two casts (autocast);
-# a CPU kernel split over several threads pays to start and join each of them (fork_join).
-ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join")
+# a CPU kernel split over several threads pays to start and join each of them (fork_join);
+# a loop torch.compile generated for a CPU runs on one thread or on every core (inductor_threads);
+# a convolution library that computes in blocked layouts reorders unpacked weights per call (weight_relayout);
+# a direct depthwise kernel not unrolled for its size issues loop instructions per tap (dw_loop).
+ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
+                       "dw_loop")
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,10 @@ class HardwareProfile:
     l1_loads_per_clock: int = 0  # 32-bit loads one unit's L1 serves per clock (0: no L1 figure, no dw_taps)
     amp_fp32_ops: tuple[str, ...] = ()  # ONNX op types torch.autocast runs in fp32 (mechanism autocast)
     fork_join_us: float = 0.0  # per thread a CPU kernel wakes and joins (mechanism fork_join)
+    min_chunk: int = 0  # elements per thread below which a compiled CPU loop stays on one thread (inductor_threads)
+    int_ops_per_clock: int = 0  # 32-bit integer ops one unit (GPU SM) completes per clock (dw_loop)
+    dw_unrolled_max: int = 0  # largest depthwise kernel size the direct kernel has unrolled tap loops for (dw_loop)
+    dw_loop_int_ops: float = 0.0  # integer ops per tap of the direct depthwise kernel's run-time loop (dw_loop)
 
     def uses(self, mechanism: str) -> bool:
         """Whether the roofline mechanism `mechanism` (ROOFLINE_MECHANISMS) is switched on."""
@@ -242,6 +250,9 @@ PROFILE_KEYS: dict[str, Key] = {
     "compute.vector_block": Key("int", 1, 2**31), "compute.matrix_align": Key("ints", 1, 1024, default={}, choices=_DTYPES),
     "compute.transcendental_flops": Key("number", 0.01, 1e4, default=1.0),
     "compute.clock_ghz": Key("number", 0, 10, default=0.0), "compute.l1_loads_per_clock": Key("int", 0, 4096, default=0),
+    "compute.min_chunk": Key("int", 0, 2**31, default=0),
+    "compute.int_ops_per_clock": Key("int", 0, 1 << 16, default=0), "compute.dw_unrolled_max": Key("int", 0, 1024, default=0),
+    "compute.dw_loop_int_ops": Key("number", 0, 1000, default=0.0),
     "mechanisms": Key("strs", 0, len(ROOFLINE_MECHANISMS), default=(), choices=ROOFLINE_MECHANISMS),
     "amp.fp32_ops": _OPS,
     "memory.dram_gbps": Key("number", 1e-3, 1e5), "memory.cache_mib": Key("number", 0, 1e6),
@@ -440,7 +451,9 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         relayout_categories=tuple(f["layout.relayout_categories"]), fusion=_fusion(d, where),
         fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)), ane=_neural_engine(d, where),
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
-        l1_loads_per_clock=f["compute.l1_loads_per_clock"],
+        l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
+        int_ops_per_clock=f["compute.int_ops_per_clock"], dw_unrolled_max=f["compute.dw_unrolled_max"],
+        dw_loop_int_ops=num["compute.dw_loop_int_ops"],
         amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
     )
 

@@ -123,8 +123,36 @@ def dw_tap_s(k: Kernel, profile: HardwareProfile, scale: float, units_share: flo
     not by its FMAs or its DRAM bytes: its time grows with k^2 x outputs.
     """
     loads = k.flops * scale  # 2 FLOPs and 2 loads per multiply-add
-    rate = profile.units * max(units_share, 1e-3) * profile.clock_ghz * 1e9 * profile.l1_loads_per_clock
-    return loads / rate
+    clocks = profile.units * max(units_share, 1e-3) * profile.clock_ghz * 1e9
+    t = loads / (clocks * profile.l1_loads_per_clock)
+    if profile.uses("dw_loop") and profile.int_ops_per_clock and dw_kernel_size(k) > profile.dw_unrolled_max:
+        # The kernel is compiled with its tap loops unrolled only for small sizes (template kSize
+        # 1 and 3: `dw_unrolled_max`); larger ones run a loop with run-time bounds whose index
+        # update, bound checks, addresses and loop control are integer ops, every tap
+        # (`dw_loop_int_ops`), on the SM's 32-bit integer pipes (`int_ops_per_clock`).
+        t = max(t, loads / 2 * profile.dw_loop_int_ops / (clocks * profile.int_ops_per_clock))
+    return t
+
+
+def dw_kernel_size(k: Kernel) -> int:
+    """Side of a square depthwise kernel from its FLOPs (2 per tap and output, + a bias add)."""
+    taps = int(k.flops // (2 * max(k.out_elems, 1)))
+    return math.isqrt(max(taps, 1))
+
+
+def compiled_loop(k: Kernel, profile: HardwareProfile) -> bool:
+    """Whether `k` is a loop torch.compile generates (mechanism inductor_threads): element-wise
+    ops, reductions, norms and copies; convolutions and GEMMs call oneDNN/MKL, which split work
+    their own way."""
+    return (profile.uses("inductor_threads") and profile.min_chunk > 0 and k.klass in ("vector", "layout")
+            and k.category not in ("conv", "dwconv", "linear"))
+
+
+def compiled_threads(k: Kernel, profile: HardwareProfile, scale: float) -> int:
+    """Threads a compiled CPU loop runs on: every core once each gets at least `min_chunk`
+    elements (torch._inductor.config.cpp.min_chunk_size; Inductor parallelises a loop over all
+    its threads or not at all), else one."""
+    return profile.units if k.work_elems * scale >= profile.units * profile.min_chunk else 1
 
 
 def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
@@ -132,13 +160,24 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
     it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
     tiles, one thread per block up to the cores, so a small op runs on one thread and pays
     nothing while a large one pays for every core: small kernels do not speed up with cores."""
-    if k.klass == "matrix" and k.gemm is not None:
+    if compiled_loop(k, profile):
+        blocks = compiled_threads(k, profile, scale)
+    elif k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         blocks = gemm_tiles(gemm, profile) * split_k(gemm, profile)
     else:
         blocks = math.ceil(k.work_elems * scale / profile.vector_block)
     threads = min(profile.units, max(blocks, 1))
     return profile.fork_join_us * 1e-6 * threads if threads > 1 else 0.0
+
+
+def weight_relayout(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
+    """Whether the convolution library reorders `k`'s weights on every call (mechanism
+    weight_relayout): oneDNN computes in blocked weight layouts (OIhw16i16o), and a framework
+    that does not pre-pack them (eager, torch.compile without freezing) hands it plain OIhw
+    weights each time, which it reads, writes blocked and reads again: three passes."""
+    return (profile.uses("weight_relayout") and dtype in profile.nchw_conv_relayout
+            and k.category in profile.relayout_categories)
 
 
 def autocast_fp32(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
@@ -162,6 +201,31 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         ms = profile.view_dispatch_us * 1e-3
         return KernelTime(k, ms, 0.0, 0.0, 0.0, ms, "overhead", 0.0, 0.0, engine)
 
+    casts = autocast_fp32(k, profile, dtype)
+    act_bytes = _activation_elems(k, profile, dtype, eb, casts) * scale * eb
+    w_bytes = k.w_elems * eb * (3 if weight_relayout(k, profile, dtype) else 1)
+    # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
+    flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
+    t_compute, units_share = _compute_s(k, profile, "fp32" if casts else dtype, fb, flops, scale)
+    t_memory = _memory_s(k, profile, act_bytes, w_bytes, weight_hit, units_share, scale)
+
+    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
+    if profile.uses("fork_join"):
+        launch += fork_join_s(k, profile, scale)
+    t_device = launch + max(t_compute, t_memory)
+    overhead = launch + profile.dispatch_us * 1e-6
+    if max(t_compute, t_memory) < overhead:
+        bound = "overhead"
+    else:
+        bound = "compute" if t_compute >= t_memory else "memory"
+    return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
+                      bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts)
+
+
+def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, casts: bool = False) -> float:
+    """Activation elements a kernel reads and writes (graph batch), with the padding of the
+    profile's last-axis alignment, the relayouts of its convolution library and, for an op
+    autocast runs in fp32 (`casts`), its casts in and out counted in elements of `dtype`."""
     act_elems = k.in_elems + k.out_elems
     if profile.last_axis_align_bytes and k.act_shapes:
         padded = sum(padded_elems(s, eb, profile.last_axis_align_bytes) for s in k.act_shapes)
@@ -173,17 +237,17 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         # channel-blocked nChw16c on CPUs): an NCHW input and output are re-laid out, i.e.
         # read and written once more each.
         act_elems *= 3
-    casts = autocast_fp32(k, profile, dtype)
     if casts:
         # torch.autocast runs this op in fp32: its fp16 input is cast to fp32 (2 + 4 bytes per
         # element), the op reads and writes fp32 (4 + 4), and the next fp16 op casts the result
         # back (4 + 2): five times the bytes of the op in fp16.
         act_elems *= 5
-    act_bytes = act_elems * scale * eb
-    w_bytes = k.w_elems * eb
-    # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
-    flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
+    return act_elems
 
+
+def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float, scale: float) -> tuple[float, float]:
+    """(compute time in s, share of the compute units the kernel occupies); `dtype` is the one
+    the kernel computes in (fp32 for an op autocast keeps in fp32)."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         util = matrix_utilization(gemm, profile, dtype)
@@ -193,16 +257,24 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * eff
         units_share = min(1.0, gemm_tiles(gemm, profile) * split_k(gemm, profile) / profile.units)
     else:
-        units_share = vector_utilization(k.work_elems * scale, profile)
+        if compiled_loop(k, profile):
+            units_share = compiled_threads(k, profile, scale) / profile.units
+        else:
+            units_share = vector_utilization(k.work_elems * scale, profile)
         util = units_share
-        peak = (fb.vector_tflops if fb else profile.vector_tflops)["fp32" if casts else dtype] * 1e12 * profile.eff_vector
+        peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * profile.eff_vector
     t_compute = flops / (peak * util) if flops > 0 else 0.0
     if k.category == "dwconv" and profile.uses("dw_taps") and profile.l1_loads_per_clock and profile.clock_ghz:
         t_compute = max(t_compute, dw_tap_s(k, profile, scale, units_share))
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
     t_compute += k.rows * scale * profile.reduce_row_ns * 1e-9 / max(profile.units * units_share, 1.0)
+    return t_compute, units_share
 
+
+def _memory_s(k: Kernel, profile: HardwareProfile, act_bytes: float, w_bytes: float, weight_hit: float,
+              units_share: float, scale: float) -> float:
+    """Memory time in s: activations from cache as far as they fit, weights from DRAM."""
     # Activations were just written by the previous kernel: they come from cache as far as the
     # kernel's working set fits in it. Weights are read cold from DRAM once per inference unless
     # the profile says they stay cached (`weight_hit`, set per network).
@@ -216,18 +288,7 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         # A strided copy pays per contiguous run (address arithmetic, a short load and store);
         # runtimes run these loops on one thread, so the runs do not split over the units.
         t_memory += k.runs * scale * profile.layout_run_ns * 1e-9
-
-    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
-    if profile.uses("fork_join"):
-        launch += fork_join_s(k, profile, scale)
-    t_device = launch + max(t_compute, t_memory)
-    overhead = launch + profile.dispatch_us * 1e-6
-    if max(t_compute, t_memory) < overhead:
-        bound = "overhead"
-    else:
-        bound = "compute" if t_compute >= t_memory else "memory"
-    return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
-                      bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts)
+    return t_memory
 
 
 # Ops that ONNX Runtime's NCHWc transformer runs in the blocked layout (so no reorder around them).

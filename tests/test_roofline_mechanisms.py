@@ -41,7 +41,7 @@ def op_groups(graph, profile) -> list[list[str]]:
 
 def test_every_cuda_profile_prices_attention_by_how_the_model_called_it():
     for name in ("v100", "rtx3090", "rtx4090", "a100", "h100"):
-        assert set(load_profile(name).mechanisms) == {"sdpa_call", "dw_taps", "autocast"} <= set(ROOFLINE_MECHANISMS)
+        assert set(load_profile(name).mechanisms) == {"sdpa_call", "dw_taps", "autocast", "dw_loop"} <= set(ROOFLINE_MECHANISMS)
     fused = op_groups(attention_graph(sdpa=True), V100)
     assert len(fused) == 1 and "Softmax" in fused[0] and fused[0].count("MatMul") == 2
     written_out = op_groups(attention_graph(sdpa=False), V100)
@@ -70,12 +70,12 @@ def test_depthwise_time_grows_with_taps_at_the_l1_load_rate():
     def kernel(k, profile):
         return LatencyModel(depthwise_graph(k)).estimate(profile, 64, "fp32").kernels[0]
 
-    big = kernel(7, V100)
+    big = kernel(7, without(V100, "dw_loop"))
     loads = 2 * 64 * 64 * 32 * 32 * 49  # an input and a weight element per multiply-add
     busy = vector_utilization(64 * 64 * 32 * 32, V100)  # whole waves of blocks over the SMs
     assert big.compute_ms == pytest.approx(loads / (80 * 1.53e9 * 32 * busy) * 1e3, rel=1e-6)
-    assert big.compute_ms == pytest.approx(dw_tap_s(big.kernel, V100, 64, busy) * 1e3, rel=1e-6)
-    on = kernel(7, V100).device_ms / kernel(3, V100).device_ms
+    assert big.compute_ms == pytest.approx(dw_tap_s(big.kernel, without(V100, "dw_loop"), 64, busy) * 1e3, rel=1e-6)
+    on = kernel(7, without(V100, "dw_loop")).device_ms / kernel(3, V100).device_ms
     off = kernel(7, without(V100, "dw_taps")).device_ms / kernel(3, without(V100, "dw_taps")).device_ms
     assert on > 2.0 > 1.5 > off  # 49 vs 9 taps show through only with the L1 roof
     # A profile without an L1 figure (the CPUs: oneDNN keeps the taps in registers) has no such roof.
@@ -131,6 +131,7 @@ def test_cpu_kernels_pay_to_start_and_join_each_thread_they_use():
     cpu = load_profile("cpu-i9-10940x")
     assert "fork_join" in cpu.mechanisms and cpu.fork_join_us > 0
     assert load_profile("local-cpu").mechanisms == ()  # ONNX Runtime's spinning pool: no team to wake
+    cpu = without(cpu, "inductor_threads")  # eager ATen's grain; a compiled loop's threads: the next test
 
     def cost(elems, profile):
         return LatencyModel(relu_graph(elems)).estimate(profile).latency_ms
@@ -141,3 +142,61 @@ def test_cpu_kernels_pay_to_start_and_join_each_thread_they_use():
     assert cost(small, cpu) == pytest.approx(cost(small, without(cpu, "fork_join")))
     three = 3 * cpu.vector_block
     assert cost(three, cpu) - cost(three, without(cpu, "fork_join")) == pytest.approx(3 * cpu.fork_join_us * 1e-3)
+
+
+def test_compiled_cpu_loops_run_on_one_thread_or_on_every_core():
+    """torch.compile's C++ loops go parallel over all threads once each gets min_chunk elements,
+    never over a few (convolutions and GEMMs call oneDNN and keep their own split)."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert "inductor_threads" in cpu.mechanisms and cpu.min_chunk > 0
+    off = without(cpu, "inductor_threads")
+
+    def kernel(elems, profile):
+        return LatencyModel(relu_graph(elems)).estimate(profile).kernels[0]
+
+    # Below cores x min_chunk elements: one thread, the whole op on one core's bandwidth, no team.
+    small = cpu.units * cpu.min_chunk - 1
+    assert kernel(small, cpu).memory_ms == pytest.approx(kernel(1, cpu).memory_ms * small, rel=1e-6)
+    assert kernel(small, cpu).device_ms > kernel(small, off).device_ms  # ATen's grain would split it
+    # At the threshold every core starts and joins, and the op is spread over all of them.
+    big = cpu.units * cpu.min_chunk
+    assert kernel(big, cpu).memory_ms == pytest.approx(kernel(big, off).memory_ms * vector_utilization(big, cpu), rel=1e-6)
+    gap = kernel(big, cpu).device_ms - LatencyModel(relu_graph(big)).estimate(without(cpu, "fork_join")).kernels[0].device_ms
+    assert gap == pytest.approx(cpu.units * cpu.fork_join_us * 1e-3)
+    # A convolution is oneDNN's, not a compiled loop: the switch leaves it alone.
+    conv = LatencyModel(depthwise_graph(3, c=8, hw=8))
+    assert conv.estimate(cpu).latency_ms == pytest.approx(conv.estimate(off).latency_ms)
+
+
+def test_depthwise_sizes_without_an_unrolled_kernel_pay_integer_ops_per_tap():
+    """PyTorch's direct depthwise kernel is unrolled for 3x3 (and 1x1); 5x5 and 7x7 run a loop
+    whose integer ops per tap outweigh the two L1 loads."""
+    def kernel(k, profile):
+        return LatencyModel(depthwise_graph(k)).estimate(profile, 64, "fp32").kernels[0]
+
+    assert V100.dw_unrolled_max == 3 and V100.dw_loop_int_ops > 2 * V100.int_ops_per_clock / V100.l1_loads_per_clock
+    assert kernel(3, V100).compute_ms == pytest.approx(kernel(3, without(V100, "dw_loop")).compute_ms)
+    busy = vector_utilization(64 * 64 * 32 * 32, V100)
+    taps = 64 * 64 * 32 * 32 * 49
+    assert kernel(7, V100).compute_ms == pytest.approx(
+        taps * V100.dw_loop_int_ops / (80 * 1.53e9 * 64 * busy) * 1e3, rel=1e-6)
+    assert kernel(7, V100).compute_ms > 2 * kernel(7, without(V100, "dw_loop")).compute_ms
+
+
+def conv_graph(cin: int, cout: int, k: int, hw: int):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k])
+    return build_graph(make_model([node], [x], [y], [_init("w", (cout, cin, k, k))]))
+
+
+def test_onednn_convolutions_reorder_unpacked_weights_every_call():
+    cpu = load_profile("cpu-i9-10940x")
+    assert "weight_relayout" in cpu.mechanisms
+    g = conv_graph(512, 512, 7, 7)  # a VGG-head-like convolution: 12.8 M weights, a 7 x 7 map
+    on, off = (LatencyModel(g).estimate(p).kernels[0] for p in (cpu, without(cpu, "weight_relayout")))
+    assert on.bytes - off.bytes == pytest.approx(2 * 512 * 512 * 49 * 4)  # written blocked, read again
+    assert on.memory_ms > 2 * off.memory_ms
+    # Only where the library reorders (the profile's nchw_conv_relayout dtypes): not on a GPU.
+    gpu = replace(V100, mechanisms=V100.mechanisms + ("weight_relayout",))
+    assert LatencyModel(g).estimate(gpu).latency_ms == pytest.approx(LatencyModel(g).estimate(V100).latency_ms)
