@@ -46,6 +46,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+# Apple's per-head attention and timm's default sizes are the library's (validate --measurements uses them too).
+from autovit.latmodel.measurements import CVNETS_FAMILIES, default_resolution, graph_form, timm_graph_key
+from autovit.latmodel.network_graphs import split_head_attention  # noqa: F401  (tests use apple.split_head_attention)
+
 # name -> (CSV under the data folder, profile that prices it, chip)
 APPLE_SETS = {
     "apple-iformer-a15": ("apple/iformer-paper_iphone13.csv", "iphone13", "A15"),
@@ -91,7 +95,6 @@ COREML_FORMAT = {
 # Apple's Core ML conversion (cvnets-convert, NeuralNetwork format) of the models with timm's ViT
 # attention that cvnets has too: MobileViT (v1; its official code) in any NeuralNetwork-format
 # table, DeiT/ViT as well in the table cvnets measured.
-CVNETS_FAMILIES = ("mobilevit_",)
 CVNETS_TABLES = {"apple-mobilevitv2-a14": ("mobilevit_", "deit_", "vit_")}
 
 
@@ -102,31 +105,7 @@ def coreml_format(set_name: str) -> str:
 
 def coreml_form(set_name: str, timm_name: str) -> str:
     """Which graph prices a row: "timm", or "cvnets" (timm's model with Apple's per-head attention)."""
-    if coreml_format(set_name) != "neuralnetwork":
-        return "timm"
-    return "cvnets" if timm_name.startswith(CVNETS_TABLES.get(set_name, CVNETS_FAMILIES)) else "timm"
-
-
-def split_head_attention(model) -> int:
-    """Make every timm `Attention` of `model` compute head by head from slices of the last axis,
-    as Apple's Core ML converter does (same result, no rank-5 tensor); returns how many it changed.
-    A model without timm attention is left as it is."""
-    import types
-
-    import torch
-    from timm.layers.attention import Attention
-
-    def forward(self, x, attn_mask=None, is_causal=False):
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        heads = zip(*(t.chunk(self.num_heads, dim=-1) for t in (q * self.scale, k, v)))
-        out = [torch.matmul(torch.matmul(qh, kh.transpose(-1, -2)).softmax(dim=-1), vh) for qh, kh, vh in heads]
-        return self.proj(torch.cat(out, dim=-1))
-
-    plain = [m for m in model.modules() if isinstance(m, Attention) and getattr(m, "gate", None) is None
-             and all(isinstance(getattr(m, n), torch.nn.Identity) for n in ("q_norm", "k_norm", "norm"))]
-    for m in plain:
-        m.forward = types.MethodType(forward, m)
-    return len(plain)
+    return graph_form(coreml_format(set_name), timm_name, CVNETS_TABLES.get(set_name, CVNETS_FAMILIES))
 
 
 @dataclass(frozen=True)
@@ -142,24 +121,16 @@ class AppleRow:
     @property
     def key(self) -> str:
         """The model: the re-parameterised timm model at this resolution (rows of two tables match on it)."""
-        return f"timm-rep__{self.timm_name}__{self.resolution}"
+        return timm_graph_key(self.timm_name, self.resolution)
 
     @property
     def graph_key(self) -> str:
         """Graph cache key: `key`, or its Core ML form's variant."""
-        return self.key if self.form == "timm" else f"timm-rep-{self.form}__{self.timm_name}__{self.resolution}"
+        return timm_graph_key(self.timm_name, self.resolution, self.form)
 
     @property
     def label(self) -> str:
         return f"{self.set}:{self.timm_name}@{self.resolution}"
-
-
-def default_resolution(timm_name: str) -> int:
-    """timm's default input side (px) for a model, from its pretrained config (no download)."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(timm_name)
-    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
 
 
 def apple_rows(data: Path, sets: list[str] | None = None) -> dict[str, list[AppleRow]]:

@@ -24,9 +24,9 @@ def main() -> None:
     from autovit.latmodel.estimate import LatencyModel
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.measure import TimingPolicy, physical_cores, time_callable
-    from autovit.latmodel.sources import arch_graph
     from autovit.nas.builder import build_model
     from autovit.nas.export import export_onnx_bytes
+    from autovit.nas.latency import arch_graph
     from autovit.nas.presets import load_preset
 
     profiles = [load_profile(h) for h in (args.hw or ["local-cpu"])]

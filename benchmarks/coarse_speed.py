@@ -27,7 +27,8 @@ def main() -> None:
                     "(0 for --oracle measured, whose cost per new candidate is what is timed)")
     args = ap.parse_args()
 
-    from autovit.nas.search import Constraints, Searcher, make_oracle
+    from autovit.nas.latency import make_oracle
+    from autovit.nas.search import Constraints, Searcher
     from autovit.nas.space import load_space
 
     out = {"benchmark": "coarse_speed", "hw": args.hw, "oracle": args.oracle, "candidates": args.candidates,

@@ -21,7 +21,6 @@ import pickle
 import random
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+# The export, graph cache and job runner, the figures and the whole-network fit are the library's,
+# shared with `autovit-lat validate --measurements` / `calibrate --networks`.
+from autovit.latmodel.measurements import timm_graph_key  # noqa: E402
+from autovit.latmodel.netcal import calibrated_evaluate  # noqa: E402
+from autovit.latmodel.network_graphs import (REPARAM_METHODS, build_models, coreml_profile, export_timm,  # noqa: E402
+                                             failed_exports, graph_path, record_failures, run_exports, unresolved_share)
 from apple import (APPLE_SETS, HELDOUT_SETS, TABLES, apple_rows, coreml_format, disagreements, excluded_rows,  # noqa: E402
-                   residual_png, split_head_attention)
+                   residual_png)
 
 TIMM_SETS = {
     "rtx3090": ("timm/benchmark-infer-amp-nchw-pt240-cu124-rtx3090.csv", "rtx3090", "fp16"),
@@ -56,14 +61,6 @@ def find_data(explicit: str | None) -> Path:
     sys.exit("external-latency data not found: pass --data PATH (the shared/external-latency folder)")
 
 
-# Bump when what an export puts in the graph changes (v2: BatchNorm kept, not folded).
-GRAPH_CACHE_VERSION = 2
-
-
-# What timm.utils.reparameterize_model calls on a module.
-_REPARAM_METHODS = ("reparameterize", "fuse", "switch_to_deploy")
-
-
 def _reparameterizable(model: str) -> bool:
     """Whether timm's module for `model` defines a re-parameterisation (a `reparameterize`, `fuse` or
     `switch_to_deploy` method: what timm.utils.reparameterize_model calls)."""
@@ -76,80 +73,13 @@ def _reparameterizable(model: str) -> bool:
         module = sys.modules[model_entrypoint(model).__module__]
     except (RuntimeError, KeyError):  # not in the installed timm: the export reports it
         return False
-    return re.search(rf"def ({'|'.join(_REPARAM_METHODS)})\(", inspect.getsource(module)) is not None
+    return re.search(rf"def ({'|'.join(REPARAM_METHODS)})\(", inspect.getsource(module)) is not None
 
 
 def timm_key(model: str, size, reparam: bool) -> str:
     """Graph-cache key of a timm row; a re-parameterised export (the Apple tables' key) where the set
     was timed re-parameterised and the model can be."""
-    return f"timm-rep__{model}__{size}" if reparam and _reparameterizable(model) else f"timm__{model}__{size}"
-
-
-def _graph_path(cache: Path, key: str) -> Path:
-    return cache / f"graphs-v{GRAPH_CACHE_VERSION}" / f"{key.replace('/', '_')}.pkl"
-
-
-def _failed_exports(cache: Path, keys) -> dict[str, str]:
-    """Why each of `keys` could not be exported, as an earlier run recorded it (a `.skip` file beside
-    where its graph would be): a failed export is not tried again, which takes minutes for the large
-    models the exporter rejects. Delete the file to try again (e.g. after upgrading timm or torch)."""
-    out = {}
-    for k in keys:
-        marker = _graph_path(cache, k).with_suffix(".skip")
-        if marker.exists():
-            out[k] = marker.read_text().strip()
-    return out
-
-
-def _record_failures(cache: Path, status: dict[str, str]) -> None:
-    from autovit.latmodel.io import atomic_write_text
-
-    for k, st in status.items():
-        if st.startswith("skip:") and "worker failed" not in st:
-            atomic_write_text(_graph_path(cache, k).with_suffix(".skip"), st + "\n")
-
-
-def _quiet_worker() -> None:
-    """The TorchScript exporter prints whole IR graphs on failure: keep stdout for our JSON."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-
-
-def _export_timm(model: str, size: int, out: str, reparam: bool = False, form: str = "timm") -> str:
-    """Worker: timm model -> OpGraph pickle. Returns 'ok' or the reason it was skipped.
-    `reparam`: fuse the training-time branches first (timm.utils.reparameterize_model), as a
-    model is deployed (MobileOne, FastViT, RepViT, ...); `form` "cvnets": attention in Apple's
-    Core ML form (apple.split_head_attention)."""
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(1)
-    from autovit.latmodel.errors import AutoVitError
-    from autovit.latmodel.io import atomic_write_bytes
-    from autovit.latmodel.sources import module_graph, timm_model
-
-    try:
-        m, side = timm_model(model, size)
-        if reparam:
-            from timm.utils import reparameterize_model
-
-            plain = Path(out).with_name(Path(out).name.replace("timm-rep__", "timm__", 1))
-            if plain.exists() and not any(hasattr(x, a) for x in m.modules() for a in _REPARAM_METHODS):
-                atomic_write_bytes(Path(out), plain.read_bytes())  # nothing to fuse: the plain export is it
-                return "ok"
-            m = reparameterize_model(m)
-        if form == "cvnets":
-            split_head_attention(m)
-        g = module_graph(m, (1, 3, size, size), source=f"timm:{model}@{size}" + ("" if form == "timm" else f" ({form})"))
-    except AutoVitError as e:
-        return f"skip: {str(e).split(';')[0]}"
-    except Exception as e:  # a model our exporter or onnx cannot handle: counted, not fatal
-        return f"skip: export failed ({type(e).__name__})"
-    atomic_write_bytes(Path(out), pickle.dumps(g))
-    return "ok"
+    return timm_graph_key(model, size) if reparam and _reparameterizable(model) else f"timm__{model}__{size}"
 
 
 def _export_ofa(idx: int, res: int, ks: str, e: str, d: str, out: str) -> str:
@@ -168,39 +98,6 @@ def _export_ofa(idx: int, res: int, ks: str, e: str, d: str, out: str) -> str:
     g = module_graph(model, (1, 3, res, res), source=f"ofa:{idx}")
     atomic_write_bytes(Path(out), pickle.dumps(g))
     return "ok"
-
-
-def _run_jobs(jobs: list[tuple], jobs_n: int, label: str) -> dict[str, str]:
-    """Run export jobs (fn, key, args...) in worker processes with a progress bar on stderr."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    status: dict[str, str] = {}
-    if not jobs:
-        return status
-    with Progress(TextColumn(label), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), transient=False, console=_stderr_console()) as prog:
-        task = prog.add_task(label, total=len(jobs))
-        with ProcessPoolExecutor(max_workers=jobs_n, initializer=_quiet_worker) as pool:
-            futs = {pool.submit(fn, *args): key for fn, key, *args in jobs}
-            for f in as_completed(futs):
-                try:
-                    status[futs[f]] = f.result()
-                except Exception as e:  # a crashed worker skips one model, not the run
-                    status[futs[f]] = f"skip: worker failed ({type(e).__name__})"
-                prog.advance(task)
-    return status
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-def _unresolved_share(g) -> float:
-    """Share of ops whose output shape ONNX inference could not resolve (priced blind)."""
-    unknown = sum(1 for n in g.order if any(g.tensors[o].shape is None for o in g.op(n).outputs))
-    return unknown / max(len(g), 1)
 
 
 def timm_rows(data: Path) -> dict[str, list[dict]]:
@@ -223,21 +120,10 @@ def evaluate(name: str, pred: list[float], meas: list[float], flops: list[float]
              skipped: dict[str, int], hw: str, extra: dict | None = None, params: list[float] | None = None) -> dict:
     """Rank and error metrics of our predictions and of the baselines on one set; `params`
     adds the parameter-proportional baseline."""
-    from autovit.latmodel.metrics import lstsq_fit, summary
+    from autovit.latmodel.measurements import table_metrics
 
-    p, m = np.array(pred), np.array(meas)
-    f, a = np.array(flops), np.array(acts)
-    ours = summary(p, m)
-    keep = ("kendall_tau", "spearman", "median_ape", "within_10", "within_25")
-    baselines = {"flops_proportional": np.maximum(f, 1e-9), "lstsq_flops_activations": lstsq_fit(np.column_stack([f, a]), m)}
-    if params is not None:
-        baselines["params_proportional"] = np.maximum(np.array(params, float), 1e-9)
-    return {
-        "set": name, "hw": hw, "n": len(p), "skipped": skipped,
-        **{k: round(ours[k], 4) for k in keep}, "scale": round(ours["scale"], 4),
-        "baselines": {b: {k: round(v, 4) for k, v in summary(x, m).items() if k in keep} for b, x in baselines.items()},
-        **(extra or {}),
-    }
+    return {"set": name, "hw": hw, "n": len(pred), "skipped": skipped,
+            **table_metrics(pred, meas, flops, acts, params), **(extra or {})}
 
 
 def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list[float], flops: list[float],
@@ -256,35 +142,6 @@ def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list
         return {**head, **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
     except AutoVitError as e:  # fewer rows than free parameters: the fit is refused, the set reported
         return {**head, "refused": str(e)}
-
-
-def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple) -> dict:
-    """Fit `profile`'s free parameters to the `train` networks, score it on the `test` ones
-    (each a tuple of nets [(LatencyModel, batch, params)], measured ms, FLOPs); the FLOPs- and
-    parameter-proportional baselines are fitted on the same training rows."""
-    from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.metrics import summary
-    from autovit.latmodel.validate import proportional_factor
-
-    (tr_nets, tr_meas, tr_flops), (te_nets, te_meas, te_flops) = train, test
-    price = lambda nets, p: np.array([lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets])  # noqa: E731
-    t0 = time.time()
-    cal = ProfileCalibrator(profile)
-    pricers = [lambda p, lm=lm, b=b: lm.estimate(p, b, dtype).latency_ms for lm, b, _ in tr_nets]
-    fit = cal.fit_pricers(pricers, list(tr_meas), ["network"] * len(tr_nets))
-    fitted = cal.fitted_profile()
-    m_tr, mt = np.array(tr_meas), np.array(te_meas)
-    params_tr, params_te = np.array([p for _, _, p in tr_nets]), np.array([p for _, _, p in te_nets])
-    base = {"flops": proportional_factor(np.array(tr_flops), m_tr) * np.array(te_flops),
-            "params": proportional_factor(params_tr, m_tr) * params_te}
-    keep = ("kendall_tau", "spearman", "median_ape", "mape", "within_10", "within_25")
-    rounded = lambda pred: {key: round(v, 4) for key, v in summary(pred, mt, rescale=False).items() if key in keep}  # noqa: E731
-    return {
-        **rounded(price(te_nets, fitted)), "uncalibrated": rounded(price(te_nets, profile)),
-        "baselines": {b: rounded(p) for b, p in base.items()},
-        "fitted": {key: round(v, 5) for key, v in fit.params.items()}, "at_bound": fit.at_bound,
-        "train_rms_log_error": round(fit.rms_log_error, 4), "fit_s": round(time.time() - t0, 1),
-    }
 
 
 def kshot_table(results: list[dict]) -> str:
@@ -329,24 +186,7 @@ def _as_tuple(x) -> tuple:
 def apple_models(rows: dict, cache: Path, jobs: int) -> tuple[dict, dict[str, str]]:
     """LatencyModel per graph key of the Apple rows (exported re-parameterised, cached), and the
     reason for each key that could not be priced."""
-    from autovit.latmodel.estimate import LatencyModel
-
-    keys = {r.graph_key: r for rs in rows.values() for r in rs}
-    todo = [(_export_timm, k, r.timm_name, r.resolution, str(_graph_path(cache, k)), True, r.form)
-            for k, r in keys.items() if not _graph_path(cache, k).exists()]
-    status = _run_jobs(todo, jobs, "export Apple-table models")
-    models, skip = {}, {}
-    for k in sorted(keys):
-        gp = _graph_path(cache, k)
-        if not gp.exists():
-            skip[k] = status.get(k, "skip: export failed").removeprefix("skip: ")
-            continue
-        g = pickle.loads(gp.read_bytes())
-        if _unresolved_share(g) > 0.1:
-            skip[k] = "shapes not inferable"
-            continue
-        models[k] = LatencyModel(g)
-    return models, skip
+    return build_models([r for rs in rows.values() for r in rs], cache, jobs, "export Apple-table models")
 
 
 def apple_priced(rows: list, models: dict, skip: dict[str, str], excluded: dict[str, str], profile) -> tuple[list, dict]:
@@ -392,9 +232,7 @@ def apple_result(name: str, priced: list, sk: dict, excluded: dict[str, str], mo
 def table_profile(profile, set_name: str):
     """`profile` for the Core ML format of a table's exports (apple.COREML_FORMAT); a profile
     without a Neural Engine (--apple-hw a GPU) is taken as it is."""
-    from autovit.latmodel.neural_engine import for_format
-
-    return profile if profile.ane is None else for_format(profile, coreml_format(set_name))
+    return coreml_profile(profile, coreml_format(set_name))
 
 
 def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
@@ -656,10 +494,10 @@ def ofa_models(ofa: list[dict], cache: Path, jobs: int, ops: str) -> dict:
 
     from autovit.latmodel.estimate import LatencyModel
 
-    path = lambda r: _graph_path(cache, f"ofa__{r['idx']}")  # noqa: E731
+    path = lambda r: graph_path(cache, f"ofa__{r['idx']}")  # noqa: E731
     todo = [(_export_ofa, f"ofa__{r['idx']}", int(r["idx"]), int(r["resolution"]), r["ks"], r["e"], r["d"], str(path(r)))
             for r in ofa if not path(r).exists()]
-    _run_jobs(todo, jobs, "export OFA subnets")
+    run_exports(todo, jobs, "export OFA subnets")
     models = {}
     for r in ofa:
         if path(r).exists():
@@ -774,7 +612,7 @@ def main() -> None:
 
     data = find_data(args.data)
     cache = Path(args.cache)
-    _graph_path(cache, "x").parent.mkdir(parents=True, exist_ok=True)
+    graph_path(cache, "x").parent.mkdir(parents=True, exist_ok=True)
     wanted = wanted_sets(args.sets)
     results = []
     t0 = time.time()
@@ -804,20 +642,20 @@ def main() -> None:
         for s in timm_wanted:
             for r in chosen[s]:
                 key = timm_key(r["model"], r["infer_img_size"], False)
-                if not _graph_path(cache, key).exists():
-                    todo[key] = (_export_timm, key, r["model"], int(r["infer_img_size"]), str(_graph_path(cache, key)))
-        status = _failed_exports(cache, todo)
-        status.update(_run_jobs([job for k, job in todo.items() if k not in status], args.jobs, "export timm models"))
-        _record_failures(cache, status)
+                if not graph_path(cache, key).exists():
+                    todo[key] = (export_timm, key, r["model"], int(r["infer_img_size"]), str(graph_path(cache, key)))
+        status = failed_exports(cache, todo)
+        status.update(run_exports([job for k, job in todo.items() if k not in status], args.jobs, "export timm models"))
+        record_failures(cache, status)
         # The re-parameterised graphs of the rows a plain export could price (the same rows in every set).
         todo = {}
         for s in timm_wanted:
             for r in chosen[s] if s in REPARAM_SETS else []:
                 key = timm_key(r["model"], r["infer_img_size"], True)
-                plain = _graph_path(cache, timm_key(r["model"], r["infer_img_size"], False))
-                if key.startswith("timm-rep__") and plain.exists() and not _graph_path(cache, key).exists():
-                    todo[key] = (_export_timm, key, r["model"], int(r["infer_img_size"]), str(_graph_path(cache, key)), True)
-        _run_jobs(list(todo.values()), args.jobs, "export re-parameterised timm models")
+                plain = graph_path(cache, timm_key(r["model"], r["infer_img_size"], False))
+                if key.startswith("timm-rep__") and plain.exists() and not graph_path(cache, key).exists():
+                    todo[key] = (export_timm, key, r["model"], int(r["infer_img_size"]), str(graph_path(cache, key)), True)
+        run_exports(list(todo.values()), args.jobs, "export re-parameterised timm models")
         profiles = {TIMM_SETS[s][1]: load_profile(TIMM_SETS[s][1]) for s in timm_wanted}
         for s in timm_wanted:
             _, hw, dtype = TIMM_SETS[s]
@@ -828,8 +666,8 @@ def main() -> None:
                 if args.n and len(pred) >= args.n:
                     break
                 key = timm_key(r["model"], r["infer_img_size"], False)
-                gp = _graph_path(cache, key)
-                rep = _graph_path(cache, timm_key(r["model"], r["infer_img_size"], s in REPARAM_SETS))
+                gp = graph_path(cache, key)
+                rep = graph_path(cache, timm_key(r["model"], r["infer_img_size"], s in REPARAM_SETS))
                 if gp.exists() and rep != gp:
                     if not rep.exists():  # counted, and priced as exported (a note, not a skip)
                         sk["priced without re-parameterisation"] = sk.get("priced without re-parameterisation", 0) + 1
@@ -841,7 +679,7 @@ def main() -> None:
                     continue
                 batch = int(r["infer_batch_size"])
                 est, g, lm = predict(gp, hw, batch, dtype, profiles)
-                if _unresolved_share(g) > 0.1:
+                if unresolved_share(g) > 0.1:
                     sk["shapes not inferable"] = sk.get("shapes not inferable", 0) + 1
                     continue
                 nets.append((lm, batch, float(r["param_count"] or 0) * 1e6))

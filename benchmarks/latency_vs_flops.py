@@ -69,7 +69,7 @@ def run_search(args, net, cfg, oracle, budget_ms: float) -> list[dict]:
     return sorted(rows, key=lambda r: -r["top1"])
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--hw", default="local-cpu@calibrated")
@@ -84,8 +84,57 @@ def main() -> None:
     ap.add_argument("--deploy-resolution", type=int, default=None, help="price and measure at R x R px")
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--coarse", type=int, default=10_000)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="onnxruntime threads of the referee [default: physical cores]; use the calibration LUT's")
     ap.add_argument("--out", default=str(HERE / "results" / "latency_vs_flops.json"))
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def measure(cands: list, profile, rounds: int, threads: int) -> float | None:
+    """Time `cands` with validate's protocol (fills their measured_ms, raw_ms, cv); returns the
+    calibration LUT's reference ms the values are expressed at (None: raw)."""
+    from autovit.latmodel import validate as v
+    from autovit.latmodel.lut import load_lut
+    from autovit.latmodel.measure import TimingPolicy
+    from autovit.latmodel.runner import drift_monitor
+    from autovit.nas.latency import reference_model
+
+    calib = profile.calibration.get("lut")
+    ref_ms = load_lut(calib, profile.name).reference.get("ref_ms") if calib else None
+    # validate's protocol with longer bursts: these networks take ~1 ms, where a 6-run burst's
+    # median moved by 25 % from round to round (first run of this script).
+    policy = TimingPolicy(warmup=10, min_repeats=50, max_repeats=400, ci_pct=1.0, max_seconds=1.0)
+    t0 = time.time()
+    ref_module, ref_shape, ref_name = reference_model()
+    monitor = drift_monitor(ref_module, ref_shape, "onnxruntime", threads, policy, name=ref_name)
+    failed = v.measure(cands, "onnxruntime", threads, rounds, policy, None, monitor, ref_ms)
+    if failed:
+        sys.exit(f"could not measure: {failed}")
+    print(f"measured {len(cands)} architectures x {rounds} rounds in {time.time() - t0:.0f} s", file=sys.stderr)
+    return ref_ms
+
+
+def oracle_summary(rows: list[dict], mine: list, analytical, budget: float) -> dict:
+    """What the measured top architectures of one oracle's search say about its budget."""
+    import numpy as np
+
+    meas = np.array([c.measured_ms for c in mine])
+    cv = np.array([c.cv or 0.0 for c in mine])
+    pred_lat = analytical.latency_ms([c.arch for c in mine])
+    over = meas > budget
+    over_noise = meas > budget * (1 + 2 * cv)
+    return {
+        "best_top1": rows[0]["top1"], "top_mean_top1": float(np.mean([r["top1"] for r in rows])),
+        "measured_ms_median": float(np.median(meas)), "measured_ms_max": float(meas.max()),
+        "over_budget": int(over.sum()), "over_budget_beyond_noise": int(over_noise.sum()), "n": len(mine),
+        "violation_rate": float(over_noise.mean()), "median_cv": float(np.median(cv)),
+        "over_budget_by_calibrated_model": int((pred_lat > budget).sum()),
+        "analytical_ms_median": float(np.median(pred_lat)),
+        "mape_analytical_vs_measured": float(np.mean(np.abs(pred_lat - meas) / meas) * 100)}
+
+
+def main() -> None:
+    args = parse_args()
 
     import random
 
@@ -94,21 +143,21 @@ def main() -> None:
     from autovit.latmodel import validate as v
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
-    from autovit.latmodel.lut import load_lut
-    from autovit.latmodel.measure import TimingPolicy, physical_cores
+    from autovit.latmodel.measure import physical_cores
     from autovit.latmodel.oracle import AnalyticalOracle, ProxyOracle
-    from autovit.latmodel.profiler import drift_monitor
+    from autovit.nas.blocks import DECOMPOSITION
     from autovit.nas.builder import build_model
     from autovit.nas.evaluate import supernet_from_checkpoint
-    from autovit.nas.search import PROXY_REFERENCE, parse_latency
+    from autovit.nas.latency import PROXY_REFERENCE
+    from autovit.nas.search import parse_latency
 
     profile = load_profile(args.hw)
     net, cfg, _ = supernet_from_checkpoint(args.supernet)
     space = net.space
     rng = random.Random(0)
     reference = [space.sample(rng) for _ in range(PROXY_REFERENCE)]
-    analytical = AtResolution(AnalyticalOracle(profile), args.deploy_resolution)
-    flops = AtResolution(ProxyOracle("flops", profile, analytical.deployed(reference)), args.deploy_resolution)
+    analytical = AtResolution(AnalyticalOracle(profile, **DECOMPOSITION), args.deploy_resolution)
+    flops = AtResolution(ProxyOracle("flops", profile, analytical.deployed(reference), **DECOMPOSITION), args.deploy_resolution)
     if args.budget == "auto":
         rng = random.Random(12345)
         budget = float(np.percentile(analytical.latency_ms([space.sample(rng) for _ in range(2000)]), args.percentile))
@@ -124,41 +173,18 @@ def main() -> None:
             side = arch.resolution
             cands.append(v.Candidate(f"{oracle}-{i}", oracle, (lambda a=arch: build_model(a)), (1, 3, side, side),
                                      arch=arch))
-    calib = profile.calibration.get("lut")
-    ref_ms = load_lut(calib, profile.name).reference.get("ref_ms") if calib else None
-    threads = physical_cores()
-    # validate's protocol with longer bursts: these networks take ~1 ms, where a 6-run burst's
-    # median moved by 25 % from round to round (first run of this script).
-    policy = TimingPolicy(warmup=10, min_repeats=50, max_repeats=400, ci_pct=1.0, max_seconds=1.0)
-    t0 = time.time()
-    failed = v.measure(cands, "onnxruntime", threads, args.rounds, policy, None,
-                       drift_monitor("onnxruntime", threads, policy), ref_ms)
-    if failed:
-        sys.exit(f"could not measure: {failed}")
-    print(f"measured {len(cands)} architectures x {args.rounds} rounds in {time.time() - t0:.0f} s", file=sys.stderr)
+    threads = args.threads or physical_cores()
+    ref_ms = measure(cands, profile, args.rounds, threads)
 
-    out = {"benchmark": "latency_vs_flops", "supernet": args.supernet, "hw": args.hw, "budget_ms": budget,
+    out = {"benchmark": "latency_vs_flops", "supernet": args.supernet, "hw": args.hw, "budget_ms": budget, "threads": threads,
            "budget_percentile": args.percentile if args.budget == "auto" else None,
            "deploy_resolution": args.deploy_resolution, "val_images": args.val_images,
            "evaluations": args.evaluations, "seed": args.seed, "rounds": args.rounds, "reference_ms": ref_ms,
            "flops_ms_per_mflop": flops.oracle.factor * 1e6, "by_oracle": {}, "rows": []}
     for oracle, rows in tops.items():
         mine = [c for c in cands if c.group == oracle]
-        meas = np.array([c.measured_ms for c in mine])
-        cv = np.array([c.cv or 0.0 for c in mine])
-        pred_lat = analytical.latency_ms([c.arch for c in mine])
-        over = meas > budget
-        over_noise = meas > budget * (1 + 2 * cv)
-        predicted_over = pred_lat > budget
-        out["by_oracle"][oracle] = {
-            "best_top1": rows[0]["top1"], "top_mean_top1": float(np.mean([r["top1"] for r in rows])),
-            "measured_ms_median": float(np.median(meas)), "measured_ms_max": float(meas.max()),
-            "over_budget": int(over.sum()), "over_budget_beyond_noise": int(over_noise.sum()), "n": len(mine),
-            "violation_rate": float(over_noise.mean()), "median_cv": float(np.median(cv)),
-            "over_budget_by_calibrated_model": int(predicted_over.sum()),
-            "analytical_ms_median": float(np.median(pred_lat)),
-            "mape_analytical_vs_measured": float(np.mean(np.abs(pred_lat - meas) / meas) * 100)}
-        for c, r, p in zip(mine, rows, pred_lat):
+        out["by_oracle"][oracle] = oracle_summary(rows, mine, analytical, budget)
+        for c, r, p in zip(mine, rows, analytical.latency_ms([c.arch for c in mine])):
             out["rows"].append({"oracle": oracle, "top1": r["top1"], "params": r["params"],
                                 "flops": float(flops.oracle.units(analytical.deployed([r["arch"]]))[0]),
                                 "searched_ms": r["searched_ms"], "analytical_ms": float(p),

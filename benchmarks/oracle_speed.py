@@ -24,13 +24,14 @@ def main() -> None:
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.oracle import AnalyticalOracle, LutOracle
+    from autovit.nas.blocks import DECOMPOSITION
     from autovit.nas.space import load_space
 
     space = load_space(args.space)
     archs = [space.sample(i) for i in range(args.n)]
     profile = load_profile(args.hw)
     out = {"n": args.n, "space": args.space, "hw": profile.name}
-    oracle = AnalyticalOracle(profile)
+    oracle = AnalyticalOracle(profile, **DECOMPOSITION)
     t0 = time.perf_counter()
     oracle.latency_ms(archs)
     cold = time.perf_counter() - t0
@@ -38,9 +39,9 @@ def main() -> None:
     oracle.latency_ms(archs)
     warm = time.perf_counter() - t0
     out["analytical"] = {"cold_per_s": round(args.n / cold), "warm_per_s": round(args.n / warm),
-                         "cold_s": round(cold, 2), "warm_s": round(warm, 3), "distinct_blocks": len(oracle._models)}
+                         "cold_s": round(cold, 2), "warm_s": round(warm, 3), "distinct_blocks": len(oracle._block_ms)}
     if args.lut:
-        lo = LutOracle(load_lut(args.lut, profile.name), profile)
+        lo = LutOracle(load_lut(args.lut, profile.name), profile, **DECOMPOSITION)
         lo.latency_ms(archs[:100])  # fill the fallback's cache as a search's first generation would
         t0 = time.perf_counter()
         lo.latency_ms(archs)

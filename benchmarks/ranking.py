@@ -3,27 +3,31 @@ and better than counting parameters or FLOPs? (targets: Kendall tau >= 0.6 over 
 and above the parameter count's tau).
 
     OMP_NUM_THREADS=1 python benchmarks/ranking.py --supernet runs/pairs-xxs/last.ckpt \
-        [--n 12 --epochs 12 --seeds 0,1 --workdir runs/standalone]
+        [--n 12 --epochs 20 --seeds 0,1 --workdir runs/standalone] [--lr ... --batch-size ...]
 
 The n subnets are spread over the space: 400 uniform samples sorted by parameter count, the
 n at evenly spaced quantiles (smallest and largest included). Each is evaluated with inherited
-weights (BatchNorm recalibrated, whole validation set) and trained from scratch with the
-supernet's recipe and data for --epochs, once per seed (the same budget for all); its
-stand-alone accuracy is the mean over seeds. Stand-alone runs are cached in --workdir
-(benchmarks/standalone.py; task_separation.py's runs of the same subnets are reused), so an
-interrupted benchmark resumes. Kendall tau and Spearman rho of the stand-alone accuracy
+weights (BatchNorm recalibrated, whole validation set) and trained from scratch on the
+supernet's data with the stand-alone recipe of benchmarks/standalone.py (task_separation.py's;
+the flags override it) for --epochs, once per seed (the same budget for all); its stand-alone
+accuracy is the mean over seeds. Subnets are taken in an order that spreads them over the
+range (smallest, largest, then the middle of the widest gap), and the results so far are
+written after each one, so a partial run still ranks subnets across the range. Stand-alone
+runs are cached in --workdir (benchmarks/standalone.py; task_separation.py's runs of the same
+subnets are reused), so an interrupted benchmark resumes. Kendall tau and Spearman rho of the stand-alone accuracy
 against: inherited accuracy, parameter count, FLOPs (batch 1). Prints JSON (also --out).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from standalone import spread_archs, standalone
+from standalone import add_recipe_flags, recipe_config, recipe_values, run_folder, spread_archs, standalone
 
 
 def rank_stats(predictor: list[float], truth: list[float]) -> dict[str, float]:
@@ -37,50 +41,95 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--supernet", required=True)
     ap.add_argument("--n", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=12, help="Stand-alone training budget per subnet.")
+    ap.add_argument("--epochs", type=int, default=20,
+                    help="Stand-alone training budget per subnet (task_separation.py's).")
     ap.add_argument("--seeds", default="0,1", help="Stand-alone runs per subnet (their mean is its accuracy).")
     ap.add_argument("--seed", type=int, default=0, help="Seed of the subnet sample.")
     ap.add_argument("--workdir", default="runs/standalone")
     ap.add_argument("--out", default="benchmarks/results/ranking.json")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: rank the subnets whose stand-alone runs are all finished in --workdir")
+    add_recipe_flags(ap)
     args = ap.parse_args()
 
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.oracle import BlockCounts
-    from autovit.nas.evaluate import evaluate, supernet_from_checkpoint
+    from autovit.nas.blocks import DECOMPOSITION
+    from autovit.nas.evaluate import supernet_from_checkpoint
     from autovit.nas.params import count_params
 
     net, cfg, ck = supernet_from_checkpoint(args.supernet)
+    alone_cfg = recipe_config(cfg, args)
     archs = spread_archs(net.space, args.n, args.seed)
     seeds = [int(s) for s in args.seeds.split(",")]
-    flops = BlockCounts().flops(archs)
-    rows = []
+    flops = BlockCounts(**DECOMPOSITION).flops(archs)
+    head = {"benchmark": "ranking_fidelity", "supernet": args.supernet, "supernet_epochs": ck["epoch"],
+            "data": cfg.data, "standalone_epochs": args.epochs, "standalone_seeds": seeds,
+            "standalone_recipe": recipe_values(alone_cfg)}
+    rows: list[dict] = []
+    res = {**head, "subnets": 0}
+    digest = hashlib.sha1(Path(args.supernet).read_bytes()).hexdigest()[:12]
     t0 = time.perf_counter()
-    for i, arch in enumerate(archs):
-        inherited = evaluate(net, arch, cfg)["top1"]
-        alone = [standalone(cfg, arch, s, args.epochs, Path(args.workdir)) for s in seeds]
+    for n, i in enumerate(spread_order(len(archs))):
+        arch = archs[i]
+        if args.finished_only and not all((run_folder(args.workdir, alone_cfg, arch, s, args.epochs) / "timing.json")
+                                          .exists() for s in seeds):
+            continue
+        inherited = inherited_top1(net, arch, cfg, Path(args.workdir) / f"inherited-{digest}.json")
+        alone = [standalone(alone_cfg, arch, s, args.epochs, Path(args.workdir)) for s in seeds]
         rows.append({"params": count_params(arch), "flops": float(flops[i]), "inherited_top1": inherited,
                      "standalone_top1": statistics.mean(r["top1"] for r in alone),
                      "standalone_runs": alone, "arch": json.loads(arch.to_json())})
         per_seed = ", ".join(f"{r['top1']:.2f}" for r in alone)
-        print(f"{i + 1}/{len(archs)}: {count_params(arch) / 1e6:.2f} M  inherited {inherited:.2f}  "
+        print(f"{n + 1}/{len(archs)}: {count_params(arch) / 1e6:.2f} M  inherited {inherited:.2f}  "
               f"alone {rows[-1]['standalone_top1']:.2f} ({per_seed})", file=sys.stderr, flush=True)
+        res = {**head, **ranking_summary(rows), "complete": len(rows) == len(archs),
+               "wall_s": time.perf_counter() - t0, "subnet_results": sorted(rows, key=lambda r: r["params"])}
+        atomic_write_text(Path(args.out), json.dumps(res, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k != "subnet_results"}))
+
+
+def spread_order(n: int) -> list[int]:
+    """0..n-1 ordered so that every prefix spreads over the range: both ends, then each time
+    the middle of the widest gap left."""
+    order = [0, n - 1][:n]
+    while len(order) < n:
+        done = sorted(order)
+        lo, hi = max(zip(done, done[1:]), key=lambda p: p[1] - p[0])
+        order.append((lo + hi) // 2)
+    return order
+
+
+def ranking_summary(rows: list[dict]) -> dict:
+    """Kendall tau and Spearman rho of the stand-alone accuracy against inherited accuracy,
+    parameter count and FLOPs, and the targets (from 3 subnets on)."""
     alone = [r["standalone_top1"] for r in rows]
     inh = [r["inherited_top1"] for r in rows]
+    out = {"subnets": len(rows), "inherited_spread": max(inh) - min(inh), "standalone_spread": max(alone) - min(alone)}
+    if len(rows) < 3:
+        return out
     stats = {"inherited": rank_stats(inh, alone), "params": rank_stats([r["params"] for r in rows], alone),
              "flops": rank_stats([r["flops"] for r in rows], alone)}
     tau = stats["inherited"]["kendall_tau"]
-    res = {
-        "benchmark": "ranking_fidelity", "supernet": args.supernet, "supernet_epochs": ck["epoch"],
-        "data": cfg.data, "subnets": len(rows), "standalone_epochs": args.epochs, "standalone_seeds": seeds,
-        "vs_standalone": stats,
-        "inherited_spread": max(inh) - min(inh), "standalone_spread": max(alone) - min(alone),
-        "targets": {"kendall tau >= 0.6": tau >= 0.6,
-                    "tau above the parameter count's": tau > stats["params"]["kendall_tau"]},
-        "wall_s": time.perf_counter() - t0, "subnet_results": rows,
-    }
-    atomic_write_text(Path(args.out), json.dumps(res, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in res.items() if k != "subnet_results"}))
+    return {**out, "vs_standalone": stats,
+            "targets": {"kendall tau >= 0.6": tau >= 0.6,
+                        "tau above the parameter count's": tau > stats["params"]["kendall_tau"]}}
 
+def inherited_top1(net, arch, cfg, cache: Path) -> float:
+    """Inherited top-1 (%) on the whole validation set, BatchNorm recalibrated; cached in
+    `cache` (a JSON file named by the checkpoint's digest) by architecture, so that several
+    processes ranking the same supernet evaluate each subnet once."""
+    from autovit.latmodel.io import atomic_write_text
+    from autovit.nas.evaluate import evaluate
+
+    def known() -> dict:
+        return json.loads(cache.read_text()) if cache.exists() else {}
+
+    key = arch.key()
+    if key not in known():
+        top1 = evaluate(net, arch, cfg)["top1"]
+        atomic_write_text(cache, json.dumps({**known(), key: top1}) + "\n")  # re-read: another process may have added
+    return known()[key]
 
 if __name__ == "__main__":
     main()

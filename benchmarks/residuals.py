@@ -24,8 +24,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from external import (OFA_SETS, REPARAM_SETS, TIMM_SETS, _graph_path, _unresolved_share, find_data, ofa_models,  # noqa: E402
-                      ofa_rows, timm_key, timm_rows)
+from external import OFA_SETS, REPARAM_SETS, TIMM_SETS, find_data, ofa_models, ofa_rows, timm_key, timm_rows  # noqa: E402
+
+from autovit.latmodel.network_graphs import graph_path, unresolved_share  # noqa: E402
 
 
 def _residuals(pred: list[float], meas: list[float]) -> np.ndarray:
@@ -90,11 +91,11 @@ def main() -> None:
         profile = load_profile(hw)
         pred, meas, fams, shares = [], [], [], []
         for r in rows[name]:
-            gp = _graph_path(cache, timm_key(r["model"], r["infer_img_size"], name in REPARAM_SETS))
+            gp = graph_path(cache, timm_key(r["model"], r["infer_img_size"], name in REPARAM_SETS))
             if not gp.exists():
                 continue
             g = pickle.loads(gp.read_bytes())
-            if _unresolved_share(g) > 0.1:
+            if unresolved_share(g) > 0.1:
                 continue
             est = LatencyModel(g).estimate(profile, int(r["infer_batch_size"]), dtype)
             pred.append(est.latency_ms)

@@ -30,6 +30,15 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
+def register_autovit(models: tuple[str, ...] = ()) -> None:
+    """AutoViT's block kinds and sources (`autovit:`, architecture files) join the toolkit's.
+    Skipped when every model named is an ONNX file: importing the NAS engine (torch, timm)
+    takes seconds that reading an ONNX file does not need."""
+    if models and all(m.lower().endswith(".onnx") for m in models):
+        return
+    import autovit.nas  # noqa: F401 - registers on import
+
+
 def output_path(path: str | None, flag: str, inputs: tuple[str | None, ...] = ()) -> Path | None:
     """Where an --out/--plot file goes, checked before any work: missing parent folders are
     created (every command does this, as `train --out` does); a folder or a file in the way of

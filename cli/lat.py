@@ -7,7 +7,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from autovit.cli.common import FiniteFloat, console, output_path, print_json, run
+from autovit.cli.common import FiniteFloat, console, output_path, print_json, register_autovit, run
+from autovit.cli.lat_device import (lut_group, print_calibration, run_calibrate_networks, run_export_blocks,
+                                    run_validate_measurements, table_options)
 from autovit.latmodel.errors import AutoVitError, UsageError
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
@@ -62,6 +64,7 @@ def estimate(model: str, hw: str, batch: int | None, dtype: str | None, input_sh
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.sources import graph_for
 
+    register_autovit((model,))
     if roofline and not plot:
         raise UsageError("--roofline needs --plot PATH.png to write the picture to")
     shape = parse_input_shape(input_shape) if input_shape else None
@@ -140,6 +143,7 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.sources import graph_for
 
+    register_autovit(models)
     if len(set(hws)) != len(hws):
         raise UsageError("a device is named twice in --hw")
     plot_path = output_path(plot, "--plot", models + hws)
@@ -181,7 +185,7 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
               help="paper46: the paper's 46 modules; calib50: 50 blocks covering every block kind of XXS/XS/S (for calibrate).")
 @click.option("--space", "space_name", default=None, help="Every distinct block of a space (xxs, xs, s or a TOML).")
 @click.option("--blocks", "blocks_file", type=click.Path(dir_okay=False), default=None,
-              help="A JSON list of block descriptions (see `BlockSpec`).")
+              help="A JSON list of block descriptions (a registered kind each; AutoViT's: nas/blocks.py BlockSpec).")
 @click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="LUT file [default: luts/HW.json]; an existing one is resumed.")
@@ -193,10 +197,17 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
               help="Bursts per block, one pass over all blocks each (robust to slow spells of shared machines).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time a reference model between bursts and express entries at the LUT's reference speed.")
+@click.option("--per-op/--no-per-op", default=True, show_default=True,
+              help="onnxruntime, isolated: also record each block's kernel time per op class (its profiler), "
+                   "which calibrate fits op class by op class.")
+@click.option("--export", "export_dir", type=click.Path(), default=None,
+              help="Measure elsewhere: write every block as a model file + manifest.json into this new folder.")
+@click.option("--format", "export_format", type=click.Choice(["coreml", "onnx", "torchscript"]), default="coreml",
+              show_default=True, help="With --export: the file format of the blocks.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as one JSON object on stdout.")
 def profile(hw: str, backend: str, preset: str | None, space_name: str | None, blocks_file: str | None, mode: str,
             out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, rounds: int,
-            reference: bool, as_json: bool) -> None:
+            reference: bool, per_op: bool, export_dir: str | None, export_format: str, as_json: bool) -> None:
     """Measure blocks on this machine into a lookup table (LUT).
 
     \b
@@ -204,6 +215,7 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
       autovit-lat profile --hw local-cpu --backend onnxruntime --preset paper46 --out luts/local-cpu.json
       autovit-lat profile --hw local-cpu --space xxs --mode ablation
       autovit-lat profile --hw local-cpu --preset calib50 --rounds 5 --out luts/calib50.json
+      autovit-lat profile --hw iphone13 --preset calib50 --export blocks/ --format coreml
     """
     import time
 
@@ -212,9 +224,12 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     from autovit.latmodel.measure import TimingPolicy, check_backend, physical_cores
     from autovit.latmodel.profiler import rounds_done
 
+    register_autovit()
     chosen = [x for x in (preset, space_name, blocks_file) if x]
     if len(chosen) != 1:
         raise UsageError("give exactly one module set: --preset paper46|calib50, --space NAME or --blocks FILE")
+    if export_dir:
+        return run_export_blocks(_module_set(preset, space_name, blocks_file), export_format, export_dir, hw, mode, as_json)
     check_backend(backend)
     device = load_profile(hw).name
     blocks = _module_set(preset, space_name, blocks_file)
@@ -230,9 +245,12 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
                       f"({backend}, {threads} threads)", highlight=False)
         t0 = time.time()
         measured, failures = _measure(todo, lut, out, backend, threads, mode, policy, reference)
+        per_op = per_op and backend == "onnxruntime" and mode == "isolated"
+        op_annotated = _annotate_op_classes(blocks, lut, out, threads) if per_op else 0
     summary = {"lut": str(out), "device": device, "backend": backend, "threads": threads, "mode": mode,
                "reference": lut.reference,
                "blocks": len(blocks), "measured": measured, "already_there": len(blocks) - len(todo),
+               "op_classes_recorded": op_annotated,
                "failed": [{"block": k, "error": e} for k, e in failures], "wall_s": round(time.time() - t0, 1)}
     if as_json:
         print_json(summary)
@@ -250,7 +268,7 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
     """profile_blocks behind a progress bar; Ctrl-C says what is saved and exits 130."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from autovit.latmodel.profiler import drift_monitor, profile_blocks, rounds_done
+    from autovit.latmodel.profiler import profile_blocks, rounds_done
 
     bursts = sum(policy.rounds - rounds_done(lut, mode, b) for b in todo)
     try:
@@ -261,7 +279,7 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
             def step(block, m, err) -> None:
                 prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
 
-            monitor = drift_monitor(backend, threads, policy) if reference and todo else None
+            monitor = _drift_monitor(backend, threads, policy) if reference and todo else None
             result = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
             prog.update(task, completed=bursts)
             return result
@@ -271,17 +289,40 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
         raise SystemExit(130) from None
 
 
+def _annotate_op_classes(blocks: list, lut, out, threads: int) -> int:
+    """Each measured block's kernel ms per op class (ort_profile.annotate_lut) behind a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from autovit.latmodel.ort_profile import annotate_lut
+    from autovit.latmodel.convert import export_onnx_bytes
+
+    todo = [b for b in blocks if "op_ms" not in lut.entries.get(lut.entry_key("isolated", b), {"op_ms": 0})]
+    with Progress(TextColumn("[bold]op classes[/]"), BarColumn(), MofNCompleteColumn(), console=console) as prog:
+        task = prog.add_task("", total=len(todo))
+        return annotate_lut(lut, out, todo, lambda b: export_onnx_bytes(b.build(), b.input_shape()), threads,
+                            on_progress=lambda b: prog.advance(task))
+
+
 def _module_set(preset: str | None, space_name: str | None, blocks_file: str | None) -> list:
     """The blocks `profile` measures: a preset, every block of a space, or a --blocks file."""
-    from autovit.latmodel.modules import calib50, load_blocks, paper46, space_blocks
+    from autovit.latmodel.blocks import load_blocks
+    from autovit.nas.blocks import calib50, paper46, space_blocks
+    from autovit.nas.space import load_space
 
     if preset:
         return paper46() if preset == "paper46" else calib50()
     if space_name:
-        from autovit.nas.space import load_space
-
         return space_blocks(load_space(space_name))
     return load_blocks(blocks_file)
+
+
+def _drift_monitor(backend: str, threads: int, policy):
+    """The drift monitor around AutoViT's XXS preset (nas/latency.py REFERENCE_MODEL)."""
+    from autovit.latmodel.runner import drift_monitor
+    from autovit.nas.latency import reference_model
+
+    module, shape, name = reference_model()
+    return drift_monitor(module, shape, backend, threads, policy, name=name)
 
 
 def _open_lut(out, device: str, backend: str, threads: int, policy):
@@ -298,29 +339,69 @@ def _open_lut(out, device: str, backend: str, threads: int, policy):
     return lut
 
 
+def reference_network(lut):
+    """The LUT's reference network (fit.ReferenceNetwork), counted as the preset's blocks: it
+    prices that many blocks inside a network, each of which the LUT measured alone; None when the
+    LUT has none."""
+    from dataclasses import replace
+
+    from autovit.latmodel.fit import ReferenceNetwork
+    from autovit.nas.blocks import arch_block_fields
+    from autovit.nas.presets import load_preset
+
+    # The drift monitor's reference is an AutoViT preset (nas/latency.py REFERENCE_MODEL); a LUT
+    # naming anything else (a file, a timm model) is not trusted to make calibrate read or export it.
+    net = ReferenceNetwork.of_lut(lut, trusted=lambda source: source.startswith("autovit:"))
+    if net is None:
+        return None
+    try:
+        return replace(net, weight=float(len(arch_block_fields(load_preset(net.source)))))
+    except AutoVitError as e:
+        raise AutoVitError(f"the LUT's reference network '{net.source[:40]}' cannot be priced ({str(e)[:120]}); "
+                           "calibrate on the blocks alone with --no-network") from None
+
+
 @cli.command()
 @click.option("--hw", "hw", required=True, help="The data-sheet profile to calibrate (e.g. local-cpu).")
-@click.option("--lut", "lut_path", required=True, type=click.Path(dir_okay=False), help="LUT from `autovit-lat profile`.")
+@click.option("--lut", "lut_path", type=click.Path(dir_okay=False), default=None,
+              help="LUT from `autovit-lat profile` or `lut import`.")
+@click.option("--networks", type=click.Path(dir_okay=False), default=None,
+              help="Whole networks measured on the device: a measurement CSV (model, latency_ms, path or timm_name).")
 @click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
+@click.option("--network/--no-network", "with_network", default=True, show_default=True,
+              help="Fit the LUT's reference network (the drift monitor's whole model, timed at the LUT's speed) "
+                   "together with the blocks.")
+@click.option("--per-op/--no-per-op", default=True, show_default=True,
+              help="Fit each block's large op classes too, where the LUT recorded them (profile --per-op).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Profile file to write [default: $AUTOVIT_HOME/profiles/HW@calibrated.toml].")
+@table_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: bool) -> None:
-    """Fit a profile's free parameters to measured blocks; writes HW@calibrated.
+def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, with_network: bool, per_op: bool,
+              out_path: str | None, table_format: str, cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
+    """Fit a profile's free parameters to measured blocks (a LUT), whole networks, or both; writes HW@calibrated.
 
     \b
     Example:
       autovit-lat calibrate --hw local-cpu --lut luts/local-cpu.json
       autovit-lat estimate autovit:xxs --hw local-cpu@calibrated
+      autovit-lat calibrate --hw iphone13 --networks measured.csv [--lut luts/iphone13.json]
     """
+    if networks:
+        return run_calibrate_networks(hw, networks, lut_path, mode, out_path, table_format, cvnets_families, cache,
+                                      jobs, as_json)
+    if not lut_path:
+        raise UsageError("nothing to calibrate on: give --lut LUT, --networks TABLE.csv or both")
     from datetime import date
     from pathlib import Path
 
+    from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
+    from autovit.latmodel.hardware import (CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, profile_at_threads,
+                                           write_calibrated_profile)
     from autovit.latmodel.lut import load_lut
-    from autovit.latmodel.modules import BlockSpec
 
+    register_autovit()
     if hw.endswith(CALIBRATED_SUFFIX):
         raise UsageError(f"--hw {hw} is already calibrated; calibrate its data-sheet profile: "
                          f"--hw {hw[:-len(CALIBRATED_SUFFIX)]}")
@@ -328,37 +409,36 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
     if out_file and out_file.exists() and not out_file.read_bytes().startswith(CALIBRATION_HEADER.encode()):
         raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
                          "choose a new file")
-    profile = load_profile(hw)
-    lut = load_lut(lut_path, profile.name)
+    lut = load_lut(lut_path, load_profile(hw).name)
+    threads = (lut.environment or {}).get("threads")
+    # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many.
+    profile, fixed = profile_at_threads(hw, threads if isinstance(threads, int) else None)
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         others = sorted({e["mode"] for e in lut.entries.values()})
         hint = f"it holds {' and '.join(others)} entries: pass --mode {others[0]}" if others else \
             "it is empty; measure blocks with `autovit-lat profile --preset calib50` first"
         raise AutoVitError(f"{lut_path}: no {mode} entries to calibrate on; {hint}")
-    blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
+    blocks = [block_from_dict(e["block"]) for e in entries]
     measured = [float(e["median_ms"]) for e in entries]
     calibrator = ProfileCalibrator(profile, mode=mode)
-    with console.status(f"fitting {len(calibrator.names)} parameters to {len(blocks)} blocks", spinner="dots"):
-        cal = calibrator.fit(blocks, measured)
+    # A whole network separates per-run from per-op costs (fit.ProfileCalibrator.fit); a LUT
+    # measured without the drift monitor has none.
+    network = reference_network(lut) if with_network else None
+    op_ms = [e.get("op_ms") for e in entries] if per_op else None
+    what = f"{len(blocks)} blocks" + (" (per op class)" if op_ms and any(op_ms) else "") + \
+        (f" and {network.source}" if network else "")
+    with console.status(f"fitting {len(calibrator.names)} parameters to {what}", spinner="dots"):
+        cal = calibrator.fit(blocks, measured, network, op_ms)
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound}
-    written = write_calibrated_profile(hw, cal.params, record, out_file)
+              "at_bound": cal.at_bound, "network": network.describe() if network else None,
+              "threads": threads if isinstance(threads, int) else None}
+    written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
-        print_json({"profile": str(written), **cal.to_dict()})
+        print_json({"profile": str(written), **cal.to_dict(), "network": record["network"]})
         return
-    t = Table(title=f"{profile.name} calibrated on {cal.n_points} blocks ({mode})")
-    for col in ("parameter", "data sheet", "fitted", "+-"):
-        t.add_column(col, justify="left" if col == "parameter" else "right")
-    for n, v in cal.params.items():
-        t.add_row(n, f"{getattr(profile, n):.4g}", f"{v:.4g}", f"{cal.stderr[n]:.2g}")
-    console.print(t)
-    console.print("fit error (MAPE by block kind): " + ", ".join(f"{k} {v:.1f} %" for k, v in cal.mape_by_kind.items())
-                  + f"; RMS log error {cal.rms_log_error:.3f}", highlight=False)
-    for w in cal.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
-    console.print(f"wrote {written}; use --hw {profile.name}@calibrated", highlight=False)
+    print_calibration(profile, cal, written, f"{profile.name} calibrated on {what} ({mode})")
 
 
 @cli.command()
@@ -381,28 +461,34 @@ def calibrate(hw: str, lut_path: str, mode: str, out_path: str | None, as_json: 
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Scatter PNG: predicted vs measured, log-log.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Write the full result JSON here.")
+@click.option("--measurements", type=click.Path(dir_okay=False), default=None,
+              help="Measured elsewhere: score --hw's predictions against this CSV (model, latency_ms, path or "
+                   "timm_name [, resolution]) instead of measuring here.")
+@click.option("--exclude", multiple=True, help="With --measurements: leave out this row (model, timm name or name@px).")
+@table_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut_path: str | None,
              lut_mode: str | None, rounds: int, reference: bool, threads: int | None, seed: int, plot: str | None,
-             out_path: str | None, as_json: bool) -> None:
+             out_path: str | None, measurements: str | None, exclude: tuple[str, ...], table_format: str,
+             cvnets_families: str, cache: str | None, jobs: int, as_json: bool) -> None:
     """Measure random subnets and a held-out timm zoo here; compare four predictors.
 
     \b
     Example:
       autovit-lat validate --hw local-cpu@calibrated --backend onnxruntime --models random:100 \\
           --space xxs,xs,s --zoo default --plot scatter.png
+      autovit-lat validate --hw iphone13 --measurements mobilenetv4-paper_iphone13.csv --plot scatter.png
     """
+    if measurements:
+        return run_validate_measurements(hw, measurements, table_format, cvnets_families, exclude, cache, jobs, plot,
+                                         out_path, as_json)
     import time
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from autovit.latmodel import validate as v
     from autovit.latmodel.checks import dumps
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
-    from autovit.latmodel.lut import load_lut
-    from autovit.latmodel.measure import TimingPolicy, check_backend, environment, physical_cores
-    from autovit.latmodel.oracle import LutOracle
+    from autovit.latmodel.measure import check_backend, environment, physical_cores
 
     n_random = v.parse_models(models_spec)
     space_names = [s.strip() for s in spaces.split(",") if s.strip()]
@@ -412,45 +498,13 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     profile = load_profile(hw)
     inputs = (hw, lut_path, profile.calibration.get("lut"))
     plot_path, out_file = output_path(plot, "--plot", inputs), output_path(out_path, "--out", inputs)
-    calib_lut = profile.calibration.get("lut")
-    lut_path = lut_path or calib_lut
-    if not lut_path:
-        raise AutoVitError(f"no LUT: pass --lut PATH (profile '{profile.name}' is not calibrated, so it names none)")
-    lut = load_lut(lut_path, profile.name)
-    mode = lut_mode or profile.calibration.get("mode", "isolated")
-    oracle = LutOracle(lut, profile, mode)
-    # The baselines are fitted on the data the analytical model was calibrated on, nothing else.
-    factors = v.baseline_factors(load_lut(calib_lut, profile.name) if calib_lut else lut, mode)
-    zoo_names = [] if zoo == "none" else list(v.DEFAULT_ZOO) if zoo == "default" else [z.strip() for z in zoo.split(",") if z.strip()]
-    cands = v.random_candidates(n_random, space_names, seed) + v.zoo_candidates(zoo_names)
-    if not cands:
-        raise AutoVitError("nothing to validate: --models none and --zoo none")
+    lut_path, mode, oracle, factors, ref_ms = _validation_luts(profile, lut_path, lut_mode)
+    cands = _validation_models(n_random, space_names, seed, zoo)
     threads = threads or physical_cores()
-    # Short bursts, many rounds: a model's best burst has more chances to fall in a quiet spell.
-    policy = TimingPolicy(warmup=2, min_repeats=6, max_repeats=15, ci_pct=2.0, max_seconds=1.5)
     t0 = time.time()
-    try:
-        with Progress(TextColumn("[bold]{task.fields[phase]}[/]"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), TextColumn("{task.description}"), console=console) as prog:
-            task = prog.add_task("", total=len(cands), phase="predict")
-            step = lambda c, err: prog.update(task, advance=1, description=c.name + ("  failed" if err else ""))  # noqa: E731
-            failed = v.price(cands, profile, oracle, factors, step)
-            bad = {n for n, _ in failed}
-            todo = [c for c in cands if c.name not in bad]
-            prog.update(task, completed=0, total=len(todo) * rounds, phase=f"measure ({rounds} rounds)")
-            monitor = None
-            if reference:
-                from autovit.latmodel.profiler import drift_monitor
-
-                monitor = drift_monitor(backend, threads, policy)
-            ref_lut = load_lut(calib_lut, profile.name) if calib_lut else lut
-            failed += v.measure(todo, backend, threads, rounds, policy, step, monitor,
-                                ref_lut.reference.get("ref_ms"))
-    except KeyboardInterrupt:
-        console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
-        raise SystemExit(130) from None
+    failed = _price_and_measure(cands, profile, oracle, factors, backend, threads, rounds, reference, ref_ms)
     result = {"hw": profile.name, "backend": backend, "threads": threads, "lut": str(lut_path), "lut_mode": mode,
-              "calibration_lut": calib_lut,
+              "calibration_lut": profile.calibration.get("lut"),
               "seed": seed, "rounds": rounds, "spaces": space_names, "baseline_factors": factors,
               "lut_coverage": sum(1 for c in cands if c.predicted.get("lut") is not None),
               **v.report(cands), "failed": [{"model": n, "error": e} for n, e in failed],
@@ -462,12 +516,80 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     if as_json:
         print_json(result)
         return
-    t = Table(title=f"{result['n_models']} models on {profile.name} ({backend}, {threads} threads); noise floor CV "
+    _print_validation(result, f"{profile.name} ({backend}, {threads} threads)", n_random)
+    if plot:
+        console.print(f"wrote {plot}", highlight=False)
+
+
+def _validation_luts(profile, lut_path: str | None, lut_mode: str | None):
+    """(LUT path, mode, LUT oracle, FLOPs/params factors, reference ms) of a validation: the
+    LUT given or the one the profile was calibrated on; the baselines and the reference speed
+    come from the calibration LUT (the data the analytical model was fitted on, nothing else)."""
+    from autovit.latmodel import validate as v
+    from autovit.latmodel.lut import load_lut
+    from autovit.latmodel.oracle import LutOracle
+    from autovit.nas.blocks import DECOMPOSITION
+
+    calib_lut = profile.calibration.get("lut")
+    lut_path = lut_path or calib_lut
+    if not lut_path:
+        raise AutoVitError(f"no LUT: pass --lut PATH (profile '{profile.name}' is not calibrated, so it names none)")
+    lut = load_lut(lut_path, profile.name)
+    mode = lut_mode or profile.calibration.get("mode", "isolated")
+    oracle = LutOracle(lut, profile, mode=mode, **DECOMPOSITION)
+    ref_lut = load_lut(calib_lut, profile.name) if calib_lut else lut
+    return lut_path, mode, oracle, v.baseline_factors(ref_lut, mode), ref_lut.reference.get("ref_ms")
+
+
+def _validation_models(n_random: int, space_names: list[str], seed: int, zoo: str) -> list:
+    """Random subnets of the spaces and the timm zoo (`--zoo default|none|a,b,c`)."""
+    from autovit.latmodel import validate as v
+    from autovit.nas.latency import random_candidates
+
+    zoo_names = [] if zoo == "none" else list(v.DEFAULT_ZOO) if zoo == "default" else \
+        [z.strip() for z in zoo.split(",") if z.strip()]
+    cands = random_candidates(n_random, space_names, seed) + v.zoo_candidates(zoo_names)
+    if not cands:
+        raise AutoVitError("nothing to validate: --models none and --zoo none")
+    return cands
+
+
+def _price_and_measure(cands: list, profile, oracle, factors, backend: str, threads: int, rounds: int,
+                       reference: bool, ref_ms: float | None) -> list[tuple[str, str]]:
+    """Price then measure every model behind one progress bar; Ctrl-C exits 130. Returns failures."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from autovit.latmodel import validate as v
+    from autovit.latmodel.measure import TimingPolicy
+
+    # Short bursts, many rounds: a model's best burst has more chances to fall in a quiet spell.
+    policy = TimingPolicy(warmup=2, min_repeats=6, max_repeats=15, ci_pct=2.0, max_seconds=1.5)
+    try:
+        with Progress(TextColumn("[bold]{task.fields[phase]}[/]"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), TextColumn("{task.description}"), console=console) as prog:
+            task = prog.add_task("", total=len(cands), phase="predict")
+            step = lambda c, err: prog.update(task, advance=1, description=c.name + ("  failed" if err else ""))  # noqa: E731
+            failed = v.price(cands, profile, oracle, factors, step)
+            bad = {n for n, _ in failed}
+            todo = [c for c in cands if c.name not in bad]
+            prog.update(task, completed=0, total=len(todo) * rounds, phase=f"measure ({rounds} rounds)")
+            monitor = _drift_monitor(backend, threads, policy) if reference else None
+            return failed + v.measure(todo, backend, threads, rounds, policy, step, monitor, ref_ms)
+    except KeyboardInterrupt:
+        console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
+        raise SystemExit(130) from None
+
+
+def _print_validation(result: dict, where: str, n_random: int) -> None:
+    """The metrics table, the failures and a note when the LUT misses subnets."""
+    from autovit.latmodel.validate import PREDICTORS
+
+    t = Table(title=f"{result['n_models']} models on {where}; noise floor CV "
                     f"{result['noise_floor_cv'] * 100:.1f} % ({result['noise_floor_cv_raw'] * 100:.1f} % raw)")
     for col in ("set", "predictor", "n", "MAPE%", "RMSPE%", "<=5%", "<=10%", "tau", "rho"):
         t.add_column(col, justify="left" if col in ("set", "predictor") else "right")
     for g, d in result["by_set"].items():
-        for p in v.PREDICTORS:
+        for p in PREDICTORS:
             if p in d:
                 m = d[p]
                 t.add_row(g, p, str(m["n"]), f"{m['mape']:.1f}", f"{m['rmspe']:.1f}", f"{m['within_5']:.0f}",
@@ -478,8 +600,6 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     if n_random and result["lut_coverage"] < n_random:
         console.print(f"note: the LUT covers {result['lut_coverage']} of {n_random} subnets; for the LUT-sum predictor "
                       "on all of them pass --lut with a LUT profiled with --space xxs/xs/s", highlight=False)
-    if plot:
-        console.print(f"wrote {plot}", highlight=False)
 
 
 @cli.group()
@@ -541,6 +661,9 @@ def hw_show(name: str, as_json: bool) -> None:
         free = " (calibrated)" if k in HardwareProfile.FREE_PARAMETERS else ""
         t.add_row(k + free, str(v))
     console.print(t)
+
+
+cli.add_command(lut_group)
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
         rng = random.Random(seed)
         archs = [sp.sample(rng) for _ in range(sample)]
         if out_dir:
-            _write_archs(archs, out_dir, space_name)
+            _write_archs(archs, out_dir)
         if as_json:
             print_json([a.to_dict() for a in archs])  # each loadable as an architecture file
         else:
@@ -80,7 +80,7 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
     if as_json:
         print_json(rows)
         return
-    t = Table(title="search spaces (SPEC.md section 2)")
+    t = Table(title="search spaces (docs/METHOD.md §2)")
     for col in ("space", "architectures", "without width rule", "params (M)", "paper (M)"):
         t.add_column(col)
     for r in rows:
@@ -90,26 +90,24 @@ def spaces(check_path: str | None, space_name: str | None, sample: int, seed: in
     console.print(t)
 
 
-def _write_archs(archs: list, out_dir: str, space_name: str) -> None:
-    """OUT/arch_NNN.json for each, refusing to replace any file already there; a space file is
-    named by its absolute path, so the files can be read from any folder."""
-    from dataclasses import replace
+def _write_archs(archs: list, out_dir: str) -> None:
+    """OUT/arch_NNN.json for each, refusing to replace any file already there; each names its
+    space by the space's identity (a file by its absolute path, 'xxs@32px' as it is), so the
+    files can be read from any folder."""
     from pathlib import Path
 
     from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.io import FolderLock
-    from autovit.nas.space import BUILTIN_SPACES
 
     out = Path(out_dir)
     paths = [out / f"arch_{i:03d}.json" for i in range(len(archs))]
-    space = space_name if space_name.lower() in BUILTIN_SPACES else str(Path(space_name).resolve())
     with FolderLock(out, "architecture folder"):
         taken = [p.name for p in paths if p.exists()]
         if taken:
             more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
             raise AutoVitError(f"--out {out} already holds {taken[0]}{more}; nothing is overwritten: choose another --out")
         for a, p in zip(archs, paths):
-            replace(a, space=space).to_json(p)
+            a.to_json(p)
 
 
 @cli.command()
@@ -216,6 +214,8 @@ def _clip_grad(value: str | None) -> float | None:
 @click.option("--warmup-epochs", type=float, default=None)
 @click.option("--clip-grad", default=None, help="Gradient norm clip, or none. Default: the recipe's.")
 @click.option("--ema/--no-ema", default=None, help="Keep an EMA of the weights and evaluate it.")
+@click.option("--zero-init-residual", is_flag=True,
+              help="Start every residual branch at zero, so deep subnets first train as shallow ones.")
 @click.option("--resolutions", default=None, help="Input sides to train (comma list). Default: the data's "
               "native size for built-in sets, the space's otherwise.")
 @click.option("--eval-random", type=int, default=3, show_default=True,
@@ -235,10 +235,11 @@ def _clip_grad(value: str | None) -> float | None:
               help="Train only this subnet (architecture JSON): the stand-alone baseline of ranking studies.")
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_random, kd, kd_alpha, kd_tau, teacher,
-          trust_teacher_code, teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema, resolutions,
+          trust_teacher_code, teacher_ckpt, batch_size, lr, weight_decay, warmup_epochs, clip_grad, ema,
+          zero_init_residual, resolutions,
           eval_random, steps_per_epoch, val_images, eval_every, workers, seed, amp, device, force, tensorboard,
           arch_file, as_json) -> None:
-    """Train a weight-entangled supernet (SPEC.md section 3).
+    """Train a weight-entangled supernet (docs/METHOD.md §3).
 
     \b
     Examples:
@@ -263,13 +264,15 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
         space=space, data=data, epochs=epochs, recipe=recipe, sampling=sampling, sandwich_random=sandwich_random,
         kd=kd, kd_alpha=kd_alpha, kd_tau=kd_tau, teacher=teacher, teacher_ckpt=teacher_ckpt, batch_size=batch_size,
         lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, clip_grad=_clip_grad(clip_grad), ema=ema,
+        zero_init_residual=zero_init_residual,
         resolutions=_resolutions(resolutions), eval_random=eval_random, steps_per_epoch=steps_per_epoch,
         eval_every=eval_every, val_images=val_images,
         workers=workers, seed=seed, amp=amp, device=device, tensorboard=tensorboard, arch=arch,
     )
     log = (lambda m: None) if as_json else (lambda m: console.print(m, highlight=False))
     try:
-        summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None, progress=not as_json,
+        summary = run_train(cfg, Path(out_dir), resume=Path(resume) if resume else None,
+                            progress=None if as_json else Bar,
                             log=log, force=force, trust_teacher_code=trust_teacher_code,
                             explicit=_given_on_command_line())
     except KeyboardInterrupt:
@@ -406,7 +409,7 @@ def export(ckpt, arch_spec, formats, out_dir, name, space, bn_batches, no_recali
 @click.option("--json", "as_json", is_flag=True, help="Summary as JSON on stdout.")
 def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluations, population, generations, parents,
            p_depth, p_layer, coarse, val_images, oracle, seed, out_dir, resume_dir, as_json) -> None:
-    """Latency-aware search over a trained supernet (SPEC.md section 5): coarse-to-fine,
+    """Latency-aware search over a trained supernet (docs/METHOD.md §5): coarse-to-fine,
     evolution or random under a parameter window and a latency budget per device. Writes
     search.json, best_arch.json, progress.csv and pareto.png; state.json after every evaluation
     (Ctrl-C loses nothing; --resume continues). Under torchrun, ranks split each generation.
@@ -423,7 +426,8 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
     from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.io import FolderLock
     from autovit.nas.evaluate import supernet_from_checkpoint
-    from autovit.nas.search import Constraints, SearchState, make_oracle
+    from autovit.nas.latency import make_oracle
+    from autovit.nas.search import Constraints, SearchState
     from autovit.nas.train import DistContext
 
     out_dir = _search_folder(out_dir, resume_dir)
@@ -464,7 +468,8 @@ def _search_settings(ckpt, devices, latency_budget, param_budget, strategy, eval
 
     from autovit.latmodel.errors import UsageError
     from autovit.nas.bounds import PROBABILITY, SEARCH_BOUNDS, SEED
-    from autovit.nas.search import check_oracle_spec, parse_latency_budgets, parse_param_window
+    from autovit.nas.latency import check_oracle_spec
+    from autovit.nas.search import parse_latency_budgets, parse_param_window
 
     budgets = parse_latency_budgets(latency_budget, list(devices))
     window = parse_param_window(param_budget)

@@ -121,19 +121,23 @@ def parse_json(text: str, where: str, fix: str = "") -> Any:
         raise AutoVitError(f"{where}: not valid JSON here ({str(e).splitlines()[0][:80]}){hint}") from None
 
 
-def read_json(path: str | Path, what: str, fix: str = "") -> Any:
-    """Read a JSON file as `parse_json` does; a missing, unreadable or non-UTF-8 file is one line too."""
+def read_text(path: str | Path, what: str, fix: str = "", max_bytes: int = MAX_JSON_BYTES, encoding: str = "utf-8") -> str:
+    """A text file's contents; a missing, unreadable, too large or non-UTF-8 file is one line."""
     p = Path(path)
     hint = f"; {fix}" if fix else ""
     if not p.is_file():
         raise AutoVitError(f"{what} not found: {p}" if not p.exists() else f"{what} {p} is not a file")
-    if p.stat().st_size > MAX_JSON_BYTES:
+    if p.stat().st_size > max_bytes:
         raise AutoVitError(f"{p}: {p.stat().st_size:,} bytes, more than any {what} should be{hint}")
     try:
-        text = p.read_bytes().decode("utf-8")
+        return p.read_bytes().decode(encoding)
     except UnicodeDecodeError:
         raise AutoVitError(f"{p}: not UTF-8 text, so not a {what}{hint}") from None
-    return parse_json(text, str(p), fix)
+
+
+def read_json(path: str | Path, what: str, fix: str = "") -> Any:
+    """Read a JSON file as `parse_json` does; a missing, unreadable or non-UTF-8 file is one line too."""
+    return parse_json(read_text(path, what, fix), str(Path(path)), fix)
 
 
 def json_safe(obj: Any) -> Any:

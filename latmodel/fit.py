@@ -17,7 +17,8 @@ from scipy.optimize import least_squares
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.hardware import HardwareProfile
-from autovit.latmodel.modules import BlockSpec
+from autovit.latmodel.blocks import Block
+from autovit.latmodel.ort_profile import op_points
 
 # Bounds of each free parameter (units as in the profile: fractions, us, multipliers, elements).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -31,7 +32,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 
-def block_model(block: BlockSpec) -> LatencyModel:
+def block_model(block: Block) -> LatencyModel:
     """The latency model of one block, exported as networks are, at the block's own input shape."""
     from autovit.latmodel.sources import module_graph
 
@@ -41,7 +42,7 @@ def block_model(block: BlockSpec) -> LatencyModel:
 Pricer = Callable[[HardwareProfile], float]
 
 
-def block_pricer(block: BlockSpec, mode: str = "isolated") -> Pricer:
+def block_pricer(block: Block, mode: str = "isolated") -> Pricer:
     """profile -> predicted ms of what a LUT entry of `mode` measured for `block`: the block
     alone (isolated), or lead-in + block minus lead-in (ablation, see profiler.py)."""
     if mode == "isolated":
@@ -58,6 +59,52 @@ def block_pricer(block: BlockSpec, mode: str = "isolated") -> Pricer:
     with_block = LatencyModel(module_graph(nn.Sequential(lead_in(block), block.build()).eval(), shape, block.key))
     without = LatencyModel(module_graph(lead_in(block).eval(), shape, block.key))
     return lambda prof: with_block.estimate(prof).latency_ms - without.estimate(prof).latency_ms
+
+
+def network_pricer(source: str) -> Pricer:
+    """profile -> predicted ms of a whole network (any registered source: `timm:NAME`, an .onnx
+    file, `autovit:PRESET` once `autovit.nas` is imported) at batch 1, priced from its exported
+    graph as `estimate` prices it."""
+    from autovit.latmodel.sources import graph_for
+
+    model = LatencyModel(graph_for(source))
+    return lambda prof: model.estimate(prof).latency_ms
+
+
+@dataclass
+class ReferenceNetwork:
+    """A whole network measured at the LUT's speed: the drift monitor's reference model, whose
+    time *is* the LUT's reference speed (`reference.ref_ms`), so every LUT measured with the
+    monitor holds one whole network for free. `weight`: how many points it counts as in the fit
+    (the caller's choice; `autovit-lat calibrate` uses the preset's number of blocks)."""
+
+    source: str
+    ms: float
+    weight: float = 1.0
+
+    @classmethod
+    def of_lut(cls, lut, trusted: Callable[[str], bool]) -> "ReferenceNetwork | None":
+        """The network `lut.reference` names, or None when it names none or one the caller does
+        not trust: `trusted(source)` says whether the caller will build and export that model (a
+        LUT comes from elsewhere; a file path in it must not make calibrate read that file)."""
+        ref = getattr(lut, "reference", None) or {}
+        source = str(ref.get("model") or "")
+        if not source or not trusted(source) or not ref.get("ref_ms"):
+            return None
+        return cls(source, float(ref["ref_ms"]))
+
+    def describe(self) -> str:
+        return f"{self.source} {self.ms:.4g} ms, weight {self.weight:g}"
+
+
+def _weighted_soft_l1(w: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """scipy's soft-L1 loss, rho(z) = 2 (sqrt(1 + z) - 1), with point i counted w[i] times
+    (least_squares takes a callable returning rho and its first two derivatives)."""
+    def loss(z: np.ndarray) -> np.ndarray:
+        t = 1.0 + z
+        return np.vstack([2.0 * (np.sqrt(t) - 1.0), t ** -0.5, -0.5 * t ** -1.5]) * w
+
+    return loss
 
 
 @dataclass
@@ -96,9 +143,10 @@ class ProfileCalibrator:
             names = tuple(n for n in names if n not in ("dispatch_us", "view_dispatch_us"))
         self.names = tuple(names)
         self._pricers: dict[str, Pricer] = {}
+        self._models: dict[str, LatencyModel] = {}
         self.calibration: Calibration | None = None
 
-    def _pricer(self, block: BlockSpec) -> Pricer:
+    def _pricer(self, block: Block) -> Pricer:
         if block.key not in self._pricers:
             try:
                 self._pricers[block.key] = block_pricer(block, self.mode)
@@ -108,6 +156,13 @@ class ProfileCalibrator:
                 raise AutoVitError(f"block {block.key}: cannot be built to price it ({type(e).__name__}: "
                                    f"{str(e).splitlines()[0][:100] if str(e) else ''}); drop it from the LUT") from None
         return self._pricers[block.key]
+
+    def _class_pricer(self, block: Block, cls: str) -> Pricer:
+        """profile -> predicted ms of the kernels of category `cls` in `block` (isolated)."""
+        if block.key not in self._models:
+            self._models[block.key] = block_model(block)
+        model = self._models[block.key]
+        return lambda prof: sum(k.ms for k in model.estimate(prof).kernels if k.kernel.category == cls)
 
     def _profile_with(self, x: np.ndarray) -> HardwareProfile:
         return replace(self.profile, **dict(zip(self.names, map(float, x))))
@@ -130,11 +185,44 @@ class ProfileCalibrator:
                 seen.append(n)
         return tuple(seen)
 
-    def fit(self, blocks: list[BlockSpec], measured_ms: list[float]) -> Calibration:
-        return self.fit_pricers([self._pricer(b) for b in blocks], measured_ms, [b.kind for b in blocks])
+    def fit(self, blocks: list[Block], measured_ms: list[float],
+            network: ReferenceNetwork | None = None,
+            op_ms: list[dict[str, float] | None] | None = None) -> Calibration:
+        """Fit to measured blocks and, with `network`, to one whole network as well; with `op_ms`
+        (per block: kernel ms per op class from the runtime's profiler, or None), to each
+        block's large op classes too.
 
-    def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str]) -> Calibration:
+        Blocks alone cannot tell a cost a block pays once per `session.run` (run_us, the
+        reorders at its ends) from one it pays per op or per byte: every block has both. A whole
+        network pays the first once and the second for every block, so one network in the fit
+        separates them (docs/BENCHMARKS.md, "whole networks on this machine"). Nor can they
+        tell a slow convolution from a slow activation inside the same block; per-class kernel
+        times can (ort_profile.py)."""
+        pricers = [self._pricer(b) for b in blocks]
+        kinds = [b.kind for b in blocks]
+        weights = [1.0] * len(blocks)
+        measured_ms = list(measured_ms)
+        for b, block_ms, ops in zip(blocks, measured_ms[:len(blocks)], op_ms or []):
+            for cls, ms in op_points(ops or {}, block_ms).items():
+                pricers.append(self._class_pricer(b, cls))
+                measured_ms.append(ms)
+                kinds.append("op:" + cls)
+                weights.append(1.0)
+        if network is not None:
+            pricers.append(network_pricer(network.source))
+            measured_ms = list(measured_ms) + [network.ms]
+            kinds.append("network")
+            weights.append(network.weight)
+        return self.fit_pricers(pricers, measured_ms, kinds, weights)
+
+    def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str],
+                    weights: list[float] | None = None) -> Calibration:
+        """`weights`: how many points each measurement counts as (default 1 each): a point of
+        weight w adds w times its robust loss, exactly as w copies of it would."""
         y = np.asarray(measured_ms, float)
+        w = np.asarray(weights if weights is not None else [1.0] * len(y), float)
+        if len(w) != len(y) or not np.all(np.isfinite(w) & (w > 0)):
+            raise AutoVitError(f"calibration weights must be {len(y)} finite numbers > 0")
         if not len(y) or not np.all(np.isfinite(y) & (y > 0)):
             raise AutoVitError("calibration needs measured latencies, all finite and > 0; "
                                f"got {len(y)} values" + (" with bad ones" if len(y) else ""))
@@ -156,7 +244,8 @@ class ProfileCalibrator:
             pred = self._price(pricers, self._profile_with(lo + z * scale))
             return np.log(pred) - np.log(y)
 
-        res = least_squares(residuals, (x0 - lo) / scale, bounds=(0.0, 1.0), loss="soft_l1", f_scale=0.1,
+        loss = "soft_l1" if np.all(w == 1.0) else _weighted_soft_l1(w)
+        res = least_squares(residuals, (x0 - lo) / scale, bounds=(0.0, 1.0), loss=loss, f_scale=0.1,
                             diff_step=1e-3)
         x = lo + res.x * scale
         r = res.fun
@@ -164,7 +253,7 @@ class ProfileCalibrator:
             raise AutoVitError("the fit did not converge to finite values; nothing was written (check the LUT's entries)")
         dof = max(len(y) - len(x), 1)
         try:
-            cov = np.linalg.pinv(res.jac.T @ res.jac) * float(r @ r) / dof
+            cov = np.linalg.pinv(res.jac.T @ (res.jac * w[:, None])) * float(r @ (r * w)) / dof
             stderr = np.sqrt(np.clip(np.diag(cov), 0, None)) * scale
         except np.linalg.LinAlgError:
             stderr = np.full(len(x), math.nan)
@@ -192,6 +281,6 @@ class ProfileCalibrator:
             raise AutoVitError("calibrate first: fit() has not run")
         return replace(self.profile, **self.calibration.params)
 
-    def predict(self, blocks: list[BlockSpec]) -> np.ndarray:
+    def predict(self, blocks: list[Block]) -> np.ndarray:
         prof = self.fitted_profile()
         return np.array([self._pricer(b)(prof) for b in blocks])

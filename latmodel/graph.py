@@ -154,10 +154,36 @@ def _fix_inputs(model: onnx.ModelProto, input_shape: tuple[int, ...] | None, sou
 
 
 def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
+    """Shapes of the whole graph; with onnx's data propagation only when every value it could
+    compute is small: it materialises them (a Range to 1e12 followed by a Cast ran for minutes
+    and took gigabytes). Where it is skipped, the bounded node-by-node pass fills the gaps."""
     try:
+        plain = shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=False)
+        if not _small_constant_values(plain):
+            return plain
         return shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # onnx raises several types for malformed graphs
         raise AutoVitError(f"{source or 'model'}: ONNX shape inference failed ({str(e).splitlines()[0][:160]})") from None
+
+
+def _data_dependent(g: onnx.GraphProto, roots: set[str]) -> set[str]:
+    """Tensors computed from `roots` (a Shape or Size of one depends on its shape alone)."""
+    dynamic = set(roots)
+    for node in g.node:
+        if node.op_type not in _SHAPE_OF and any(i in dynamic for i in node.input if i):
+            dynamic.update(node.output)
+    return dynamic
+
+
+def _small_constant_values(inferred: onnx.ModelProto) -> bool:
+    """Whether every op output that does not depend on a graph input (the values data
+    propagation computes) has a known size of at most MAX_VALUE_ELEMS."""
+    g = inferred.graph
+    inits = {i.name for i in g.initializer}
+    dynamic = _data_dependent(g, {vi.name for vi in g.input if vi.name not in inits})
+    types = {vi.name: vi.type for vi in list(g.value_info) + list(g.output)}
+    outs = [o for n in g.node for o in n.output if o and o not in dynamic]
+    return all((n := _known_numel(types.get(o))) is not None and n <= MAX_VALUE_ELEMS for o in outs)
 
 
 def _has_unknown_shapes(model: onnx.ModelProto) -> bool:
@@ -243,12 +269,11 @@ def _infer_node_by_node(model: onnx.ModelProto, data_inputs: set[str]) -> dict[s
         v = tensor_value(init)
         if v is not None:
             values[init.name] = v
-    dynamic = set(data_inputs)
+    dynamic = _data_dependent(g, data_inputs)
     for node in g.node:
         ins = [i for i in node.input if i]
         outs = _infer_node(node, ins, opset, types, values)
         if node.op_type not in _SHAPE_OF and any(i in dynamic for i in ins):
-            dynamic.update(node.output)
             computed = None
         elif node.op_type in _SHAPE_OF:
             computed = _shape_value(node, types)

@@ -101,6 +101,9 @@ class NeuralEngine:
 def _neural_engine(d: dict, where: str) -> NeuralEngine | None:
     if "ane" not in d:
         return None
+    if _val(d, "kind", where) != "npu":  # the table switches pricing rules: a GPU or CPU priced half as an engine
+        raise AutoVitError(f"hardware profile {where}: an [ane] table describes a Neural Engine (kind = \"npu\"), "
+                           f"but this profile is kind = {_val(d, 'kind', where)!r}; drop the table or the profile's kind")
     return NeuralEngine(mechanisms=tuple(_val(d, "ane.mechanisms", where)), l2_mib=float(_val(d, "ane.l2_mib", where)),
                         l2_gbps=float(_val(d, "ane.l2_gbps", where)), winograd_tile=_val(d, "ane.winograd_tile", where))
 
@@ -232,9 +235,12 @@ FUSION_KEYS: dict[str, Key] = {
 # What `autovit-lat calibrate` records about a fit (write_calibrated_profile).
 CALIBRATION_KEYS: dict[str, Key] = {
     "lut": Key("str", 1, 4096, default=None), "date": Key("str", 0, 100, default=None),
+    "networks": Key("str", 1, 4096, default=None),  # the measurement table of `calibrate --networks`
     "mode": Key("str", choices=("isolated", "ablation"), default=None), "n_points": Key("int", 0, 10**7, default=None),
     "rms_log_error": Key("number", 0, 1e3, default=None), "mape_by_kind": Key("numbers", 0, 1e9, default=None),
     "stderr": Key("numbers", 0, 1e12, default=None), "at_bound": Key("strs", 0, 100, default=None),
+    "network": Key("str", 0, 4096, default=None),  # the whole network fitted with the blocks (fit.ReferenceNetwork)
+    "threads": Key("int", 1, 4096, default=None),  # the LUT's runtime threads: the [cpu] cores the fit modelled
 }
 # Every key a profile may hold, its type, the range a real device can have, and its default
 # (REQUIRED: no default). Adding a key to the profile format is one line here.
@@ -273,7 +279,8 @@ PROFILE_KEYS: dict[str, Key] = {
     "fallback.launch_us": _US, "fallback.switch_us": _US, "fallback.transfer_gbps": Key("number", 1e-3, 1e5),
     "ane.mechanisms": Key("strs", 0, len(ANE_MECHANISMS), default=(), choices=ANE_MECHANISMS),
     "ane.l2_mib": Key("number", 1e-3, 1e4), "ane.l2_gbps": Key("number", 1e-3, 1e6),
-    "ane.winograd_tile": Key("int", 1, 64, default=2),
+    # Winograd tiles beyond F(6x6, 3x3) lose fp16 accuracy, so no engine uses them.
+    "ane.winograd_tile": Key("int", 1, 6, default=2),
     "fusion": Key("tables", 0, 1000, default=(), schema=FUSION_KEYS),
     "calibration": Key("table", 1, 1, default={}, schema=CALIBRATION_KEYS),
 }
@@ -503,7 +510,7 @@ CALIBRATION_HEADER = "# Written by `autovit-lat calibrate`: the fitted free para
 
 
 def write_calibrated_profile(base: str, params: dict[str, float], calibration: dict[str, Any],
-                             path: str | Path | None = None) -> Path:
+                             path: str | Path | None = None, fixed: dict[str, dict[str, Any]] | None = None) -> Path:
     """A profile that starts from `base` and overrides the fitted free parameters (atomic write).
     A fit with a non-finite value is refused: it would replace a working profile with one that
     cannot load."""
@@ -520,7 +527,8 @@ def write_calibrated_profile(base: str, params: dict[str, float], calibration: d
     # The written file lives elsewhere, and a base path is read relative to the file that names it.
     if _is_path(base):
         base = str(Path(base).resolve())
-    sections: dict[str, dict[str, Any]] = {}
+    # `fixed`: keys the fit was made under (e.g. [cpu] cores = the LUT's threads), not fitted.
+    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (fixed or {}).items()}
     for param, value in params.items():
         section, key = PARAMETER_FIELDS[param]
         sections.setdefault(section, {})[key] = value
@@ -615,6 +623,10 @@ def _resolved_dict(ref: str, folder: Path | None = None, chain: tuple[str, ...] 
     if len(chain) >= MAX_BASE_DEPTH:
         raise AutoVitError(f"hardware profile {where}: more than {MAX_BASE_DEPTH} levels of 'base'")
     d = _parse(src, where)
+    if d.get("detect"):
+        # Detected at the level that asks for it, so a profile based on this one (a calibrated
+        # profile fitted at fewer threads, a user's copy) can still set [cpu] keys itself.
+        d = _merge(d, detect_local_cpu())
     base = d.get("base")
     if base is None:
         return d, where
@@ -677,7 +689,25 @@ def detect_local_cpu() -> dict[str, Any]:
 
 def load_profile(name_or_path: str) -> HardwareProfile:
     """A built-in profile by name (see builtin_names()) or a TOML file by path."""
+    return profile_at_threads(name_or_path, None)[0]
+
+
+def profile_at_threads(name_or_path: str, threads: int | None) -> tuple[HardwareProfile, dict[str, Any]]:
+    """The profile run on `threads` threads, and the keys that changed to model it (to be written
+    into a profile calibrated that way); see `threads_override`."""
     d, where = _resolved_dict(name_or_path)
-    if d.get("detect"):
-        d = _merge(d, detect_local_cpu())
-    return profile_from_dict(d, where)
+    over = threads_override(d, threads)
+    return profile_from_dict(_merge(d, over), where), over
+
+
+def threads_override(d: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """The [cpu] keys that make a CPU profile's dict `d` model `threads` threads: {} when it has
+    no [cpu] table or already has no more cores than that.
+
+    A CPU parallelises an op over the threads the runtime was given, not over the chip: a LUT
+    measured with `--threads 1` on a 2-core machine was measured on one core, and a profile
+    calibrated on it must keep one core's peak FLOP/s (docs/COST_MODEL.md)."""
+    cores = (d.get("cpu") or {}).get("cores")
+    if not threads or not isinstance(cores, int) or threads >= cores:
+        return {}
+    return {"cpu": {"cores": int(threads)}}

@@ -17,7 +17,7 @@ from autovit.latmodel.checks import check_keys, dumps, number, read_json
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.io import atomic_write_text
 from autovit.latmodel.measure import BACKENDS
-from autovit.latmodel.modules import BlockSpec
+from autovit.latmodel.blocks import Block, block_from_dict
 
 LUT_SCHEMA = "autovit-lut/1"
 MODES = ("isolated", "ablation")
@@ -35,16 +35,13 @@ class Lut:
     reference: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def entry_key(mode: str, block: BlockSpec) -> str:
+    def entry_key(mode: str, block: Block) -> str:
         return f"{mode}|{block.key}"
 
-    def has(self, mode: str, block: BlockSpec) -> bool:
-        return self.entry_key(mode, block) in self.entries
-
-    def add(self, mode: str, block: BlockSpec, measurement: dict[str, Any]) -> None:
+    def add(self, mode: str, block: Block, measurement: dict[str, Any]) -> None:
         self.entries[self.entry_key(mode, block)] = {"mode": mode, "block": block.to_dict(), **measurement}
 
-    def median_ms(self, mode: str, block: BlockSpec) -> float | None:
+    def median_ms(self, mode: str, block: Block) -> float | None:
         e = self.entries.get(self.entry_key(mode, block))
         return e["median_ms"] if e else None
 
@@ -66,7 +63,7 @@ def _now() -> str:
 _LUT_KEYS = ("schema", "device", "backend", "created", "updated", "environment", "policy", "reference", "entries")
 _ENTRY_KEYS = ("mode", "block", "median_ms", "iqr_ms", "q1_ms", "q3_ms", "repeats", "outliers", "ci_pct", "converged",
                "round_medians", "with_round_ms", "without_round_ms", "round_reference_ms", "below_noise",
-               "with_ms", "without_ms")
+               "with_ms", "without_ms", "std_ms", "op_ms")
 # Longest latency a LUT may hold (about 3 hours) and most entries and rounds (every block of
 # every space is a few hundred entries).
 MAX_MS = 1e7
@@ -120,6 +117,20 @@ def _ms(v: Any, what: str, positive: bool = True) -> None:
                            f"(at most {MAX_MS:g} ms); {_FIX}")
 
 
+def _check_op_ms(op_ms: Any, w: str) -> None:
+    """Kernel ms per op class (ort_profile.class_times): known classes, finite ms >= 0."""
+    from autovit.latmodel.costs import CATEGORIES
+
+    if not isinstance(op_ms, dict):
+        raise AutoVitError(f"{w} op_ms must be an object of op class -> ms, got {op_ms!r:.40}; {_FIX}")
+    for c, v in op_ms.items():
+        if c not in CATEGORIES:
+            raise AutoVitError(f"{w} op_ms: unknown op class {c!r:.40} (known: {', '.join(CATEGORIES)}); {_FIX}")
+        _ms(v, f"{w} op_ms.{c}", positive=False)
+        if v < 0:
+            raise AutoVitError(f"{w} op_ms.{c} is {v!r:.40}; kernel times must be >= 0; {_FIX}")
+
+
 def _check_entry(key: str, e: Any, w: str) -> None:
     """One entry: known fields, a valid block whose key is the entry's, finite positive latencies."""
     if not isinstance(e, dict):
@@ -127,13 +138,15 @@ def _check_entry(key: str, e: Any, w: str) -> None:
     check_keys(e, _ENTRY_KEYS, w)
     if e.get("mode") not in MODES:
         raise AutoVitError(f"{w}: 'mode' must be one of {', '.join(MODES)}, got {e.get('mode')!r:.40}")
-    block = BlockSpec.from_dict(e.get("block"), f"{w} block")
+    block = block_from_dict(e.get("block"), f"{w} block")
     if key != Lut.entry_key(e["mode"], block):
         raise AutoVitError(f"{w} does not match its block (its key would be '{Lut.entry_key(e['mode'], block)}'); {_FIX}")
     _ms(e.get("median_ms"), f"{w} median_ms")
     for k in ("with_ms", "without_ms"):
         if k in e:
             _ms(e[k], f"{w} {k}")
+    if "op_ms" in e:
+        _check_op_ms(e["op_ms"], w)
     lengths = set()
     for k in ("round_medians", "with_round_ms", "without_round_ms", "round_reference_ms"):
         if k not in e:
@@ -148,7 +161,7 @@ def _check_entry(key: str, e: Any, w: str) -> None:
     if len(lengths) > 1 or (e["mode"] == "ablation" and "round_medians" in e
                             and not {"with_round_ms", "without_round_ms"} <= set(e)):
         raise AutoVitError(f"{w}: its rounds disagree in number; {_FIX}")
-    for k in ("iqr_ms", "q1_ms", "q3_ms", "ci_pct", "repeats", "outliers"):
+    for k in ("iqr_ms", "q1_ms", "q3_ms", "std_ms", "ci_pct", "repeats", "outliers"):
         v = e.get(k)
         if v is not None:
             number(v, f"{w} {k}", 0, MAX_MS, integer=k in ("repeats", "outliers"))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from autovit.latmodel.errors import AutoVitError
+
 
 def global_scale(pred: np.ndarray, meas: np.ndarray) -> float:
     """The one factor s minimising the median |log(s * pred / meas)|: a predictor that is right
@@ -44,3 +46,11 @@ def lstsq_fit(features: np.ndarray, meas: np.ndarray) -> np.ndarray:
     norm[norm == 0] = 1
     coef, _ = nnls(x / norm, meas)
     return np.maximum((x / norm) @ coef, 1e-9)
+
+
+def proportional_factor(x: np.ndarray, y: np.ndarray) -> float:
+    """k of y ~ k * x, fitted on log scale (relative errors, as the other predictors)."""
+    ok = (x > 0) & (y > 0)
+    if not ok.any():
+        raise AutoVitError("cannot fit a proportional baseline: no calibration point with positive FLOPs/params")
+    return float(np.exp(np.mean(np.log(y[ok]) - np.log(x[ok]))))

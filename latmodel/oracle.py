@@ -1,8 +1,12 @@
-"""Latency oracles for the search: many AutoViT architectures in, an array of ms out.
+"""Latency oracles for a search: many architectures in, an array of ms out.
 
 A search prices thousands of candidates, so an oracle never exports a network: it splits an
-architecture into the blocks it runs (modules.arch_blocks) and adds per-block costs that are
-computed once and cached.
+architecture into the blocks it runs with `decompose(arch)` and adds per-block costs that are
+computed once and cached. The oracles know nothing of any model family: `decompose` yields
+hashable items, either Blocks (latmodel/blocks.py) or cheaper stand-ins such as field tuples,
+and `block_of(item)` turns an item into its Block (identity by default). Items are cache keys:
+AutoViT's decomposition (nas/blocks.py DECOMPOSITION) yields tuples, which hash and compare in
+C, so a search prices ~10^5 architectures per second.
 
 - AnalyticalOracle: each block priced by the analytical model, for any profile, data-sheet or
   calibrated. Two constructions: "blocks" (default) prices every block as the LUT measures it,
@@ -18,56 +22,72 @@ computed once and cached.
   The constant (ms per FLOP, ms per parameter) is fitted on architectures of the searched
   space priced by the device's profile, so a proxy answers in ms and takes the same budget.
 - MeasuredOracle: each architecture built, exported and timed with onnxruntime on this machine
-  (seconds each), cached on disk by architecture.
+  (seconds each), cached on disk by architecture key.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import astuple
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from autovit.latmodel.blocks import Block
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.hardware import HardwareProfile
 from autovit.latmodel.lut import Lut, same_device
-from autovit.latmodel.modules import BlockSpec, arch_block_fields
 
-# Blocks whose last kernel is a convolution hand on the runtime's blocked layout; blocks that
-# start with a convolution take it.
-_ENDS_CONV = frozenset({"conv", "mbconv", "mvit_convs"})
-_STARTS_CONV = frozenset({"mbconv", "mvit_convs", "head"})
+Decompose = Callable[[Any], Sequence[Hashable]]
+BlockOf = Callable[[Hashable], Block]
+
+
+_UNSEEN = object()
+
+
+def _identity(item: Hashable) -> Any:
+    return item
 
 
 @lru_cache(maxsize=None)
-def cached_block_model(f: tuple):
-    """The latency model of the block with fields `f`, built once per process (an export and a
-    graph walk, ~0.1 s): every oracle and counter shares them."""
+def cached_block_model(block: Block):
+    """The latency model of `block`, built once per process (an export and a graph walk,
+    ~0.1 s): every oracle and counter shares them."""
     from autovit.latmodel.fit import block_model
 
-    return block_model(BlockSpec(*f))
+    return block_model(block)
+
+
+def _kind(item: Hashable) -> str:
+    """A decomposition item's block kind: a tuple's first field, else the Block's `kind`."""
+    return item[0] if isinstance(item, tuple) else item.kind
 
 
 class AnalyticalOracle:
-    """latency_ms(archs) -> ms per architecture (batch 1) from cached per-block estimates on `profile`."""
+    """latency_ms(archs) -> ms per architecture (batch 1) from cached per-block estimates on `profile`.
 
-    def __init__(self, profile: HardwareProfile, construction: str = "blocks"):
+    `decompose(arch)` -> the architecture's blocks in order (items, see the module doc);
+    `block_of(item)` -> its Block; `construction` "blocks" or "network" (module doc). In the
+    network construction a block hands the runtime's blocked layout to the next one when it
+    ends with a convolution (kind in `ends_conv`) and the next starts with one (`starts_conv`)."""
+
+    def __init__(self, profile: HardwareProfile, decompose: Decompose, construction: str = "blocks", *,
+                 block_of: BlockOf = _identity, ends_conv: Iterable[str] = (), starts_conv: Iterable[str] = ()):
         if construction not in ("blocks", "network"):
             raise AutoVitError(f"unknown construction '{construction}': use blocks or network")
         self.profile = profile
+        self.decompose, self.block_of = decompose, block_of
         self.construction = construction
+        self.ends_conv, self.starts_conv = frozenset(ends_conv), frozenset(starts_conv)
         self.name = f"analytical:{profile.name}"
         self._block_ms: dict[tuple, float] = {}
 
-    def block_ms(self, block: BlockSpec | tuple, in_blocked: bool = False, out_blocked: bool = False) -> float:
-        """ms of one block (a BlockSpec or its field tuple) inside a network."""
-        f = block if isinstance(block, tuple) else astuple(block)
-        key = (f, in_blocked, out_blocked)
+    def block_ms(self, item: Hashable, in_blocked: bool = False, out_blocked: bool = False) -> float:
+        """ms of one block (a decomposition item) inside a network."""
+        key = (item, in_blocked, out_blocked)
         ms = self._block_ms.get(key)
         if ms is None:
-            model = cached_block_model(f)
+            model = cached_block_model(self.block_of(item))
             # Each block at its graph's own batch: one image (a transformer block's batch is its patches).
             if self.construction == "blocks":
                 ms = model.estimate(self.profile).latency_ms
@@ -76,48 +96,57 @@ class AnalyticalOracle:
             self._block_ms[key] = ms
         return ms
 
-    def blocks_ms(self, blocks: Sequence[BlockSpec | tuple]) -> float:
-        fs = [b if isinstance(b, tuple) else astuple(b) for b in blocks]
+    def blocks_ms(self, items: Sequence[Hashable]) -> float:
+        """ms of a network made of these decomposition items, in order."""
         network = self.construction == "network"
         total = self.profile.run_us * 1e-3 if network else 0.0
-        n = len(fs)
-        for i, f in enumerate(fs):
-            in_blocked = network and i > 0 and fs[i - 1][0] in _ENDS_CONV and f[0] in _STARTS_CONV
-            out_blocked = network and i + 1 < n and f[0] in _ENDS_CONV and fs[i + 1][0] in _STARTS_CONV
+        n = len(items)
+        for i, f in enumerate(items):
+            in_blocked = network and i > 0 and self._handover(items[i - 1], f)
+            out_blocked = network and i + 1 < n and self._handover(f, items[i + 1])
             key = (f, in_blocked, out_blocked)
             ms = self._block_ms.get(key)
             total += ms if ms is not None else self.block_ms(f, in_blocked, out_blocked)
         return total
 
+    def _handover(self, a: Hashable, b: Hashable) -> bool:
+        return _kind(a) in self.ends_conv and _kind(b) in self.starts_conv
+
     def latency_ms(self, archs: Iterable) -> np.ndarray:
-        return np.array([self.blocks_ms(arch_block_fields(a)) for a in archs], float)
+        return np.array([self.blocks_ms(self.decompose(a)) for a in archs], float)
 
 
 class LutOracle:
     """The sum of LUT entries (mode `mode`) for architectures whose blocks are all measured,
-    the analytical oracle on `profile` (best: the profile calibrated on this LUT) otherwise."""
+    the analytical oracle on `profile` (best: the profile calibrated on this LUT) otherwise.
+    `decompose` and `block_of` as AnalyticalOracle's; an item matches the LUT entry of its
+    Block's key."""
 
-    def __init__(self, lut: Lut, profile: HardwareProfile, mode: str = "isolated"):
+    def __init__(self, lut: Lut, profile: HardwareProfile, decompose: Decompose, mode: str = "isolated", *,
+                 block_of: BlockOf = _identity):
         if not same_device(lut.device, profile.name):
             raise AutoVitError(f"LUT was measured on '{lut.device}', the profile is '{profile.name}'; "
                                "use the LUT of the device you search for")
         self.lut = lut
         self.mode = mode
+        self.decompose, self.block_of = decompose, block_of
         self.name = f"lut:{lut.device}"
-        self.fallback = AnalyticalOracle(profile)
-        self._entries: dict[tuple, float] = {}
-        for e in lut.entries.values():
-            if e.get("mode") == mode:
-                self._entries[astuple(BlockSpec.from_dict(e["block"]))] = float(e["median_ms"])
-        if not self._entries:
+        self.fallback = AnalyticalOracle(profile, decompose, block_of=block_of)
+        # Entry keys are "mode|block key" (lut.py), checked against their blocks when read.
+        self._by_key = {k.split("|", 1)[1]: float(e["median_ms"]) for k, e in lut.entries.items()
+                        if e.get("mode") == mode}
+        if not self._by_key:
             raise AutoVitError(f"the LUT has no '{mode}' entries; profile with --mode {mode}")
+        self._item_ms: dict[Hashable, float | None] = {}
         self.coverage = {"lut": 0, "analytical": 0}
 
-    def lut_sum(self, blocks: Sequence[BlockSpec | tuple]) -> float | None:
+    def lut_sum(self, items: Sequence[Hashable]) -> float | None:
         """The paper's estimate, or None when a block is not in the LUT."""
         total = 0.0
-        for b in blocks:
-            ms = self._entries.get(b if isinstance(b, tuple) else astuple(b))
+        for b in items:
+            ms = self._item_ms.get(b, _UNSEEN)
+            if ms is _UNSEEN:  # first time: look its Block's key up once
+                ms = self._item_ms[b] = self._by_key.get(self.block_of(b).key)
             if ms is None:
                 return None
             total += ms
@@ -126,7 +155,7 @@ class LutOracle:
     def latency_ms(self, archs: Iterable) -> np.ndarray:
         out = []
         for a in archs:
-            blocks = arch_block_fields(a)
+            blocks = self.decompose(a)
             ms = self.lut_sum(blocks)
             if ms is None:
                 self.coverage["analytical"] += 1
@@ -139,41 +168,47 @@ class LutOracle:
 
 class BlockCounts:
     """FLOPs and parameters of an architecture as the sum over its blocks (each block's
-    latency model counted once and cached), the same units a block-level fit uses."""
+    latency model counted once and cached), the same units a block-level fit uses.
+    `decompose` and `block_of` as AnalyticalOracle's (`block` alone needs neither)."""
 
-    def __init__(self) -> None:
-        self._counts: dict[tuple, tuple[float, int]] = {}
+    def __init__(self, decompose: Decompose | None = None, *, block_of: BlockOf = _identity) -> None:
+        self.decompose, self.block_of = decompose, block_of
+        self._counts: dict[Hashable, tuple[float, int]] = {}
 
-    def block(self, f: tuple) -> tuple[float, int]:
-        c = self._counts.get(f)
+    def block(self, item: Hashable) -> tuple[float, int]:
+        """(FLOPs, parameters) of one block."""
+        c = self._counts.get(item)
         if c is None:
-            model = cached_block_model(f)
-            c = self._counts[f] = (float(sum(k.flops for k in model.costs.values())), int(model.graph.params))
+            model = cached_block_model(self.block_of(item))
+            c = self._counts[item] = (float(sum(k.flops for k in model.costs.values())), int(model.graph.params))
         return c
 
     def flops(self, archs: Iterable) -> np.ndarray:
         """FLOPs (multiply-add = 2) per architecture at batch 1."""
-        return np.array([sum(self.block(f)[0] for f in arch_block_fields(a)) for a in archs], float)
+        return np.array([sum(self.block(f)[0] for f in self.decompose(a)) for a in archs], float)
 
     def params(self, archs: Iterable) -> np.ndarray:
-        return np.array([sum(self.block(f)[1] for f in arch_block_fields(a)) for a in archs], float)
+        return np.array([sum(self.block(f)[1] for f in self.decompose(a)) for a in archs], float)
 
 
 class ProxyOracle:
     """ms = k x FLOPs (kind 'flops') or k x parameters (kind 'params'). k is fitted on log
     scale over `reference` architectures (a sample of the searched space) priced by the
     analytical model of `profile`: a proxy budget then means the same ms on average as a
-    latency budget, and the two disagree only where the proxy misranks architectures."""
+    latency budget, and the two disagree only where the proxy misranks architectures.
+    `decompose` and `block_of` as AnalyticalOracle's."""
 
-    def __init__(self, kind: str, profile: HardwareProfile, reference: Sequence):
+    def __init__(self, kind: str, profile: HardwareProfile, reference: Sequence, decompose: Decompose, *,
+                 block_of: BlockOf = _identity):
         if kind not in ("flops", "params"):
             raise AutoVitError(f"unknown proxy '{kind}': use flops or params")
-        from autovit.latmodel.validate import proportional_factor
+        from autovit.latmodel.metrics import proportional_factor
 
         self.kind, self.profile, self.name = kind, profile, f"{kind}:{profile.name}"
-        self.counts = BlockCounts()
+        self.counts = BlockCounts(decompose, block_of=block_of)
         reference = list(reference)
-        self.factor = proportional_factor(self.units(reference), AnalyticalOracle(profile).latency_ms(reference))
+        analytical = AnalyticalOracle(profile, decompose, block_of=block_of)
+        self.factor = proportional_factor(self.units(reference), analytical.latency_ms(reference))
 
     def units(self, archs: Sequence) -> np.ndarray:
         """FLOPs or parameters per architecture."""
@@ -192,10 +227,15 @@ class MeasuredOracle:
     measure.time_callable). Every new measurement is added to the cache file at once (atomic
     rewrite), so an interrupted search keeps what it measured; a cache is tied to its thread count."""
 
-    def __init__(self, cache_path: str | Path | None = None, threads: int | None = None, policy=None,
-                 on_measure: Callable[[int, int], None] | None = None):
-        """`on_measure(done, total)` follows each new measurement of a batch (progress bars)."""
+    def __init__(self, build: Callable[[Any], Any], key: Callable[[Any], str],
+                 input_shape: Callable[[Any], tuple[int, ...]], cache_path: str | Path | None = None,
+                 threads: int | None = None, policy=None, on_measure: Callable[[int, int], None] | None = None):
+        """`build(arch)` -> the torch module, `key(arch)` -> the string it is cached under,
+        `input_shape(arch)` -> its input at batch 1; `on_measure(done, total)` follows each new
+        measurement of a batch (progress bars)."""
         from autovit.latmodel.measure import TimingPolicy, physical_cores
+
+        self.build, self.key, self.input_shape = build, key, input_shape
 
         self.threads = threads or physical_cores()
         self.policy = policy or TimingPolicy(warmup=5, min_repeats=20, max_repeats=200, max_seconds=5.0)
@@ -219,15 +259,14 @@ class MeasuredOracle:
 
     def measure(self, arch) -> float:
         from autovit.latmodel.measure import time_callable
-        from autovit.latmodel.profiler import prepare
-        from autovit.nas.builder import build_model
+        from autovit.latmodel.runner import prepare
 
-        run, _ = prepare(build_model(arch), (1, 3, arch.resolution, arch.resolution), "onnxruntime", self.threads)
+        run, _ = prepare(self.build(arch), self.input_shape(arch), "onnxruntime", self.threads)
         return time_callable(run, self.policy).median_ms
 
     def latency_ms(self, archs: Iterable) -> np.ndarray:
         archs = list(archs)
-        keys = [a.key() for a in archs]
+        keys = [self.key(a) for a in archs]
         todo = {k: a for k, a in zip(keys, archs) if k not in self.ms}
         for i, (k, a) in enumerate(todo.items()):
             self.ms[k] = self.measure(a)

@@ -20,88 +20,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from autovit.latmodel.blocks import Block
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import Lut
-from autovit.latmodel.measure import (
-    DriftMonitor, Measurement, TimingPolicy, at_reference, check_backend, cuda_event_timer, time_callable)
-from autovit.latmodel.modules import BlockSpec
-
-Runner = tuple[Callable[[], object], Callable | None]
+from autovit.latmodel.measure import DriftMonitor, Measurement, TimingPolicy, at_reference
+from autovit.latmodel.runner import Runner, drift_monitor, measure_rounds, prepare  # noqa: F401 - drift_monitor re-exported
 
 
-def prepare(module, shape: tuple[int, ...], backend: str, threads: int) -> Runner:
-    """A ready-to-time call of `module` on one input of `shape` with `backend`: (run, timed),
-    where `timed` (CUDA events) times one call itself and None means wall clock."""
-    import numpy as np
-    import torch
-
-    check_backend(backend)
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        from autovit.nas.export import export_onnx_bytes
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(export_onnx_bytes(module, shape), opts, providers=["CPUExecutionProvider"])
-        feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        return _first_calls((lambda: sess.run(None, feed))), None
-    if backend in ("torch", "torch-cuda"):
-        cuda = backend == "torch-cuda"
-        if not cuda:
-            torch.set_num_threads(threads)
-        device = "cuda" if cuda else "cpu"
-        module = module.eval().to(device)
-        x = torch.randn(shape, device=device)
-
-        def run() -> None:
-            with torch.inference_mode():
-                module(x)
-        return _first_calls(run), (cuda_event_timer(torch) if cuda else None)
-    raise AutoVitError(f"backend '{backend}' cannot measure here")  # coreml: check_backend already refused off macOS
-
-
-# The first calls of a new session allocate its memory arenas and wake its thread pool; they are
-# several times slower than the rest (seen here: 17 ms, then 8 ms), so every runner makes them
-# once, before any burst's own warm-up.
-FIRST_CALLS = 5
-
-
-def _first_calls(run: Callable[[], object]) -> Callable[[], object]:
-    for _ in range(FIRST_CALLS):
-        run()
-    return run
-
-
-REFERENCE_MODEL = "autovit:xxs"
-
-
-def drift_monitor(backend: str, threads: int, policy: TimingPolicy, every: int = 8) -> DriftMonitor:
-    """The reference model (the XXS preset, a mix of convolutions, attention and layout ops:
-    what the measured blocks are made of) ready to time between measurements."""
-    from autovit.nas.builder import build_model
-    from autovit.nas.presets import load_preset
-
-    arch = load_preset(REFERENCE_MODEL)
-    side = arch.resolution
-    run, timed = prepare(build_model(arch), (1, 3, side, side), backend, threads)
-    return DriftMonitor(run, policy, timed, every, REFERENCE_MODEL)
-
-
-def lead_in(block: BlockSpec):
-    """The layer that feeds `block` in ablation mode: it keeps the block's input shape."""
+def lead_in(block: Block):
+    """The layer that feeds `block` in ablation mode: it keeps the block's input shape. A block
+    may bring its own (a `lead_in()` method); otherwise a 1x1 convolution + BatchNorm + SiLU for
+    an image input (N, C, H, W), a linear layer for tokens (..., C)."""
     from torch import nn
 
-    from autovit.nas.builder import ConvBNAct
+    if hasattr(block, "lead_in"):
+        return block.lead_in()
+    shape = block.input_shape()
+    if len(shape) != 4:
+        return nn.Linear(shape[-1], shape[-1])
+    c = shape[1]
+    return nn.Sequential(nn.Conv2d(c, c, 1, 1, 0, bias=False), nn.BatchNorm2d(c), nn.SiLU())
 
-    if block.kind == "transformer":
-        return nn.Linear(block.cin, block.cin)
-    return ConvBNAct(block.cin, block.cin, 1)
 
-
-def block_runners(block: BlockSpec, mode: str, backend: str, threads: int) -> list[Runner]:
+def block_runners(block: Block, mode: str, backend: str, threads: int) -> list[Runner]:
     """[block] for isolated mode, [lead-in + block, lead-in] for ablation."""
     from torch import nn
 
@@ -156,47 +97,34 @@ def settle_lut(lut: Lut, monitor: DriftMonitor | None) -> None:
             _settle(e, e["mode"], ref_ms)
 
 
-def rounds_done(lut: Lut, mode: str, block: BlockSpec) -> int:
+def rounds_done(lut: Lut, mode: str, block: Block) -> int:
     e = lut.entries.get(Lut.entry_key(mode, block))
     if e is None:
         return 0
     return len(e.get("round_medians", [])) or 1  # entries written before rounds existed count as one
 
 
-def profile_blocks(blocks: list[BlockSpec], lut: Lut, path: str | Path, backend: str, threads: int,
+def profile_blocks(blocks: list[Block], lut: Lut, path: str | Path, backend: str, threads: int,
                    mode: str, policy: TimingPolicy,
-                   on_progress: Callable[[BlockSpec, Measurement | None, str | None], None] | None = None,
+                   on_progress: Callable[[Block, Measurement | None, str | None], None] | None = None,
                    monitor: DriftMonitor | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Measure every block of `blocks` until it has `policy.rounds` rounds in `lut`, one pass
-    over the blocks per round, saving after each burst. With a drift monitor, entries are at the
-    LUT's reference speed (measure.DriftMonitor). Returns (blocks completed, failures)."""
+    over the blocks per round (runner.measure_rounds), saving after each burst. With a drift
+    monitor, entries are at the LUT's reference speed (measure.DriftMonitor). Returns (blocks
+    completed, failures)."""
     if mode not in ("isolated", "ablation"):
         raise AutoVitError(f"unknown mode '{mode}': use isolated or ablation")
-    runners: dict[str, list[Runner]] = {}
-    failures: dict[str, str] = {}
     completed = set()
-    for r in range(policy.rounds):
-        for block in blocks:
-            if block.key in failures or rounds_done(lut, mode, block) > r:
-                continue
-            try:
-                if block.key not in runners:
-                    runners[block.key] = block_runners(block, mode, backend, threads)
-                reference_ms = monitor.before_item() if monitor else None
-                bursts = [time_callable(run, policy, timed=timed) for run, timed in runners[block.key]]
-            except AutoVitError:
-                raise
-            except Exception as e:  # a block the backend cannot run: report it, go on with the rest
-                failures[block.key] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-                if on_progress:
-                    on_progress(block, None, failures[block.key])
-                continue
-            key = Lut.entry_key(mode, block)
-            lut.add(mode, block, _add_round(lut.entries.get(key), mode, bursts, reference_ms))
-            settle_lut(lut, monitor)
-            lut.save(path)
-            if rounds_done(lut, mode, block) >= policy.rounds:
-                completed.add(block.key)
-            if on_progress:
-                on_progress(block, bursts[0], None)
+
+    def record(block: Block, bursts: list[Measurement], reference_ms: float | None) -> None:
+        key = Lut.entry_key(mode, block)
+        lut.add(mode, block, _add_round(lut.entries.get(key), mode, bursts, reference_ms))
+        settle_lut(lut, monitor)
+        lut.save(path)
+        if rounds_done(lut, mode, block) >= policy.rounds:
+            completed.add(block.key)
+
+    failures = measure_rounds(blocks, policy.rounds, policy, key=lambda b: b.key,
+                              runners=lambda b: block_runners(b, mode, backend, threads), record=record,
+                              done=lambda b, r: rounds_done(lut, mode, b) > r, monitor=monitor, on_step=on_progress)
     return len(completed), list(failures.items())

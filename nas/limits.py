@@ -53,6 +53,9 @@ def check_field(what: str, value: float, kind: str, owner: str = "architecture")
     if value > LIMITS[kind]:
         why = _WHY.get(kind, "no real network comes near it, and building one would exhaust memory")
         raise AutoVitError(f"{owner}: '{what}' is {value:g}, beyond the sane bound {LIMITS[kind]:g} ({why})")
+    if kind == "kernel" and value % 2 == 0:  # 'same' padding (k // 2) keeps a side only for odd k
+        raise AutoVitError(f"{owner}: '{what}' is {value:g}; kernels must be odd (an even one changes the "
+                           "feature-map side and the block's branches no longer fit together)")
 
 
 def check_arch_limits(arch: "ArchConfig") -> None:
@@ -143,7 +146,8 @@ def check_space_limits(space: "SearchSpace") -> None:
                                            * max(s.depths), s.stride) for s in space.transformer),
         head_dim=space.head_dim, patch=space.patch, conv_kernel=space.conv_kernel,
         downsample_expansion=space.downsample_expansion, head_expansion=space.head_expansion,
-        num_classes=space.num_classes, stem_kernel=space.stem_kernel, stem_stride=space.stem_stride)
+        num_classes=space.num_classes, stem_kernel=space.stem_kernel, stem_stride=space.stem_stride,
+        local_conv=space.local_conv, fusion_kernel=space.fusion_kernel, conv_ratio=space.conv_ratio)
     try:
         check_arch_limits(envelope)
     except AutoVitError as e:

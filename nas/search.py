@@ -1,9 +1,9 @@
-"""Latency-aware search (SPEC.md section 5): budgets, constraint checks, the evolutionary
+"""Latency-aware search (docs/METHOD.md §5): budgets, constraint checks, the evolutionary
 operators, the three strategies (random, evolution, coarse-to-fine), the saved state and the
 results folder.
 
 The four parts stay separate (NNI's split): the space; latency oracles, anything with
-`latency_ms(archs) -> np.ndarray` (latmodel/oracle.py; make_oracle picks one); an accuracy
+`latency_ms(archs) -> np.ndarray` (latmodel/oracle.py; nas/latency.py make_oracle picks one); an accuracy
 evaluator, any `arch -> top-1 %` (cached here by architecture, so a duplicate is never
 evaluated twice); and a strategy (Searcher), which may split each generation over processes.
 """
@@ -221,7 +221,7 @@ def crossover(a: ArchConfig, b: ArchConfig, rng: random.Random, space: SearchSpa
 # ---- strategies --------------------------------------------------------------------------------
 @dataclass
 class EvolutionSettings:
-    """SPEC.md section 5 defaults (AutoFormer's code swaps the two probabilities: both settable)."""
+    """docs/METHOD.md §5 defaults (AutoFormer's code swaps the two probabilities: both settable)."""
 
     population: int = 50
     generations: int = 20
@@ -388,49 +388,6 @@ class Searcher:
         return self.evolution(s, seeds=legal[:k], evaluations=evaluations)
 
 
-ORACLES = "analytical, lut:PATH, measured, flops or params"
-
-
-def check_oracle_spec(spec: str, devices: list[str]) -> None:
-    """The --latency-oracle value, before anything is loaded or written."""
-    if spec not in ("analytical", "measured", "flops", "params") and not (spec.startswith("lut:") and len(spec) > 4):
-        raise UsageError(f"--latency-oracle '{spec[:60]}': use {ORACLES}")
-    if spec == "measured" and any(d.split("@")[0] != "local-cpu" for d in devices):
-        other = next(d for d in devices if d.split("@")[0] != "local-cpu")
-        raise UsageError(f"--latency-oracle measured times this machine; it cannot price {other[:60]}: "
-                         "use it with --hw local-cpu, or analytical/lut:PATH for other devices")
-
-
-PROXY_REFERENCE = 256  # architectures the proxies' ms-per-unit constant is fitted on
-
-
-def make_oracle(spec: str, device: str, space: SearchSpace | None = None, cache_dir=None,
-                on_measure: Callable[[int, int], None] | None = None) -> LatencyOracle:
-    """The latency oracle `spec` for `device` (latmodel/oracle.py):
-    - analytical: the device's profile (data-sheet or calibrated);
-    - lut:PATH: the LUT sum, analytical fallback (the LUT must have been measured on `device`);
-    - measured: onnxruntime on this machine (device local-cpu), cached in cache_dir/measured_ms.json;
-    - flops, params: the proxies, in ms through a constant fitted on PROXY_REFERENCE
-      architectures of `space` (seeded) priced by the device's profile."""
-    from autovit.latmodel.hardware import load_profile
-    from autovit.latmodel.oracle import AnalyticalOracle, LutOracle, MeasuredOracle, ProxyOracle
-
-    check_oracle_spec(spec, [device])
-    if spec == "measured":
-        return MeasuredOracle(Path(cache_dir) / "measured_ms.json" if cache_dir else None, on_measure=on_measure)
-    profile = load_profile(device)
-    if spec == "analytical":
-        return AnalyticalOracle(profile)
-    if spec in ("flops", "params"):
-        if space is None:
-            raise ValueError("a proxy oracle is fitted on the searched space: pass it")
-        rng = random.Random(0)
-        return ProxyOracle(spec, profile, [space.sample(rng) for _ in range(PROXY_REFERENCE)])
-    from autovit.latmodel.lut import load_lut
-
-    return LutOracle(load_lut(spec.removeprefix("lut:")), profile)
-
-
 @dataclass
 class SearchState:
     """state.json in the results folder: the settings and every finished evaluation, rewritten
@@ -514,11 +471,12 @@ def write_results(out, settings: dict[str, Any], result: SearchResult, constrain
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.oracle import BlockCounts
     from autovit.latmodel.plots import pareto_png
+    from autovit.nas.blocks import DECOMPOSITION
 
     out = Path(out)
     archs = [h["arch"] for h in result.history]
     priced = constraints.price(archs, lazy=False)
-    flops = BlockCounts().flops(archs)
+    flops = BlockCounts(**DECOMPOSITION).flops(archs)
     rows = []
     for i, h in enumerate(result.history):
         rows.append({"arch": h["arch"].to_dict(), "params": int(priced["params"][i]), "flops": float(flops[i]),

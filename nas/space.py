@@ -1,7 +1,7 @@
 """Search spaces as data: load a space file, validate an architecture against it, count it,
 and draw architectures uniformly from it.
 
-The monotonic-width rule (SPEC.md section 2: "widths never decrease") is applied to every
+The monotonic-width rule (docs/METHOD.md §2: "widths never decrease") is applied to every
 width of the transformer part, read in network order: the stage width, each layer's attention
 width (heads x head_dim) and each layer's MLP hidden width. Uniform sampling under that rule
 is exact: a dynamic programme counts the completions of every partial choice and each choice
@@ -20,6 +20,7 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
+from autovit.latmodel.checks import check_keys, integer
 from autovit.latmodel.errors import AutoVitError
 from autovit.nas.arch import (
     LOCAL_CONVS,
@@ -31,6 +32,7 @@ from autovit.nas.arch import (
     legacy_internals,
     mlp_hidden,
 )
+from autovit.nas.limits import LIMITS
 
 BUILTIN_SPACES = ("xxs", "xs", "s")
 MAX_SPACE_BYTES = 2**20  # a space file is a few kB
@@ -346,12 +348,53 @@ def _field(d: dict, key: str, where: str) -> Any:
     return d[key]
 
 
+# The keys a space file may hold: a misspelt one ('localconv') would be silently ignored.
+_SPACE_KEYS = ("name", "resolutions", "num_classes", "params_range_m", "head_dim", "patch", "conv_kernel",
+               "downsample_expansion", "head_expansion", "local_conv", "fusion_kernel", "conv_ratio",
+               "num_transformer_stages", "monotonic_widths", "stem", "mbconv", "transformer")
+_PART_KEYS = {"stem": ("widths", "kernel", "stride"),
+              "mbconv": ("widths", "depths", "kernels", "expansions", "stride"),
+              "transformer": ("widths", "depths", "heads", "mlp_ratios", "stride")}
+
+
+def _check_space_keys(d: dict[str, Any], where: str) -> None:
+    check_keys(d, _SPACE_KEYS, f"space {where}")
+    for part, known in _PART_KEYS.items():
+        tables = d.get(part) if isinstance(d.get(part), list) else [d.get(part)]
+        for i, t in enumerate(tables):
+            if isinstance(t, dict):
+                check_keys(t, known, f"space {where} {part}" + (f"[{i}]" if part != "stem" else ""))
+
+
 def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     where = source or "file"
+    _check_space_keys(d, where)
     name = _field(d, "name", where)
     if not isinstance(name, str) or not name:
         raise AutoVitError(f"space {where}: 'name' must be a non-empty string")
     stem = _field(d, "stem", where)
+    mb, tr = _stage_choices(d, stem, where)
+    nstages = _ints(d, "num_transformer_stages", where)
+    if max(nstages) > len(tr):
+        raise AutoVitError(
+            f"space {where}: 'num_transformer_stages' allows {max(nstages)} but only {len(tr)} [[transformer]] stages are listed")
+    settings = _space_settings(d, where)
+    space = SearchSpace(
+        name=name, resolutions=_ints(d, "resolutions", where), stem_widths=_ints(stem, "widths", f"{where} stem"),
+        stem_kernel=_int(stem, "kernel", f"{where} stem", 3), stem_stride=_int(stem, "stride", f"{where} stem", 2),
+        mbconv=mb, transformer=tr, num_transformer_stages=nstages, **settings, source=source,
+    )
+    from autovit.nas.limits import check_space_limits
+
+    check_space_limits(space)
+    if space.count() == 0:
+        raise AutoVitError(f"space {where}: no architecture satisfies the monotonic-width rule; widen the choices")
+    return space
+
+
+def _stage_choices(d: dict[str, Any], stem: Any,
+                   where: str) -> tuple[tuple[MBConvChoices, ...], tuple[TransformerChoices, ...]]:
+    """The [[mbconv]] and [[transformer]] lists of a space file, each entry checked."""
     mbs, trs = _field(d, "mbconv", where), _field(d, "transformer", where)
     if not isinstance(stem, dict) or not isinstance(mbs, list) or not isinstance(trs, list) or not trs:
         raise AutoVitError(f"space {where}: needs a [stem] table and [[mbconv]], [[transformer]] lists")
@@ -374,13 +417,14 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
         )
         for i, s in enumerate(trs)
     )
-    for i, k in enumerate(x for s in mb for x in s.kernels):
+    for k in (x for s in mb for x in s.kernels):
         if k % 2 == 0:
             raise AutoVitError(f"space {where}: MBConv kernels must be odd, got {k}")
-    nstages = _ints(d, "num_transformer_stages", where)
-    if max(nstages) > len(tr):
-        raise AutoVitError(
-            f"space {where}: 'num_transformer_stages' allows {max(nstages)} but only {len(tr)} [[transformer]] stages are listed")
+    return mb, tr
+
+
+def _space_settings(d: dict[str, Any], where: str) -> dict[str, Any]:
+    """The space's scalar settings (block internals, head, classes, parameter range), checked."""
     prange = d.get("params_range_m")
     if prange is not None and (not isinstance(prange, list) or len(prange) != 2
                                or not all(isinstance(x, (int, float)) and 0 <= x < float("inf") for x in prange)):
@@ -400,32 +444,31 @@ def space_from_dict(d: dict[str, Any], source: str = "") -> SearchSpace:
     fusion_kernel = _int(d, "fusion_kernel", where, 1)
     if fusion_kernel % 2 == 0:
         raise AutoVitError(f"space {where}: 'fusion_kernel' must be odd, got {fusion_kernel}")
-    space = SearchSpace(
-        name=name, resolutions=_ints(d, "resolutions", where), stem_widths=_ints(stem, "widths", f"{where} stem"),
-        stem_kernel=_int(stem, "kernel", f"{where} stem", 3), stem_stride=_int(stem, "stride", f"{where} stem", 2),
-        mbconv=mb, transformer=tr, num_transformer_stages=nstages,
-        head_dim=_int(d, "head_dim", where), patch=_int(d, "patch", where, 2),
-        conv_kernel=_int(d, "conv_kernel", where, 3), downsample_expansion=float(dexp),
-        head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
-        monotonic_widths=mono, local_conv=local_conv, fusion_kernel=fusion_kernel, conv_ratio=float(ratio),
-        params_range_m=tuple(prange) if prange else None, source=source,
-    )
-    from autovit.nas.limits import check_space_limits
-
-    check_space_limits(space)
-    if space.count() == 0:
-        raise AutoVitError(f"space {where}: no architecture satisfies the monotonic-width rule; widen the choices")
-    return space
+    return dict(head_dim=_int(d, "head_dim", where), patch=_int(d, "patch", where, 2),
+                conv_kernel=_int(d, "conv_kernel", where, 3), downsample_expansion=float(dexp),
+                head_expansion=_int(d, "head_expansion", where, 6), num_classes=_int(d, "num_classes", where, 1000),
+                monotonic_widths=mono, local_conv=local_conv, fusion_kernel=fusion_kernel, conv_ratio=float(ratio),
+                params_range_m=tuple(prange) if prange else None)
 
 
-_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>\d+(?:,\d+)*)px$")
+# ASCII digits only: \d also matches other scripts' digits, which would then name one space
+# by several strings; 1-4 digits per side (the sane bound is 1,024 px).
+_OVERRIDE = re.compile(r"^(?P<base>.+)@(?P<res>[0-9]{1,4}(?:,[0-9]{1,4})*)px$")
+# What an override looks like even when malformed ('xxs@-1px', 'xxs@32px@64px', 'xxs@٣٢px').
+_LOOKS_OVERRIDDEN = re.compile(r"@[^/\\]*px$")
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
     """A built-in space by name ('xxs', 'xs', 's') or a TOML file by path; either may end in
     '@RESpx' (e.g. 'xxs@32px', 'my.toml@48,64px'): that space at those resolutions."""
     key = str(name_or_path)
+    if len(key) > LIMITS["text"]:
+        raise AutoVitError(f"space name of {len(key):,} characters, longer than any name or path")
     m = _OVERRIDE.match(key)
+    malformed = _OVERRIDE.match(m["base"]) if m else _LOOKS_OVERRIDDEN.search(key)
+    if malformed and not Path(key).is_file():
+        raise AutoVitError(f"space '{key}': a resolution override is one '@' and the sides in ASCII digits, "
+                           "comma-separated, then 'px' (e.g. xxs@32px or xxs@32,64px)")
     if m:
         return with_resolutions(load_space(m["base"]), [int(r) for r in m["res"].split(",")])
     if key.lower() in BUILTIN_SPACES:
@@ -450,6 +493,8 @@ def with_resolutions(space: SearchSpace, resolutions) -> SearchSpace:
     """`space` with other input resolutions, under a name and identity that say so
     ('xxs@32px'); the same space when they are its own."""
     res = tuple(sorted(set(resolutions)))
+    for r in res:  # the bounds a space file's resolutions meet (a side of 0 px crashed onnxruntime)
+        integer(r, f"space {space.name}: resolution", lo=1, hi=int(LIMITS["resolution"]))
     if res == space.resolutions:
         return space
     return _suffixed(replace(space, resolutions=res))
@@ -468,19 +513,30 @@ def _base(name: str) -> str:
 
 
 def anchored_ident(ident: str, folder: Path) -> str:
-    """A space identity read from a file in `folder`: a relative space-file path (with or without
-    an '@RESpx' override) made absolute against that folder; built-in names stay as they are."""
+    """A space identity read from a file in `folder` (or named on the command line: `folder` is
+    the working one): a relative space-file path (with or without an '@RESpx' override) made
+    absolute against that folder; built-in names stay as they are."""
     base = _base(ident)
-    if base.lower() in BUILTIN_SPACES or Path(base).is_absolute():
+    if base.lower() in BUILTIN_SPACES or Path(base).is_absolute() or len(ident) > LIMITS["text"]:
         return ident
     return str((folder / base).resolve()) + ident[len(base):]
 
 
 def same_space(given: str, space: SearchSpace) -> bool:
-    """Whether a space the user named (--space) is `space`: its name, file or identity, or the
-    space it was derived from by a resolution override."""
+    """Whether a space the user named (--space) is `space`: its name or identity, or the space
+    it was derived from by a resolution override; a space file when it lists the same choices
+    (its name, path or resolutions aside): a file edited since, or another file of the same
+    name, is not the space a supernet was trained on."""
+    base = _base(given)
+    if base.lower() not in BUILTIN_SPACES and Path(base).is_file():
+        return _choices(load_space(given)) == _choices(space)
     names = {n.lower() for n in (space.name, space.ident, _base(space.name), _base(space.ident))}
-    return given.lower() in names or Path(given).stem.lower() in names or str(Path(given).resolve()).lower() in names
+    return given.lower() in names
+
+
+def _choices(space: SearchSpace) -> SearchSpace:
+    """`space` without what names it or what training on a data set sets (classes, sides)."""
+    return replace(space, name="", source="", resolutions=(), num_classes=0, params_range_m=None)
 
 
 def space_to_saved(space: SearchSpace) -> dict[str, Any]:
@@ -499,15 +555,31 @@ def space_from_saved(d: Any) -> SearchSpace:
     # Saved before the block-internal fields existed: MobileViT v1's internals (its weights have their shapes).
     d = {**legacy_internals(d.get("conv_kernel", 3)), **_as_lists(d)}
     stem = {k: d.pop(f"stem_{k}") for k in ("widths", "kernel", "stride") if f"stem_{k}" in d}
-    source = d.pop("source", "")
+    source = _saved_source(d.pop("source", ""))
     if d.get("params_range_m", 0) is None:
         del d["params_range_m"]
-    space = space_from_dict({**d, "stem": stem}, source=source if isinstance(source, str) else "")
+    space = space_from_dict({**d, "stem": stem}, source=_base(source))
     builtin = space.source.removeprefix("builtin:")
-    if space.source.startswith("builtin:") and builtin in BUILTIN_SPACES \
-            and space.resolutions != load_space(builtin).resolutions:
-        space = _suffixed(space)  # saved before derived spaces were named: give it its identity
+    # The identity's '@RESpx' is written anew from the saved resolutions: a forged 'xxs@0px'
+    # would otherwise reach every architecture file sampled or exported from this supernet.
+    if source != space.source or (space.source.startswith("builtin:")
+                                  and space.resolutions != load_space(builtin).resolutions):
+        space = _suffixed(space)  # (also: saved before derived spaces were named)
     return space
+
+
+def _saved_source(source: Any) -> str:
+    """A saved space's `source`: '', 'builtin:NAME' or an absolute file path, either with an
+    '@RESpx' override (it becomes an identity recorded in architecture files)."""
+    if not isinstance(source, str) or len(source) > LIMITS["text"]:
+        raise AutoVitError(f"saved search space: 'source' must be a name or path of at most {LIMITS['text']:g} "
+                           f"characters, got {repr(source)[:40]}")
+    base = _base(source)
+    if base and not (base.startswith("builtin:") and base.removeprefix("builtin:") in BUILTIN_SPACES
+                     or Path(base).is_absolute()):
+        raise AutoVitError(f"saved search space: 'source' must be 'builtin:{'|'.join(BUILTIN_SPACES)}' or an "
+                           f"absolute space-file path, got {source[:60]!r}")
+    return source
 
 
 def _as_lists(v: Any, depth: int = 4) -> Any:

@@ -1,4 +1,4 @@
-"""The weight-entangled supernet of a search space (SPEC.md section 3), in OFA's three levels.
+"""The weight-entangled supernet of a search space (docs/METHOD.md §3), in OFA's three levels.
 
 - Ops (`Dynamic*`): subclasses of the torch layers sized for the largest choice; a forward
   uses a slice: the first output channels, the input's channel count, a centred kernel, the
@@ -316,6 +316,22 @@ class Supernet(nn.Module):
         self.set_active_subnet(sp.largest())
 
     # ---- API ---------------------------------------------------------------------------------
+    def zero_init_residual(self) -> None:
+        """Zero the last weights of every residual branch (the projection BatchNorm scale of
+        each MBConv after the first of its stage, the attention projection and MLP output of
+        each transformer layer), so that every residual block starts as the identity and a
+        deep subnet first trains as a shallow one (Goyal et al. 2017's zero-gamma; SkipInit).
+        Branches without a skip connection (a stage's first MBConv, the downsampling MBConvs)
+        keep their initialisation. For fresh training only: a checkpoint overwrites it."""
+        with torch.no_grad():
+            for blocks in self.mbconv:
+                for blk in blocks[1:]:
+                    blk.project[1].weight.zero_()
+            for layer in (lay for block in self.mobilevit for lay in block.transformer):
+                for linear in (layer.attn.proj, layer.mlp.fc2):
+                    linear.weight.zero_()
+                    linear.bias.zero_()
+
     def set_active_subnet(self, arch: ArchConfig) -> ArchConfig:
         """Activate `arch` (checked against the space; its class count follows the supernet's)."""
         arch = replace(arch, num_classes=self.space.num_classes, space=self.space.ident)

@@ -1,4 +1,4 @@
-"""Supernet training (SPEC.md section 3, Algorithm 1) with the recipe pieces timm already has.
+"""Supernet training (docs/METHOD.md §3, Algorithm 1) with the recipe pieces timm already has.
 
 Each step samples one subnet uniformly (the paper) or, with `sampling="sandwich"` (beyond the
 paper, after BigNAS), the largest, the smallest and k random subnets, the others distilled in
@@ -21,14 +21,13 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autovit.cli.common import progress_bar
 from autovit.latmodel.errors import AutoVitError, UsageError
 from autovit.latmodel.checks import dumps
 from autovit.latmodel.io import FolderLock, atomic_write_text
@@ -37,10 +36,10 @@ from autovit.nas.bounds import check_train_config
 from autovit.nas.checkpoint import (checkpoint_space, load_checkpoint, remove_stale_temporaries, rng_state,
                                     save_checkpoint, set_rng_state, shorten)
 from autovit.nas.data import BUILTIN_DATA, DataSource, collate_skipping, open_data
-from autovit.nas.space import BUILTIN_SPACES, SearchSpace, load_space, space_to_saved, with_resolutions
+from autovit.nas.space import SearchSpace, anchored_ident, load_space, space_to_saved, with_resolutions
 from autovit.nas.supernet import Supernet, recalibrate_bn
 
-# Recipe presets. "deit" is the paper's (SPEC.md section 3, DeiT's hyper-parameters);
+# Recipe presets. "deit" is the paper's (docs/METHOD.md §3, DeiT's hyper-parameters);
 # "small" suits a few thousand small images on a CPU: no Mixup/CutMix/RandAugment, which
 # slow convergence more than they help at this scale, and no flips (digits are not symmetric).
 RECIPES: dict[str, dict[str, Any]] = {
@@ -98,6 +97,7 @@ class TrainConfig:
     device: str = "auto"
     tensorboard: bool = False
     arch: dict[str, Any] | None = None  # train this one subnet alone (stand-alone baseline), as a dict
+    zero_init_residual: bool = False  # residual branches start at zero (Supernet.zero_init_residual)
     recipe_values: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
@@ -321,7 +321,7 @@ def eval_archs(space: SearchSpace, n_random: int, seed: int) -> dict[str, ArchCo
 
 # ---- losses ------------------------------------------------------------------------------------
 def distill_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, tau: float) -> torch.Tensor:
-    """soft: tau^2 KL(psi(Zs/tau) || psi(Zt/tau)); hard: CE(Zs, argmax Zt) (SPEC.md section 3)."""
+    """soft: tau^2 KL(psi(Zs/tau) || psi(Zt/tau)); hard: CE(Zs, argmax Zt) (docs/METHOD.md §3)."""
     if kind == "hard":
         return F.cross_entropy(student, teacher.argmax(dim=-1))
     return F.kl_div(F.log_softmax(student / tau, dim=-1), F.log_softmax(teacher / tau, dim=-1),
@@ -343,7 +343,18 @@ def label_criterion(cfg: TrainConfig) -> nn.Module:
 RUN_FILES = ("config.json", "last.ckpt", "best.ckpt", "metrics.csv")
 
 
-def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: bool = True,
+class ProgressBar(Protocol):
+    def update(self, info: str = "") -> None: ...
+
+    def close(self) -> None: ...
+
+
+# progress(description, total steps) -> a bar that takes one update per step (a free-text info
+# field: loss, lr, img/s) and is closed at the end of the epoch; the CLI passes a rich bar.
+ProgressFactory = Callable[[str, int | None], ProgressBar]
+
+
+def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: ProgressFactory | None = None,
           log: Callable[[str], None] = print, stop_after_epochs: int | None = None, force: bool = False,
           trust_teacher_code: bool = False, explicit: Iterable[str] | None = None) -> dict[str, Any]:
     """Train a supernet; returns a summary (history per epoch, best, paths, per-step losses).
@@ -351,7 +362,8 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: boo
     `out` must be empty, or the folder of `resume`; `force` lets a fresh run replace what it
     holds (its run files are removed first). Rank 0 holds a FolderLock on `out` while it
     writes. A TorchScript teacher runs code, so it is refused unless `trust_teacher_code`.
-    `explicit`: the fields the user set (None: all); see run_config. `stop_after_epochs` ends
+    `explicit`: the fields the user set (None: all); see run_config. `progress` (ProgressFactory)
+    shows each epoch's steps, None shows nothing. `stop_after_epochs` ends
     the run early as an interruption would (tests and time budgets); the schedule still spans
     `cfg.epochs`.
     """
@@ -381,7 +393,8 @@ def run_config(cfg: TrainConfig, ck: dict[str, Any] | None, resume: Path | None,
     never loaded: a file could run code, so the user names it again."""
     # a data folder or space file is saved by its absolute path: eval, export and search read
     # the checkpoint from other folders than the one training ran in
-    cfg = replace(cfg, data=_absolute(cfg.data, BUILTIN_DATA), space=_absolute(cfg.space, BUILTIN_SPACES))
+    cfg = replace(cfg, data=_absolute(cfg.data, BUILTIN_DATA),
+                  space=anchored_ident(cfg.space, Path.cwd()) if isinstance(cfg.space, str) else cfg.space)
     if ck is None:
         return replace(cfg, epochs=10 if cfg.epochs is None else cfg.epochs)
     given = {f.name for f in fields(TrainConfig)} if explicit is None else set(explicit)
@@ -466,7 +479,10 @@ def _setup(cfg: TrainConfig, trust_teacher_code: bool) -> _Run:
     space = supernet_space(cfg, data)
     loaders = make_loaders(cfg, data, max(space.resolutions), ctx)
     steps = len(loaders.train) if cfg.steps_per_epoch is None else min(cfg.steps_per_epoch, len(loaders.train))
-    supernet = Supernet(space).to(ctx.device)
+    supernet = Supernet(space)
+    if cfg.zero_init_residual:
+        supernet.zero_init_residual()
+    supernet = supernet.to(ctx.device)
     model: nn.Module = supernet
     if ctx.world > 1:
         import warnings
@@ -551,7 +567,7 @@ def _shape(v: Any) -> str:
 
 
 def _epochs(run: _Run, out: Path, start_epoch: int, step: int, history: list[dict[str, Any]], best: dict | None,
-            progress: bool, log: Callable[[str], None], stop_after_epochs: int | None) -> dict[str, Any]:
+            progress: ProgressFactory | None, log: Callable[[str], None], stop_after_epochs: int | None) -> dict[str, Any]:
     """The epoch loop: train, evaluate the followed subnets, write the checkpoints (rank 0)."""
     cfg, ctx = run.cfg, run.ctx
     writer = _tensorboard(out) if cfg.tensorboard and ctx.main else None
@@ -579,7 +595,7 @@ def _epochs(run: _Run, out: Path, start_epoch: int, step: int, history: list[dic
 
 
 def _train_epoch(run: _Run, epoch: int, step: int, fixed: ArchConfig | None, step_losses: list[float],
-                 progress: bool) -> tuple[dict[str, Any], int]:
+                 progress: ProgressFactory | None) -> tuple[dict[str, Any], int]:
     """One epoch of steps; returns its metrics row (without evaluations) and the step count."""
     cfg, ctx, loaders, optimizer = run.cfg, run.ctx, run.loaders, run.optimizer
     use_amp = run.scaler.is_enabled()
@@ -589,7 +605,7 @@ def _train_epoch(run: _Run, epoch: int, step: int, fixed: ArchConfig | None, ste
     run.model.train()
     t0 = time.perf_counter()
     loss_sum, seen, skipped = 0.0, 0, 0
-    bar = progress_bar(progress and ctx.main, f"epoch {epoch + 1}/{cfg.epochs}", run.steps)
+    bar = progress(f"epoch {epoch + 1}/{cfg.epochs}", run.steps) if progress and ctx.main else None
     for i, (x, y, n_skip) in enumerate(loaders.train):
         if i >= run.steps:
             break

@@ -5,7 +5,7 @@ import pytest
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.fit import ProfileCalibrator
 from autovit.latmodel.hardware import load_profile
-from autovit.latmodel.modules import BlockSpec
+from autovit.nas.blocks import BlockSpec
 
 BLOCKS = [BlockSpec("conv", 64, 3, 16, 3, 2), BlockSpec("conv", 64, 3, 24, 3, 2),
           BlockSpec("mbconv", 32, 16, 16, 3, 1, 1.0), BlockSpec("mbconv", 16, 24, 32, 3, 2, 2.0),
@@ -37,6 +37,20 @@ def test_refuses_fewer_points_than_parameters():
         ProfileCalibrator(load_profile("cpu-x86")).predict(BLOCKS)
 
 
+
+def _lut_priced_by_a_known_profile():
+    """A cpu-x86 LUT of BLOCKS whose times a known profile (the truth a fit should find) priced."""
+    from autovit.latmodel.lut import Lut
+
+    base = load_profile("cpu-x86")
+    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
+    cal = ProfileCalibrator(base)
+    lut = Lut("cpu-x86", "onnxruntime", {}, {})
+    for b in BLOCKS:
+        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    return lut, truth
+
+
 def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys):
     import json
 
@@ -45,19 +59,14 @@ def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys
     from test_cli import assert_one_line_error, run_cli
 
     monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
-    base = load_profile("cpu-x86")
-    truth = replace(base, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
-    cal = ProfileCalibrator(base)
-    lut = Lut("cpu-x86", "onnxruntime", {}, {})
-    for b in BLOCKS:
-        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    lut, _ = _lut_priced_by_a_known_profile()
     lut.save(tmp_path / "lut.json")
     code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
     assert code == 0
     result = json.loads(out)
     assert result["rms_log_error"] < 0.05 and result["profile"].endswith("cpu-x86@calibrated.toml")
     calibrated = load_profile("cpu-x86@calibrated")
-    assert calibrated.calibration["n_points"] == len(BLOCKS) and calibrated.units == base.units
+    assert calibrated.calibration["n_points"] == len(BLOCKS) and calibrated.units == load_profile("cpu-x86").units
     code, out, _ = run_cli(lat, ["hw", "list", "--json"], capsys)
     assert any(p["name"] == "cpu-x86@calibrated" and p["calibration"] for p in json.loads(out))
     code, out, _ = run_cli(lat, ["estimate", "autovit:xxs", "--hw", "cpu-x86@calibrated", "--json"], capsys)
@@ -72,6 +81,39 @@ def test_calibrate_cli_writes_a_selectable_profile(tmp_path, monkeypatch, capsys
     assert_one_line_error(code, err, "no calibrated profile")
 
 
+def test_calibrate_models_the_threads_the_lut_was_measured_with(tmp_path, monkeypatch, capsys):
+    """Blocks timed with 2 threads on an 8-core profile: the fit and the written profile run on
+    2 cores (one core's peak x 2), so a compute-bound network is not priced at 8 cores' speed."""
+    import json
+
+    from autovit.cli import lat
+    from autovit.latmodel.hardware import profile_at_threads
+    from autovit.latmodel.lut import Lut
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    two, fixed = profile_at_threads("cpu-x86", 2)
+    assert fixed == {"cpu": {"cores": 2}} and two.units == 2 and load_profile("cpu-x86").units == 8
+    assert profile_at_threads("cpu-x86", 8)[1] == {} and profile_at_threads("cpu-x86", 64)[1] == {}
+    truth = replace(two, eff_matrix=0.3, eff_vector=0.1, dispatch_us=6.0)
+    cal = ProfileCalibrator(two)
+    lut = Lut("cpu-x86", "onnxruntime", {"threads": 2}, {})
+    for b in BLOCKS:
+        lut.add("isolated", b, {"median_ms": cal._pricer(b)(truth)})
+    lut.save(tmp_path / "lut.json")
+    code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
+    assert code == 0 and json.loads(out)["rms_log_error"] < 0.05
+    calibrated = load_profile("cpu-x86@calibrated")
+    assert calibrated.units == 2 and calibrated.calibration["threads"] == 2
+    assert calibrated.eff_matrix == pytest.approx(0.3, rel=0.05)
+
+
+def test_a_profile_based_on_a_detected_one_can_set_its_cores(tmp_path):
+    """`detect = true` fills [cpu] where the detecting profile is; a profile based on it wins."""
+    (tmp_path / "one.toml").write_text('name = "one"\nbase = "local-cpu"\n[cpu]\ncores = 1\n')
+    assert load_profile(str(tmp_path / "one.toml")).units == 1
+
+
 def test_every_free_parameter_has_bounds():
     from autovit.latmodel.fit import BOUNDS
     from autovit.latmodel.hardware import HardwareProfile
@@ -80,3 +122,76 @@ def test_every_free_parameter_has_bounds():
     assert HardwareProfile.FREE_PARAMETERS == ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us",
                                                "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half",
                                                "run_us", "layout_run_ns", "reduce_row_ns", "fork_join_us", "transcendental_flops")
+
+
+def _op_count_pricer(ops: int):
+    """A part run once per session.run with `ops` ops: run_us + ops x dispatch_us (ms)."""
+    return lambda p: (p.run_us + ops * p.dispatch_us) * 1e-3
+
+
+def test_a_whole_network_separates_per_run_from_per_op_cost():
+    """Blocks of one op count see only run_us + n x dispatch_us; a network (one run, many ops)
+    pins the split. Without it the fit can keep a per-run cost the network pays only once."""
+    start = replace(load_profile("local-cpu"), run_us=20.0, dispatch_us=1.0)
+    truth = replace(start, run_us=2.0, dispatch_us=3.0)
+    blocks = [_op_count_pricer(10)] * 4
+    network = _op_count_pricer(300)
+    names = ("dispatch_us", "run_us")
+    alone = ProfileCalibrator(start, names).fit_pricers(blocks, [b(truth) for b in blocks], ["mbconv"] * 4)
+    assert network(replace(start, **alone.params)) < 0.9 * network(truth)
+    c = ProfileCalibrator(start, names).fit_pricers(blocks + [network], [b(truth) for b in blocks] + [network(truth)],
+                                                    ["mbconv"] * 4 + ["network"], weights=[1.0] * 4 + [8.0])
+    assert c.params["dispatch_us"] == pytest.approx(3.0, rel=0.02)
+    assert c.params["run_us"] == pytest.approx(2.0, abs=0.5)
+    assert c.mape_by_kind["network"] < 1.0
+
+
+def test_a_weight_counts_as_copies_of_the_point():
+    base = load_profile("cpu-x86")
+    names = ("eff_matrix", "eff_vector", "dispatch_us")
+    cal = ProfileCalibrator(base, names)
+    pricers = [cal._pricer(b) for b in BLOCKS]
+    # Deliberately inconsistent data, so the weights matter.
+    measured = [p(replace(base, eff_matrix=0.3 + 0.02 * i)) for i, p in enumerate(pricers)]
+    copies = ProfileCalibrator(base, names).fit_pricers(pricers + [pricers[0]] * 3, measured + [measured[0]] * 3,
+                                                        ["x"] * (len(BLOCKS) + 3))
+    weighted = ProfileCalibrator(base, names).fit_pricers(pricers, measured, ["x"] * len(BLOCKS),
+                                                          weights=[4.0] + [1.0] * (len(BLOCKS) - 1))
+    assert weighted.params == pytest.approx(copies.params, rel=1e-3)
+    with pytest.raises(AutoVitError, match="weights must be"):
+        ProfileCalibrator(base, names).fit_pricers(pricers, measured, ["x"] * len(BLOCKS), weights=[0.0] * len(BLOCKS))
+
+
+def test_reference_network_comes_from_the_lut():
+    from types import SimpleNamespace
+
+    from autovit.cli.lat import reference_network
+
+    assert reference_network(SimpleNamespace(reference={})) is None
+    net = reference_network(SimpleNamespace(reference={"model": "autovit:xxs", "ref_ms": 4.8}))
+    # The XXS preset stands for its blocks (stem, MBConvs, MobileViT parts, transformer layers, head).
+    assert (net.source, net.ms) == ("autovit:xxs", 4.8) and net.weight > 10
+    # Only the drift monitor's kind of reference is priced: a LUT cannot make calibrate read a file.
+    assert reference_network(SimpleNamespace(reference={"model": "/etc/x.onnx", "ref_ms": 1.0})) is None
+    with pytest.raises(AutoVitError, match="--no-network"):
+        reference_network(SimpleNamespace(reference={"model": "autovit:nope", "ref_ms": 1.0}))
+
+
+def test_calibrate_cli_fits_the_luts_reference_network(tmp_path, monkeypatch, capsys):
+    import json
+
+    from autovit.cli import lat
+    from autovit.latmodel.fit import network_pricer
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    lut, truth = _lut_priced_by_a_known_profile()
+    lut.reference = {"model": "autovit:xxs", "ref_ms": network_pricer("autovit:xxs")(truth)}
+    lut.save(tmp_path / "lut.json")
+    args = ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"]
+    code, out, _ = run_cli(lat, args, capsys)
+    result = json.loads(out)
+    assert code == 0 and result["network"].startswith("autovit:xxs") and result["mape_by_kind"]["network"] < 5
+    assert load_profile("cpu-x86@calibrated").calibration["network"] == result["network"]
+    code, out, _ = run_cli(lat, args + ["--no-network"], capsys)
+    assert code == 0 and json.loads(out)["network"] is None and "network" not in json.loads(out)["mape_by_kind"]

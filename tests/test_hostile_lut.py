@@ -8,7 +8,8 @@ from autovit.cli import lat
 from autovit.latmodel import profiler
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import Lut, load_lut
-from autovit.latmodel.modules import BlockSpec, load_blocks
+from autovit.latmodel.blocks import load_blocks
+from autovit.nas.blocks import BlockSpec
 from test_cli import assert_one_line_error, run_cli
 
 CONV = BlockSpec("conv", 16, 3, 8, 3, 2)
@@ -157,6 +158,10 @@ def test_profile_with_failed_blocks_exits_non_zero(tmp_path, capsys, monkeypatch
      "patch 4 is larger"),
     ('[{"kind": "mbconv", "hw": 4096, "cin": 4096, "cout": 4096, "expansion": 16}]', "beyond any real block"),
     ('[{"kind": "conv", "cin": 3, "cout": 8}]', "missing field 'hw'"),
+    # even kernels: 'same' padding grew the map (a 9 x 9 output measured) or the branches failed to concat
+    ('[{"kind": "mvit_convs", "hw": 8, "cin": 16, "cout": 16, "fusion_kernel": 2}]', "kernels must be odd"),
+    ('[{"kind": "mvit_convs", "hw": 8, "cin": 16, "cout": 16, "kernel": 4}]', "kernels must be odd, got kernel 4"),
+    ('[{"kind": "conv", "hw": 8, "cin": 16, "cout": 16, "kernel": 2}]', "kernels must be odd, got kernel 2"),
 ])
 def test_bad_block_lists_are_one_line(tmp_path, capsys, text, needle):
     p = tmp_path / "b.json"

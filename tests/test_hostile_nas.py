@@ -331,6 +331,8 @@ def _set(path: str, value):
     (_set("stem_widht", 16), "unknown key 'stem_widht' (did you mean 'stem_width'?)"),
     (_set("transformer.0.layers.0.mlp_ratio", "2"), "must be int or float"),
     (_set("transformer", "x"), "must be list"),
+    (_set("conv_kernel", 4), "'conv_kernel' is 4; kernels must be odd"),  # a torch traceback in estimate before
+    (_set("stem_kernel", 2), "'stem_kernel' is 2; kernels must be odd"),
 ])
 def test_arch_file_bounds_without_a_space(tmp_path, capsys, change, needle):
     p = _arch(tmp_path, change)
@@ -520,3 +522,118 @@ def test_a_garbled_torchrun_environment_is_one_line(tmp_path, capsys, monkeypatc
     code, _, err = run_cli(nas, ["train", *QUICK, "--out", str(tmp_path / "r")], capsys)
     assert_one_line_error(code, err, "WORLD_SIZE, RANK and LOCAL_RANK must be integers")
     assert not (tmp_path / "r").exists()
+
+
+# ---- break-it pass 15: space identities with a resolution override ---------------------------------
+@pytest.mark.parametrize("ident, needle", [
+    ("xxs@0px", "resolution must be >= 1, got 0"),  # profile --space xxs@0px died of SIGFPE in onnxruntime
+    ("xxs@2048px", "resolution must be <= 1024"),
+    ("xxs@99999999px", "a resolution override is one '@'"),  # profile tried 94 blocks of ~1e17 bytes before
+    ("xxs@" + "9" * 5000 + "px", "longer than any name or path"),  # int() of 5,000 digits: traceback
+    ("xxs" + "@32px" * 3000, "longer than any name or path"),  # RecursionError before
+    ("xxs@32px@64px", "a resolution override is one '@'"),
+    ("xxs@-1px", "a resolution override is one '@'"),
+    ("xxs@\u0663\u0662px", "ASCII digits"),  # Arabic-Indic 32: \d matched it
+    ("@32px", "a resolution override is one '@'"),
+])
+def test_malformed_or_out_of_bounds_space_overrides_are_one_line(tmp_path, capsys, ident, needle):
+    code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", ident, "--out", str(tmp_path / "a")], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "a").exists()
+    code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--space", ident, "--out", str(tmp_path / "l.json")],
+                           capsys)
+    assert_one_line_error(code, err, needle)
+
+
+def test_sampled_overridden_archs_are_read_back_from_any_folder(tmp_path, capsys, monkeypatch):
+    from importlib import resources
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "my.toml").write_text((resources.files("autovit.nas") / "spaces" / "xxs.toml").read_text())
+    monkeypatch.chdir(tmp_path)
+    for ident, recorded in (("xxs@32px", "xxs@32px"), ("sub/my.toml@32px", f"{tmp_path / 'sub' / 'my.toml'}@32px")):
+        out = tmp_path / ident.replace("/", "_")
+        code, _, err = run_cli(nas, ["spaces", "--sample", "1", "--space", ident, "--out", str(out)], capsys)
+        assert code == 0, err
+        # it recorded the space as '<cwd>/xxs@32px' before, which nothing could load
+        assert json.loads((out / "arch_000.json").read_text())["space"] == recorded
+        monkeypatch.chdir(tmp_path / "sub")
+        code, _, err = run_cli(lat, ["estimate", str(out / "arch_000.json"), "--hw", "v100", "--json"], capsys)
+        assert code == 0, err
+        monkeypatch.chdir(tmp_path)
+
+
+def test_a_relative_space_file_with_an_override_is_saved_absolute(tmp_path, monkeypatch):
+    from autovit.nas.train import TrainConfig, run_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = run_config(TrainConfig(space="sub/my.toml@32px", data="mnist5k"), None, None)
+    assert cfg.space == f"{tmp_path.resolve() / 'sub' / 'my.toml'}@32px"
+    assert run_config(TrainConfig(space="xxs@32px", data="mnist5k"), None, None).space == "xxs@32px"
+
+
+def _space_file(tmp_path: Path, old: str, new: str) -> Path:
+    from importlib import resources
+
+    text = (resources.files("autovit.nas") / "spaces" / "xxs.toml").read_text()
+    assert old in text
+    p = tmp_path / "space.toml"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text.replace(old, new, 1))
+    return p
+
+
+@pytest.mark.parametrize("old, new, needles", [
+    # the supernet's fusion conv was built before any bound: a 1e9 kernel overflowed torch (traceback)
+    ("fusion_kernel = 1 ", "fusion_kernel = 1000000001 ", ["'fusion_kernel' is 1e+09, beyond the sane bound 15"]),
+    ("fusion_kernel = 1 ", "fusion_kernel = 17 ", ["'fusion_kernel' is 17"]),
+    ("local_conv = ", "localconv = ", ["unknown key 'localconv'", "did you mean 'local_conv'"]),  # was ignored
+    ("kernel = 3\nstride = 2", "kernal = 3\nstride = 2", ["space", "stem: unknown key 'kernal'"]),
+    ("heads = [2, 3, 4]", "head = [2, 3, 4]", ["transformer[0]: unknown key 'head'", "did you mean 'heads'"]),
+    ('local_conv = "depthwise"', 'local_conv = "Dense"', ["'local_conv' must be one of depthwise, dense"]),
+    ("conv_kernel = 3 ", "conv_kernel = 4 ", ["'conv_kernel' is 4; kernels must be odd"]),  # traceback in train
+    ("kernel = 3\nstride = 2", "kernel = 4\nstride = 2", ["'stem_kernel' is 4; kernels must be odd"]),
+])
+def test_space_file_block_internals_and_keys(tmp_path, capsys, old, new, needles):
+    p = _space_file(tmp_path, old, new)
+    code, _, err = run_cli(nas, ["spaces", "--check", str(p)], capsys)
+    assert_one_line_error(code, err, *needles)
+    code, _, err = run_cli(nas, ["train", *QUICK, "--space", str(p), "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, *needles)
+    assert not (tmp_path / "r").exists()
+
+
+def test_space_given_as_a_file_must_list_the_checkpoints_choices(tiny_ckpt, tmp_path, capsys):
+    from autovit.nas.checkpoint import checkpoint_space, load_checkpoint
+
+    ck = load_checkpoint(tiny_ckpt)
+    same = _space_file(tmp_path, "# AutoViT", "# a copy of the XXS space")
+    assert checkpoint_space(ck, str(same)).name == "xxs@32px"
+    assert checkpoint_space(ck, f"{same}@32px").name == "xxs@32px"
+    edited = _space_file(tmp_path / "edited", "widths = [48, 64]", "widths = [56, 72]")
+    # matched by its file name alone before: a missing or edited 'xxs.toml' passed for the XXS space
+    for given in (str(edited), str(tmp_path / "nowhere" / "xxs.toml")):
+        code, _, err = run_cli(nas, ["eval", "--supernet", str(tiny_ckpt), "--arch", "max", "--space", given], capsys)
+        assert_one_line_error(code, err, "holds a supernet of space 'xxs@32px', not")
+
+
+@pytest.mark.parametrize("source, needle", [
+    ("x" * 5000, "'source' must be a name or path of at most 1024"),  # export wrote an unloadable min.pt
+    ("builtin:../../s.toml", "'source' must be 'builtin:xxs|xs|s' or an absolute"),
+    ("relative/s.toml@32px", "'source' must be 'builtin:xxs|xs|s' or an absolute"),
+])
+def test_a_forged_space_source_in_a_checkpoint_is_refused(tiny_ckpt, tmp_path, capsys, source, needle):
+    ck = forge(tiny_ckpt, tmp_path / "f", lambda c: c["space"].update(source=source))
+    code, _, err = run_cli(nas, ["export", "--supernet", str(ck), "--arch", "min", "--format", "pt",
+                                 "--no-recalibrate", "--out", str(tmp_path / "ex")], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "ex" / "min.pt").exists()
+
+
+def test_a_checkpoints_space_identity_is_derived_from_its_resolutions(tiny_ckpt, tmp_path):
+    from autovit.nas.checkpoint import checkpoint_space, load_checkpoint
+
+    ck = forge(tiny_ckpt, tmp_path / "f", lambda c: c["space"].update(source="builtin:xxs@0px"))
+    space = checkpoint_space(load_checkpoint(ck))
+    # 'xxs@0px' reached every sampled or exported architecture file before, which nothing could read back
+    assert (space.ident, space.sample(0).space) == ("xxs@32px", "xxs@32px")

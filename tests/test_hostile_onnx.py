@@ -348,3 +348,28 @@ def test_scan_on_constants_is_not_run_and_is_warned_about(tmp_path, capsys, eval
     model.graph.initializer.extend([_init("s0", (1,)), _init("seq", (1000, 1))])
     d = _estimate_json(capsys, _save(tmp_path, model))
     assert "Scan" not in evaluated and any("Scan" in w and "not priced" in w for w in d["warnings"])
+
+
+@pytest.mark.parametrize("limit", ["constant", "from_shape"])
+def test_data_propagation_never_materialises_a_big_constant(tmp_path, capsys, monkeypatch, limit):
+    """onnx's data propagation computes constant values element by element: a Range to 1e12
+    followed by a Cast ran past a minute and took 8 GB. It is used only when every such value is
+    small; here the Range has 3e6 (or, from the input's shape, 6.4e7) elements."""
+    from onnx import shape_inference
+
+    calls = []
+    infer = shape_inference.infer_shapes
+    monkeypatch.setattr(shape_inference, "infer_shapes", lambda m, **kw: calls.append(kw["data_prop"]) or infer(m, **kw))
+    if limit == "constant":
+        inits, first, x = [numpy_helper.from_array(np.array(3e6, np.float32), "b")], [], X
+    else:
+        inits = []
+        first = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("ReduceProd", ["s"], ["p"], keepdims=0),
+                 helper.make_node("Cast", ["p"], ["b"], to=TensorProto.FLOAT)]
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 1000, 1000])
+    nodes = first + [helper.make_node("Range", ["a", "b", "c"], ["rng"]),
+                     helper.make_node("Cast", ["rng"], ["rf"], to=TensorProto.INT64),
+                     helper.make_node("Shape", ["rf"], ["n"]), helper.make_node("Relu", ["x"], ["y"])]
+    inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("a", 0), ("c", 1))]
+    d = _estimate_json(capsys, _save(tmp_path, make_model(nodes, [x], [Y], inits)))
+    assert d["latency_ms"] > 0 and True not in calls

@@ -51,6 +51,10 @@ def _profile(tmp_path, text, name="p.toml"):
     ('base = "nope"\nname = "x"\n', ["unknown hardware 'nope'"]),
     ('base = 5\nname = "x"\n', ["field 'base' must be a string"]),
     (BASE + "x" * 2**20 + "\n", ["1 MiB"]),
+    # a GPU with a Neural Engine table was priced half as an engine (3.18 ms for xxs on v100, not 3.38)
+    (BASE + "[ane]\nl2_mib = 2\nl2_gbps = 5\n", ["an [ane] table describes a Neural Engine", "kind = 'gpu'"]),
+    # a tile of 64 halved iphone13's prediction; no engine uses Winograd tiles beyond F(6x6, 3x3)
+    ('base = "iphone13"\nname = "x"\n[ane]\nwinograd_tile = 8\n', ["ane.winograd_tile", "<= 6"]),
 ])
 def test_bad_profiles_are_one_line(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)

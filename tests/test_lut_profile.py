@@ -13,7 +13,7 @@ from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import LUT_SCHEMA, Lut, load_lut
 from autovit.latmodel.measure import (
     TimingPolicy, check_backend, cuda_event_timer, median_ci_halfwidth_pct, summarize, time_callable)
-from autovit.latmodel.modules import BlockSpec, arch_blocks, paper46, space_blocks
+from autovit.nas.blocks import BlockSpec, arch_blocks, paper46, space_blocks
 from autovit.latmodel.profiler import profile_blocks
 from autovit.nas.params import count_params
 from autovit.nas.space import load_space
@@ -164,7 +164,9 @@ def test_profile_cli_resumes_and_refuses_bad_input(tmp_path, capsys):
     args = ["profile", "--hw", "local-cpu", "--blocks", str(blocks), "--out", str(out), "--max-repeats", "6",
             "--ci-pct", "50", "--json"]
     code, stdout, _ = run_cli(__import__("autovit.cli.lat", fromlist=["x"]), args, capsys)
-    assert code == 0 and json.loads(stdout)["measured"] == 2
+    assert code == 0 and json.loads(stdout)["measured"] == 2 and json.loads(stdout)["op_classes_recorded"] == 2
+    # Each entry also holds its kernel time per op class (onnxruntime's profiler), for calibrate.
+    assert all(e["op_ms"] and all(v >= 0 for v in e["op_ms"].values()) for e in load_lut(out).entries.values())
     code, stdout, _ = run_cli(__import__("autovit.cli.lat", fromlist=["x"]), args, capsys)
     assert code == 0 and json.loads(stdout)["measured"] == 0 and json.loads(stdout)["already_there"] == 2
     lat = __import__("autovit.cli.lat", fromlist=["x"])

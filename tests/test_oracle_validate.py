@@ -10,11 +10,11 @@ from autovit.latmodel.fit import block_model, block_pricer
 from autovit.latmodel.hardware import load_profile
 from autovit.latmodel.lut import Lut, load_lut
 from autovit.latmodel.measure import TimingPolicy
-from autovit.latmodel.modules import BlockSpec, arch_blocks, calib50
 from autovit.latmodel.oracle import AnalyticalOracle, LutOracle
 from autovit.latmodel.profiler import profile_blocks
-from autovit.latmodel.sources import arch_graph
 from autovit.latmodel import validate as v
+from autovit.nas.blocks import DECOMPOSITION, BlockSpec, arch_blocks, calib50
+from autovit.nas.latency import CONV_EDGES, arch_graph, random_candidates
 from autovit.nas.space import load_space
 
 from test_cli import assert_one_line_error, run_cli
@@ -27,8 +27,8 @@ TINY = [BlockSpec("mbconv", 8, 8, 8, 3, 1, 1.0), BlockSpec("transformer", 4, 16,
 def test_block_sum_equals_the_whole_network():
     """The oracle's per-block sum (edges from the neighbours, one run overhead) must match the
     model of the exported network, or the search would optimise something else."""
-    oracle = AnalyticalOracle(CPU, "network")
-    blocks = AnalyticalOracle(CPU)
+    oracle = AnalyticalOracle(CPU, construction="network", **DECOMPOSITION, **CONV_EDGES)
+    blocks = AnalyticalOracle(CPU, **DECOMPOSITION)
     for name in ("xxs", "s"):
         arch = load_space(name).sample(3)
         whole = LatencyModel(arch_graph(arch)).estimate(CPU).latency_ms
@@ -37,7 +37,7 @@ def test_block_sum_equals_the_whole_network():
         alone = sum(block_pricer(b)(CPU) for b in arch_blocks(arch))
         assert blocks.latency_ms([arch])[0] == pytest.approx(alone)
     with pytest.raises(AutoVitError, match="construction"):
-        AnalyticalOracle(CPU, "guess")
+        AnalyticalOracle(CPU, construction="guess", **DECOMPOSITION)
 
 
 def test_transformer_blocks_are_priced_at_their_own_batch():
@@ -53,16 +53,16 @@ def test_lut_oracle_sums_entries_and_falls_back():
     lut = Lut("local-cpu", "onnxruntime", {}, {})
     for i, b in enumerate(arch_blocks(arch)):
         lut.add("isolated", b, {"median_ms": 0.1 * (i + 1)})
-    oracle = LutOracle(lut, CPU)
+    oracle = LutOracle(lut, CPU, **DECOMPOSITION)
     other = sp.sample(2)
     got = oracle.latency_ms([arch, other])
     assert got[0] == pytest.approx(sum(lut.median_ms("isolated", b) for b in arch_blocks(arch)))
-    assert got[1] == pytest.approx(AnalyticalOracle(CPU).latency_ms([other])[0])
+    assert got[1] == pytest.approx(AnalyticalOracle(CPU, **DECOMPOSITION).latency_ms([other])[0])
     assert oracle.coverage == {"lut": 1, "analytical": 1}
     with pytest.raises(AutoVitError, match="measured on 'local-cpu'"):
-        LutOracle(lut, load_profile("v100"))
+        LutOracle(lut, load_profile("v100"), **DECOMPOSITION)
     with pytest.raises(AutoVitError, match="no 'ablation' entries"):
-        LutOracle(lut, CPU, mode="ablation")
+        LutOracle(lut, CPU, mode="ablation", **DECOMPOSITION)
 
 
 def test_calib50_covers_every_kind_within_the_budget():
@@ -109,7 +109,7 @@ def test_validate_metrics_and_report():
 
 
 def test_validate_reports_a_model_that_fails_and_goes_on():
-    good = v.random_candidates(1, ["xxs"], 0)[0]
+    good = random_candidates(1, ["xxs"], 0)[0]
     bad = v.Candidate("broken", "zoo", lambda: (_ for _ in ()).throw(RuntimeError("no such op")), (1, 3, 8, 8))
     failed = v.price([bad, good], CPU, None, {"flops": 1e-9, "params": 1e-6})
     assert failed == [("broken", "RuntimeError: no such op")]

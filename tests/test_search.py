@@ -115,8 +115,8 @@ def test_resume_replays_known_results_and_continues_exactly():
 
 def test_lut_oracle_of_another_device_is_refused(tmp_path):
     from autovit.latmodel.lut import Lut
-    from autovit.latmodel.modules import arch_blocks
-    from autovit.nas.search import make_oracle
+    from autovit.nas.blocks import arch_blocks
+    from autovit.nas.latency import make_oracle
 
     lut = Lut("local-cpu", "onnxruntime", {}, {})
     for b in arch_blocks(load_space("xxs").sample(1)):

@@ -25,7 +25,7 @@ TINY = {
 @pytest.mark.parametrize("name", BUILTIN_SPACES)
 def test_width_rule_brings_space_to_paper_scale(name):
     sp = load_space(name)
-    assert 1e9 <= sp.count() <= 1e11  # SPEC: "about 1e10 subnets" after the rule
+    assert 1e9 <= sp.count() <= 1e11  # docs/METHOD.md §2: "about 1e10 subnets" after the rule
     assert sp.count(monotonic=False) >= 1e6 * sp.count()  # the rule is what cuts ~1e16+ to ~1e10
 
 

@@ -1,6 +1,7 @@
-"""The building blocks a lookup table (LUT) measures, as data.
+"""AutoViT's blocks: what a lookup table (LUT) measures of an AutoViT network, as data.
 
-A BlockSpec holds every setting that changes a block's shape; its `key` names a LUT entry.
+A BlockSpec holds every setting that changes a block's shape; its `key` names a LUT entry. It
+implements latmodel.blocks.Block and registers its five kinds when `autovit.nas` is imported.
 Blocks are built from the same layers as the full network (nas/builder.py), at the feature-map
 size where they occur, so a measured block is the block the network runs.
 
@@ -21,8 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from autovit.latmodel.checks import check_keys, did_you_mean, number, read_json
+from autovit.latmodel.blocks import register_block_kind
+from autovit.latmodel.checks import check_keys, did_you_mean, number
 from autovit.latmodel.errors import AutoVitError
+from autovit.nas import builder as b
+from autovit.nas.arch import LOCAL_CONVS, arch_block_fields
+from autovit.nas.space import load_space
 
 KINDS = ("conv", "mbconv", "mvit_convs", "transformer", "head")
 
@@ -96,6 +101,10 @@ class BlockSpec:
         if self.hw * self.hw * widest > MAX_BLOCK_ELEMS or weights > MAX_BLOCK_ELEMS:
             raise AutoVitError(f"{where}: {self.key} is beyond any real block (a tensor of more than "
                                f"{MAX_BLOCK_ELEMS:,} elements); check its hw, channels and ratios")
+        if self.kind != "transformer" and (self.kernel % 2 == 0 or self.fusion_kernel % 2 == 0):
+            # 'same' padding keeps the side only for odd kernels: an even one measured another shape
+            raise AutoVitError(f"{where}: kernels must be odd, got kernel {self.kernel}"
+                               + (f", fusion_kernel {self.fusion_kernel}" if self.kind == "mvit_convs" else ""))
         if self.kind in ("mvit_convs", "transformer") and self.patch > self.hw:
             raise AutoVitError(f"{where}: patch {self.patch} is larger than the {self.hw} px feature map")
         if self.kind == "transformer" and not (self.heads and self.head_dim and self.mlp_ratio):
@@ -111,9 +120,6 @@ class BlockSpec:
 
     def build(self):
         """The torch module for this block (eval mode)."""
-        from autovit.nas import builder as b
-        from autovit.nas.arch import TransformerLayer
-
         if self.kind == "conv":
             m = b.ConvBNAct(self.cin, self.cout, self.kernel, self.stride)
         elif self.kind == "mbconv":
@@ -122,7 +128,7 @@ class BlockSpec:
             m = b.MobileViTBlock(self.cin, self.cout, (), max(self.head_dim, 1), self.patch, self.kernel,
                                  self.local_conv, self.fusion_kernel)
         elif self.kind == "transformer":
-            m = b.TransformerBlock(self.cin, TransformerLayer(self.heads, self.mlp_ratio), self.head_dim)
+            m = b.TransformerBlock(self.cin, b.TransformerLayer(self.heads, self.mlp_ratio), self.head_dim)
         elif self.kind == "head":
             m = _Head(self.cin, self.cout, self.num_classes)
         else:  # pragma: no cover - from_dict rejects unknown kinds
@@ -133,8 +139,6 @@ class BlockSpec:
 # Largest activation (hw x hw x widest channels) or weight tensor of a block: real ones have at
 # most ~16 M elements (an early ImageNet stage at 512 px); twice that is refused rather than built.
 MAX_BLOCK_ELEMS = 2**25
-# Most blocks a --blocks file may list (every block of the three spaces is a few hundred).
-MAX_BLOCKS = 10_000
 
 # (lo, hi, lo excluded) of every numeric field: what any real block of a vision network has
 # (px, channels, heads, ...); a block beyond them would take minutes and gigabytes to build.
@@ -144,7 +148,6 @@ _FIELD_RANGES = {
     "head_dim": (0, 1024, False), "patch": (1, 16, False), "num_classes": (0, 100_000, False),
     "fusion_kernel": (1, 15, False),
 }
-LOCAL_CONVS = ("dense", "depthwise")
 
 _KEY_FIELDS = {
     "conv": ("hw", "cin", "cout", "kernel", "stride"),
@@ -153,16 +156,6 @@ _KEY_FIELDS = {
     "transformer": ("hw", "cin", "heads", "mlp_ratio", "head_dim", "patch"),
     "head": ("hw", "cin", "cout", "num_classes"),
 }
-
-
-def load_blocks(path: str) -> list[BlockSpec]:
-    """A --blocks file: a JSON list of block descriptions, each checked, duplicates dropped."""
-    items = read_json(path, "--blocks file", 'expected a JSON list like [{"kind": "conv", "hw": 64, "cin": 3, "cout": 16}]')
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_BLOCKS:
-        raise AutoVitError(f"--blocks {path}: expected a JSON list of 1 to {MAX_BLOCKS:,} block descriptions, "
-                           f"got {type(items).__name__ if not isinstance(items, list) else 'an empty list'}")
-    blocks = [BlockSpec.from_dict(d, f"--blocks {path}: block #{i + 1}") for i, d in enumerate(items)]
-    return list(dict.fromkeys(blocks))
 
 
 def _fmt(v: Any) -> str:
@@ -174,9 +167,7 @@ class _Head(nn.Module):
 
     def __init__(self, cin: int, feats: int, classes: int) -> None:
         super().__init__()
-        from autovit.nas.builder import ConvBNAct
-
-        self.conv = ConvBNAct(cin, feats, 1)
+        self.conv = b.ConvBNAct(cin, feats, 1)
         self.fc = nn.Linear(feats, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +176,7 @@ class _Head(nn.Module):
 
 # ---- module sets --------------------------------------------------------------------------
 def paper46(resolution: int = 256) -> list[BlockSpec]:
-    """The paper's 46 LUT modules (SPEC.md section 4), each at the feature-map size where the XXS
+    """The paper's 46 LUT modules (docs/METHOD.md §4), each at the feature-map size where the XXS
     space first uses that width: Conv {16, 24}, MBConv {16, 24, 32, 48}, transformer layers
     {48, 64, 80, 96, 112} x heads {2, 3, 4, 5} x MLP ratio {1.5, 2}."""
     from autovit.nas.space import load_space
@@ -221,8 +212,6 @@ def calib50(spaces: tuple[str, ...] = ("xxs", "xs", "s")) -> list[BlockSpec]:
     MobileViT unfold/fold and no head, so a fit on it cannot see their terms). Per kind, blocks
     are spread evenly over the range of sizes (sorted by input elements x output channels), so
     small, dispatch-bound blocks and large, compute-bound ones are both present. Deterministic."""
-    from autovit.nas.space import load_space
-
     pool: set[BlockSpec] = set()
     for name in spaces:
         pool |= set(space_blocks(load_space(name)))
@@ -235,41 +224,6 @@ def calib50(spaces: tuple[str, ...] = ("xxs", "xs", "s")) -> list[BlockSpec]:
             continue
         idx = sorted({round(i * (len(blocks) - 1) / (quota - 1)) for i in range(quota)})
         out += [blocks[i] for i in idx]
-    return out
-
-
-_NOT_MVIT = ("dense", 3)  # the internals fields of every block that is not mvit_convs
-
-
-def arch_block_fields(arch) -> list[tuple]:
-    """The blocks an AutoViT architecture runs, in order, as BlockSpec field tuples (kind, hw,
-    cin, cout, kernel, stride, expansion, heads, mlp_ratio, head_dim, patch, num_classes,
-    local_conv, fusion_kernel). Tuples hash and compare in C: the search's oracle looks up ~10^5
-    of them per second."""
-    side = arch.resolution
-    hd, p = arch.head_dim, arch.patch
-    out = [("conv", side, 3, arch.stem_width, arch.stem_kernel, arch.stem_stride, 1.0, 0, 0.0, 0, 2, 0, *_NOT_MVIT)]
-    side = -(-side // arch.stem_stride)
-    c = arch.stem_width
-    for st in arch.mbconv:
-        for i in range(st.depth):
-            stride = st.stride if i == 0 else 1
-            out.append(("mbconv", side, c, st.width, st.kernel, stride, st.expansion, 0, 0.0, 0, 2, 0, *_NOT_MVIT))
-            side = -(-side // stride)
-            c = st.width
-    for st in arch.transformer:
-        cw = arch.channels(st.width)
-        out.append(("mbconv", side, c, cw, arch.conv_kernel, st.stride, arch.downsample_expansion, 0, 0.0, 0, 2, 0,
-                    *_NOT_MVIT))
-        side = -(-side // st.stride)
-        c = cw
-        out.append(("mvit_convs", side, c, st.width, arch.conv_kernel, 1, 1.0, 0, 0.0, hd, p, 0,
-                    arch.local_conv, arch.fusion_kernel))
-        tokens_side = -(-side // p) * p
-        for layer in st.layers:
-            out.append(("transformer", tokens_side, st.width, st.width, 3, 1, 1.0, layer.heads, layer.mlp_ratio, hd, p, 0,
-                        *_NOT_MVIT))
-    out.append(("head", side, c, c * arch.head_expansion, 3, 1, 1.0, 0, 0.0, 0, 2, arch.num_classes, *_NOT_MVIT))
     return out
 
 
@@ -321,3 +275,16 @@ def space_blocks(space) -> list[BlockSpec]:
                                       num_classes=space.num_classes))
             ins, side = set(channels.values()), next_side
     return sorted(out)
+
+
+def fields_block(f: tuple | BlockSpec) -> BlockSpec:
+    """The BlockSpec of an arch_block_fields tuple (the oracles' `block_of`; a BlockSpec is its own)."""
+    return f if isinstance(f, BlockSpec) else BlockSpec(*f)
+
+
+# What the oracles need to price AutoViT architectures (latmodel/oracle.py): the fast walk to
+# field tuples, and how a tuple becomes a block.
+DECOMPOSITION = {"decompose": arch_block_fields, "block_of": fields_block}
+
+for _kind in KINDS:
+    register_block_kind(_kind, BlockSpec)

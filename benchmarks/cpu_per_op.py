@@ -1,0 +1,203 @@
+"""Per-op residuals on this machine (issue 12): which op classes does the calibrated CPU model
+misprice? onnxruntime's own profiler times every kernel of a network; this compares those times,
+op class by op class, with the model's kernels.
+
+    python benchmarks/cpu_per_op.py --collect --threads 1 --data DIR   # timing: a quiet machine, ~2 min
+    python benchmarks/cpu_per_op.py --data DIR --threads 1 --hw local-cpu@calibrated \\
+        [--lut LUT --validation VALIDATE.json]                         # offline
+
+--collect exports the calib50 blocks, the default zoo and `--random` random subnets (seed 0) and
+runs each twice with onnxruntime at `--threads`: without profiling (the run time) and with
+(median per node over `--runs` runs). Writes DIR/per_op_t{threads}.json.
+
+Offline, per set (calib50, zoo, random) and op class (the model's categories; onnxruntime nodes
+are mapped by op type, a convolution with one input channel per group is depthwise, a MatMul
+without weights is attention): the model's ms beside onnxruntime's kernel ms, and the profiler's
+own cost per node ((profiled run - run) / nodes), which inflates small kernels: only classes whose
+kernels take far longer than that say anything.
+
+With --lut and --validation, the fit experiment: `calibrate`'s fit (the LUT's blocks and its
+reference network) against the same fit with each block's large per-class kernel times
+(>= --min-ms, scaled to the block's LUT time) as extra points, each scored on the measured rows of
+a `validate --json` output (the random subnets and the zoo it rebuilds). Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def node_class(node: dict) -> str:
+    """A node record's op class (records collected before `class` was stored carry the shapes)."""
+    from autovit.latmodel.ort_profile import op_class
+
+    return node.get("class") or op_class(node["op"], node.get("in"), node.get("param_bytes", 0))
+
+
+def timed_nodes(onnx_bytes: bytes, shape, threads: int, runs: int) -> dict:
+    """{'run_ms' (unprofiled), 'profiled_run_ms', 'nodes'}: the profiler's own cost is the difference."""
+    from autovit.latmodel.ort_profile import node_times, session
+
+    def median_run_ms(sess) -> float:
+        feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        for _ in range(5):
+            sess.run(None, feed)
+        t = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            t.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(t))
+
+    run_ms = median_run_ms(session(onnx_bytes, threads))
+    with tempfile.TemporaryDirectory() as d:
+        profiled = median_run_ms(session(onnx_bytes, threads, d + "/p"))
+    return {"run_ms": run_ms, "profiled_run_ms": profiled, "nodes": node_times(onnx_bytes, shape, threads, runs)}
+
+
+def networks(n_random: int) -> dict[str, tuple]:
+    """name -> (build, input shape): the calib50 blocks, the default zoo, n random subnets (seed 0)."""
+    from autovit.nas.blocks import calib50
+    from autovit.latmodel.validate import DEFAULT_ZOO, random_candidates, zoo_candidates
+
+    out = {"calib50|" + b.key: ((lambda b=b: b.build()), b.input_shape()) for b in calib50()}
+    for c in zoo_candidates(list(DEFAULT_ZOO)) + random_candidates(n_random, ["xxs", "xs", "s"], 0):
+        out[c.name] = (c.build, c.shape)
+    return out
+
+
+def collect(args) -> None:
+    from autovit.latmodel.io import atomic_write_text
+    from autovit.latmodel.convert import export_onnx_bytes
+
+    out = Path(args.data) / f"per_op_t{args.threads}.json"
+    res = json.loads(out.read_text()) if out.exists() else {}
+    for name, (build, shape) in networks(args.random).items():
+        if name not in res:
+            res[name] = {"shape": list(shape), **timed_nodes(export_onnx_bytes(build().eval(), shape), shape,
+                                                             args.threads, args.runs)}
+            atomic_write_text(out, json.dumps(res))  # resumable
+            print(f"{name}: {res[name]['run_ms']:.3f} ms", file=sys.stderr)
+
+
+def group_of(name: str) -> str:
+    return "calib50" if name.startswith("calib50|") else "zoo" if name.startswith("timm:") else "random"
+
+
+def graph_of(name: str, build, shape, cache: Path):
+    from benchmarks.cpu_whole_network import cached_graph
+
+    return cached_graph(cache, name.replace("|", "_").replace("/", "_")[:150], build, tuple(shape))
+
+
+def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
+    """Per set and class: predicted ms, measured kernel ms, kernel and node counts."""
+    from autovit.latmodel.estimate import estimate
+
+    acc: dict = defaultdict(lambda: defaultdict(lambda: {"pred_ms": 0.0, "ort_ms": 0.0, "kernels": 0, "nodes": 0}))
+    overhead: dict = defaultdict(list)
+    for name, r in res.items():
+        g = group_of(name)
+        for k in estimate(graph_of(name, *builders[name], cache), profile).kernels:
+            if k.ms > 0:
+                a = acc[g][k.kernel.category]
+                a["pred_ms"] += k.ms
+                a["kernels"] += 1
+        for n in r["nodes"]:
+            a = acc[g][node_class(n)]
+            a["ort_ms"] += n["ms"]
+            a["nodes"] += 1
+        overhead[g].append(1e3 * (r["profiled_run_ms"] - r["run_ms"]) / max(len(r["nodes"]), 1))
+    out = {}
+    for g, cats in acc.items():
+        out[g] = {"profiler_us_per_node_median": float(np.median(overhead[g])),
+                  "classes": {c: {**a, "ratio": a["pred_ms"] / a["ort_ms"] if a["ort_ms"] else None,
+                                  "ort_us_per_node": 1e3 * a["ort_ms"] / a["nodes"] if a["nodes"] else None}
+                              for c, a in sorted(cats.items(), key=lambda kv: -kv[1]["ort_ms"])}}
+    return out
+
+
+def block_op_ms(res: dict, blocks) -> list[dict | None]:
+    """Per block: its collected kernel ms per op class (None where not collected)."""
+    out = []
+    for b in blocks:
+        r = res.get("calib50|" + b.key)
+        per: dict[str, float] = defaultdict(float)
+        for n in (r or {}).get("nodes", []):
+            per[node_class(n)] += n["ms"]
+        out.append(dict(per) if r else None)
+    return out
+
+
+def fit_experiment(args, res: dict, builders: dict, cache: Path) -> dict:
+    from autovit.cli.lat import reference_network
+    from autovit.latmodel.estimate import estimate
+    from autovit.latmodel.fit import ProfileCalibrator
+    from autovit.latmodel.hardware import profile_at_threads
+    from autovit.latmodel.lut import load_lut
+    from autovit.nas.blocks import BlockSpec
+    from benchmarks.cpu_whole_network import candidates, ratio_metrics, rows_of
+
+    lut = load_lut(args.lut, "local-cpu")
+    base, _ = profile_at_threads("local-cpu", args.threads)
+    entries = [e for e in lut.entries.values() if e.get("mode") == "isolated"]
+    blocks = [BlockSpec.from_dict(e["block"]) for e in entries]
+    measured = [float(e["median_ms"]) for e in entries]
+    net = reference_network(lut)
+    rows = [(r, c) for r, c in candidates(rows_of(Path(args.validation)))]
+    graphs = [graph_of(c.name, c.build, c.shape, cache) for _, c in rows]
+    out = {}
+    for variant in ("blocks+network", "blocks+network+ops"):
+        cal = ProfileCalibrator(base)
+        c = cal.fit(blocks, measured, net, block_op_ms(res, blocks) if variant.endswith("ops") else None)
+        prof = cal.fitted_profile()
+        per: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for (r, _), g in zip(rows, graphs):
+            per[r["group"]][0].append(estimate(g, prof).latency_ms)
+            per[r["group"]][1].append(r["measured_ms"])
+        out[variant] = {"points": c.n_points, "rms_log_error": c.rms_log_error, "params": c.params,
+                        "at_bound": c.at_bound, "sets": {g: ratio_metrics(*v) for g, v in per.items()}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="folder of per_op_t{threads}.json")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--collect", action="store_true", help="time the networks (a quiet machine)")
+    ap.add_argument("--random", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--hw", default="local-cpu@calibrated")
+    ap.add_argument("--lut", help="calibration LUT measured at --threads (fit experiment)")
+    ap.add_argument("--validation", help="`validate --json` output measured at --threads (fit experiment)")
+    ap.add_argument("--min-ms", type=float, default=0.1, help="smallest per-class kernel time used as a fit point")
+    ap.add_argument("--graphs", default=str(HERE / ".cache" / "per_op"), help="cache of exported graphs")
+    args = ap.parse_args()
+    Path(args.data).mkdir(parents=True, exist_ok=True)
+    if args.collect:
+        collect(args)
+    from autovit.latmodel.hardware import load_profile
+
+    res = json.loads((Path(args.data) / f"per_op_t{args.threads}.json").read_text())
+    builders = networks(args.random)
+    cache = Path(args.graphs)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = {"threads": args.threads, "hw": args.hw,
+           "residuals": residuals(res, builders, load_profile(args.hw), cache)}
+    if args.lut and args.validation:
+        out["fit_experiment"] = fit_experiment(args, res, builders, cache)
+    print(json.dumps(out, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Kernel time per op class from onnxruntime's own profiler.
+
+A block's time alone cannot tell the calibration which of its ops is slow: a conv priced too fast
+and an activation priced too slow cancel inside the block, and a network with another mix of ops
+(a ResNet: 75 % convolutions) is then mispriced (docs/BENCHMARKS.md, "per-op residuals").
+onnxruntime's profiler times every kernel of a run; summed per op class, those times give the
+calibration one point per class and block (fit.ProfileCalibrator.fit, `op_ms`).
+
+The profiler adds a few microseconds to every node, so only classes whose kernels take far
+longer than that are used as points (`OP_POINT_MIN_MS`), and they are scaled so that a block's
+profiled kernels sum to its unprofiled LUT time.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The model's categories (kernels.py) of onnxruntime's op types after its graph optimisations.
+_CLASS_OF_OP = {
+    **dict.fromkeys(("Add", "Mul", "Sub", "Div", "Pow", "Sqrt", "Erf", "Where", "Equal", "Neg", "Reciprocal"),
+                    "elementwise"),
+    **dict.fromkeys(("Relu", "Gelu", "Sigmoid", "HardSigmoid", "HardSwish", "Clip", "Tanh", "QuickGelu",
+                     "FastGelu", "BiasGelu"), "activation"),
+    **dict.fromkeys(("LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization",
+                     "BatchNormalization", "GroupNorm", "InstanceNormalization", "ReduceMean"), "norm"),
+    **dict.fromkeys(("Transpose", "Reshape", "Split", "Concat", "ReorderInput", "ReorderOutput", "Flatten",
+                     "Squeeze", "Unsqueeze", "Gather", "Slice", "Expand", "Shape", "Identity", "Pad", "Tile",
+                     "Resize"), "layout"),
+    "Softmax": "attention",
+}
+_CONVS = ("Conv", "FusedConv", "NchwcConv")
+_MATMULS = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm")
+# Classes used as calibration points: compute kernels whose time dwarfs the profiler's own cost.
+OP_POINT_CLASSES = ("conv", "dwconv", "linear", "attention", "activation", "norm")
+OP_POINT_MIN_MS = 0.1
+
+
+def op_class(op: str, input_shapes: list[Any] | None = None, param_bytes: int = 0) -> str:
+    """The model's category of an onnxruntime node: a convolution whose weight has one input
+    channel per group (and more than one group) is depthwise; a MatMul without weights multiplies
+    two activations (attention's QK and AV)."""
+    if op in _CONVS:
+        shapes = input_shapes or []
+        w = list(shapes[1].values())[0] if len(shapes) > 1 and isinstance(shapes[1], dict) else None
+        return "dwconv" if w and len(w) == 4 and w[1] == 1 and w[0] > 1 else "conv"
+    if op in _MATMULS:
+        return "linear" if param_bytes > 0 else "attention"
+    if "Pool" in op:
+        return "pooling"
+    return _CLASS_OF_OP.get(op, "other")
+
+
+def session(onnx_bytes: bytes, threads: int, profile_prefix: str | None = None):
+    """An onnxruntime CPU session as `profile` and `validate` time them (all graph optimisations,
+    `threads` intra-op threads), profiling into `profile_prefix`* when given."""
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
+    o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix:
+        o.enable_profiling, o.profile_file_prefix = True, profile_prefix
+    return ort.InferenceSession(onnx_bytes, o, providers=["CPUExecutionProvider"])
+
+
+def node_times(onnx_bytes: bytes, shape: tuple[int, ...], threads: int, runs: int = 30) -> list[dict]:
+    """Every kernel of one profiled run: [{name, op, class, ms}], ms the median over `runs` runs
+    after 5 warm-up runs (ms of the kernel alone, as onnxruntime's profiler reports it)."""
+    with tempfile.TemporaryDirectory() as d:
+        sess = session(onnx_bytes, threads, str(Path(d) / "p"))
+        feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        for _ in range(5 + runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per: dict[str, list[float]] = defaultdict(list)
+    info: dict[str, dict] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            name, a = e["name"][: -len("_kernel_time")], e.get("args", {})
+            per[name].append(float(e["dur"]) / 1e3)
+            op = str(a.get("op_name", ""))
+            info[name] = {"op": op, "class": op_class(op, a.get("input_type_shape"), int(a.get("parameter_size", 0) or 0))}
+    return [{"name": n, **info[n], "ms": float(np.median(v[-runs:]))} for n, v in per.items()]
+
+
+def class_times(onnx_bytes: bytes, shape: tuple[int, ...], threads: int, runs: int = 30) -> dict[str, float]:
+    """Kernel ms per op class of one run (see node_times)."""
+    out: dict[str, float] = defaultdict(float)
+    for n in node_times(onnx_bytes, shape, threads, runs):
+        out[n["class"]] += n["ms"]
+    return dict(out)
+
+
+def op_points(op_ms: dict[str, float], block_ms: float) -> dict[str, float]:
+    """The classes of one block usable as calibration points, in ms scaled so that the block's
+    profiled kernels sum to its unprofiled time `block_ms`."""
+    total = sum(op_ms.values())
+    if total <= 0:
+        return {}
+    return {c: v * block_ms / total for c, v in op_ms.items() if c in OP_POINT_CLASSES and v >= OP_POINT_MIN_MS}
+
+
+def annotate_lut(lut, path: str | Path, blocks: list, onnx_of, threads: int, runs: int = 30,
+                 on_progress=None) -> int:
+    """Add `op_ms` (kernel ms per op class, see class_times) to every isolated entry of `blocks`
+    in `lut` that lacks it, saving after each; `onnx_of(block) -> ONNX bytes`. Returns how many
+    entries were annotated. Resumable: an entry that has `op_ms` is skipped."""
+    done = 0
+    for block in blocks:
+        e = lut.entries.get(lut.entry_key("isolated", block))
+        if e is None or "op_ms" in e:
+            continue
+        shape = tuple(block.input_shape())
+        e["op_ms"] = class_times(onnx_of(block), shape, threads, runs)
+        lut.save(path)
+        done += 1
+        if on_progress:
+            on_progress(block)
+    return done

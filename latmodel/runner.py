@@ -1,0 +1,111 @@
+"""Timing many things on this machine: ready-to-time runners, the drift monitor's reference,
+and the one measurement loop that `profile` (blocks into a LUT) and `validate` (whole models)
+share.
+
+The loop measures every item in `rounds` bursts, one pass over all items per round, so a slow
+spell of a shared machine hits one burst of many items rather than every burst of a few. With
+a drift monitor (measure.DriftMonitor) a reference model is timed before every few bursts; an
+item the backend cannot run is reported and the rest go on.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Hashable, Sequence
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.measure import DriftMonitor, Measurement, TimingPolicy, check_backend, cuda_event_timer, time_callable
+
+Runner = tuple[Callable[[], object], Callable | None]
+
+
+def prepare(module, shape: tuple[int, ...], backend: str, threads: int) -> Runner:
+    """A ready-to-time call of `module` on one input of `shape` with `backend`: (run, timed),
+    where `timed` (CUDA events) times one call itself and None means wall clock."""
+    import numpy as np
+    import torch
+
+    check_backend(backend)
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        from autovit.latmodel.convert import export_onnx_bytes
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(export_onnx_bytes(module, shape), opts, providers=["CPUExecutionProvider"])
+        feed = {"input": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+        return _first_calls((lambda: sess.run(None, feed))), None
+    if backend in ("torch", "torch-cuda"):
+        cuda = backend == "torch-cuda"
+        if not cuda:
+            torch.set_num_threads(threads)
+        device = "cuda" if cuda else "cpu"
+        module = module.eval().to(device)
+        x = torch.randn(shape, device=device)
+
+        def run() -> None:
+            with torch.inference_mode():
+                module(x)
+        return _first_calls(run), (cuda_event_timer(torch) if cuda else None)
+    raise AutoVitError(f"backend '{backend}' cannot measure here")  # coreml: check_backend already refused off macOS
+
+
+# The first calls of a new session allocate its memory arenas and wake its thread pool; they are
+# several times slower than the rest (seen here: 17 ms, then 8 ms), so every runner makes them
+# once, before any burst's own warm-up.
+FIRST_CALLS = 5
+
+
+def _first_calls(run: Callable[[], object]) -> Callable[[], object]:
+    for _ in range(FIRST_CALLS):
+        run()
+    return run
+
+
+def drift_monitor(reference_module, input_shape: tuple[int, ...], backend: str, threads: int, policy: TimingPolicy,
+                  every: int = 8, name: str = "reference") -> DriftMonitor:
+    """`reference_module` (best: a network made of what the measured items are made of) ready
+    to time between measurements; `name` is recorded in the LUT as its reference model."""
+    run, timed = prepare(reference_module, input_shape, backend, threads)
+    return DriftMonitor(run, policy, timed, every, name)
+
+
+def failure_line(e: Exception) -> str:
+    """One line for an exception a backend or exporter raised."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+
+def measure_rounds(items: Sequence[Any], rounds: int, policy: TimingPolicy,
+                   key: Callable[[Any], Hashable], runners: Callable[[Any], list[Runner]],
+                   record: Callable[[Any, list[Measurement], float | None], None],
+                   done: Callable[[Any, int], bool] | None = None, monitor: DriftMonitor | None = None,
+                   on_step: Callable[[Any, Measurement | None, str | None], None] | None = None) -> dict[Hashable, str]:
+    """Time every item in `rounds` passes (module doc). Per item: `runners(item)` (built once)
+    -> one burst each, handed to `record(item, bursts, reference_ms)` with the drift monitor's
+    reference burst (ms, or None without a monitor); an item for which `done(item, round)` is
+    true is skipped that round. `on_step(item, first burst or None, error or None)` follows
+    every burst. Returns {key: error} of the items that failed (each is tried once)."""
+    built: dict[Hashable, list[Runner]] = {}
+    failures: dict[Hashable, str] = {}
+    for r in range(rounds):
+        for item in items:
+            k = key(item)
+            if k in failures or (done is not None and done(item, r)):
+                continue
+            try:
+                if k not in built:
+                    built[k] = runners(item)
+                reference_ms = monitor.before_item() if monitor is not None else None
+                bursts = [time_callable(run, policy, timed=timed) for run, timed in built[k]]
+            except AutoVitError:
+                raise
+            except Exception as e:  # noqa: BLE001 - an item the backend cannot run: report it, go on with the rest
+                failures[k] = failure_line(e)
+                if on_step:
+                    on_step(item, None, failures[k])
+                continue
+            record(item, bursts, reference_ms)
+            if on_step:
+                on_step(item, bursts[0], None)
+    return failures

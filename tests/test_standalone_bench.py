@@ -1,0 +1,78 @@
+"""benchmarks/standalone.py and ranking.py helpers: a stand-alone run trained in parts is the
+run trained at once, recipe values name the run folder, and partial rankings spread over the
+range."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def tiny():
+    from autovit.nas.data import open_data
+    from autovit.nas.train import TrainConfig, supernet_space
+
+    cfg = TrainConfig(space="xxs", data="mnist5k", batch_size=16, steps_per_epoch=2, val_images=32, bn_batches=1)
+    return cfg, supernet_space(cfg, open_data("mnist5k")).smallest()
+
+
+def test_run_in_parts_equals_run_at_once(tmp_path):
+    from standalone import standalone
+
+    from autovit.nas.checkpoint import load_checkpoint
+
+    cfg, arch = tiny()
+    first = standalone(cfg, arch, 0, 2, tmp_path / "parts", stop_after=1)
+    assert first["top1"] is None and first["epochs"] == 1 and first["parts"] == 1
+    parts = standalone(cfg, arch, 0, 2, tmp_path / "parts")
+    whole = standalone(cfg, arch, 0, 2, tmp_path / "whole")
+    assert (parts["parts"], whole["parts"], parts["timed_epochs"], parts["epochs"]) == (2, 1, 2, 2)
+    assert parts["top1"] == whole["top1"]
+    a, b = (load_checkpoint(Path(r["folder"]) / "last.ckpt") for r in (parts, whole))
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert parts["cpu_s"] > first["cpu_s"] > 0
+    again = standalone(cfg, arch, 0, 2, tmp_path / "parts")
+    assert again["reused"] and again["top1"] == parts["top1"]
+
+
+def test_recipe_values_name_the_run_folder(tmp_path):
+    from standalone import recipe_config, run_folder
+
+    cfg, arch = tiny()
+    same = recipe_config(cfg, {"lr": None, "batch_size": 16})
+    other = recipe_config(cfg, {"lr": 1e-3})
+    assert other.lr == 1e-3 and same.lr is None
+    assert run_folder(tmp_path, cfg, arch, 0, 2) == run_folder(tmp_path, same, arch, 0, 2)
+    assert run_folder(tmp_path, cfg, arch, 0, 2) != run_folder(tmp_path, other, arch, 0, 2)
+    assert run_folder(tmp_path, cfg, arch, 0, 2) != run_folder(tmp_path, cfg, arch, 1, 2)
+
+
+def test_spread_order_takes_the_ends_then_fills_the_widest_gap():
+    from ranking import spread_order
+
+    assert spread_order(12)[:4] == [0, 11, 5, 8]
+    for n in (1, 2, 3, 12):
+        assert sorted(spread_order(n)) == list(range(n))
+
+
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+    from autovit.nas.data import open_data
+    from autovit.nas.supernet import Supernet
+    from autovit.nas.train import TrainConfig, supernet_space
+
+    space = supernet_space(TrainConfig(space="xxs", data="mnist5k"), open_data("mnist5k"))
+    net = Supernet(space)
+    net.zero_init_residual()
+    net.set_active_subnet(space.largest())
+    tokens = torch.randn(2, 5, max(space.transformer[0].widths))
+    for layer in net.mobilevit[0].transformer:
+        assert torch.equal(layer(tokens), tokens)
+    x = torch.randn(2, max(space.mbconv[0].widths), 8, 8)
+    net.eval()
+    assert torch.allclose(net.mbconv[0][1](x), x)
+    assert net.mbconv[0][0].project[1].weight.abs().sum() > 0  # no skip connection there: left as it was
+    assert net(torch.randn(2, 3, 32, 32)).abs().sum() > 0
