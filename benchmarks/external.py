@@ -31,9 +31,10 @@ sys.path.insert(0, str(HERE))
 
 # The export, graph cache and job runner, the figures and the whole-network fit are the library's,
 # shared with `autovit-lat validate --measurements` / `calibrate --networks`.
+from autovit.latmodel.measurements import timm_graph_key  # noqa: E402
 from autovit.latmodel.netcal import calibrated_evaluate  # noqa: E402
-from autovit.latmodel.network_graphs import (build_models, coreml_profile, export_timm, graph_path, run_exports,  # noqa: E402
-                                             unresolved_share)
+from autovit.latmodel.network_graphs import (REPARAM_METHODS, build_models, coreml_profile, export_timm,  # noqa: E402
+                                             failed_exports, graph_path, record_failures, run_exports, unresolved_share)
 from apple import (APPLE_SETS, HELDOUT_SETS, TABLES, apple_rows, coreml_format, disagreements, excluded_rows,  # noqa: E402
                    residual_png)
 
@@ -44,6 +45,10 @@ TIMM_SETS = {
     "cpu-i7-12700h": ("timm/benchmark-infer-fp32-nchw-pt240-cpu-i7_12700h-dynamo.csv", "cpu-i7-12700h", "fp32"),
 }
 OFA_SETS = {"v100-ofa-b1": 1, "v100-ofa-b32": 32, "v100-ofa-b64": 64}
+# Sets timed with timm's `benchmark.py --reparam` (training-time branches fused first): in the RTX 4090
+# file, re-parameterisable models (MobileOne, RepVGG, RepGhost) run 2.5-6x faster than in the RTX 3090
+# file, other models 1.3-1.5x (docs/BENCHMARKS.md §1); their graphs are exported re-parameterised.
+REPARAM_SETS = {"rtx4090"}
 # Larger models exceed protobuf's 2 GB ONNX limit or the time box of a 2-core export.
 MAX_PARAMS_M = 200.0
 
@@ -54,6 +59,27 @@ def find_data(explicit: str | None) -> Path:
         if cand.is_dir():
             return cand
     sys.exit("external-latency data not found: pass --data PATH (the shared/external-latency folder)")
+
+
+def _reparameterizable(model: str) -> bool:
+    """Whether timm's module for `model` defines a re-parameterisation (a `reparameterize`, `fuse` or
+    `switch_to_deploy` method: what timm.utils.reparameterize_model calls)."""
+    import inspect
+    import re
+
+    from timm.models import model_entrypoint
+
+    try:
+        module = sys.modules[model_entrypoint(model).__module__]
+    except (RuntimeError, KeyError):  # not in the installed timm: the export reports it
+        return False
+    return re.search(rf"def ({'|'.join(REPARAM_METHODS)})\(", inspect.getsource(module)) is not None
+
+
+def timm_key(model: str, size, reparam: bool) -> str:
+    """Graph-cache key of a timm row; a re-parameterised export (the Apple tables' key) where the set
+    was timed re-parameterised and the model can be."""
+    return timm_graph_key(model, size) if reparam and _reparameterizable(model) else f"timm__{model}__{size}"
 
 
 def _export_ofa(idx: int, res: int, ks: str, e: str, d: str, out: str) -> str:
@@ -68,7 +94,7 @@ def _export_ofa(idx: int, res: int, ks: str, e: str, d: str, out: str) -> str:
     from autovit.latmodel.io import atomic_write_bytes
     from autovit.latmodel.sources import module_graph
 
-    model = OFAMobileNetV3(*parse_row(ks, e, d))
+    model = OFAMobileNetV3(*parse_row(ks, e, d), ops="torch")
     g = module_graph(model, (1, 3, res, res), source=f"ofa:{idx}")
     atomic_write_bytes(Path(out), pickle.dumps(g))
     return "ok"
@@ -109,8 +135,13 @@ def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list
     random.Random(seed).shuffle(order)
     train, test = order[:k], order[k:]
     pick = lambda idx: ([nets[i] for i in idx], [meas[i] for i in idx], [flops[i] for i in idx])  # noqa: E731
-    return {"set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed,
-            **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
+    from autovit.latmodel.errors import AutoVitError
+
+    head = {"set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed}
+    try:
+        return {**head, **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
+    except AutoVitError as e:  # fewer rows than free parameters: the fit is refused, the set reported
+        return {**head, "refused": str(e)}
 
 
 def kshot_table(results: list[dict]) -> str:
@@ -120,6 +151,9 @@ def kshot_table(results: list[dict]) -> str:
             "|---|---|---|---|---|---|---|\n")
     rows = []
     for r in results:
+        if "refused" in r:
+            rows.append(f"| {r['set']} | {r['k']} | {r['n_test']} | refused: {r['refused'].split(' (')[0]} | | | |")
+            continue
         u, f, p = r["uncalibrated"], r["baselines"]["flops"], r["baselines"]["params"]
         label = r["set"] + (f" (calibrated on {r['calibrated_on']})" if "calibrated_on" in r else "")
         rows.append(f"| {label} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
@@ -422,6 +456,100 @@ def apple_table(results: list[dict]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def roofline_ablation(name: str, profile, dtype: str, nets: list[tuple], meas: list[float], flops: list[float],
+                      extra: dict | None = None) -> dict:
+    """Kendall tau of one GPU/CPU set with every roofline mechanism of its profile on ("all"),
+    each switched off in turn ("-name"), all off ("none"), and the assumed figures halved and
+    doubled, and the FLOPs tau; `extra` maps more labels to other graphs of the same rows, priced
+    with every mechanism on."""
+    from dataclasses import replace
+
+    from scipy import stats
+
+    def tau(p, ns) -> float:
+        return round(float(stats.kendalltau([lm.estimate(p, b, dtype).latency_ms for lm, b, _ in ns], meas).statistic), 4)
+
+    variants = {"all": profile}
+    for m in profile.mechanisms:
+        variants[f"-{m}"] = replace(profile, mechanisms=tuple(x for x in profile.mechanisms if x != m))
+    if len(profile.mechanisms) > 1:
+        variants["none"] = replace(profile, mechanisms=())
+    # The assumed figures: the host's cost per op, the per-thread start of fork_join, the integer
+    # ops per tap of dw_loop.
+    assumed = {"dispatch_us": True, "fork_join_us": profile.uses("fork_join"), "dw_loop_int_ops": profile.uses("dw_loop")}
+    for figure in [f for f, used in assumed.items() if used]:
+        for label, f in (("/2", 0.5), ("*2", 2.0)):
+            variants[figure + label] = replace(profile, **{figure: getattr(profile, figure) * f})
+    out = {label: tau(p, nets) for label, p in variants.items()}
+    out.update({label: tau(profile, ns) for label, ns in (extra or {}).items()})
+    return {"set": name, "hw": profile.name, "n": len(nets), "ablation_tau": out,
+            "flops_tau": round(float(stats.kendalltau(flops, meas).statistic), 4)}
+
+
+def ofa_models(ofa: list[dict], cache: Path, jobs: int, ops: str) -> dict:
+    """(graph, LatencyModel) per OFA row index: the subnet exported with torch's fused modules
+    (cached; exported where missing) and, for ops="ofa", rewritten to the ops of OFA's own code
+    (ofa_mbv3.ofa_code_graph, which gives the graph an export of that form gives)."""
+    from ofa_mbv3 import ofa_code_graph
+
+    from autovit.latmodel.estimate import LatencyModel
+
+    path = lambda r: graph_path(cache, f"ofa__{r['idx']}")  # noqa: E731
+    todo = [(_export_ofa, f"ofa__{r['idx']}", int(r["idx"]), int(r["resolution"]), r["ks"], r["e"], r["d"], str(path(r)))
+            for r in ofa if not path(r).exists()]
+    run_exports(todo, jobs, "export OFA subnets")
+    models = {}
+    for r in ofa:
+        if path(r).exists():
+            g = pickle.loads(path(r).read_bytes())
+            g = ofa_code_graph(g) if ops == "ofa" else g
+            models[r["idx"]] = (g, LatencyModel(g))
+    return models
+
+
+def ofa_rows(data: Path, n: int, seed: int) -> list[dict]:
+    """The HELP OFA rows: `n` seeded subnets of the 5,000 (0: all)."""
+    with open(data / "help-ofa/ofa_mbv3_latency_ms.csv") as f:
+        ofa = list(csv.DictReader(f))
+    return random.Random(seed).sample(ofa, min(n, len(ofa))) if n else ofa
+
+
+def run_ofa(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
+    """Score the HELP V100 sets (the same OFA subnets at batch 1, 32, 64); print JSON per set."""
+    from scipy import stats
+
+    from autovit.latmodel.hardware import load_profile
+
+    ofa = ofa_rows(data, args.ofa_n, args.seed)
+    models = ofa_models(ofa, cache, args.jobs, args.ofa_ops)
+    others = ofa_models(ofa, cache, args.jobs, "torch") if args.ablation and args.ofa_ops == "ofa" else {}
+    rows = [r for r in ofa if r["idx"] in models]
+    v100 = load_profile("v100")
+    results = []
+    for s in wanted:
+        b = OFA_SETS[s]
+        nets = [(models[r["idx"]][1], b, float(models[r["idx"]][0].params)) for r in rows]
+        meas = [float(r[f"v100_{b}"]) for r in rows]
+        ests = [lm.estimate(v100, b, "fp32") for lm, _, _ in nets]
+        flops = [e.flops for e in ests]
+        if args.kshot:
+            res = kshot_evaluate(s, v100, "fp32", nets, meas, flops, args.kshot, args.seed)
+        elif args.ablation:
+            extra = {"-ofa_ops": [(others[r["idx"]][1], b, 0.0) for r in rows]} if others else None
+            res = roofline_ablation(s, v100, "fp32", nets, meas, flops, extra)
+        else:
+            acts = [sum(c.out_elems for c in lm.costs.values()) * b for lm, _, _ in nets]
+            skipped = {"export failed": len(ofa) - len(rows)} if len(rows) < len(ofa) else {}
+            res = evaluate(s, [e.latency_ms for e in ests], meas, flops, acts, skipped, "v100",
+                           {"dtype": "fp32", "batch": b, "ops": args.ofa_ops, "source": "help-ofa/ofa_mbv3_latency_ms.csv"})
+            # The issue's reference point: the number of blocks alone ranks batch-1 latency well.
+            blocks = [sum(int(x) for x in r["d"].split()) for r in rows]
+            res["baselines"]["num_blocks_kendall_tau"] = round(float(stats.kendalltau(blocks, meas).statistic), 4)
+        results.append(res)
+        print(json.dumps(res), flush=True)
+    return results
+
+
 def wanted_sets(text: str) -> list[str]:
     """--sets: comma-separated names, 'apple' and 'heldout' standing for their tables."""
     aliases = {"apple": list(APPLE_SETS), "heldout": list(HELDOUT_SETS)}
@@ -440,6 +568,8 @@ def main() -> None:
                     + "), 'heldout' = the held-out README tables (" + ", ".join(HELDOUT_SETS) + ")")
     ap.add_argument("--n", type=int, default=300, help="timm rows per set (0 = all)")
     ap.add_argument("--ofa-n", type=int, default=400, help="OFA subnets (0 = all 5,000)")
+    ap.add_argument("--ofa-ops", choices=("ofa", "torch"), default="ofa",
+                    help="OFA subnets with the element-wise ops of OFA's code (h_swish as 4 ops; default) or torch's fused modules")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--cache", default=str(HERE / ".cache"))
@@ -449,7 +579,7 @@ def main() -> None:
     ap.add_argument("--apple-hw", metavar="PROFILE", help="price every Apple table on this profile (default: its chip's)")
     ap.add_argument("--plots", metavar="DIR", help="write a residual PNG per Apple table here")
     ap.add_argument("--ablation", action="store_true",
-                    help="Apple tables: Kendall tau with each Neural Engine mechanism switched off in turn")
+                    help="Apple tables: Kendall tau with each Neural Engine mechanism switched off in turn; GPU/CPU sets: each roofline mechanism")
     ap.add_argument("--sensitivity", action="store_true",
                     help="Apple tables: Kendall tau with each assumed profile figure halved and doubled")
     ap.add_argument("--loto", action="store_true",
@@ -474,6 +604,8 @@ def main() -> None:
         sys.exit("--calibrate-on needs --kshot K and one of the Apple tables: " + ", ".join(TABLES))
     if args.kshot and args.out == str(HERE / "results" / "external.jsonl"):
         args.out = str(HERE / "results" / "external_kshot.jsonl")
+    if args.ablation and args.out == str(HERE / "results" / "external.jsonl"):
+        args.out = str(HERE / "results" / "external_ablation.jsonl")
 
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.io import atomic_write_text
@@ -509,10 +641,21 @@ def main() -> None:
         todo = {}
         for s in timm_wanted:
             for r in chosen[s]:
-                key = f"timm__{r['model']}__{r['infer_img_size']}"
+                key = timm_key(r["model"], r["infer_img_size"], False)
                 if not graph_path(cache, key).exists():
                     todo[key] = (export_timm, key, r["model"], int(r["infer_img_size"]), str(graph_path(cache, key)))
-        status = run_exports(list(todo.values()), args.jobs, "export timm models")
+        status = failed_exports(cache, todo)
+        status.update(run_exports([job for k, job in todo.items() if k not in status], args.jobs, "export timm models"))
+        record_failures(cache, status)
+        # The re-parameterised graphs of the rows a plain export could price (the same rows in every set).
+        todo = {}
+        for s in timm_wanted:
+            for r in chosen[s] if s in REPARAM_SETS else []:
+                key = timm_key(r["model"], r["infer_img_size"], True)
+                plain = graph_path(cache, timm_key(r["model"], r["infer_img_size"], False))
+                if key.startswith("timm-rep__") and plain.exists() and not graph_path(cache, key).exists():
+                    todo[key] = (export_timm, key, r["model"], int(r["infer_img_size"]), str(graph_path(cache, key)), True)
+        run_exports(list(todo.values()), args.jobs, "export re-parameterised timm models")
         profiles = {TIMM_SETS[s][1]: load_profile(TIMM_SETS[s][1]) for s in timm_wanted}
         for s in timm_wanted:
             _, hw, dtype = TIMM_SETS[s]
@@ -522,8 +665,13 @@ def main() -> None:
             for r in chosen[s]:
                 if args.n and len(pred) >= args.n:
                     break
-                key = f"timm__{r['model']}__{r['infer_img_size']}"
+                key = timm_key(r["model"], r["infer_img_size"], False)
                 gp = graph_path(cache, key)
+                rep = graph_path(cache, timm_key(r["model"], r["infer_img_size"], s in REPARAM_SETS))
+                if gp.exists() and rep != gp:
+                    if not rep.exists():  # counted, and priced as exported (a note, not a skip)
+                        sk["priced without re-parameterisation"] = sk.get("priced without re-parameterisation", 0) + 1
+                    gp = rep if rep.exists() else gp
                 if not gp.exists():
                     reason = status.get(key, "skip: export failed").removeprefix("skip: ")
                     reason = "not in installed timm" if reason.startswith("unknown timm model") else reason
@@ -541,6 +689,8 @@ def main() -> None:
                 acts.append(float(r["infer_macts"]) * batch)
             if args.kshot:
                 res = kshot_evaluate(s, profiles[hw], dtype, nets, meas, flops, args.kshot, args.seed)
+            elif args.ablation:
+                res = roofline_ablation(s, profiles[hw], dtype, nets, meas, flops)
             else:
                 res = evaluate(s, pred, meas, flops, acts, sk, hw, {"dtype": dtype, "source": TIMM_SETS[s][0]})
             results.append(res)
@@ -552,55 +702,7 @@ def main() -> None:
 
     ofa_wanted = [s for s in wanted if s in OFA_SETS]
     if ofa_wanted:
-        with open(data / "help-ofa/ofa_mbv3_latency_ms.csv") as f:
-            ofa = list(csv.DictReader(f))
-        if args.ofa_n:
-            ofa = random.Random(args.seed).sample(ofa, min(args.ofa_n, len(ofa)))
-        todo = {}
-        for r in ofa:
-            key = f"ofa__{r['idx']}"
-            if not graph_path(cache, key).exists():
-                todo[key] = (_export_ofa, key, int(r["idx"]), int(r["resolution"]), r["ks"], r["e"], r["d"],
-                             str(graph_path(cache, key)))
-        run_exports(list(todo.values()), args.jobs, "export OFA subnets")
-        v100 = {"v100": load_profile("v100")}
-        models = {}
-        for r in ofa:
-            gp = graph_path(cache, f"ofa__{r['idx']}")
-            if gp.exists():
-                from autovit.latmodel.estimate import LatencyModel
-
-                g = pickle.loads(gp.read_bytes())
-                models[r["idx"]] = (g, LatencyModel(g))
-        for s in ofa_wanted:
-            b = OFA_SETS[s]
-            pred, meas, flops, acts = [], [], [], []
-            nets = []
-            for r in ofa:
-                if r["idx"] not in models:
-                    continue
-                g, lm = models[r["idx"]]
-                nets.append((lm, b, float(g.params)))
-                est = lm.estimate(v100["v100"], b, "fp32")
-                pred.append(est.latency_ms)
-                meas.append(float(r[f"v100_{b}"]))
-                flops.append(est.flops)
-                acts.append(sum(c.out_elems for c in lm.costs.values()) * b)
-            skipped = {"export failed": len(ofa) - len(models)} if len(models) < len(ofa) else {}
-            if args.kshot:
-                res = kshot_evaluate(s, v100["v100"], "fp32", nets, meas, flops, args.kshot, args.seed)
-                results.append(res)
-                print(json.dumps(res), flush=True)
-                continue
-            res = evaluate(s, pred, meas, flops, acts, skipped, "v100",
-                           {"dtype": "fp32", "batch": b, "source": "help-ofa/ofa_mbv3_latency_ms.csv"})
-            # The issue's reference point: the number of blocks alone ranks batch-1 latency well.
-            blocks = [sum(int(x) for x in r["d"].split()) for r in ofa if r["idx"] in models]
-            from scipy import stats
-
-            res["baselines"]["num_blocks_kendall_tau"] = round(float(stats.kendalltau(blocks, meas).statistic), 4)
-            results.append(res)
-            print(json.dumps(res), flush=True)
+        results += run_ofa(args, data, cache, ofa_wanted)
 
     atomic_write_text(Path(args.out), "".join(json.dumps(r) + "\n" for r in results))
     print(f"wrote {args.out} in {time.time() - t0:.0f} s", file=sys.stderr)

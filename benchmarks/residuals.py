@@ -12,10 +12,8 @@ Positive r: predicted too slow.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import pickle
-import random
 import re
 import sys
 from collections import defaultdict
@@ -26,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from external import OFA_SETS, TIMM_SETS, find_data, timm_rows  # noqa: E402
+from external import OFA_SETS, REPARAM_SETS, TIMM_SETS, find_data, ofa_models, ofa_rows, timm_key, timm_rows  # noqa: E402
 
 from autovit.latmodel.network_graphs import graph_path, unresolved_share  # noqa: E402
 
@@ -93,7 +91,7 @@ def main() -> None:
         profile = load_profile(hw)
         pred, meas, fams, shares = [], [], [], []
         for r in rows[name]:
-            gp = graph_path(cache, f"timm__{r['model']}__{r['infer_img_size']}")
+            gp = graph_path(cache, timm_key(r["model"], r["infer_img_size"], name in REPARAM_SETS))
             if not gp.exists():
                 continue
             g = pickle.loads(gp.read_bytes())
@@ -114,11 +112,9 @@ def main() -> None:
             "over": [{"family": f, "n": n, "r": m} for m, f, n in fam[::-1][:6]]},
             "corr_with_category_share": _category_corr(shares, res)}))
 
-    with open(data / "help-ofa/ofa_mbv3_latency_ms.csv") as f:
-        ofa = list(csv.DictReader(f))
-    ofa = random.Random(args.seed).sample(ofa, min(args.ofa_n, len(ofa)))
-    models = [(r, LatencyModel(pickle.loads(graph_path(cache, f"ofa__{r['idx']}").read_bytes())))
-              for r in ofa if graph_path(cache, f"ofa__{r['idx']}").exists()]
+    ofa = ofa_rows(data, args.ofa_n, args.seed)
+    built = ofa_models(ofa, cache, 1, "ofa")
+    models = [(r, built[r["idx"]][1]) for r in ofa if r["idx"] in built]
     v100 = load_profile("v100")
     feats = {
         "resolution": [int(r["resolution"]) for r, _ in models],

@@ -69,7 +69,7 @@ class LatencyModel:
         # in numbers alone (a calibration's trial values) share them.
         fb = profile.fallback.unsupported_ops if profile.fallback else None
         key = (profile.fusion, profile.elided, profile.strided_readers, fb,
-               profile.ane.mechanisms if profile.ane else None)
+               profile.ane.mechanisms if profile.ane else None, profile.mechanisms)
         if key not in self._kernels:
             self._kernels[key] = form_kernels(self.graph, self.costs, profile)
         return self._kernels[key]

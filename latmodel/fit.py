@@ -28,7 +28,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     # than a streaming copy), so the layout multiplier needs room.
     "layout_penalty": (0.1, 100.0), "k_half": (0.0, 1024.0),
     "run_us": (0.0, 500.0), "layout_run_ns": (0.0, 100.0), "transcendental_flops": (1.0, 200.0),
-    "reduce_row_ns": (0.0, 1000.0),
+    "reduce_row_ns": (0.0, 1000.0), "fork_join_us": (0.0, 100.0),
 }
 
 

@@ -44,6 +44,7 @@ class FusionRule:
     category: str | None = None
     unary: tuple[str, ...] = ()
     max_unary: int = 0
+    scaled_operands: bool = False  # a pattern rule fires only where both operands of its first op come from a Mul/Div
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,18 @@ class Fallback:
 ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align", "layout", "fallback", "depthwise",
                   "tokens", "rank5")
 
+# The GPU and CPU roofline timer's mechanisms beyond launch + max(compute, memory), each a switch
+# (`mechanisms = [...]` in a profile; the ablation in docs/BENCHMARKS.md turns them off one at a time):
+# attention is one kernel only where the model called F.scaled_dot_product_attention (sdpa_call);
+# a direct depthwise convolution loads an input and a weight element per tap through L1 (dw_taps);
+# in fp16, torch.autocast runs the ops of its float32 list in fp32 between two casts (autocast);
+# a CPU kernel split over several threads pays to start and join each of them (fork_join);
+# a loop torch.compile generated for a CPU runs on one thread or on every core (inductor_threads);
+# a convolution library that computes in blocked layouts reorders unpacked weights per call (weight_relayout);
+# a direct depthwise kernel not unrolled for its size issues loop instructions per tap (dw_loop).
+ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
+                       "dw_loop")
+
 
 @dataclass(frozen=True)
 class NeuralEngine:
@@ -103,7 +116,7 @@ PARAMETER_FIELDS = {
     "dispatch_us": ("overhead", "dispatch_us"), "view_dispatch_us": ("overhead", "view_dispatch_us"),
     "layout_penalty": ("efficiency", "layout_penalty"), "k_half": ("efficiency", "k_half"),
     "run_us": ("overhead", "run_us"), "layout_run_ns": ("efficiency", "layout_run_ns"),
-    "reduce_row_ns": ("efficiency", "reduce_row_ns"),
+    "reduce_row_ns": ("efficiency", "reduce_row_ns"), "fork_join_us": ("overhead", "fork_join_us"),
     "transcendental_flops": ("compute", "transcendental_flops"),
 }
 
@@ -156,6 +169,19 @@ class HardwareProfile:
     # width; the others run in NCHW through MLAS's im2col + GEMM, between reorders (timing.nchwc_runs).
     nchwc_channels: bool = False
     gemm_thread_macs: float = 0.0  # multiply-adds per thread before MLAS splits a GEMM over one more (0: no limit)
+    mechanisms: tuple[str, ...] = ()  # roofline mechanisms switched on (ROOFLINE_MECHANISMS)
+    clock_ghz: float = 0.0  # boost clock of the units (GPU SMs): with l1_loads_per_clock, the L1 load rate
+    l1_loads_per_clock: int = 0  # 32-bit loads one unit's L1 serves per clock (0: no L1 figure, no dw_taps)
+    amp_fp32_ops: tuple[str, ...] = ()  # ONNX op types torch.autocast runs in fp32 (mechanism autocast)
+    fork_join_us: float = 0.0  # per thread a CPU kernel wakes and joins (mechanism fork_join)
+    min_chunk: int = 0  # elements per thread below which a compiled CPU loop stays on one thread (inductor_threads)
+    int_ops_per_clock: int = 0  # 32-bit integer ops one unit (GPU SM) completes per clock (dw_loop)
+    dw_unrolled_max: int = 0  # largest depthwise kernel size the direct kernel has unrolled tap loops for (dw_loop)
+    dw_loop_int_ops: float = 0.0  # integer ops per tap of the direct depthwise kernel's run-time loop (dw_loop)
+
+    def uses(self, mechanism: str) -> bool:
+        """Whether the roofline mechanism `mechanism` (ROOFLINE_MECHANISMS) is switched on."""
+        return mechanism in self.mechanisms
 
     def ane_uses(self, mechanism: str) -> bool:
         """Whether this profile's Neural Engine model has `mechanism` switched on (False off the ANE)."""
@@ -208,6 +234,7 @@ FUSION_KEYS: dict[str, Key] = {
     "name": Key("str", 1, 200), "head": _OPS, "tail": _OPS, "max_tail": Key("int", 0, 1000, default=0),
     "pattern": _OPS, "prologue": _OPS, "category": Key("str", choices=_CATEGORIES, default=None),
     "unary": _OPS, "max_unary": Key("int", 0, 1000, default=0),
+    "scaled_operands": Key("bool", default=False),
 }
 # What `autovit-lat calibrate` records about a fit (write_calibrated_profile).
 CALIBRATION_KEYS: dict[str, Key] = {
@@ -232,11 +259,18 @@ PROFILE_KEYS: dict[str, Key] = {
     "compute.gemm_tile": Key("tile", 1, 4096), "compute.tiles_per_unit": Key("int", 1, 1024),
     "compute.vector_block": Key("int", 1, 2**31), "compute.matrix_align": Key("ints", 1, 1024, default={}, choices=_DTYPES),
     "compute.transcendental_flops": Key("number", 0.01, 1e4, default=1.0),
+    "compute.clock_ghz": Key("number", 0, 10, default=0.0), "compute.l1_loads_per_clock": Key("int", 0, 4096, default=0),
+    "compute.min_chunk": Key("int", 0, 2**31, default=0),
+    "compute.int_ops_per_clock": Key("int", 0, 1 << 16, default=0), "compute.dw_unrolled_max": Key("int", 0, 1024, default=0),
+    "compute.dw_loop_int_ops": Key("number", 0, 1000, default=0.0),
+    "mechanisms": Key("strs", 0, len(ROOFLINE_MECHANISMS), default=(), choices=ROOFLINE_MECHANISMS),
+    "amp.fp32_ops": _OPS,
     "memory.dram_gbps": Key("number", 1e-3, 1e5), "memory.cache_mib": Key("number", 0, 1e6),
     "memory.cache_gbps": Key("number", 1e-3, 1e6), "memory.last_axis_align_bytes": Key("int", 0, 4096, default=0),
     "memory.weights_cached": Key("bool", default=False),
     "overhead.launch_us": _US, "overhead.dispatch_us": _US, "overhead.view_dispatch_us": Key("number", 0, 1e6, default=0.0),
     "overhead.run_us": Key("number", 0, 1e6, default=0.0), "overhead.async": Key("bool"),
+    "overhead.fork_join_us": Key("number", 0, 1e6, default=0.0),
     "efficiency.matrix": _FRACTION, "efficiency.vector": _FRACTION, "efficiency.memory": _FRACTION,
     "efficiency.gemm": Key("number", 1e-4, 1, default=None),  # None: efficiency.matrix
     "efficiency.layout_penalty": Key("number", 0.01, 1000, default=1.0),
@@ -351,6 +385,7 @@ def _fusion(d: dict, where: str) -> tuple[FusionRule, ...]:
             pattern=tuple(_val(r, "pattern", w, FUSION_KEYS)), prologue=tuple(_val(r, "prologue", w, FUSION_KEYS)),
             category=_val(r, "category", w, FUSION_KEYS),
             unary=tuple(_val(r, "unary", w, FUSION_KEYS)), max_unary=_val(r, "max_unary", w, FUSION_KEYS),
+            scaled_operands=_val(r, "scaled_operands", w, FUSION_KEYS),
         )
         if not rule.head and not rule.pattern:
             raise AutoVitError(f"hardware profile {w}: a fusion rule needs 'head' or 'pattern'")
@@ -428,6 +463,11 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         relayout_categories=tuple(f["layout.relayout_categories"]), fusion=_fusion(d, where),
         fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)), ane=_neural_engine(d, where),
         nchwc_channels=f["layout.nchwc_channels"], gemm_thread_macs=num["compute.gemm_thread_macs"],
+        mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
+        l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
+        int_ops_per_clock=f["compute.int_ops_per_clock"], dw_unrolled_max=f["compute.dw_unrolled_max"],
+        dw_loop_int_ops=num["compute.dw_loop_int_ops"],
+        amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
     )
 
 

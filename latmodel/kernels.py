@@ -126,6 +126,14 @@ class _Former:
             return []
         return sorted(inside, key=self.position.__getitem__)
 
+    def _scaled_operands(self, name: str) -> bool:
+        """Both operands of `name` come from a Mul or Div: the ONNX signature of
+        F.scaled_dot_product_attention (the exporter scales q and k^T by sqrt(scale) each). An attention
+        written out in the model (q * scale @ k^T, softmax, @ v) scales one side or the product, and
+        eager PyTorch runs it as separate kernels that write and re-read the scores."""
+        prods = [self.producers.get(i) for i in self.g.op(name).inputs[:2]]
+        return len(prods) == 2 and all(p is not None and self.costs[p].op_type in ("Mul", "Div") for p in prods)
+
     def _pattern(self, start: str, pattern: tuple[str, ...]) -> list[str]:
         ops: list[str] = []
         cur: str | None = start
@@ -166,6 +174,8 @@ class _Former:
                     continue
                 if rule.pattern:
                     ops = self._pattern(name, rule.pattern)
+                    if ops and rule.scaled_operands and self.profile.uses("sdpa_call") and not self._scaled_operands(ops[0]):
+                        continue
                 elif _any(rule.head, self.costs[name]):
                     ops = self._chain(name, rule)
                 else:

@@ -20,6 +20,8 @@ from autovit.latmodel.errors import AutoVitError
 GRAPH_CACHE_VERSION = 2
 # Above this share of ops with unresolved output shapes, a graph's price is guesswork: skipped.
 MAX_UNRESOLVED = 0.1
+# What timm.utils.reparameterize_model calls on a module.
+REPARAM_METHODS = ("reparameterize", "fuse", "switch_to_deploy")
 
 
 def default_cache() -> Path:
@@ -29,6 +31,27 @@ def default_cache() -> Path:
 
 def graph_path(cache: Path, key: str) -> Path:
     return Path(cache) / f"graphs-v{GRAPH_CACHE_VERSION}" / f"{key.replace('/', '_')}.pkl"
+
+
+def failed_exports(cache: Path, keys) -> dict[str, str]:
+    """Why each of `keys` could not be exported, as an earlier run recorded it (a `.skip` file beside
+    where its graph would be): a failed export is not tried again, which takes minutes for the large
+    models the exporter rejects. Delete the file to try again (e.g. after upgrading timm or torch)."""
+    out = {}
+    for k in keys:
+        marker = graph_path(cache, k).with_suffix(".skip")
+        if marker.exists():
+            out[k] = marker.read_text().strip()
+    return out
+
+
+def record_failures(cache: Path, status: dict[str, str]) -> None:
+    """Write the `.skip` marker of each export in `status` that failed (not one whose worker crashed)."""
+    from autovit.latmodel.io import atomic_write_text
+
+    for k, st in status.items():
+        if st.startswith("skip:") and "worker failed" not in st:
+            atomic_write_text(graph_path(cache, k).with_suffix(".skip"), st + "\n")
 
 
 def quiet_worker() -> None:
@@ -77,6 +100,10 @@ def export_timm(model: str, size: int, out: str, reparam: bool = False, form: st
         if reparam:
             from timm.utils import reparameterize_model
 
+            plain = Path(out).with_name(Path(out).name.replace("timm-rep__", "timm__", 1))
+            if plain.exists() and not any(hasattr(x, a) for x in m.modules() for a in REPARAM_METHODS):
+                atomic_write_bytes(Path(out), plain.read_bytes())  # nothing to fuse: the plain export is it
+                return "ok"
             m = reparameterize_model(m)
         if form == "cvnets":
             split_head_attention(m)

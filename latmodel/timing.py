@@ -44,6 +44,7 @@ class KernelTime:
     flops: float
     bytes: float
     engine: str
+    launches: int = 1  # kernels the op runs as (an autocast fp32 op: cast in, op, cast out), each dispatched
 
 
 def _ceil_to(x: int, m: int) -> int:
@@ -168,6 +169,81 @@ def nchw_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> 
     return NchwConv(max(1, min(threads, profile.units)), 0 if kernel == 1 else 2 * n * group * reduce * pixels)
 
 
+def dw_tap_s(k: Kernel, profile: HardwareProfile, scale: float, units_share: float) -> float:
+    """Seconds a direct depthwise convolution spends loading its operands through L1 (s).
+
+    One thread per output walks the kh x kw taps and loads an input and a weight element per
+    multiply-add (PyTorch's DepthwiseConv2d.cu, the kernel eager PyTorch runs for fp32 and for the
+    fp16 shapes cuDNN's depthwise heuristic declines), so the kernel is bound by L1 load throughput,
+    not by its FMAs or its DRAM bytes: its time grows with k^2 x outputs.
+    """
+    loads = k.flops * scale  # 2 FLOPs and 2 loads per multiply-add
+    clocks = profile.units * max(units_share, 1e-3) * profile.clock_ghz * 1e9
+    t = loads / (clocks * profile.l1_loads_per_clock)
+    if profile.uses("dw_loop") and profile.int_ops_per_clock and dw_kernel_size(k) > profile.dw_unrolled_max:
+        # The kernel is compiled with its tap loops unrolled only for small sizes (template kSize
+        # 1 and 3: `dw_unrolled_max`); larger ones run a loop with run-time bounds whose index
+        # update, bound checks, addresses and loop control are integer ops, every tap
+        # (`dw_loop_int_ops`), on the SM's 32-bit integer pipes (`int_ops_per_clock`).
+        t = max(t, loads / 2 * profile.dw_loop_int_ops / (clocks * profile.int_ops_per_clock))
+    return t
+
+
+def dw_kernel_size(k: Kernel) -> int:
+    """Side of a square depthwise kernel from its FLOPs (2 per tap and output, + a bias add)."""
+    taps = int(k.flops // (2 * max(k.out_elems, 1)))
+    return math.isqrt(max(taps, 1))
+
+
+def compiled_loop(k: Kernel, profile: HardwareProfile) -> bool:
+    """Whether `k` is a loop torch.compile generates (mechanism inductor_threads): element-wise
+    ops, reductions, norms and copies; convolutions and GEMMs call oneDNN/MKL, which split work
+    their own way."""
+    return (profile.uses("inductor_threads") and profile.min_chunk > 0 and k.klass in ("vector", "layout")
+            and k.category not in ("conv", "dwconv", "linear"))
+
+
+def compiled_threads(k: Kernel, profile: HardwareProfile, scale: float) -> int:
+    """Threads a compiled CPU loop runs on: every core once each gets at least `min_chunk`
+    elements (torch._inductor.config.cpp.min_chunk_size; Inductor parallelises a loop over all
+    its threads or not at all), else one."""
+    return profile.units if k.work_elems * scale >= profile.units * profile.min_chunk else 1
+
+
+def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
+    """Seconds a CPU kernel spends starting and joining its threads (s): `fork_join_us` per thread
+    it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
+    tiles, one thread per block up to the cores, so a small op runs on one thread and pays
+    nothing while a large one pays for every core: small kernels do not speed up with cores."""
+    if compiled_loop(k, profile):
+        blocks = compiled_threads(k, profile, scale)
+    elif k.klass == "matrix" and k.gemm is not None:
+        gemm = _scaled_gemm(k, scale)
+        blocks = gemm_tiles(gemm, profile) * split_k(gemm, profile)
+    else:
+        blocks = math.ceil(k.work_elems * scale / profile.vector_block)
+    threads = min(profile.units, max(blocks, 1))
+    return profile.fork_join_us * 1e-6 * threads if threads > 1 else 0.0
+
+
+def weight_relayout(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
+    """Whether the convolution library reorders `k`'s weights on every call (mechanism
+    weight_relayout): oneDNN computes in blocked weight layouts (OIhw16i16o), and a framework
+    that does not pre-pack them (eager, torch.compile without freezing) hands it plain OIhw
+    weights each time, which it reads, writes blocked and reads again: three passes."""
+    return (profile.uses("weight_relayout") and dtype in profile.nchw_conv_relayout
+            and k.category in profile.relayout_categories)
+
+
+def autocast_fp32(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
+    """Whether torch.autocast runs vector kernel `k` in fp32 when the model runs in fp16: ops on
+    autocast's float32 list (layer_norm, group_norm, softmax, norm, sum, exp, ...; the profile's
+    `amp.fp32_ops`) cast their fp16 inputs up and return fp32 (PyTorch AMP docs, "CUDA Ops that can
+    autocast to float32"). A fused attention kernel (SDPA, on autocast's fp16 list) is not one."""
+    return (dtype == "fp16" and k.klass == "vector" and profile.uses("autocast") and "fp32" in profile.vector_tflops
+            and any(t in profile.amp_fp32_ops for t in k.op_types))
+
+
 def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
                 weight_hit: float = 0.0) -> KernelTime:
     """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch); the share
@@ -181,14 +257,18 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         return KernelTime(k, ms, 0.0, 0.0, 0.0, ms, "overhead", 0.0, 0.0, engine)
 
     nchw = nchw_conv(k, profile, dtype, scale)
-    act_bytes = _activation_elems(k, profile, dtype, eb) * scale * eb + (nchw.im2col_elems * eb if nchw else 0)
-    w_bytes = k.w_elems * eb
+    casts = autocast_fp32(k, profile, dtype)
+    act_bytes = (_activation_elems(k, profile, dtype, eb, casts) * scale * eb
+                 + (nchw.im2col_elems * eb if nchw else 0))
+    w_bytes = k.w_elems * eb * (3 if weight_relayout(k, profile, dtype) else 1)
     # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
     flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
-    t_compute, units_share = _compute_s(k, profile, dtype, fb, flops, scale, nchw)
+    t_compute, units_share = _compute_s(k, profile, "fp32" if casts else dtype, fb, flops, scale, nchw)
     t_memory = _memory_s(k, profile, act_bytes, w_bytes, weight_hit, units_share, scale)
 
-    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6
+    launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
+    if profile.uses("fork_join"):
+        launch += fork_join_s(k, profile, scale)
     t_device = launch + max(t_compute, t_memory)
     overhead = launch + profile.dispatch_us * 1e-6
     if max(t_compute, t_memory) < overhead:
@@ -196,12 +276,13 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     else:
         bound = "compute" if t_compute >= t_memory else "memory"
     return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
-                      bound, flops, act_bytes + w_bytes, engine)
+                      bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts)
 
 
-def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int) -> float:
+def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, casts: bool = False) -> float:
     """Activation elements a kernel reads and writes (graph batch), with the padding of the
-    profile's last-axis alignment and the relayouts of its convolution library."""
+    profile's last-axis alignment, the relayouts of its convolution library and, for an op
+    autocast runs in fp32 (`casts`), its casts in and out counted in elements of `dtype`."""
     act_elems = k.in_elems + k.out_elems
     if profile.last_axis_align_bytes and k.act_shapes:
         padded = sum(padded_elems(s, eb, profile.last_axis_align_bytes) for s in k.act_shapes)
@@ -213,13 +294,19 @@ def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int) 
         # channel-blocked nChw16c on CPUs): an NCHW input and output are re-laid out, i.e.
         # read and written once more each.
         act_elems *= 3
+    if casts:
+        # torch.autocast runs this op in fp32: its fp16 input is cast to fp32 (2 + 4 bytes per
+        # element), the op reads and writes fp32 (4 + 4), and the next fp16 op casts the result
+        # back (4 + 2): five times the bytes of the op in fp16.
+        act_elems *= 5
     return act_elems
 
 
 def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float, scale: float,
                nchw: NchwConv | None = None) -> tuple[float, float]:
-    """(compute time in s, share of the compute units the kernel occupies); `nchw`: the MLAS
-    NCHW execution of a convolution the blocked layout left out (nchw_conv), if any."""
+    """(compute time in s, share of the compute units the kernel occupies); `dtype` is the one
+    the kernel computes in (fp32 for an op autocast keeps in fp32); `nchw`: the MLAS NCHW
+    execution of a convolution the blocked layout left out (nchw_conv), if any."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         util = matrix_utilization(gemm, profile, dtype)
@@ -229,7 +316,10 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * eff
         units_share = min(1.0, gemm_tiles(gemm, profile) * split_k(gemm, profile) / profile.units)
     else:
-        units_share = vector_utilization(k.work_elems * scale, profile)
+        if compiled_loop(k, profile):
+            units_share = compiled_threads(k, profile, scale) / profile.units
+        else:
+            units_share = vector_utilization(k.work_elems * scale, profile)
         util = units_share
         peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * profile.eff_vector
     if nchw is not None and nchw.threads < profile.units:
@@ -237,6 +327,8 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         cap = nchw.threads / profile.units
         util, units_share = util * min(1.0, cap / units_share), min(units_share, cap)
     t_compute = flops / (peak * util) if flops > 0 else 0.0
+    if k.category == "dwconv" and profile.uses("dw_taps") and profile.l1_loads_per_clock and profile.clock_ghz:
+        t_compute = max(t_compute, dw_tap_s(k, profile, scale, units_share))
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
     t_compute += k.rows * scale * profile.reduce_row_ns * 1e-9 / max(profile.units * units_share, 1.0)
@@ -361,7 +453,7 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
                 issue += t.ms
                 t.ms = 0.0
                 continue
-            issue += dispatch
+            issue += dispatch * t.launches
             new_end = max(end, issue) + t.device_ms
             t.ms = new_end - end
             end = new_end
@@ -369,7 +461,7 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
     total = profile.run_us * 1e-3 if per_run else 0.0
     for t in times:
         if t.kernel.klass != "view":
-            t.ms = t.device_ms + dispatch
+            t.ms = t.device_ms + dispatch * t.launches
             if fb is not None and t.engine != prev_engine:
                 # Switching engines costs a synchronisation and moving the inputs across.
                 t.ms += fb.switch_us * 1e-3 + t.bytes / (fb.transfer_gbps * 1e9) * 1e3

@@ -121,7 +121,7 @@ def test_every_free_parameter_has_bounds():
     assert set(BOUNDS) == set(HardwareProfile.FREE_PARAMETERS)
     assert HardwareProfile.FREE_PARAMETERS == ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us",
                                                "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half",
-                                               "run_us", "layout_run_ns", "reduce_row_ns", "transcendental_flops")
+                                               "run_us", "layout_run_ns", "reduce_row_ns", "fork_join_us", "transcendental_flops")
 
 
 def _op_count_pricer(ops: int):

@@ -105,6 +105,7 @@ def test_fallback_engine_switch_costs_time():
 
 
 def test_sdpa_pattern_fuses_on_gpu():
+    import autovit.nas  # noqa: F401  (registers the autovit: source this test reads)
     from autovit.latmodel.sources import graph_for
 
     g = graph_for("autovit:xxs")

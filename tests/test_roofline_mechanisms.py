@@ -1,0 +1,202 @@
+"""The GPU/CPU roofline mechanisms (hardware.ROOFLINE_MECHANISMS), one test each on tiny graphs:
+each does what docs/COST_MODEL.md says when on, and nothing when switched off."""
+from dataclasses import replace
+
+import pytest
+from onnx import TensorProto, helper
+
+from autovit.latmodel.errors import AutoVitError
+from autovit.latmodel.estimate import LatencyModel
+from autovit.latmodel.graph import build_graph
+from autovit.latmodel.hardware import ROOFLINE_MECHANISMS, _resolved_dict, load_profile, profile_from_dict
+from autovit.latmodel.timing import dw_tap_s, vector_utilization
+
+from conftest import _init, make_model
+
+V100 = load_profile("v100")
+
+
+def without(profile, mechanism: str):
+    return replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != mechanism))
+
+
+def attention_graph(sdpa: bool, n: int = 49, d: int = 32):
+    """Scores and their use over (1, 3 heads, n tokens, d): as F.scaled_dot_product_attention
+    exports (q and k^T each scaled) or as a model writes it out (q * scale @ k^T)."""
+    q, k, v = (helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 3, n, d]) for x in "qkv")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("Mul", ["q", "c"], ["qs"])]
+    if sdpa:
+        nodes.append(helper.make_node("Mul", ["kt", "c"], ["ks"]))
+    nodes += [helper.make_node("MatMul", ["qs", "ks" if sdpa else "kt"], ["s"]),
+              helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+              helper.make_node("MatMul", ["p", "v"], ["y"])]
+    return build_graph(make_model(nodes, [q, k, v], [y], [_init("c", ())]))
+
+
+def op_groups(graph, profile) -> list[list[str]]:
+    return [k.op_types for k in LatencyModel(graph).kernels(profile) if k.klass != "view"]
+
+
+def test_every_cuda_profile_prices_attention_by_how_the_model_called_it():
+    for name in ("v100", "rtx3090", "rtx4090", "a100", "h100"):
+        assert set(load_profile(name).mechanisms) == {"sdpa_call", "dw_taps", "autocast", "dw_loop"} <= set(ROOFLINE_MECHANISMS)
+    fused = op_groups(attention_graph(sdpa=True), V100)
+    assert len(fused) == 1 and "Softmax" in fused[0] and fused[0].count("MatMul") == 2
+    written_out = op_groups(attention_graph(sdpa=False), V100)
+    assert ["Softmax"] in written_out and len(written_out) >= 3  # scores written by one kernel, read by the next
+
+
+def test_written_out_attention_costs_the_scores_round_trips():
+    g = attention_graph(sdpa=False)
+    eager = LatencyModel(g).estimate(V100, 4096, "fp16").latency_ms
+    fused = LatencyModel(g).estimate(without(V100, "sdpa_call"), 4096, "fp16").latency_ms
+    assert eager > 1.5 * fused
+    # Switched off, the written-out form fuses like the F.sdpa one.
+    assert len(op_groups(g, without(V100, "sdpa_call"))) == 1
+    # torch.compile (the CPU profiles) pattern-matches written-out attention into SDPA.
+    assert len(op_groups(g, load_profile("cpu-x86"))) == 1
+
+
+def depthwise_graph(k: int, c: int = 64, hw: int = 32):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[k // 2] * 4, group=c)
+    return build_graph(make_model([node], [x], [y], [_init("w", (c, 1, k, k))]))
+
+
+def test_depthwise_time_grows_with_taps_at_the_l1_load_rate():
+    def kernel(k, profile):
+        return LatencyModel(depthwise_graph(k)).estimate(profile, 64, "fp32").kernels[0]
+
+    big = kernel(7, without(V100, "dw_loop"))
+    loads = 2 * 64 * 64 * 32 * 32 * 49  # an input and a weight element per multiply-add
+    busy = vector_utilization(64 * 64 * 32 * 32, V100)  # whole waves of blocks over the SMs
+    assert big.compute_ms == pytest.approx(loads / (80 * 1.53e9 * 32 * busy) * 1e3, rel=1e-6)
+    assert big.compute_ms == pytest.approx(dw_tap_s(big.kernel, without(V100, "dw_loop"), 64, busy) * 1e3, rel=1e-6)
+    on = kernel(7, without(V100, "dw_loop")).device_ms / kernel(3, V100).device_ms
+    off = kernel(7, without(V100, "dw_taps")).device_ms / kernel(3, without(V100, "dw_taps")).device_ms
+    assert on > 2.0 > 1.5 > off  # 49 vs 9 taps show through only with the L1 roof
+    # A profile without an L1 figure (the CPUs: oneDNN keeps the taps in registers) has no such roof.
+    cpu = replace(load_profile("cpu-x86"), mechanisms=("dw_taps",))
+    assert cpu.l1_loads_per_clock == 0
+    assert LatencyModel(depthwise_graph(7)).estimate(cpu, 64).latency_ms == pytest.approx(
+        LatencyModel(depthwise_graph(7)).estimate(replace(cpu, mechanisms=()), 64).latency_ms)
+
+
+def test_an_unknown_mechanism_is_a_one_line_error():
+    d, _ = _resolved_dict("v100")
+    with pytest.raises(AutoVitError, match="did you mean 'dw_taps'"):
+        profile_from_dict({**d, "mechanisms": ["dw_tap"]}, "test")
+
+
+def _ofa_mbv3():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ofa_mbv3
+
+    return ofa_mbv3
+
+
+def test_ofa_code_graph_runs_ofas_own_elementwise_ops():
+    """HELP timed OFA's code: h_swish is x * relu6(x + 3) / 6 (four kernels), the squeeze-excite
+    mean two reductions. The rewrite of a torch-form graph holds exactly those ops."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("HardSwish", ["x"], ["h"]),
+             helper.make_node("ReduceMean", ["h"], ["m"], axes=[2, 3], keepdims=1),
+             helper.make_node("HardSigmoid", ["m"], ["s"]),
+             helper.make_node("Mul", ["h", "s"], ["y"])]
+    torch_form = build_graph(make_model(nodes, [x], [y]))
+    code = _ofa_mbv3().ofa_code_graph(torch_form)
+    assert [code.op(n).op_type for n in code.order] == [
+        "Add", "Clip", "Mul", "Div", "ReduceMean", "ReduceMean", "Add", "Clip", "Div", "Mul"]
+    assert code.tensors[code.op(code.order[4]).outputs[0]].shape == (1, 16, 8, 1)
+    assert [torch_form.op(n).op_type for n in torch_form.order] == ["HardSwish", "ReduceMean", "HardSigmoid", "Mul"]
+    # Batch-1 eager GPU time is host-bound: six more kernels, six more dispatches.
+    gap = LatencyModel(code).estimate(V100, 1).latency_ms - LatencyModel(torch_form).estimate(V100, 1).latency_ms
+    assert gap == pytest.approx(6 * V100.dispatch_us * 1e-3, rel=0.05)
+
+
+def relu_graph(elems: int):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, elems])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return build_graph(make_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]))
+
+
+def test_cpu_kernels_pay_to_start_and_join_each_thread_they_use():
+    cpu = load_profile("cpu-i9-10940x")
+    assert "fork_join" in cpu.mechanisms and cpu.fork_join_us > 0
+    assert load_profile("local-cpu").mechanisms == ()  # ONNX Runtime's spinning pool: no team to wake
+    cpu = without(cpu, "inductor_threads")  # eager ATen's grain; a compiled loop's threads: the next test
+
+    def cost(elems, profile):
+        return LatencyModel(relu_graph(elems)).estimate(profile).latency_ms
+
+    big = 64 * cpu.vector_block  # more blocks than cores: every core starts and joins
+    assert cost(big, cpu) - cost(big, without(cpu, "fork_join")) == pytest.approx(cpu.units * cpu.fork_join_us * 1e-3)
+    small = cpu.vector_block // 2  # one block: one thread, nothing to start
+    assert cost(small, cpu) == pytest.approx(cost(small, without(cpu, "fork_join")))
+    three = 3 * cpu.vector_block
+    assert cost(three, cpu) - cost(three, without(cpu, "fork_join")) == pytest.approx(3 * cpu.fork_join_us * 1e-3)
+
+
+def test_compiled_cpu_loops_run_on_one_thread_or_on_every_core():
+    """torch.compile's C++ loops go parallel over all threads once each gets min_chunk elements,
+    never over a few (convolutions and GEMMs call oneDNN and keep their own split)."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert "inductor_threads" in cpu.mechanisms and cpu.min_chunk > 0
+    off = without(cpu, "inductor_threads")
+
+    def kernel(elems, profile):
+        return LatencyModel(relu_graph(elems)).estimate(profile).kernels[0]
+
+    # Below cores x min_chunk elements: one thread, the whole op on one core's bandwidth, no team.
+    small = cpu.units * cpu.min_chunk - 1
+    assert kernel(small, cpu).memory_ms == pytest.approx(kernel(1, cpu).memory_ms * small, rel=1e-6)
+    assert kernel(small, cpu).device_ms > kernel(small, off).device_ms  # ATen's grain would split it
+    # At the threshold every core starts and joins, and the op is spread over all of them.
+    big = cpu.units * cpu.min_chunk
+    assert kernel(big, cpu).memory_ms == pytest.approx(kernel(big, off).memory_ms * vector_utilization(big, cpu), rel=1e-6)
+    gap = kernel(big, cpu).device_ms - LatencyModel(relu_graph(big)).estimate(without(cpu, "fork_join")).kernels[0].device_ms
+    assert gap == pytest.approx(cpu.units * cpu.fork_join_us * 1e-3)
+    # A convolution is oneDNN's, not a compiled loop: the switch leaves it alone.
+    conv = LatencyModel(depthwise_graph(3, c=8, hw=8))
+    assert conv.estimate(cpu).latency_ms == pytest.approx(conv.estimate(off).latency_ms)
+
+
+def test_depthwise_sizes_without_an_unrolled_kernel_pay_integer_ops_per_tap():
+    """PyTorch's direct depthwise kernel is unrolled for 3x3 (and 1x1); 5x5 and 7x7 run a loop
+    whose integer ops per tap outweigh the two L1 loads."""
+    def kernel(k, profile):
+        return LatencyModel(depthwise_graph(k)).estimate(profile, 64, "fp32").kernels[0]
+
+    assert V100.dw_unrolled_max == 3 and V100.dw_loop_int_ops > 2 * V100.int_ops_per_clock / V100.l1_loads_per_clock
+    assert kernel(3, V100).compute_ms == pytest.approx(kernel(3, without(V100, "dw_loop")).compute_ms)
+    busy = vector_utilization(64 * 64 * 32 * 32, V100)
+    taps = 64 * 64 * 32 * 32 * 49
+    assert kernel(7, V100).compute_ms == pytest.approx(
+        taps * V100.dw_loop_int_ops / (80 * 1.53e9 * 64 * busy) * 1e3, rel=1e-6)
+    assert kernel(7, V100).compute_ms > 2 * kernel(7, without(V100, "dw_loop")).compute_ms
+
+
+def conv_graph(cin: int, cout: int, k: int, hw: int):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k])
+    return build_graph(make_model([node], [x], [y], [_init("w", (cout, cin, k, k))]))
+
+
+def test_onednn_convolutions_reorder_unpacked_weights_every_call():
+    cpu = load_profile("cpu-i9-10940x")
+    assert "weight_relayout" in cpu.mechanisms
+    g = conv_graph(512, 512, 7, 7)  # a VGG-head-like convolution: 12.8 M weights, a 7 x 7 map
+    on, off = (LatencyModel(g).estimate(p).kernels[0] for p in (cpu, without(cpu, "weight_relayout")))
+    assert on.bytes - off.bytes == pytest.approx(2 * 512 * 512 * 49 * 4)  # written blocked, read again
+    assert on.memory_ms > 2 * off.memory_ms
+    # Only where the library reorders (the profile's nchw_conv_relayout dtypes): not on a GPU.
+    gpu = replace(V100, mechanisms=V100.mechanisms + ("weight_relayout",))
+    assert LatencyModel(g).estimate(gpu).latency_ms == pytest.approx(LatencyModel(g).estimate(V100).latency_ms)
