@@ -73,7 +73,7 @@ class OFABlock:
 
     def build(self) -> nn.Module:
         if self.kind == "ofa_mb":
-            return MBBlock(self.cin, self.cout, self.kernel, self.stride, self.expand, self.act, self.se).eval()
+            return MBBlock(self.cin, self.cout, self.kernel, self.stride, self.expand, self.act, self.se, "ofa").eval()
         # Stem and tail are taken from a network, so they are exactly what it runs.
         net = OFAMobileNetV3([3] * 20, [3] * 20, [2] * 5)
         if self.kind == "ofa_stem":
