@@ -293,8 +293,8 @@ def _annotate_op_classes(blocks: list, lut, out, threads: int) -> int:
     """Each measured block's kernel ms per op class (ort_profile.annotate_lut) behind a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from autovit.latmodel.ort_profile import annotate_lut
     from autovit.latmodel.convert import export_onnx_bytes
+    from autovit.latmodel.ort_profile import annotate_lut
 
     todo = [b for b in blocks if "op_ms" not in lut.entries.get(lut.entry_key("isolated", b), {"op_ms": 0})]
     with Progress(TextColumn("[bold]op classes[/]"), BarColumn(), MofNCompleteColumn(), console=console) as prog:
@@ -410,9 +410,9 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
         raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
                          "choose a new file")
     lut = load_lut(lut_path, load_profile(hw).name)
-    threads = (lut.environment or {}).get("threads")
+    threads = (lut.environment or {}).get("threads")  # checked by load_lut: None or 1..4096
     # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many.
-    profile, fixed = profile_at_threads(hw, threads if isinstance(threads, int) else None)
+    profile, fixed = profile_at_threads(hw, threads)
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         others = sorted({e["mode"] for e in lut.entries.values()})
@@ -433,7 +433,7 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
               "at_bound": cal.at_bound, "network": network.describe() if network else None,
-              "threads": threads if isinstance(threads, int) else None}
+              "threads": threads}
     written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
         print_json({"profile": str(written), **cal.to_dict(), "network": record["network"]})

@@ -93,6 +93,11 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
     for k in ("environment", "policy", "reference", "entries"):
         if not isinstance(d.get(k, {}), dict):
             raise AutoVitError(f"{p}: LUT field '{k}' must be an object, got {d[k]!r:.40}")
+    threads = (d.get("environment") or {}).get("threads")
+    # calibrate models this many cores (hardware.threads_override): a count, never a flag or text.
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096):
+        raise AutoVitError(f"{p}: LUT field 'environment.threads' must be an integer 1..4096 (the threads it was "
+                           f"measured with), got {threads!r:.40}; {_FIX}")
     for k in ("created", "updated"):
         if not isinstance(d.get(k, ""), str):
             raise AutoVitError(f"{p}: LUT field '{k}' must be a date string, got {d[k]!r:.40}")

@@ -96,6 +96,12 @@ def test_lut_checks_op_ms(tmp_path):
         (tmp_path / "bad.json").write_text(json.dumps(d))
         with pytest.raises(AutoVitError, match=msg):
             load_lut(tmp_path / "bad.json")
+    first["op_ms"] = {"conv": 1.0}
+    for bad in (True, "2", 0, -1, 10**9, 2.0):
+        d["environment"] = {"threads": bad}
+        (tmp_path / "bad.json").write_text(json.dumps(d))
+        with pytest.raises(AutoVitError, match="environment.threads"):
+            load_lut(tmp_path / "bad.json")
     (tmp_path / "nan.json").write_text((tmp_path / "ok.json").read_text().replace('"op_ms": {', '"op_ms": {"conv": NaN, ', 1))
     with pytest.raises(AutoVitError):
         load_lut(tmp_path / "nan.json")
