@@ -193,7 +193,7 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--ci-pct", type=FiniteFloat(0, 100, lo_open=True), default=2.0, show_default=True,
               help="Stop timing a block when its median's 95 % CI is within this %.")
 @click.option("--max-repeats", type=click.IntRange(5, 10**6), default=300, show_default=True)
-@click.option("--rounds", type=ROUNDS, default=3, show_default=True,
+@click.option("--rounds", type=ROUNDS, default=5, show_default=True,
               help="Bursts per block, one pass over all blocks each (robust to slow spells of shared machines).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
               help="Time a reference model between bursts and express entries at the LUT's reference speed.")

@@ -47,7 +47,7 @@ class TimingPolicy:
     max_repeats: int = 300
     ci_pct: float = 2.0  # stop when the median's 95 % CI half-width is within this %
     max_seconds: float = 20.0  # per module, on top of warm-up
-    rounds: int = 1  # bursts per module, spread over the run (see profiler.py); the best round's median is kept
+    rounds: int = 1  # bursts per module, spread over the run (see profiler.py); their fast state is kept (fast_state_ms)
 
 
 def median_ci_halfwidth_pct(samples: list[float]) -> float:
@@ -100,15 +100,17 @@ def time_callable(run: Callable[[], object], policy: TimingPolicy = TimingPolicy
 
 @dataclass
 class DriftMonitor:
-    """A fixed reference model timed before every `every` measurements, to express them at one
-    machine speed.
+    """A fixed reference model timed before every `every` measurements, to express a run's
+    measurements at one machine speed.
 
-    Shared and virtual machines change speed for tens of seconds at a time (this project's
-    2-core VM: the same model at 6.6 ms for a minute, then at 10-17 ms); such a slow spell
-    moves every workload alike, so a burst measured right after a reference burst is scaled by
-    ref_ms / reference burst. `ref_ms` is the reference speed all measurements are expressed
-    at: the LUT's (its fastest reference burst), so that a LUT and a later validation agree.
-    Raw values are always kept next to the scaled ones.
+    Shared and virtual machines disturb timing on two time scales (this project's 2-vCPU VM,
+    docs/BENCHMARKS.md "fast state"): a burst whose threads share a core runs up to 1.8x slower,
+    flipping from one burst to the next, and a whole run can sit at another speed than the one
+    before it (a validation run's reference model 14-17 % slower than in the profiling run
+    minutes earlier). Per-round scaling by the adjacent reference burst mixes the two (the
+    reference flips state on its own), so a measurement is its fast state (`fast_state_ms`)
+    and a run is scaled once, by the reference's fast state in it (`run_ms`) against the LUT's
+    (`at_reference`). Raw rounds are always kept.
     """
 
     run: Callable[[], object]
@@ -131,13 +133,37 @@ class DriftMonitor:
     def fastest_ms(self) -> float | None:
         return min(self.history) if self.history else None
 
+    @property
+    def run_ms(self) -> float | None:
+        """The reference model's fast state in this run (ms): the run's speed."""
+        return fast_state_ms(self.history) if self.history else None
 
-def at_reference(raw_ms: list[float], reference_ms: list[float], ref_ms: float | None) -> float:
-    """A measurement's value at the reference speed: the median over rounds of raw x ref / reference;
-    without a reference, the lowest raw round (the least disturbed one)."""
-    if ref_ms and reference_ms and len(reference_ms) == len(raw_ms):
-        return float(statistics.median(r * ref_ms / c for r, c in zip(raw_ms, reference_ms)))
-    return float(min(raw_ms))
+
+# A burst slowed by threads sharing a core runs 1.6-1.8x its fast time on this project's VM
+# (docs/BENCHMARKS.md "fast state"); rounds within 25 % of the fastest are the same state.
+FAST_STATE_TOL = 1.25
+
+
+def fast_state_ms(rounds_ms: list[float], tol: float = FAST_STATE_TOL) -> float:
+    """The median of the rounds within `tol` of the fastest (ms): the latency with the cores the
+    run asked for, robust to bursts that lost a core and to the occasional lucky one."""
+    if not rounds_ms:
+        raise ValueError("fast_state_ms needs at least one round")
+    fastest = min(rounds_ms)
+    return float(statistics.median(r for r in rounds_ms if r <= tol * fastest))
+
+
+def fast_share(rounds_ms: list[float], tol: float = FAST_STATE_TOL) -> float:
+    """Share of the rounds in the fast state (1.0: no burst lost a core)."""
+    fastest = min(rounds_ms)
+    return sum(r <= tol * fastest for r in rounds_ms) / len(rounds_ms)
+
+
+def at_reference(rounds_ms: list[float], run_ms: float | None, ref_ms: float | None) -> float:
+    """A measurement's value at the reference speed (ms): its fast state, scaled by the LUT's
+    reference speed `ref_ms` over the run's `run_ms` (DriftMonitor); unscaled without both."""
+    value = fast_state_ms(rounds_ms)
+    return value * ref_ms / run_ms if (ref_ms and run_ms) else value
 
 
 def cuda_event_timer(torch_module) -> Callable[[Callable[[], object]], float]:

@@ -23,7 +23,7 @@ from typing import Callable
 from autovit.latmodel.blocks import Block
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.lut import Lut
-from autovit.latmodel.measure import DriftMonitor, Measurement, TimingPolicy, at_reference
+from autovit.latmodel.measure import DriftMonitor, Measurement, TimingPolicy, fast_state_ms
 from autovit.latmodel.runner import Runner, drift_monitor, measure_rounds, prepare  # noqa: F401 - drift_monitor re-exported
 
 
@@ -70,31 +70,30 @@ def _add_round(entry: dict | None, mode: str, bursts: list[Measurement], referen
     return e
 
 
-def _settle(e: dict, mode: str, ref_ms: float | None) -> None:
-    """Set an entry's median_ms (ms at the LUT's reference speed, measure.at_reference)."""
-    refs = e.get("round_reference_ms", [])
+def _settle(e: dict, mode: str) -> None:
+    """Set an entry's median_ms: the fast state of its rounds (measure.fast_state_ms)."""
     if mode == "ablation":
-        with_ms = at_reference(e["with_round_ms"], refs, ref_ms)
-        without_ms = at_reference(e["without_round_ms"], refs, ref_ms)
+        with_ms = fast_state_ms(e["with_round_ms"])
+        without_ms = fast_state_ms(e["without_round_ms"])
         diff = with_ms - without_ms
         # A block cheaper than the noise of the difference still gets a positive entry (LUT
         # entries must be > 0), flagged so that nobody mistakes it for a measurement.
         floor = 0.01 * with_ms
         e.update(median_ms=max(diff, floor), below_noise=diff < floor, with_ms=with_ms, without_ms=without_ms)
     else:
-        e["median_ms"] = at_reference(e["round_medians"], refs, ref_ms)
+        e["median_ms"] = fast_state_ms(e["round_medians"])
 
 
 def settle_lut(lut: Lut, monitor: DriftMonitor | None) -> None:
-    """Re-express every entry at the LUT's reference speed (the fastest reference burst so far)."""
-    if monitor is not None and monitor.fastest_ms is not None:
-        old = lut.reference.get("ref_ms")
-        ref = min(monitor.fastest_ms, old) if old else monitor.fastest_ms
-        lut.reference = {"model": monitor.model, "ref_ms": ref}
-    ref_ms = lut.reference.get("ref_ms")
+    """Set every entry from its rounds, and the LUT's reference speed `ref_ms` (the fast state of
+    every reference burst it holds): what a later validation run is scaled to."""
+    refs = [r for e in lut.entries.values() for r in e.get("round_reference_ms", [])]
+    if monitor is not None and monitor.history:
+        refs = refs or list(monitor.history)
+        lut.reference = {"model": monitor.model, "ref_ms": fast_state_ms(refs)}
     for e in lut.entries.values():
         if "round_medians" in e:
-            _settle(e, e["mode"], ref_ms)
+            _settle(e, e["mode"])
 
 
 def rounds_done(lut: Lut, mode: str, block: Block) -> int:

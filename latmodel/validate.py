@@ -13,11 +13,13 @@ zoo of timm architectures none of which is in any LUT. Four predictors priced on
 
 Measurement: every model is timed in `rounds` bursts, one pass over all models per round, so
 a slow spell of a shared machine hits one burst of many models rather than every burst of a
-few. With the drift monitor (default) a reference model is timed before every few bursts and a
-model's latency is the median of its bursts expressed at the calibration LUT's reference speed
-(measure.DriftMonitor), so that the LUT and the validation are measured at one machine speed;
-the raw figures (lowest burst, no correction) are reported next to them. The noise floor is the
-median, over models, of the coefficient of variation of its bursts (corrected and raw).
+few. A model's latency is the fast state of its bursts (the median of those within 25 % of the
+fastest: bursts whose threads lost a core are left out, measure.fast_state_ms); with the drift
+monitor (default) a reference model is timed before every few bursts and the run is scaled once
+to the calibration LUT's reference speed (measure.DriftMonitor), so that the LUT and the
+validation are measured at one machine speed. The raw figures (lowest burst, no correction) are
+reported next to them. The noise floor is the median, over models, of the coefficient of
+variation of the fast-state bursts (and of all bursts: raw).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autovit.latmodel.errors import AutoVitError, UsageError
-from autovit.latmodel.measure import at_reference
+from autovit.latmodel.measure import FAST_STATE_TOL, at_reference, fast_share
 from autovit.latmodel.metrics import proportional_factor  # noqa: F401 - re-exported
 
 # The kinds of models of the paper's comparison (MobileNetV2/V3, MobileViT, DeiT, PiT, LeViT,
@@ -57,21 +59,23 @@ class Candidate:
     predicted: dict[str, float | None] = field(default_factory=dict)
     round_ms: list[float] = field(default_factory=list)  # raw burst medians, one per round
     reference_ms: list[float] = field(default_factory=list)  # the drift monitor's burst before each
-    ref_ms: float | None = None  # the reference speed measurements are expressed at
-
-    def _scaled(self) -> list[float]:
-        if self.ref_ms and len(self.reference_ms) == len(self.round_ms):
-            return [r * self.ref_ms / c for r, c in zip(self.round_ms, self.reference_ms)]
-        return list(self.round_ms)
+    ref_ms: float | None = None  # the reference speed measurements are expressed at (the LUT's)
+    run_ms: float | None = None  # the reference model's speed in this run (DriftMonitor.run_ms)
 
     @property
     def measured_ms(self) -> float | None:
-        return at_reference(self.round_ms, self.reference_ms, self.ref_ms) if self.round_ms else None
+        """The fast state of the rounds at the LUT's reference speed (measure.at_reference)."""
+        return at_reference(self.round_ms, self.run_ms, self.ref_ms) if self.round_ms else None
 
     @property
     def raw_ms(self) -> float | None:
         """The lowest raw burst median: the measurement without drift correction."""
         return min(self.round_ms) if self.round_ms else None
+
+    @property
+    def fast_share(self) -> float | None:
+        """Share of the rounds in the fast state (the rest lost a core to something else)."""
+        return fast_share(self.round_ms) if self.round_ms else None
 
     @staticmethod
     def _cv(xs: list[float]) -> float | None:
@@ -79,8 +83,11 @@ class Candidate:
 
     @property
     def cv(self) -> float | None:
-        """Spread of the rounds after drift correction (the noise left in a measurement)."""
-        return self._cv(self._scaled())
+        """Spread of the fast-state rounds (the noise left in a measurement)."""
+        if not self.round_ms:
+            return None
+        fastest = min(self.round_ms)
+        return self._cv([r for r in self.round_ms if r <= FAST_STATE_TOL * fastest])
 
     @property
     def raw_cv(self) -> float | None:
@@ -163,7 +170,7 @@ def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, pol
             on_step: Callable[[Candidate, str | None], None] | None = None,
             monitor=None, ref_ms: float | None = None) -> list[tuple[str, str]]:
     """Time every candidate in `rounds` passes (runner.measure_rounds); with a drift monitor,
-    express them at `ref_ms` (default: the fastest reference burst of this run). Returns
+    express them at `ref_ms` (the LUT's reference speed; default: this run's). Returns
     [(name, error)]."""
     from autovit.latmodel.runner import measure_rounds, prepare
 
@@ -177,7 +184,7 @@ def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, pol
                             monitor=monitor, on_step=(lambda c, _m, err: on_step(c, err)) if on_step else None)
     if monitor is not None:
         for c in cands:
-            c.ref_ms = ref_ms or monitor.fastest_ms
+            c.ref_ms, c.run_ms = ref_ms or monitor.run_ms, monitor.run_ms
     return list(failed.items())
 
 
@@ -209,13 +216,14 @@ def report(cands: list[Candidate]) -> dict[str, Any]:
     cvs = [c.cv for c in done if c.cv is not None]
     raw_cvs = [c.raw_cv for c in done if c.raw_cv is not None]
     rows = [{"model": c.name, "group": c.group, "measured_ms": c.measured_ms, "raw_ms": c.raw_ms, "round_ms": c.round_ms,
-             "reference_ms": c.reference_ms, "cv": c.cv, "raw_cv": c.raw_cv, "flops": c.flops, "params": c.params,
+             "reference_ms": c.reference_ms, "fast_share": c.fast_share, "cv": c.cv, "raw_cv": c.raw_cv, "flops": c.flops, "params": c.params,
              **{f"pred_{p}_ms": c.predicted.get(p) for p in PREDICTORS},
              **({"arch": c.arch.to_dict()} if c.arch is not None and hasattr(c.arch, "to_dict") else {})}
             for c in done]
     out = {"n_models": len(done), "noise_floor_cv": float(np.median(cvs)) if cvs else math.nan,
            "noise_floor_cv_raw": float(np.median(raw_cvs)) if raw_cvs else math.nan,
-           "reference_ms": done[0].ref_ms if done else None}
+           "reference_ms": done[0].ref_ms if done else None, "run_reference_ms": done[0].run_ms if done else None,
+           "fast_share": float(np.mean([c.fast_share for c in done])) if done else math.nan}
     out["predictors"] = {p: v for p, v in by_set.get("all", {}).items() if p in PREDICTORS}
     out["by_set"] = by_set
     # The same predictors against the raw measurements (lowest burst, no drift correction).

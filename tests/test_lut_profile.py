@@ -235,19 +235,39 @@ def test_unwritable_output_paths_are_one_line_errors(tmp_path, capsys):
     assert_one_line_error(code, err, "cannot use")
 
 
-def test_drift_monitor_scales_bursts_to_the_reference_speed(monkeypatch):
+def test_a_measurement_is_its_fast_state_scaled_once_per_run(monkeypatch):
     from autovit.latmodel import measure
-    from autovit.latmodel.measure import DriftMonitor, Measurement, at_reference
+    from autovit.latmodel.measure import DriftMonitor, Measurement, at_reference, fast_share, fast_state_ms
 
-    # A slow spell doubles every workload: at the reference speed both rounds read the same.
-    assert at_reference([10.0, 20.0], [5.0, 10.0], 5.0) == pytest.approx(10.0)
-    assert at_reference([10.0, 20.0], [], None) == 10.0  # no reference: the least disturbed round
-    speeds = iter([5.0, 10.0, 6.0])
+    # Bursts that lost a core (1.7x) are left out; the rest's median is the measurement.
+    rounds = [10.0, 17.0, 10.4, 16.8, 9.8, 17.5]
+    assert fast_state_ms(rounds) == pytest.approx(10.0) and fast_share(rounds) == pytest.approx(0.5)
+    assert fast_state_ms([5.0]) == 5.0
+    with pytest.raises(ValueError):
+        fast_state_ms([])
+    # A run whose reference ran 1.2x slower than in the LUT's run is scaled back, once.
+    assert at_reference(rounds, 6.0, 5.0) == pytest.approx(10.0 * 5.0 / 6.0)
+    assert at_reference(rounds, None, 5.0) == pytest.approx(10.0)  # no monitor: unscaled
+    speeds = iter([5.0, 10.0, 6.0, 5.2])
     monkeypatch.setattr(measure, "time_callable",
                         lambda run, policy, timed=None: Measurement(next(speeds), 0, 0, 0, 5, 0, 1.0, True))
     mon = DriftMonitor(lambda: None, FAST, every=2)
-    got = [mon.before_item() for _ in range(5)]
-    assert got == [5.0, 5.0, 10.0, 10.0, 6.0] and mon.fastest_ms == 5.0
+    got = [mon.before_item() for _ in range(7)]
+    assert got == [5.0, 5.0, 10.0, 10.0, 6.0, 6.0, 5.2] and mon.fastest_ms == 5.0
+    assert mon.run_ms == pytest.approx(5.2)  # the median of 5.0, 6.0, 5.2: 10.0 lost a core
+
+
+def test_lut_entries_are_their_fast_state_and_the_reference_speed_is_the_runs():
+    from autovit.latmodel.measure import DriftMonitor
+    from autovit.latmodel.profiler import settle_lut
+
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    lut.add("isolated", SMALL[0], {"round_medians": [0.28, 0.48, 0.29, 0.49, 0.27], "round_reference_ms": [4.3, 4.9, 4.4]})
+    mon = DriftMonitor(lambda: None, FAST, model="autovit:xxs", history=[4.3, 4.9, 4.4])
+    settle_lut(lut, mon)
+    (e,) = lut.entries.values()
+    assert e["median_ms"] == pytest.approx(0.28)  # 0.48 and 0.49 lost a core
+    assert lut.reference == {"model": "autovit:xxs", "ref_ms": pytest.approx(4.4)}
 
 
 def test_bad_rounds_and_bad_lut_reference(tmp_path, capsys):
