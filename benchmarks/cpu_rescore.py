@@ -1,0 +1,60 @@
+"""Re-price saved `validate --out` rows with another profile (issue 12, this machine; nothing timed).
+
+    python benchmarks/cpu_rescore.py --hw PROFILE VALIDATE.json [VALIDATE2.json ...] [--graphs DIR]
+
+For the ablation of a cost-model mechanism or a measurement statistic on the same measurements:
+calibrate a variant profile on the same LUT (`autovit-lat calibrate --hw VARIANT.toml --lut LUT
+--out VARIANT@cal.toml`), then re-price the rows here. Every network is rebuilt (seeded random
+subnets, timm by name) and its weight-less export cached under --graphs. Prints one JSON object:
+per file and set, within 10 % / Kendall tau / median predicted/measured of the ONNX-graph
+predictor against two statistics of the saved rounds: `measured_ms` as saved (the fast state,
+scaled once per run) and `per_round_scaled` (each round scaled by the reference burst before it,
+the median over rounds: validate's statistic before issue 12's third pass).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def per_round_scaled(row: dict, ref_ms: float) -> float:
+    r, f = row["round_ms"], row["reference_ms"]
+    return statistics.median(a * ref_ms / b for a, b in zip(r, f)) if len(f) == len(r) else min(r)
+
+
+def main() -> None:
+    from autovit.latmodel.estimate import LatencyModel
+    from autovit.latmodel.hardware import load_profile
+    from benchmarks.cpu_whole_network import candidates, cached_graph, ratio_metrics
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hw", required=True, help="profile name or TOML path")
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--graphs", default=str(HERE / ".cache" / "local_cpu_graphs"))
+    args = ap.parse_args()
+    profile = load_profile(args.hw)
+    graphs = Path(args.graphs)
+    graphs.mkdir(parents=True, exist_ok=True)
+    out: dict = {"hw": args.hw, "files": {}}
+    for f in args.files:
+        d = json.loads(Path(f).read_text())
+        rows = [r for r in d["rows"] if r.get("measured_ms")]
+        sets: dict = {}
+        for r, c in candidates(rows):
+            pred = LatencyModel(cached_graph(graphs, c.name, c.build, c.shape)).estimate(profile).latency_ms
+            for stat, meas in (("measured_ms", r["measured_ms"]), ("per_round_scaled", per_round_scaled(r, d["reference_ms"]))):
+                pr, me = sets.setdefault(r["group"], {}).setdefault(stat, ([], []))
+                pr.append(pred)
+                me.append(meas)
+        out["files"][f] = {g: {s: ratio_metrics(pr, me) for s, (pr, me) in st.items()} for g, st in sets.items()}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
