@@ -1,12 +1,13 @@
 """Measure blocks on this machine and fill a lookup table (resumable, Ctrl-C safe).
 
 Each block is measured in `policy.rounds` bursts, one pass over all blocks per round, so a
-block's bursts are spread over the whole run. Shared and virtual machines change speed for tens
-of seconds at a time (this project's 2-core VM: a 6.6 ms model runs at 10-17 ms for a minute,
-then recovers). With a drift monitor (the default of `autovit-lat profile`), a reference model
-is timed before every few bursts and each burst is expressed at the LUT's reference speed
-(measure.DriftMonitor); an entry is the median over its rounds. Without one, an entry is its
-lowest round (the least disturbed). Every round's raw median is stored either way.
+block's bursts are spread over the whole run. Shared and virtual machines slow some bursts down
+(this project's 2-vCPU VM: 1.6-1.8x, in phases of seconds to minutes and for small blocks from one
+burst to the next), so an entry is the fast state of its rounds (measure.fast_state_ms: the median
+of those within 25 % of the fastest). With a drift monitor (the default of `autovit-lat profile`),
+a reference model is timed before every few bursts and the fast state of its bursts is the LUT's
+reference speed (`reference.ref_ms`), to which a later validation run is scaled
+(measure.DriftMonitor). Every round's raw median is stored.
 
 Modes:
 - isolated: the block alone, from its own input to its own output, one runtime call.
