@@ -180,7 +180,7 @@ class HardwareProfile:
     dw_loop_int_ops: float = 0.0  # integer ops per tap of the direct depthwise kernel's run-time loop (dw_loop)
     # Share of the vector peak a depthwise convolution reaches when the runtime has a dedicated
     # FMA kernel for it (MLAS's NCHWc depthwise kernel); 0: it runs as the other vector ops do.
-    eff_dwconv: float = 0.0
+    eff_nchwc_dw: float = 0.0
 
     def uses(self, mechanism: str) -> bool:
         """Whether the roofline mechanism `mechanism` (ROOFLINE_MECHANISMS) is switched on."""
@@ -276,7 +276,7 @@ PROFILE_KEYS: dict[str, Key] = {
     "overhead.fork_join_us": Key("number", 0, 1e6, default=0.0),
     "efficiency.matrix": _FRACTION, "efficiency.vector": _FRACTION, "efficiency.memory": _FRACTION,
     "efficiency.gemm": Key("number", 1e-4, 1, default=None),  # None: efficiency.matrix
-    "efficiency.dwconv": Key("number", 0, 1, default=0.0),  # 0: depthwise convolutions run at efficiency.vector
+    "efficiency.nchwc_dwconv": Key("number", 0, 1, default=0.0),  # 0: depthwise convolutions run at efficiency.vector
     "efficiency.layout_penalty": Key("number", 0.01, 1000, default=1.0),
     "efficiency.k_half": Key("number", 0, 1e6, default=0.0), "efficiency.layout_run_ns": _NS, "efficiency.reduce_row_ns": _NS,
     "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
@@ -459,7 +459,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         dispatch_us=num["overhead.dispatch_us"], view_dispatch_us=num["overhead.view_dispatch_us"],
         async_dispatch=f["overhead.async"], eff_matrix=num["efficiency.matrix"],
         eff_gemm=num.get("efficiency.gemm", num["efficiency.matrix"]), eff_vector=num["efficiency.vector"],
-        eff_memory=num["efficiency.memory"], eff_dwconv=num["efficiency.dwconv"], layout_penalty=num["efficiency.layout_penalty"],
+        eff_memory=num["efficiency.memory"], eff_nchwc_dw=num["efficiency.nchwc_dwconv"], layout_penalty=num["efficiency.layout_penalty"],
         k_half=num["efficiency.k_half"], run_us=num["overhead.run_us"], layout_run_ns=num["efficiency.layout_run_ns"],
         reduce_row_ns=num["efficiency.reduce_row_ns"], weights_cached=f["memory.weights_cached"],
         chain_reorder=f["layout.chain_reorder"], elided=tuple(f["layout.elided"]),

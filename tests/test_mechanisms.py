@@ -180,11 +180,11 @@ def test_nchwc_takes_only_convolutions_whose_channels_fill_whole_blocks():
 
 def test_blocked_depthwise_runs_mlas_fma_kernel_at_its_own_share_of_the_peak():
     """MLAS's NCHWc depthwise kernel is an FMA loop bound by its two loads per tap
-    (efficiency.dwconv); a depthwise convolution left in NCHW (a GEMM per channel) and every
+    (efficiency.nchwc_dwconv); a depthwise convolution left in NCHW (a GEMM per channel) and every
     profile without the figure keep the vector share."""
     cpu = replace(load_profile("local-cpu"), units=2, matrix_align={"fp32": 16}, run_us=0.0, eff_vector=0.1)
-    assert cpu.eff_dwconv == 0.5 and load_profile("cpu-x86").eff_dwconv == 0.0
-    plain = replace(cpu, eff_dwconv=0.0)
+    assert cpu.eff_nchwc_dw == 0.5 and load_profile("cpu-x86").eff_nchwc_dw == 0.0
+    plain = replace(cpu, eff_nchwc_dw=0.0)
 
     def dw_compute(c, profile, hw=64):
         est = LatencyModel(_separable(c, hw)).estimate(profile)
@@ -197,8 +197,8 @@ def test_blocked_depthwise_runs_mlas_fma_kernel_at_its_own_share_of_the_peak():
 
 
 def test_convolutions_left_in_nchw_run_im2col_and_gemm_on_mlas_threads():
-    # eff_dwconv = 0: both layouts' depthwise at the vector share, so only this rule differs.
-    cpu = replace(load_profile("local-cpu"), units=2, matrix_align={"fp32": 16}, run_us=0.0, eff_dwconv=0.0)
+    # eff_nchwc_dw = 0: both layouts' depthwise at the vector share, so only this rule differs.
+    cpu = replace(load_profile("local-cpu"), units=2, matrix_align={"fp32": 16}, run_us=0.0, eff_nchwc_dw=0.0)
     assert cpu.nchwc_channels and cpu.gemm_thread_macs == 65536
     off = replace(cpu, nchwc_channels=False)
 
