@@ -29,14 +29,19 @@ def per_round_scaled(row: dict, ref_ms: float) -> float:
 
 
 def main() -> None:
+    from autovit.latmodel.checks import dumps
     from autovit.latmodel.estimate import LatencyModel
     from autovit.latmodel.hardware import load_profile
+    from autovit.latmodel.measure import at_reference, fast_state_ms
     from benchmarks.cpu_whole_network import candidates, cached_graph, ratio_metrics
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hw", required=True, help="profile name or TOML path")
     ap.add_argument("files", nargs="+")
     ap.add_argument("--graphs", default=str(HERE / ".cache" / "local_cpu_graphs"))
+    ap.add_argument("--restat", action="store_true",
+                    help="recompute measured_ms from the saved rounds with this code's statistic "
+                         "(measure.at_reference; the run's speed from its distinct reference bursts)")
     args = ap.parse_args()
     profile = load_profile(args.hw)
     graphs = Path(args.graphs)
@@ -45,6 +50,9 @@ def main() -> None:
     for f in args.files:
         d = json.loads(Path(f).read_text())
         rows = [r for r in d["rows"] if r.get("measured_ms")]
+        if args.restat:
+            run_ms = fast_state_ms(sorted({x for r in rows for x in r["reference_ms"]})) if d.get("reference_ms") else None
+            rows = [dict(r, measured_ms=at_reference(r["round_ms"], run_ms, d.get("reference_ms"))) for r in rows]
         sets: dict = {}
         for r, c in candidates(rows):
             pred = LatencyModel(cached_graph(graphs, c.name, c.build, c.shape)).estimate(profile).latency_ms
@@ -53,7 +61,7 @@ def main() -> None:
                 pr.append(pred)
                 me.append(meas)
         out["files"][f] = {g: {s: ratio_metrics(pr, me) for s, (pr, me) in st.items()} for g, st in sets.items()}
-    print(json.dumps(out, indent=1))
+    print(dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ file: what `validate` now reports).
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -27,17 +26,22 @@ from autovit.latmodel.measure import fast_state_ms
 
 
 def items(path: Path) -> dict[str, tuple[list[float], list[float], float]]:
-    """name -> (raw rounds ms, reference bursts ms, the file's reference speed ms)."""
-    d = json.loads(path.read_text())
+    """name -> (raw rounds ms, reference bursts ms, the file's reference speed ms, 0 without one),
+    for the items whose rounds are all > 0 (an ablation entry's differences need not be)."""
+    from autovit.latmodel.checks import read_json
+
+    d = read_json(path, "measurements")
     if "entries" in d:
-        ref = float(d["reference"]["ref_ms"])
-        return {k: (e["round_medians"], e.get("round_reference_ms", []), ref) for k, e in d["entries"].items()}
-    ref = float(d["reference_ms"])
-    return {r["model"]: (r["round_ms"], r["reference_ms"], ref) for r in d["rows"]}
+        ref = float((d.get("reference") or {}).get("ref_ms") or 0.0)
+        raw = {k: (e.get("round_medians", []), e.get("round_reference_ms", [])) for k, e in d["entries"].items()}
+    else:
+        ref = float(d.get("reference_ms") or 0.0)
+        raw = {r["model"]: (r["round_ms"], r.get("reference_ms", [])) for r in d["rows"]}
+    return {k: (r, f, ref) for k, (r, f) in raw.items() if r and all(x > 0 for x in r)}
 
 
 def scaled(rounds: list[float], refs: list[float], ref: float) -> list[float]:
-    return [r * ref / c for r, c in zip(rounds, refs)] if len(refs) == len(rounds) else list(rounds)
+    return [r * ref / c for r, c in zip(rounds, refs)] if (ref and len(refs) == len(rounds)) else list(rounds)
 
 
 STATISTICS = {
@@ -52,7 +56,8 @@ STATISTICS = {
 
 def compare(a: Path, b: Path) -> dict:
     A, B = items(a), items(b)
-    runs = {p: fast_state_ms([x for _, f, _ in it.values() for x in f] or [1.0]) for p, it in ((a, A), (b, B))}
+    # One reference burst counts once (rows repeat the burst before them); 1.0 without any.
+    runs = {p: fast_state_ms(sorted({x for _, f, _ in it.values() for x in f}) or [1.0]) for p, it in ((a, A), (b, B))}
     keys = sorted(set(A) & set(B))
     out: dict = {"a": str(a), "b": str(b), "items": len(keys), "run_reference_ms": [runs[a], runs[b]], "statistics": {}}
     for name, fn in STATISTICS.items():
@@ -68,4 +73,6 @@ def compare(a: Path, b: Path) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit(__doc__)
-    print(json.dumps(compare(Path(sys.argv[1]), Path(sys.argv[2])), indent=1))
+    from autovit.latmodel.checks import dumps
+
+    print(dumps(compare(Path(sys.argv[1]), Path(sys.argv[2]))))

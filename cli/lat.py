@@ -196,7 +196,7 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--rounds", type=ROUNDS, default=5, show_default=True,
               help="Bursts per block, one pass over all blocks each (robust to slow spells of shared machines).")
 @click.option("--reference/--no-reference", default=True, show_default=True,
-              help="Time a reference model between bursts and express entries at the LUT's reference speed.")
+              help="Time a reference model between bursts: its fast state is the LUT's reference speed, to which validate scales.")
 @click.option("--per-op/--no-per-op", default=True, show_default=True,
               help="onnxruntime, isolated: also record each block's kernel time per op class (its profiler), "
                    "which calibrate fits op class by op class.")
@@ -268,7 +268,7 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
     """profile_blocks behind a progress bar; Ctrl-C says what is saved and exits 130."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from autovit.latmodel.profiler import profile_blocks, rounds_done
+    from autovit.latmodel.profiler import profile_blocks, rounds_done, run_speed_change
 
     bursts = sum(policy.rounds - rounds_done(lut, mode, b) for b in todo)
     try:
@@ -280,9 +280,15 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
                 prog.update(task, advance=1, description=block.key[:60] + (f"  {m.median_ms:.3f} ms" if m else "  failed"))
 
             monitor = _drift_monitor(backend, threads, policy) if reference and todo else None
+            before = lut.reference.get("ref_ms") if lut.entries else None
             result = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
             prog.update(task, completed=bursts)
-            return result
+        change = run_speed_change(before, monitor)
+        if change is not None and not 1 / 1.1 <= change <= 1.1:
+            console.print(f"[bold yellow]warning:[/] this run's reference model ran at {change:.2f}x the LUT's earlier "
+                          f"speed; its new entries are at another machine speed than the old ones: profile into a "
+                          f"new LUT in one run for a consistent table", highlight=False)
+        return result
     except KeyboardInterrupt:
         console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
                       "run the same command to resume", highlight=False)
@@ -538,7 +544,11 @@ def _validation_luts(profile, lut_path: str | None, lut_mode: str | None):
     mode = lut_mode or profile.calibration.get("mode", "isolated")
     oracle = LutOracle(lut, profile, mode=mode, **DECOMPOSITION)
     ref_lut = load_lut(calib_lut, profile.name) if calib_lut else lut
-    return lut_path, mode, oracle, v.baseline_factors(ref_lut, mode), ref_lut.reference.get("ref_ms")
+    # Scale to the LUT's speed only with the network it was measured with (the drift monitor's).
+    from autovit.nas.latency import REFERENCE_MODEL
+
+    same = ref_lut.reference.get("model") == REFERENCE_MODEL
+    return lut_path, mode, oracle, v.baseline_factors(ref_lut, mode), ref_lut.reference.get("ref_ms") if same else None
 
 
 def _validation_models(n_random: int, space_names: list[str], seed: int, zoo: str) -> list:
@@ -560,7 +570,7 @@ def _price_and_measure(cands: list, profile, oracle, factors, backend: str, thre
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from autovit.latmodel import validate as v
-    from autovit.latmodel.measure import TimingPolicy
+    from autovit.latmodel.measure import FAST_STATE_TOL, TimingPolicy
 
     # Short bursts, many rounds: a model's best burst has more chances to fall in a quiet spell.
     policy = TimingPolicy(warmup=2, min_repeats=6, max_repeats=15, ci_pct=2.0, max_seconds=1.5)
@@ -574,7 +584,12 @@ def _price_and_measure(cands: list, profile, oracle, factors, backend: str, thre
             todo = [c for c in cands if c.name not in bad]
             prog.update(task, completed=0, total=len(todo) * rounds, phase=f"measure ({rounds} rounds)")
             monitor = _drift_monitor(backend, threads, policy) if reference else None
-            return failed + v.measure(todo, backend, threads, rounds, policy, step, monitor, ref_ms)
+            failed += v.measure(todo, backend, threads, rounds, policy, step, monitor, ref_ms)
+        if monitor is not None and ref_ms and monitor.run_ms and monitor.run_ms > FAST_STATE_TOL * ref_ms:
+            console.print(f"[bold yellow]warning:[/] the reference model ran at {monitor.run_ms / ref_ms:.2f}x the "
+                          f"LUT's speed in this run (never in the LUT's fast state); its measurements are scaled by "
+                          f"that much: rerun on a quieter machine or with more --rounds", highlight=False)
+        return failed
     except KeyboardInterrupt:
         console.print("[bold red]error:[/] interrupted; nothing was written", highlight=False)
         raise SystemExit(130) from None

@@ -178,8 +178,8 @@ class HardwareProfile:
     int_ops_per_clock: int = 0  # 32-bit integer ops one unit (GPU SM) completes per clock (dw_loop)
     dw_unrolled_max: int = 0  # largest depthwise kernel size the direct kernel has unrolled tap loops for (dw_loop)
     dw_loop_int_ops: float = 0.0  # integer ops per tap of the direct depthwise kernel's run-time loop (dw_loop)
-    # Share of the vector peak a depthwise convolution reaches when the runtime has a dedicated
-    # FMA kernel for it (MLAS's NCHWc depthwise kernel); 0: it runs as the other vector ops do.
+    # Share of the vector peak a depthwise convolution reaches in the runtime's blocked layout
+    # (chain_reorder: MLAS's NCHWc depthwise FMA kernel); 0: it runs as the other vector ops do.
     eff_nchwc_dw: float = 0.0
 
     def uses(self, mechanism: str) -> bool:
@@ -431,6 +431,15 @@ def _fallback(d: dict, where: str) -> Fallback | None:
     )
 
 
+def _off_or_share(num: dict[str, float], path: str, where: str) -> float:
+    """A share of a peak that may be switched off: exactly 0, or at least 1e-4 (a tinier one
+    would price its kernels at days)."""
+    v = num[path]
+    if 0 < v < 1e-4:
+        raise AutoVitError(f"hardware profile {where}: '{path}' is {v:g}; use 0 (off) or a share between 0.0001 and 1")
+    return v
+
+
 def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
     """A checked profile: every value typed, finite and in range, so no NaN or infinity can
     reach a latency."""
@@ -459,7 +468,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         dispatch_us=num["overhead.dispatch_us"], view_dispatch_us=num["overhead.view_dispatch_us"],
         async_dispatch=f["overhead.async"], eff_matrix=num["efficiency.matrix"],
         eff_gemm=num.get("efficiency.gemm", num["efficiency.matrix"]), eff_vector=num["efficiency.vector"],
-        eff_memory=num["efficiency.memory"], eff_nchwc_dw=num["efficiency.nchwc_dwconv"], layout_penalty=num["efficiency.layout_penalty"],
+        eff_memory=num["efficiency.memory"], eff_nchwc_dw=_off_or_share(num, "efficiency.nchwc_dwconv", where), layout_penalty=num["efficiency.layout_penalty"],
         k_half=num["efficiency.k_half"], run_us=num["overhead.run_us"], layout_run_ns=num["efficiency.layout_run_ns"],
         reduce_row_ns=num["efficiency.reduce_row_ns"], weights_cached=f["memory.weights_cached"],
         chain_reorder=f["layout.chain_reorder"], elided=tuple(f["layout.elided"]),

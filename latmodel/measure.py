@@ -104,9 +104,9 @@ class DriftMonitor:
     measurements at one machine speed.
 
     Shared and virtual machines disturb timing on two time scales (this project's 2-vCPU VM,
-    docs/BENCHMARKS.md "fast state"): a burst whose threads share a core runs up to 1.8x slower,
-    flipping from one burst to the next, and a whole run can sit at another speed than the one
-    before it (a validation run's reference model 14-17 % slower than in the profiling run
+    docs/BENCHMARKS.md §3.8): a burst runs up to 1.8x slower in phases and, for small
+    workloads, from one burst to the next, and a whole run can sit at another speed than the
+    one before it (a validation run's reference model 10-17 % slower than in the profiling run
     minutes earlier). Per-round scaling by the adjacent reference burst mixes the two (the
     reference flips state on its own), so a measurement is its fast state (`fast_state_ms`)
     and a run is scaled once, by the reference's fast state in it (`run_ms`) against the LUT's
@@ -139,24 +139,32 @@ class DriftMonitor:
         return fast_state_ms(self.history) if self.history else None
 
 
-# A burst slowed by threads sharing a core runs 1.6-1.8x its fast time on this project's VM
-# (docs/BENCHMARKS.md "fast state"); rounds within 25 % of the fastest are the same state.
+# A slowed burst runs 1.6-1.8x its fast time on this project's VM (docs/BENCHMARKS.md §3.8);
+# rounds within 25 % of the fastest are the same state.
 FAST_STATE_TOL = 1.25
 
 
-def fast_state_ms(rounds_ms: list[float], tol: float = FAST_STATE_TOL) -> float:
-    """The median of the rounds within `tol` of the fastest (ms): the latency with the cores the
-    run asked for, robust to bursts that lost a core and to the occasional lucky one."""
-    if not rounds_ms:
-        raise ValueError("fast_state_ms needs at least one round")
+def fast_rounds(rounds_ms: list[float], tol: float = FAST_STATE_TOL) -> list[float]:
+    """The rounds of the fast state: those within `tol` of the fastest. One fast round among
+    slow ones counts: on this project's VM the fast phases of the whole machine can be one round
+    long (every model of a validation run fast in its first round only, docs/BENCHMARKS.md
+    §3.8), so a lone fast round is more often the state than luck (a burst is the median of
+    >= 6 runs)."""
+    if not rounds_ms or not all(r > 0 and math.isfinite(r) for r in rounds_ms):
+        raise ValueError(f"fast state of {len(rounds_ms)} rounds: need at least one, all finite and > 0")
     fastest = min(rounds_ms)
-    return float(statistics.median(r for r in rounds_ms if r <= tol * fastest))
+    return [r for r in rounds_ms if r <= tol * fastest]
+
+
+def fast_state_ms(rounds_ms: list[float], tol: float = FAST_STATE_TOL) -> float:
+    """The median of the fast-state rounds (ms, `fast_rounds`): the latency with the cores the
+    run asked for, robust to bursts slowed by the machine."""
+    return float(statistics.median(fast_rounds(rounds_ms, tol)))
 
 
 def fast_share(rounds_ms: list[float], tol: float = FAST_STATE_TOL) -> float:
     """Share of the rounds in the fast state (1.0: no burst lost a core)."""
-    fastest = min(rounds_ms)
-    return sum(r <= tol * fastest for r in rounds_ms) / len(rounds_ms)
+    return len(fast_rounds(rounds_ms, tol)) / len(rounds_ms)
 
 
 def at_reference(rounds_ms: list[float], run_ms: float | None, ref_ms: float | None) -> float:

@@ -87,14 +87,26 @@ def _settle(e: dict, mode: str) -> None:
 
 def settle_lut(lut: Lut, monitor: DriftMonitor | None) -> None:
     """Set every entry from its rounds, and the LUT's reference speed `ref_ms` (the fast state of
-    every reference burst it holds): what a later validation run is scaled to."""
+    every reference burst its entries hold; this run's bursts if none do): what a later
+    validation run is scaled to. Entries are not rescaled between runs: a LUT filled over runs
+    at different machine speeds mixes them (`run_speed_change` tells the caller)."""
     refs = [r for e in lut.entries.values() for r in e.get("round_reference_ms", [])]
-    if monitor is not None and monitor.history:
-        refs = refs or list(monitor.history)
-        lut.reference = {"model": monitor.model, "ref_ms": fast_state_ms(refs)}
+    if not refs and monitor is not None:
+        refs = list(monitor.history)
+    if refs:
+        model = monitor.model if monitor is not None else lut.reference.get("model", "")
+        lut.reference = {"model": model, "ref_ms": fast_state_ms(refs)}
     for e in lut.entries.values():
         if "round_medians" in e:
             _settle(e, e["mode"])
+
+
+def run_speed_change(ref_ms_before: float | None, monitor: DriftMonitor | None) -> float | None:
+    """This run's reference speed over the LUT's before it (1.2: this run was 20 % slower), or
+    None when either is unknown."""
+    if not ref_ms_before or monitor is None or monitor.run_ms is None:
+        return None
+    return monitor.run_ms / ref_ms_before
 
 
 def rounds_done(lut: Lut, mode: str, block: Block) -> int:
@@ -110,8 +122,8 @@ def profile_blocks(blocks: list[Block], lut: Lut, path: str | Path, backend: str
                    monitor: DriftMonitor | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Measure every block of `blocks` until it has `policy.rounds` rounds in `lut`, one pass
     over the blocks per round (runner.measure_rounds), saving after each burst. With a drift
-    monitor, entries are at the LUT's reference speed (measure.DriftMonitor). Returns (blocks
-    completed, failures)."""
+    monitor, the LUT records its reference speed (settle_lut). Returns (blocks completed,
+    failures)."""
     if mode not in ("isolated", "ablation"):
         raise AutoVitError(f"unknown mode '{mode}': use isolated or ablation")
     completed = set()

@@ -323,7 +323,7 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         util = units_share
         # A depthwise convolution in the blocked layout runs the runtime's own FMA kernel; one the
         # blocked layout left out runs as a GEMM per channel (nchw), at the vector share.
-        dedicated = k.category == "dwconv" and profile.eff_nchwc_dw > 0 and nchw is None
+        dedicated = k.category == "dwconv" and profile.eff_nchwc_dw > 0 and profile.chain_reorder and nchw is None
         eff = profile.eff_nchwc_dw if dedicated else profile.eff_vector
         peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * eff
     if nchw is not None and nchw.threads < profile.units:

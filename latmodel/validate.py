@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autovit.latmodel.errors import AutoVitError, UsageError
-from autovit.latmodel.measure import FAST_STATE_TOL, at_reference, fast_share
+from autovit.latmodel.measure import at_reference, fast_rounds, fast_share
 from autovit.latmodel.metrics import proportional_factor  # noqa: F401 - re-exported
 
 # The kinds of models of the paper's comparison (MobileNetV2/V3, MobileViT, DeiT, PiT, LeViT,
@@ -84,10 +84,7 @@ class Candidate:
     @property
     def cv(self) -> float | None:
         """Spread of the fast-state rounds (the noise left in a measurement)."""
-        if not self.round_ms:
-            return None
-        fastest = min(self.round_ms)
-        return self._cv([r for r in self.round_ms if r <= FAST_STATE_TOL * fastest])
+        return self._cv(fast_rounds(self.round_ms)) if self.round_ms else None
 
     @property
     def raw_cv(self) -> float | None:

@@ -185,6 +185,9 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     (BASE + "[calibration]\nmode = \"sideways\"\n", ["'sideways' is not one of isolated, ablation"]),
     (BASE + "[calibration.stderr]\neff = \"x\"\n", ["stderr.eff", "must be a number"]),
     ('base = "v100"\nname = "' + "x" * 500 + '"\n', ["'name' must have 1 to 200"]),
+    # a denormal share priced blocked depthwise convolutions at inf ms (review of issue 12's third pass)
+    (BASE + "[efficiency]\nnchwc_dwconv = 5e-324\n", ["efficiency.nchwc_dwconv", "use 0 (off)"]),
+    (BASE + "[efficiency]\nnchwc_dwconv = 1.5\n", ["efficiency.nchwc_dwconv", "<= 1"]),
 ])
 def test_more_bad_profiles(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)

@@ -243,8 +243,12 @@ def test_a_measurement_is_its_fast_state_scaled_once_per_run(monkeypatch):
     rounds = [10.0, 17.0, 10.4, 16.8, 9.8, 17.5]
     assert fast_state_ms(rounds) == pytest.approx(10.0) and fast_share(rounds) == pytest.approx(0.5)
     assert fast_state_ms([5.0]) == 5.0
-    with pytest.raises(ValueError):
-        fast_state_ms([])
+    # A lone fast round is the state (the machine's fast phases can be one round long).
+    assert fast_state_ms([6.0, 10.0, 10.1, 10.2, 9.9]) == 6.0
+    assert fast_state_ms([6.0, 6.2, 10.0, 10.1]) == pytest.approx(6.1)
+    for bad in ([], [0.0, 1.0], [float("nan"), 1.0]):
+        with pytest.raises(ValueError):
+            fast_state_ms(bad)
     # A run whose reference ran 1.2x slower than in the LUT's run is scaled back, once.
     assert at_reference(rounds, 6.0, 5.0) == pytest.approx(10.0 * 5.0 / 6.0)
     assert at_reference(rounds, None, 5.0) == pytest.approx(10.0)  # no monitor: unscaled
@@ -268,6 +272,20 @@ def test_lut_entries_are_their_fast_state_and_the_reference_speed_is_the_runs():
     (e,) = lut.entries.values()
     assert e["median_ms"] == pytest.approx(0.28)  # 0.48 and 0.49 lost a core
     assert lut.reference == {"model": "autovit:xxs", "ref_ms": pytest.approx(4.4)}
+    # Re-settled without a monitor (profile --no-reference), the speed still comes from the
+    # entries' reference bursts, not from what an older rule left there.
+    lut.reference = {"model": "autovit:xxs", "ref_ms": 4.0}
+    settle_lut(lut, None)
+    assert lut.reference["ref_ms"] == pytest.approx(4.4)
+
+
+def test_a_run_at_another_machine_speed_is_told():
+    from autovit.latmodel.measure import DriftMonitor
+    from autovit.latmodel.profiler import run_speed_change
+
+    mon = DriftMonitor(lambda: None, FAST, history=[4.6, 4.7, 4.6])
+    assert run_speed_change(4.0, mon) == pytest.approx(4.6 / 4.0)
+    assert run_speed_change(None, mon) is None and run_speed_change(4.0, None) is None
 
 
 def test_bad_rounds_and_bad_lut_reference(tmp_path, capsys):
