@@ -146,6 +146,26 @@ def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list
         return {**head, "refused": str(e)}
 
 
+def kshot_list(text: str) -> list[int]:
+    """--kshot: K, or several (10,30): each set is loaded once and calibrated at each K."""
+    try:
+        ks = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--kshot takes row counts like 30 or 10,30, got {text!r}") from None
+    if any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"--kshot row counts must be >= 1, got {text!r}")
+    return ks
+
+
+def kshot_runs(args, name: str, profile, dtype: str, nets: list[tuple], meas: list[float], flops: list[float]) -> list[dict]:
+    """kshot_evaluate at each --kshot K, each result printed as it comes."""
+    out = []
+    for k in args.kshot:
+        out.append(kshot_evaluate(name, profile, dtype, nets, meas, flops, k, args.seed, fit_options(args)))
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def fit_options(args) -> dict:
     """calibrated_evaluate's keyword arguments from --prior and --class-factors."""
     if args.class_factors and not args.prior:
@@ -269,8 +289,9 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
             sys.exit("--provenance compares Core ML formats: price the Apple tables on Neural Engine profiles")
         return run_apple_provenance({s: sel[s] for s in wanted}, profiles, models, skip, excluded, cache, args.jobs)
     if args.kshot:
-        return run_apple_kshot({s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {}),
-                               profiles, models, skip, excluded, args.kshot, args.seed, calibrate_on, fit_options(args))
+        tables = {s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {})
+        return [r for k in args.kshot
+                for r in run_apple_kshot(tables, profiles, models, skip, excluded, k, args.seed, calibrate_on, fit_options(args))]
     plots = Path(args.plots) if args.plots else None
     results = [report]
     for s in wanted:
@@ -546,8 +567,9 @@ def run_ofa(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
         ests = [lm.estimate(v100, b, "fp32") for lm, _, _ in nets]
         flops = [e.flops for e in ests]
         if args.kshot:
-            res = kshot_evaluate(s, v100, "fp32", nets, meas, flops, args.kshot, args.seed, fit_options(args))
-        elif args.ablation:
+            results += kshot_runs(args, s, v100, "fp32", nets, meas, flops)
+            continue
+        if args.ablation:
             extra = {"-ofa_ops": [(others[r["idx"]][1], b, 0.0) for r in rows]} if others else None
             res = roofline_ablation(s, v100, "fp32", nets, meas, flops, extra)
         else:
@@ -587,8 +609,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--cache", default=str(HERE / ".cache"))
     ap.add_argument("--out", default=str(HERE / "results" / "external.jsonl"))
-    ap.add_argument("--kshot", type=int, default=0, metavar="K",
-                    help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest")
+    ap.add_argument("--kshot", type=kshot_list, default=[], metavar="K",
+                    help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest; "
+                         "several K (10,30): each set is loaded once")
     ap.add_argument("--prior", type=float, default=0.0, metavar="SIGMA",
                     help="with --kshot: a prior on each free parameter, log-normal around the profile's value with "
                          "width SIGMA (0.69: a factor of 2); 0 (default): the data alone")
@@ -709,8 +732,9 @@ def main() -> None:
                 flops.append(float(r["infer_gmacs"]) * batch)
                 acts.append(float(r["infer_macts"]) * batch)
             if args.kshot:
-                res = kshot_evaluate(s, profiles[hw], dtype, nets, meas, flops, args.kshot, args.seed, fit_options(args))
-            elif args.ablation:
+                results += kshot_runs(args, s, profiles[hw], dtype, nets, meas, flops)
+                continue
+            if args.ablation:
                 res = roofline_ablation(s, profiles[hw], dtype, nets, meas, flops)
             else:
                 res = evaluate(s, pred, meas, flops, acts, sk, hw, {"dtype": dtype, "source": TIMM_SETS[s][0]})

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_depthwise_probe.py measure OUT.json [--batch 64]      # on a CUDA machine
     python benchmarks/gpu_depthwise_probe.py predict OUT.json [--profile h100 --dram-gbps 4800 --cache-mib 60]
+    python benchmarks/gpu_depthwise_probe.py host OUT.json                          # on a CUDA machine
 
 `measure` (needs a CUDA GPU and PyTorch only) times eager PyTorch's depthwise convolution, fp32
 and fp16, stride 1 and 2, 3x3 / 5x5 / 7x7, on OFA-MobileNetV3-like layers (channels, side), with
@@ -16,6 +17,10 @@ HBM3e and, as PyTorch reports it, 60 MB of L2) with every mechanism, without `dw
 without `dw_index` and `cudnn_dw`, and prints one JSON object: per row measured and predicted
 ms, and the median ratio predicted / measured per group (fp32 direct kernel, fp16 cuDNN,
 fp16 direct kernel) and of 5x5 and 7x7 to 3x3.
+
+`host` times eager PyTorch's host cost per call at batch 1 for the ops of a MobileNetV3 block
+(convolutions, BatchNorm, activations, element-wise ops, means, a linear layer, a view): the
+cost per op a host-bound batch-1 run pays.
 """
 from __future__ import annotations
 
@@ -116,16 +121,58 @@ def predict(path: Path, profile: str, dram_gbps: float, cache_mib: float) -> dic
             "predicted_over_measured": by_group, "fp32_stride1_ratio_to_3x3": ratio, "rows": rows}
 
 
+def host_cost(out: Path) -> None:
+    """Host microseconds per eager call at batch 1 (median of 5 x 2,000 back-to-back calls after
+    200 warm-ups, tensors small enough that the GPU keeps up): the cost per op a batch-1 run pays."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    torch.backends.cudnn.benchmark = False
+    d = "cuda"
+    x, y, t = torch.randn(1, 96, 28, 28, device=d), torch.randn(1, 96, 28, 28, device=d), torch.randn(1, 576, device=d)
+    img = torch.randn(1, 3, 224, 224, device=d)
+    conv = lambda *a, **kw: torch.nn.Conv2d(*a, bias=False, **kw).to(d).eval()  # noqa: E731
+    c1, dw3, dw7, c3 = conv(96, 96, 1), conv(96, 96, 3, padding=1, groups=96), conv(96, 96, 7, padding=3, groups=96), \
+        conv(3, 16, 3, stride=2, padding=1)
+    bn, fc = torch.nn.BatchNorm2d(96).to(d).eval(), torch.nn.Linear(576, 1000).to(d).eval()
+    ops = {"conv1x1": lambda: c1(x), "dw3x3": lambda: dw3(x), "dw7x7": lambda: dw7(x), "stem3x3": lambda: c3(img),
+           "batchnorm": lambda: bn(x), "relu": lambda: F.relu(x), "relu6": lambda: F.relu6(x),
+           "hardswish": lambda: F.hardswish(x), "sigmoid": lambda: torch.sigmoid(x), "add": lambda: x + y,
+           "mul": lambda: x * y, "add_scalar": lambda: x + 3, "div_scalar": lambda: x / 6, "mean3": lambda: x.mean(3),
+           "mean23": lambda: x.mean((2, 3), keepdim=True), "linear": lambda: fc(t), "view": lambda: x.view(1, -1)}
+    us = {}
+    with torch.no_grad():
+        for name, f in ops.items():
+            for _ in range(200):
+                f()
+            torch.cuda.synchronize()
+            runs = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(2000):
+                    f()
+                torch.cuda.synchronize()
+                runs.append((time.perf_counter() - t0) / 2000 * 1e6)
+            us[name] = round(sorted(runs)[2], 2)
+    res = {"torch": torch.__version__, "device": torch.cuda.get_device_name(), "us_per_call_batch1": us}
+    out.write_text(json.dumps(res) + "\n")
+    print(json.dumps(res))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("measure", "predict"))
-    ap.add_argument("json", help="measure: where to write the timings; predict: the timings to price")
+    ap.add_argument("what", choices=("measure", "predict", "host"))
+    ap.add_argument("json", help="measure, host: where to write the timings; predict: the timings to price")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--profile", default="h100")
     ap.add_argument("--dram-gbps", type=float, default=0.0, help="the part's DRAM bandwidth (0: the profile's)")
     ap.add_argument("--cache-mib", type=float, default=0.0, help="the part's L2 (0: the profile's)")
     args = ap.parse_args()
-    if args.what == "measure":
+    if args.what == "host":
+        host_cost(Path(args.json))
+    elif args.what == "measure":
         measure(Path(args.json), args.batch)
     else:
         print(json.dumps(predict(Path(args.json), args.profile, args.dram_gbps, args.cache_mib)))
