@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import pickle
 import random
@@ -127,10 +128,11 @@ def evaluate(name: str, pred: list[float], meas: list[float], flops: list[float]
 
 
 def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list[float], flops: list[float],
-                   k: int, seed: int) -> dict:
+                   k: int, seed: int, fit: dict | None = None) -> dict:
     """Calibrate `profile` on k seeded rows of a set, evaluate on the others; the FLOPs- and
     parameter-proportional baselines are fitted on the same k rows. Errors are not rescaled:
-    the calibration has to get the milliseconds right."""
+    the calibration has to get the milliseconds right. `fit`: keyword arguments of
+    calibrated_evaluate (--prior, --class-factors)."""
     order = list(range(len(nets)))
     random.Random(seed).shuffle(order)
     train, test = order[:k], order[k:]
@@ -139,9 +141,37 @@ def kshot_evaluate(name: str, profile, dtype: str, nets: list[tuple], meas: list
 
     head = {"set": name, "hw": profile.name, "k": k, "n_test": len(test), "seed": seed}
     try:
-        return {**head, **calibrated_evaluate(profile, dtype, pick(train), pick(test))}
+        return {**head, **calibrated_evaluate(profile, dtype, pick(train), pick(test), **(fit or {}))}
     except AutoVitError as e:  # fewer rows than free parameters: the fit is refused, the set reported
         return {**head, "refused": str(e)}
+
+
+def kshot_list(text: str) -> list[int]:
+    """--kshot: K, or several (10,30): each set is loaded once and calibrated at each K."""
+    try:
+        ks = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--kshot takes row counts like 30 or 10,30, got {text!r}") from None
+    if any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"--kshot row counts must be >= 1, got {text!r}")
+    return ks
+
+
+def kshot_runs(args, name: str, profile, dtype: str, nets: list[tuple], meas: list[float], flops: list[float]) -> list[dict]:
+    """kshot_evaluate at each --kshot K, each result printed as it comes."""
+    out = []
+    for k in args.kshot:
+        out.append(kshot_evaluate(name, profile, dtype, nets, meas, flops, k, args.seed, fit_options(args)))
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def fit_options(args) -> dict:
+    """calibrated_evaluate's keyword arguments from --prior and --class-factors."""
+    if args.class_factors and not args.prior:
+        sys.exit("--class-factors needs --prior SIGMA: a class factor overlaps the class-wide terms it refines, "
+                 "so only a prior pins it where the rows do not")
+    return {"prior": args.prior or None, "class_factors": args.class_factors}
 
 
 def kshot_table(results: list[dict]) -> str:
@@ -155,7 +185,9 @@ def kshot_table(results: list[dict]) -> str:
             rows.append(f"| {r['set']} | {r['k']} | {r['n_test']} | refused: {r['refused'].split(' (')[0]} | | | |")
             continue
         u, f, p = r["uncalibrated"], r["baselines"]["flops"], r["baselines"]["params"]
-        label = r["set"] + (f" (calibrated on {r['calibrated_on']})" if "calibrated_on" in r else "")
+        how = ([f"calibrated on {r['calibrated_on']}"] if "calibrated_on" in r else []) + \
+            ([f"prior {r['prior']:g}"] if "prior" in r else []) + (["class factors"] if r.get("class_factors") else [])
+        label = r["set"] + (f" ({', '.join(how)})" if how else "")
         rows.append(f"| {label} | {r['k']} | {r['n_test']} | {r['kendall_tau']:.3f} / {u['kendall_tau']:.3f} / "
                     f"{f['kendall_tau']:.3f} / {p['kendall_tau']:.3f} | {r['median_ape']:.1f} / {u['median_ape']:.1f} / "
                     f"{f['median_ape']:.1f} / {p['median_ape']:.1f} | {r['within_10']:.1f} | "
@@ -257,8 +289,9 @@ def run_apple(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
             sys.exit("--provenance compares Core ML formats: price the Apple tables on Neural Engine profiles")
         return run_apple_provenance({s: sel[s] for s in wanted}, profiles, models, skip, excluded, cache, args.jobs)
     if args.kshot:
-        return run_apple_kshot({s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {}),
-                               profiles, models, skip, excluded, args.kshot, args.seed, calibrate_on)
+        tables = {s: sel[s] for s in wanted if s != calibrate_on} | ({calibrate_on: sel[calibrate_on]} if calibrate_on else {})
+        return [r for k in args.kshot
+                for r in run_apple_kshot(tables, profiles, models, skip, excluded, k, args.seed, calibrate_on, fit_options(args))]
     plots = Path(args.plots) if args.plots else None
     results = [report]
     for s in wanted:
@@ -352,7 +385,7 @@ def run_apple_ablation(tables: dict, profiles: dict, models: dict, skip: dict, e
 
 
 def run_apple_kshot(tables: dict, profiles: dict, models: dict, skip: dict, excluded: dict, k: int, seed: int,
-                    calibrate_on: str | None) -> list[dict]:
+                    calibrate_on: str | None, fit: dict | None = None) -> list[dict]:
     """--kshot K: calibrate on K seeded rows of each table and test on its other rows; with
     --calibrate-on SET, calibrate on K seeded rows of SET and test on every other table of its chip."""
     results = []
@@ -366,14 +399,14 @@ def run_apple_kshot(tables: dict, profiles: dict, models: dict, skip: dict, excl
             print(f"{cal}: {len(nets)} rows, too few for K = {k}; skipped", file=sys.stderr)
             continue
         if cal == s:
-            res = kshot_evaluate(s, profiles[s], "fp16", nets, meas, flops, k, seed)
+            res = kshot_evaluate(s, profiles[s], "fp16", nets, meas, flops, k, seed, fit)
         else:
             order = list(range(len(nets)))
             random.Random(seed).shuffle(order)
             train = tuple([x[i] for i in order[:k]] for x in (nets, meas, flops))
             test = apple_nets(tables[s], models, skip, excluded, coreml_format(s))
             res = {"set": s, "hw": profiles[s].name, "k": k, "n_test": len(test[0]), "seed": seed, "calibrated_on": cal,
-                   **calibrated_evaluate(profiles[cal], "fp16", train, test)}
+                   **calibrated_evaluate(profiles[cal], "fp16", train, test, **(fit or {}))}
         results.append(res)
         print(json.dumps(res), flush=True)
     return results
@@ -475,8 +508,9 @@ def roofline_ablation(name: str, profile, dtype: str, nets: list[tuple], meas: l
     if len(profile.mechanisms) > 1:
         variants["none"] = replace(profile, mechanisms=())
     # The assumed figures: the host's cost per op, the per-thread start of fork_join, the integer
-    # ops per tap of dw_loop.
-    assumed = {"dispatch_us": True, "fork_join_us": profile.uses("fork_join"), "dw_loop_int_ops": profile.uses("dw_loop")}
+    # ops per tap of dw_loop and per output of dw_index.
+    assumed = {"dispatch_us": True, "fork_join_us": profile.uses("fork_join"), "dw_loop_int_ops": profile.uses("dw_loop"),
+               "dw_index_int_ops": profile.uses("dw_index")}
     for figure in [f for f, used in assumed.items() if used]:
         for label, f in (("/2", 0.5), ("*2", 2.0)):
             variants[figure + label] = replace(profile, **{figure: getattr(profile, figure) * f})
@@ -533,8 +567,9 @@ def run_ofa(args, data: Path, cache: Path, wanted: list[str]) -> list[dict]:
         ests = [lm.estimate(v100, b, "fp32") for lm, _, _ in nets]
         flops = [e.flops for e in ests]
         if args.kshot:
-            res = kshot_evaluate(s, v100, "fp32", nets, meas, flops, args.kshot, args.seed)
-        elif args.ablation:
+            results += kshot_runs(args, s, v100, "fp32", nets, meas, flops)
+            continue
+        if args.ablation:
             extra = {"-ofa_ops": [(others[r["idx"]][1], b, 0.0) for r in rows]} if others else None
             res = roofline_ablation(s, v100, "fp32", nets, meas, flops, extra)
         else:
@@ -574,8 +609,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--cache", default=str(HERE / ".cache"))
     ap.add_argument("--out", default=str(HERE / "results" / "external.jsonl"))
-    ap.add_argument("--kshot", type=int, default=0, metavar="K",
-                    help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest")
+    ap.add_argument("--kshot", type=kshot_list, default=[], metavar="K",
+                    help="calibrate the profile's free parameters on K rows per set (seeded), evaluate on the rest; "
+                         "several K (10,30): each set is loaded once")
+    ap.add_argument("--prior", type=float, default=0.0, metavar="SIGMA",
+                    help="with --kshot: a prior on each free parameter, log-normal around the profile's value with "
+                         "width SIGMA (0.69: a factor of 2); 0 (default): the data alone")
+    ap.add_argument("--class-factors", action="store_true",
+                    help="with --kshot and --prior: fit the per-class efficiencies of attention and depthwise kernels too")
     ap.add_argument("--apple-hw", metavar="PROFILE", help="price every Apple table on this profile (default: its chip's)")
     ap.add_argument("--plots", metavar="DIR", help="write a residual PNG per Apple table here")
     ap.add_argument("--ablation", action="store_true",
@@ -602,6 +643,9 @@ def main() -> None:
         return
     if args.calibrate_on and (not args.kshot or args.calibrate_on not in TABLES):
         sys.exit("--calibrate-on needs --kshot K and one of the Apple tables: " + ", ".join(TABLES))
+    if not (math.isfinite(args.prior) and args.prior >= 0) or ((args.prior or args.class_factors) and not args.kshot):
+        sys.exit("--prior SIGMA needs --kshot K and a width >= 0 (log units; 0.69 is a factor of 2)")
+    fit_options(args)  # refuses --class-factors without --prior before any work
     if args.kshot and args.out == str(HERE / "results" / "external.jsonl"):
         args.out = str(HERE / "results" / "external_kshot.jsonl")
     if args.ablation and args.out == str(HERE / "results" / "external.jsonl"):
@@ -688,8 +732,9 @@ def main() -> None:
                 flops.append(float(r["infer_gmacs"]) * batch)
                 acts.append(float(r["infer_macts"]) * batch)
             if args.kshot:
-                res = kshot_evaluate(s, profiles[hw], dtype, nets, meas, flops, args.kshot, args.seed)
-            elif args.ablation:
+                results += kshot_runs(args, s, profiles[hw], dtype, nets, meas, flops)
+                continue
+            if args.ablation:
                 res = roofline_ablation(s, profiles[hw], dtype, nets, meas, flops)
             else:
                 res = evaluate(s, pred, meas, flops, acts, sk, hw, {"dtype": dtype, "source": TIMM_SETS[s][0]})

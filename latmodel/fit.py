@@ -29,7 +29,13 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "layout_penalty": (0.1, 100.0), "k_half": (0.0, 1024.0),
     "run_us": (0.0, 500.0), "layout_run_ns": (0.0, 100.0), "transcendental_flops": (1.0, 200.0),
     "reduce_row_ns": (0.0, 1000.0), "fork_join_us": (0.0, 100.0),
+    # Class factors (hardware.CLASS_PARAMETERS) are relative to the engine-wide efficiency: a
+    # class may run up to 10x below or above it.
+    "eff_attention": (0.1, 10.0), "eff_dwconv": (0.1, 10.0),
 }
+# The log error of a good prediction: the robust loss's scale, and the noise a prior weighs
+# its parameters' deviations against (a MAP fit with residuals in units of this noise).
+NOISE = 0.1
 
 
 def block_model(block: Block) -> LatencyModel:
@@ -130,10 +136,22 @@ class ProfileCalibrator:
     `fit_pricers` fits to anything priced by the model (whole networks, for example): a pricer
     maps a profile to predicted ms."""
 
-    def __init__(self, profile: HardwareProfile, parameters: tuple[str, ...] | None = None, mode: str = "isolated"):
+    def __init__(self, profile: HardwareProfile, parameters: tuple[str, ...] | None = None, mode: str = "isolated",
+                 prior: float | None = None):
+        """`prior`: None fits by the data alone; a width sigma (log units) makes the fit a MAP
+        estimate: each parameter's log deviation from the profile's value costs as much as a
+        point off by NOISE x deviation / sigma (a log-normal prior centred on the data-sheet
+        value), so the data move a parameter only as far as they need to. Terms the profile
+        prices at 0 (a cost the device's model does not have) are then left at 0, and a fit
+        may have fewer points than parameters."""
+        if prior is not None and not (math.isfinite(prior) and prior > 0):
+            raise AutoVitError(f"a prior's width must be a number > 0 (log units, e.g. 0.69 for a factor of 2); got {prior!r}")
         self.profile = profile
         self.mode = mode
+        self.prior = prior
         names = parameters or HardwareProfile.FREE_PARAMETERS
+        if prior is not None:
+            names = tuple(n for n in names if float(getattr(profile, n)) > 0)
         # A parameter the profile cannot use would be unidentifiable: leave it out.
         if profile.async_dispatch is False and profile.kind == "cpu":
             names = tuple(n for n in names if n != "launch_us")
@@ -230,7 +248,7 @@ class ProfileCalibrator:
         if not self.names:
             raise AutoVitError("none of the free parameters changes a prediction on these blocks; "
                                "measure a varied set (`autovit-lat profile --preset calib50`)")
-        if len(pricers) < len(self.names):
+        if len(pricers) < len(self.names) and self.prior is None:
             raise AutoVitError(
                 f"calibration needs at least as many measured blocks as free parameters "
                 f"({len(self.names)}: {', '.join(self.names)}); the LUT has {len(pricers)}")
@@ -241,19 +259,36 @@ class ProfileCalibrator:
         scale = np.maximum(hi - lo, 1e-9)
 
         def residuals(z: np.ndarray) -> np.ndarray:
-            pred = self._price(pricers, self._profile_with(lo + z * scale))
-            return np.log(pred) - np.log(y)
+            x = lo + z * scale
+            pred = self._price(pricers, self._profile_with(x))
+            return np.concatenate([np.log(pred) - np.log(y), self._prior_residuals(x, x0)])
 
-        loss = "soft_l1" if np.all(w == 1.0) else _weighted_soft_l1(w)
-        res = least_squares(residuals, (x0 - lo) / scale, bounds=(0.0, 1.0), loss=loss, f_scale=0.1,
+        wp = np.concatenate([w, np.ones(len(x0) if self.prior is not None else 0)])
+        loss = "soft_l1" if np.all(wp == 1.0) else _weighted_soft_l1(wp)
+        res = least_squares(residuals, (x0 - lo) / scale, bounds=(0.0, 1.0), loss=loss, f_scale=NOISE,
                             diff_step=1e-3)
         x = lo + res.x * scale
-        r = res.fun
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(r))):
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(res.fun))):
             raise AutoVitError("the fit did not converge to finite values; nothing was written (check the LUT's entries)")
+        self.calibration = self._summary(res, x, scale, y, wp, kinds)
+        return self.calibration
+
+    def _prior_residuals(self, x: np.ndarray, x0: np.ndarray) -> np.ndarray:
+        """One residual per parameter under a prior (none without): its log deviation from the
+        profile's value in units of the prior's width, weighed against the points' noise."""
+        if self.prior is None:
+            return np.zeros(0)
+        return NOISE * (np.log(np.maximum(x, 1e-12)) - np.log(x0)) / self.prior
+
+    def _summary(self, res, x: np.ndarray, scale: np.ndarray, y: np.ndarray, w: np.ndarray,
+                 kinds: list[str]) -> Calibration:
+        """The Calibration of a solved fit; errors are over the measured points only (not the
+        prior's residuals), standard errors from the Jacobian of all of them."""
+        r_all = res.fun
+        r = r_all[:len(y)]
         dof = max(len(y) - len(x), 1)
         try:
-            cov = np.linalg.pinv(res.jac.T @ (res.jac * w[:, None])) * float(r @ (r * w)) / dof
+            cov = np.linalg.pinv(res.jac.T @ (res.jac * w[:, None])) * float(r_all @ (r_all * w)) / dof
             stderr = np.sqrt(np.clip(np.diag(cov), 0, None)) * scale
         except np.linalg.LinAlgError:
             stderr = np.full(len(x), math.nan)
@@ -264,12 +299,11 @@ class ProfileCalibrator:
             by_kind.setdefault(k, []).append(abs(p - m) / m * 100)
         warnings = [f"{n} is pinned at its bound {self._bound_text(n, x[i])}"
                     for i, n in enumerate(self.names) if n in at_bound]
-        self.calibration = Calibration(
+        return Calibration(
             params={n: float(v) for n, v in zip(self.names, x)},
             stderr={n: float(s) for n, s in zip(self.names, stderr)}, at_bound=at_bound, n_points=len(y),
             rms_log_error=float(np.sqrt(np.mean(r ** 2))),
             mape_by_kind={k: float(np.mean(v)) for k, v in by_kind.items()}, warnings=warnings)
-        return self.calibration
 
     @staticmethod
     def _bound_text(name: str, value: float) -> str:

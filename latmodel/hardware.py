@@ -85,9 +85,11 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # a CPU kernel split over several threads pays to start and join each of them (fork_join);
 # a loop torch.compile generated for a CPU runs on one thread or on every core (inductor_threads);
 # a convolution library that computes in blocked layouts reorders unpacked weights per call (weight_relayout);
-# a direct depthwise kernel not unrolled for its size issues loop instructions per tap (dw_loop).
+# a direct depthwise kernel not unrolled for its size issues loop instructions per tap (dw_loop);
+# the direct kernel decomposes every output's flat index with integer divisions (dw_index);
+# fp16 depthwise layers that PyTorch's heuristic hands to cuDNN skip the direct kernel (cudnn_dw).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
-                       "dw_loop")
+                       "dw_loop", "dw_index", "cudnn_dw")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,13 @@ PARAMETER_FIELDS = {
     "run_us": ("overhead", "run_us"), "layout_run_ns": ("efficiency", "layout_run_ns"),
     "reduce_row_ns": ("efficiency", "reduce_row_ns"), "fork_join_us": ("overhead", "fork_join_us"),
     "transcendental_flops": ("compute", "transcendental_flops"),
+    "eff_attention": ("efficiency", "attention"), "eff_dwconv": ("efficiency", "dwconv"),
 }
+# Per-class factors: the share of its roofline one class of kernels reaches beside the engine-wide
+# efficiency (attention: scores, softmax, their use, fused SDPA; dwconv: depthwise convolutions).
+# 1 in every data-sheet profile (no document gives them); fitted only with a prior
+# (ProfileCalibrator(..., prior=...)), since each overlaps the class-wide terms it refines.
+CLASS_PARAMETERS = ("eff_attention", "eff_dwconv")
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,9 @@ class HardwareProfile:
     int_ops_per_clock: int = 0  # 32-bit integer ops one unit (GPU SM) completes per clock (dw_loop)
     dw_unrolled_max: int = 0  # largest depthwise kernel size the direct kernel has unrolled tap loops for (dw_loop)
     dw_loop_int_ops: float = 0.0  # integer ops per tap of the direct depthwise kernel's run-time loop (dw_loop)
+    dw_index_int_ops: float = 0.0  # integer ops per output of the direct depthwise kernel's index arithmetic (dw_index)
+    eff_attention: float = 1.0  # attention kernels' time is divided by it (CLASS_PARAMETERS; roofline timer)
+    eff_dwconv: float = 1.0  # depthwise convolutions' time is divided by it (CLASS_PARAMETERS; roofline timer)
     # Share of the vector peak a depthwise convolution reaches in the runtime's blocked layout
     # (chain_reorder: MLAS's NCHWc depthwise FMA kernel); 0: it runs as the other vector ops do.
     eff_nchwc_dw: float = 0.0
@@ -201,7 +212,7 @@ class HardwareProfile:
                 f"hardware '{self.name}' does not compute in {dtype}; use --dtype {' or '.join(self.dtypes)}")
         return dtype
 
-    FREE_PARAMETERS = tuple(PARAMETER_FIELDS)
+    FREE_PARAMETERS = tuple(k for k in PARAMETER_FIELDS if k not in CLASS_PARAMETERS)
 
 
 # ---- schema -----------------------------------------------------------------------------------
@@ -266,6 +277,7 @@ PROFILE_KEYS: dict[str, Key] = {
     "compute.min_chunk": Key("int", 0, 2**31, default=0),
     "compute.int_ops_per_clock": Key("int", 0, 1 << 16, default=0), "compute.dw_unrolled_max": Key("int", 0, 1024, default=0),
     "compute.dw_loop_int_ops": Key("number", 0, 1000, default=0.0),
+    "compute.dw_index_int_ops": Key("number", 0, 10000, default=0.0),
     "mechanisms": Key("strs", 0, len(ROOFLINE_MECHANISMS), default=(), choices=ROOFLINE_MECHANISMS),
     "amp.fp32_ops": _OPS,
     "memory.dram_gbps": Key("number", 1e-3, 1e5), "memory.cache_mib": Key("number", 0, 1e6),
@@ -279,6 +291,7 @@ PROFILE_KEYS: dict[str, Key] = {
     "efficiency.nchwc_dwconv": Key("number", 0, 1, default=0.0),  # 0: depthwise convolutions run at efficiency.vector
     "efficiency.layout_penalty": Key("number", 0.01, 1000, default=1.0),
     "efficiency.k_half": Key("number", 0, 1e6, default=0.0), "efficiency.layout_run_ns": _NS, "efficiency.reduce_row_ns": _NS,
+    "efficiency.attention": Key("number", 0.01, 100, default=1.0), "efficiency.dwconv": Key("number", 0.01, 100, default=1.0),
     "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
     "layout.nchwc_channels": Key("bool", default=False), "compute.gemm_thread_macs": Key("number", 0, 1e15, default=0.0),
     "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
@@ -479,7 +492,9 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
         l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
         int_ops_per_clock=f["compute.int_ops_per_clock"], dw_unrolled_max=f["compute.dw_unrolled_max"],
-        dw_loop_int_ops=num["compute.dw_loop_int_ops"],
+        dw_loop_int_ops=num["compute.dw_loop_int_ops"], dw_index_int_ops=num["compute.dw_index_int_ops"],
+        eff_attention=num["efficiency.attention"],
+        eff_dwconv=num["efficiency.dwconv"],
         amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
     )
 

@@ -50,18 +50,23 @@ def calibrate(profile, nets: list[tuple[Pricer, float]], lut=None, mode: str = "
     return fit, cal.fitted_profile()
 
 
-def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple) -> dict:
+def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple, prior: float | None = None,
+                        class_factors: bool = False) -> dict:
     """Fit `profile`'s free parameters to the `train` networks, score it on the `test` ones
     (each a tuple of nets [(LatencyModel, batch, params)], measured ms, FLOPs); the FLOPs- and
-    parameter-proportional baselines are fitted on the same training rows."""
+    parameter-proportional baselines are fitted on the same training rows. `prior`: the width
+    (log units) of a prior centred on the profile's values (fit.ProfileCalibrator), None for
+    none; `class_factors`: fit the per-class efficiencies (hardware.CLASS_PARAMETERS) too."""
     from autovit.latmodel.fit import ProfileCalibrator
+    from autovit.latmodel.hardware import CLASS_PARAMETERS, HardwareProfile
     from autovit.latmodel.metrics import summary
     from autovit.latmodel.metrics import proportional_factor
 
     (tr_nets, tr_meas, tr_flops), (te_nets, te_meas, te_flops) = train, test
     price = lambda nets, p: np.array([lm.estimate(p, b, dtype).latency_ms for lm, b, _ in nets])  # noqa: E731
     t0 = time.time()
-    cal = ProfileCalibrator(profile)
+    names = HardwareProfile.FREE_PARAMETERS + (CLASS_PARAMETERS if class_factors else ())
+    cal = ProfileCalibrator(profile, names, prior=prior)
     pricers = [lambda p, lm=lm, b=b: lm.estimate(p, b, dtype).latency_ms for lm, b, _ in tr_nets]
     fit = cal.fit_pricers(pricers, list(tr_meas), ["network"] * len(tr_nets))
     fitted = cal.fitted_profile()
@@ -76,4 +81,5 @@ def calibrated_evaluate(profile, dtype: str, train: tuple, test: tuple) -> dict:
         "baselines": {b: rounded(p) for b, p in base.items()},
         "fitted": {key: round(v, 5) for key, v in fit.params.items()}, "at_bound": fit.at_bound,
         "train_rms_log_error": round(fit.rms_log_error, 4), "fit_s": round(time.time() - t0, 1),
+        **({"prior": prior} if prior is not None else {}), **({"class_factors": True} if class_factors else {}),
     }

@@ -169,24 +169,61 @@ def nchw_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> 
     return NchwConv(max(1, min(threads, profile.units)), 0 if kernel == 1 else 2 * n * group * reduce * pixels)
 
 
-def dw_tap_s(k: Kernel, profile: HardwareProfile, scale: float, units_share: float) -> float:
-    """Seconds a direct depthwise convolution spends loading its operands through L1 (s).
+def dw_tap_s(k: Kernel, profile: HardwareProfile, scale: float, units_share: float, dtype: str = "fp32") -> float:
+    """Seconds a depthwise convolution spends on its taps (s): loading its operands through L1
+    and, in PyTorch's direct kernel, the integer work around them.
 
     One thread per output walks the kh x kw taps and loads an input and a weight element per
     multiply-add (PyTorch's DepthwiseConv2d.cu, the kernel eager PyTorch runs for fp32 and for the
     fp16 shapes cuDNN's depthwise heuristic declines), so the kernel is bound by L1 load throughput,
-    not by its FMAs or its DRAM bytes: its time grows with k^2 x outputs.
+    not by its FMAs or its DRAM bytes: its time grows with k^2 x outputs. Where cuDNN takes the
+    layer (mechanism cudnn_dw) that L1 roof is the price; the direct kernel's integer work is
+    priced by dw_loop and dw_index.
     """
     loads = k.flops * scale  # 2 FLOPs and 2 loads per multiply-add
     clocks = profile.units * max(units_share, 1e-3) * profile.clock_ghz * 1e9
     t = loads / (clocks * profile.l1_loads_per_clock)
-    if profile.uses("dw_loop") and profile.int_ops_per_clock and dw_kernel_size(k) > profile.dw_unrolled_max:
+    if not profile.int_ops_per_clock or cudnn_depthwise(k, profile, dtype, scale):
+        return t
+    int_ops = 0.0
+    if profile.uses("dw_index"):
+        # Every output decomposes its flat index into (n, c, h, w): three integer divisions and
+        # their multiply-subtracts, plus its offsets (`dw_index_int_ops`); every tap, unrolled or
+        # looped, computes its address and checks its bounds or loop (`dw_loop_int_ops`).
+        int_ops = k.out_elems * scale * profile.dw_index_int_ops + loads / 2 * profile.dw_loop_int_ops
+    elif profile.uses("dw_loop") and dw_kernel_size(k) > profile.dw_unrolled_max:
         # The kernel is compiled with its tap loops unrolled only for small sizes (template kSize
         # 1 and 3: `dw_unrolled_max`); larger ones run a loop with run-time bounds whose index
         # update, bound checks, addresses and loop control are integer ops, every tap
         # (`dw_loop_int_ops`), on the SM's 32-bit integer pipes (`int_ops_per_clock`).
-        t = max(t, loads / 2 * profile.dw_loop_int_ops / (clocks * profile.int_ops_per_clock))
-    return t
+        int_ops = loads / 2 * profile.dw_loop_int_ops
+    return max(t, int_ops / (clocks * profile.int_ops_per_clock))
+
+
+def cudnn_depthwise(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> bool:
+    """Whether PyTorch runs depthwise convolution `k` in cuDNN rather than its direct kernel
+    (mechanism cudnn_dw): only fp16, with at least 32 channels, a square 1x1/3x3/5x5 filter and
+    an input at least 7 wide; every such layer at stride 1; at stride 2 at batch 1 (3x3, 5x5,
+    or 1x1 up to 28 wide), else with >= 512 channels or >= 256 channels and >= 28 wide
+    (`check_cudnn_depthwise_workload_with_filter` in ATen's Convolution.cpp, cuDNN >= 8.2)."""
+    if not (profile.uses("cudnn_dw") and dtype == "fp16" and k.conv and k.act_shapes and len(k.act_shapes[0]) == 4):
+        return False
+    n, cin, _, _, taps, pixels = k.conv
+    side = math.isqrt(taps)
+    _, _, h, w = k.act_shapes[0]
+    if cin < 32 or side * side != taps or side not in (1, 3, 5) or w < 7:
+        return False
+    stride = round(math.sqrt(h * w / max(pixels, 1)))
+    if stride == 1:
+        return True
+    if stride != 2:
+        return False
+    batch = n * scale
+    if batch == 1:
+        return side in (3, 5) or w <= 28
+    if side == 1:
+        return batch <= 16 and cin >= 128 and w <= 7
+    return cin >= 512 or (cin >= 256 and w >= 28)
 
 
 def dw_kernel_size(k: Kernel) -> int:
@@ -244,6 +281,19 @@ def autocast_fp32(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
             and any(t in profile.amp_fp32_ops for t in k.op_types))
 
 
+def class_efficiency(k: Kernel, profile: HardwareProfile) -> float:
+    """The share of its roofline kernel `k`'s class reaches beside the engine-wide efficiencies
+    (hardware.CLASS_PARAMETERS: attention, depthwise; 1 elsewhere and in every data-sheet profile).
+    A calibration with a prior fits them, so that a few measured networks can move one class's
+    cost (one family's written-out attention, another's depthwise) without moving every GEMM
+    or every vector kernel with it."""
+    if k.category == "attention":
+        return profile.eff_attention
+    if k.category == "dwconv":
+        return profile.eff_dwconv
+    return 1.0
+
+
 def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
                 weight_hit: float = 0.0) -> KernelTime:
     """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch); the share
@@ -265,6 +315,8 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
     t_compute, units_share = _compute_s(k, profile, "fp32" if casts else dtype, fb, flops, scale, nchw)
     t_memory = _memory_s(k, profile, act_bytes, w_bytes, weight_hit, units_share, scale)
+    cls_eff = class_efficiency(k, profile)
+    t_compute, t_memory = t_compute / cls_eff, t_memory / cls_eff
 
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
     if profile.uses("fork_join"):
@@ -332,7 +384,7 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         util, units_share = util * min(1.0, cap / units_share), min(units_share, cap)
     t_compute = flops / (peak * util) if flops > 0 else 0.0
     if k.category == "dwconv" and profile.uses("dw_taps") and profile.l1_loads_per_clock and profile.clock_ghz:
-        t_compute = max(t_compute, dw_tap_s(k, profile, scale, units_share))
+        t_compute = max(t_compute, dw_tap_s(k, profile, scale, units_share, dtype))
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
     t_compute += k.rows * scale * profile.reduce_row_ns * 1e-9 / max(profile.units * units_share, 1.0)

@@ -116,9 +116,9 @@ def test_a_profile_based_on_a_detected_one_can_set_its_cores(tmp_path):
 
 def test_every_free_parameter_has_bounds():
     from autovit.latmodel.fit import BOUNDS
-    from autovit.latmodel.hardware import HardwareProfile
+    from autovit.latmodel.hardware import CLASS_PARAMETERS, HardwareProfile
 
-    assert set(BOUNDS) == set(HardwareProfile.FREE_PARAMETERS)
+    assert set(BOUNDS) == set(HardwareProfile.FREE_PARAMETERS) | set(CLASS_PARAMETERS)
     assert HardwareProfile.FREE_PARAMETERS == ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us",
                                                "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half",
                                                "run_us", "layout_run_ns", "reduce_row_ns", "fork_join_us", "transcendental_flops")
@@ -195,3 +195,34 @@ def test_calibrate_cli_fits_the_luts_reference_network(tmp_path, monkeypatch, ca
     assert load_profile("cpu-x86@calibrated").calibration["network"] == result["network"]
     code, out, _ = run_cli(lat, args + ["--no-network"], capsys)
     assert code == 0 and json.loads(out)["network"] is None and "network" not in json.loads(out)["mape_by_kind"]
+
+
+def _rate_pricer(ops: float):
+    """A part whose time is `ops` divided by the product of two efficiencies (ms): the data see
+    only the product, never how it splits."""
+    return lambda p: ops / (p.eff_matrix * p.eff_vector)
+
+
+def test_a_prior_splits_what_the_data_cannot_tell_apart_evenly_in_log():
+    """Under a prior the fit is a MAP estimate: the data fix the product of two efficiencies,
+    the prior (equal widths, centred on the profile) shares the change equally in log."""
+    start = replace(load_profile("cpu-x86"), eff_matrix=0.6, eff_vector=0.3)
+    pricers = [_rate_pricer(ops) for ops in (1.0, 2.0, 5.0)]
+    measured = [2.0 * p(start) for p in pricers]  # half the product
+    c = ProfileCalibrator(start, ("eff_matrix", "eff_vector"), prior=0.69).fit_pricers(pricers, measured, ["x"] * 3)
+    assert c.params["eff_matrix"] == pytest.approx(0.6 / 2 ** 0.5, rel=0.03)
+    assert c.params["eff_vector"] == pytest.approx(0.3 / 2 ** 0.5, rel=0.03)
+    assert c.rms_log_error < 0.02  # over the measured points only: the prior's residuals are not errors
+
+
+def test_a_prior_fits_fewer_points_than_parameters_and_leaves_zero_terms_alone():
+    start = replace(load_profile("cpu-x86"), eff_matrix=0.6, eff_vector=0.3, layout_run_ns=0.0)
+    pricers = [_rate_pricer(1.0)]
+    with pytest.raises(AutoVitError, match="at least as many measured blocks"):
+        ProfileCalibrator(start, ("eff_matrix", "eff_vector")).fit_pricers(pricers, [2.0 * pricers[0](start)], ["x"])
+    cal = ProfileCalibrator(start, ("eff_matrix", "eff_vector", "layout_run_ns"), prior=0.69)
+    assert cal.names == ("eff_matrix", "eff_vector")  # a term the profile prices at 0 is not invented
+    c = cal.fit_pricers(pricers, [2.0 * pricers[0](start)], ["x"])
+    assert c.params["eff_matrix"] * c.params["eff_vector"] == pytest.approx(0.6 * 0.3 / 2, rel=0.05)
+    with pytest.raises(AutoVitError, match="prior's width"):
+        ProfileCalibrator(start, prior=0.0)

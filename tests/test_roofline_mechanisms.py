@@ -16,8 +16,8 @@ from conftest import _init, make_model
 V100 = load_profile("v100")
 
 
-def without(profile, mechanism: str):
-    return replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != mechanism))
+def without(profile, *mechanisms: str):
+    return replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m not in mechanisms))
 
 
 def attention_graph(sdpa: bool, n: int = 49, d: int = 32):
@@ -41,7 +41,8 @@ def op_groups(graph, profile) -> list[list[str]]:
 
 def test_every_cuda_profile_prices_attention_by_how_the_model_called_it():
     for name in ("v100", "rtx3090", "rtx4090", "a100", "h100"):
-        assert set(load_profile(name).mechanisms) == {"sdpa_call", "dw_taps", "autocast", "dw_loop"} <= set(ROOFLINE_MECHANISMS)
+        assert set(load_profile(name).mechanisms) == {"sdpa_call", "dw_taps", "autocast", "dw_loop", "dw_index",
+                                                      "cudnn_dw"} <= set(ROOFLINE_MECHANISMS)
     fused = op_groups(attention_graph(sdpa=True), V100)
     assert len(fused) == 1 and "Softmax" in fused[0] and fused[0].count("MatMul") == 2
     written_out = op_groups(attention_graph(sdpa=False), V100)
@@ -70,12 +71,12 @@ def test_depthwise_time_grows_with_taps_at_the_l1_load_rate():
     def kernel(k, profile):
         return LatencyModel(depthwise_graph(k)).estimate(profile, 64, "fp32").kernels[0]
 
-    big = kernel(7, without(V100, "dw_loop"))
+    big = kernel(7, without(V100, "dw_loop", "dw_index"))
     loads = 2 * 64 * 64 * 32 * 32 * 49  # an input and a weight element per multiply-add
     busy = vector_utilization(64 * 64 * 32 * 32, V100)  # whole waves of blocks over the SMs
     assert big.compute_ms == pytest.approx(loads / (80 * 1.53e9 * 32 * busy) * 1e3, rel=1e-6)
-    assert big.compute_ms == pytest.approx(dw_tap_s(big.kernel, without(V100, "dw_loop"), 64, busy) * 1e3, rel=1e-6)
-    on = kernel(7, without(V100, "dw_loop")).device_ms / kernel(3, V100).device_ms
+    assert big.compute_ms == pytest.approx(dw_tap_s(big.kernel, without(V100, "dw_loop", "dw_index"), 64, busy) * 1e3, rel=1e-6)
+    on = kernel(7, without(V100, "dw_loop", "dw_index")).device_ms / kernel(3, without(V100, "dw_index")).device_ms
     off = kernel(7, without(V100, "dw_taps")).device_ms / kernel(3, without(V100, "dw_taps")).device_ms
     assert on > 2.0 > 1.5 > off  # 49 vs 9 taps show through only with the L1 roof
     # A profile without an L1 figure (the CPUs: oneDNN keeps the taps in registers) has no such roof.
@@ -175,12 +176,13 @@ def test_depthwise_sizes_without_an_unrolled_kernel_pay_integer_ops_per_tap():
         return LatencyModel(depthwise_graph(k)).estimate(profile, 64, "fp32").kernels[0]
 
     assert V100.dw_unrolled_max == 3 and V100.dw_loop_int_ops > 2 * V100.int_ops_per_clock / V100.l1_loads_per_clock
-    assert kernel(3, V100).compute_ms == pytest.approx(kernel(3, without(V100, "dw_loop")).compute_ms)
+    loop = without(V100, "dw_index")  # dw_loop alone: integer ops per tap of the looped sizes only
+    assert kernel(3, loop).compute_ms == pytest.approx(kernel(3, without(V100, "dw_loop", "dw_index")).compute_ms)
     busy = vector_utilization(64 * 64 * 32 * 32, V100)
     taps = 64 * 64 * 32 * 32 * 49
-    assert kernel(7, V100).compute_ms == pytest.approx(
+    assert kernel(7, loop).compute_ms == pytest.approx(
         taps * V100.dw_loop_int_ops / (80 * 1.53e9 * 64 * busy) * 1e3, rel=1e-6)
-    assert kernel(7, V100).compute_ms > 2 * kernel(7, without(V100, "dw_loop")).compute_ms
+    assert kernel(7, loop).compute_ms > 2 * kernel(7, without(V100, "dw_loop", "dw_index")).compute_ms
 
 
 def conv_graph(cin: int, cout: int, k: int, hw: int):
@@ -200,3 +202,96 @@ def test_onednn_convolutions_reorder_unpacked_weights_every_call():
     # Only where the library reorders (the profile's nchw_conv_relayout dtypes): not on a GPU.
     gpu = replace(V100, mechanisms=V100.mechanisms + ("weight_relayout",))
     assert LatencyModel(g).estimate(gpu).latency_ms == pytest.approx(LatencyModel(g).estimate(V100).latency_ms)
+
+
+def test_class_factors_move_only_their_class_and_are_one_in_every_shipped_profile():
+    from autovit.latmodel.hardware import CLASS_PARAMETERS, builtin_names
+
+    assert all(getattr(load_profile(n), f) == 1.0 for n in builtin_names() for f in CLASS_PARAMETERS)
+    g = attention_graph(sdpa=False)
+    slow = replace(V100, eff_attention=0.5)
+    for base, other in zip(LatencyModel(g).estimate(V100, 4096).kernels, LatencyModel(g).estimate(slow, 4096).kernels):
+        want = 2.0 if base.kernel.category == "attention" else 1.0
+        assert other.device_ms - slow.launch_us * 1e-3 == pytest.approx(want * (base.device_ms - V100.launch_us * 1e-3))
+    dw = LatencyModel(depthwise_graph(7))
+    assert dw.estimate(replace(V100, eff_dwconv=0.5), 64).kernels[0].compute_ms == pytest.approx(
+        2 * dw.estimate(V100, 64).kernels[0].compute_ms)
+    assert dw.estimate(slow, 64).latency_ms == pytest.approx(dw.estimate(V100, 64).latency_ms)
+
+
+def linear_graph(n: int, d: int, op: str = "MatMul"):
+    """A token MLP layer (1, n tokens, d) @ (d, 4d): a linear layer, no attention; op="Relu": an
+    activation over the same tokens (memory-bound)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n, d])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    if op == "Relu":
+        return build_graph(make_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]))
+    return build_graph(make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], [_init("w", (d, 4 * d))]))
+
+
+def test_a_class_factor_fits_what_no_class_wide_term_can():
+    """Networks whose attention runs at half the roofline the linear layers reach: eff_gemm
+    prices both, so a fit of the class-wide terms alone misses its own rows; with the class
+    factor (and a prior) the training error falls to the noise."""
+    from autovit.latmodel.fit import ProfileCalibrator
+
+    nets = [LatencyModel(attention_graph(sdpa=False, n=n, d=d)) for n, d in ((196, 32), (784, 32), (3136, 64))]
+    nets += [LatencyModel(linear_graph(n, d, op)) for n, d in ((196, 384), (784, 256), (3136, 128))
+             for op in ("MatMul", "Relu")]
+    pricers = [lambda p, m=m: m.estimate(p, 256, "fp16").latency_ms for m in nets]
+    truth = replace(V100, eff_attention=0.5)
+    measured = [p(truth) for p in pricers]
+    names = ("eff_gemm", "eff_vector", "eff_memory")
+    alone = ProfileCalibrator(V100, names, prior=0.69).fit_pricers(pricers, measured, ["x"] * len(nets))
+    both = ProfileCalibrator(V100, names + ("eff_attention",), prior=0.69).fit_pricers(pricers, measured, ["x"] * len(nets))
+    assert both.rms_log_error < 0.05 < alone.rms_log_error
+    assert both.params["eff_attention"] == pytest.approx(0.5, rel=0.15)
+
+
+def strided_depthwise_graph(k: int, c: int, hw: int, stride: int):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[k // 2] * 4, group=c, strides=[stride] * 2)
+    return build_graph(make_model([node], [x], [y], [_init("w", (c, 1, k, k))]))
+
+
+def test_the_direct_depthwise_kernel_pays_integer_divisions_per_output():
+    """dw_index: every output of PyTorch's direct kernel divides its flat index three times, and
+    every tap, unrolled or not, pays its address and bound ops: on an H200 (docs/BENCHMARKS.md
+    §1.1) a 7x7 layer took 3.6x a 3x3 one, not the 49/9 of the taps or the 10.7x of dw_loop alone."""
+    def kernel(k, profile, batch=64):
+        return LatencyModel(depthwise_graph(k)).estimate(profile, batch, "fp32").kernels[0]
+
+    outputs = 64 * 64 * 32 * 32
+    busy = vector_utilization(outputs, V100)
+    for k in (3, 5, 7):
+        ops = outputs * (V100.dw_index_int_ops + k * k * V100.dw_loop_int_ops)
+        assert kernel(k, V100).compute_ms == pytest.approx(ops / (80 * 1.53e9 * 64 * busy) * 1e3, rel=1e-6)
+    assert 3.0 < kernel(7, V100).compute_ms / kernel(3, V100).compute_ms < 4.0
+    assert kernel(3, V100).compute_ms > 3 * kernel(3, without(V100, "dw_index")).compute_ms
+    # Switched off with dw_taps, whose direct kernel it refines.
+    assert kernel(3, without(V100, "dw_taps")).compute_ms == pytest.approx(
+        kernel(3, without(V100, "dw_taps", "dw_index")).compute_ms)
+
+
+def test_fp16_depthwise_layers_cudnn_takes_skip_the_direct_kernel():
+    """cudnn_dw: ATen hands fp16 depthwise layers to cuDNN by shape (Convolution.cpp,
+    check_cudnn_depthwise_workload_with_filter); those cost the L1 roof only."""
+    def kernel(g, profile, batch, dtype="fp16"):
+        return LatencyModel(g).estimate(profile, batch, dtype).kernels[0]
+
+    roof = without(V100, "dw_index", "dw_loop", "cudnn_dw")
+    direct = without(V100, "cudnn_dw")
+
+    def runs_cudnn(g, batch, dtype="fp16"):
+        on, r, d = (kernel(g, p, batch, dtype).compute_ms for p in (V100, roof, direct))
+        assert d > 1.5 * r and on in (pytest.approx(r), pytest.approx(d))  # the two prices tell which ran
+        return on == pytest.approx(r)
+
+    assert runs_cudnn(depthwise_graph(3), 64) and runs_cudnn(depthwise_graph(5), 64)
+    assert not runs_cudnn(depthwise_graph(7), 64)  # only 1x1, 3x3 and 5x5 filters
+    assert not runs_cudnn(depthwise_graph(3), 64, "fp32")  # only fp16
+    assert not runs_cudnn(depthwise_graph(3, c=16), 64)  # at least 32 channels
+    assert not runs_cudnn(strided_depthwise_graph(3, 64, 32, 2), 64)  # stride 2 at batch > 1: 512 channels, or 256 and >= 28 wide
+    assert runs_cudnn(strided_depthwise_graph(3, 64, 32, 2), 1)  # ... any at batch 1
+    assert runs_cudnn(strided_depthwise_graph(3, 256, 32, 2), 64)
