@@ -3,9 +3,12 @@ trained alone with the same recipe and budget, several seeds each (issue 14; tar
 minus smallest >= 5 points, seed standard deviation <= 1 point, each run <= 10 minutes).
 
     OMP_NUM_THREADS=1 python benchmarks/task_separation.py [--data mnist5k-pairs --space xxs \
-        --epochs 20 --seeds 0,1,2 --workdir runs/standalone] [--lr ... --batch-size ... --warmup-epochs ...]
+        --epochs 20 --seeds 0,1,2 --workdir runs/standalone] [--lr ... --batch-size ... --warmup-epochs ...] \
+        [--subnets smallest,largest]
 
-"Median" is the subnet at the middle of 400 uniform samples sorted by parameter count. Each run
+"Median" is the subnet at the middle of 400 uniform samples sorted by parameter count; --subnets
+trains a subset of the three (the smallest and largest decide the sign of the gap, so a long
+budget can try them first, and the median later without retraining them). Each run
 trains one subnet from scratch (autovit-nas train --arch) and reports its final top-1 on the
 whole validation set, its wall time and its process CPU time; finished runs in --workdir are
 reused (benchmarks/standalone.py), so an interrupted benchmark resumes, and two processes
@@ -33,10 +36,12 @@ def main() -> None:
                     help="budget per run (20: under 600 s of CPU for the largest XXS subnet)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--recipe", default="small")
+    ap.add_argument("--subnets", default=",".join(SUBNETS), help="which of smallest, median, largest to train")
     ap.add_argument("--workdir", default="runs/standalone")
     ap.add_argument("--out", default="benchmarks/results/task_separation.json")
     add_recipe_flags(ap)
     args = ap.parse_args()
+    chosen = chosen_subnets(args.subnets)
 
     import torch
 
@@ -47,7 +52,7 @@ def main() -> None:
 
     cfg = recipe_config(TrainConfig(space=args.space, data=args.data, recipe=args.recipe), args)
     space = supernet_space(cfg, open_data(args.data))
-    archs = dict(zip(("smallest", "median", "largest"), spread_archs(space, 3, seed=0)))
+    archs = {k: a for k, a in zip(SUBNETS, spread_archs(space, 3, seed=0)) if k in chosen}
     seeds = [int(s) for s in args.seeds.split(",")]
     head = {"benchmark": "task_separation", "data": args.data, "space": space.name, "epochs": args.epochs,
             "recipe": args.recipe, "recipe_values": recipe_values(cfg), "seeds": seeds,
@@ -65,6 +70,20 @@ def main() -> None:
     print(json.dumps({k: v for k, v in res.items() if k not in ("runs", "summary")}
                      | {"top1": {k: (round(s["top1_mean"], 2), round(s["top1_std"], 2))
                                  for k, s in res["summary"].items()}}))
+
+
+SUBNETS = ("smallest", "median", "largest")
+
+
+def chosen_subnets(text: str) -> list[str]:
+    """--subnets 'smallest,largest' -> its names, each one of SUBNETS (exit 2 naming the bad one)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in SUBNETS]
+    if bad or not names:
+        what = f"unknown subnet '{bad[0]}'" if bad else "no subnet named"
+        print(f"--subnets {text}: {what}; give a comma-separated list of {', '.join(SUBNETS)}", file=sys.stderr)
+        sys.exit(2)
+    return names
 
 
 def summarise(archs: dict, runs: list[dict]) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -95,3 +96,14 @@ def test_separation_leaves_the_seed_target_undecided_with_one_seed():
     two = summarise(archs, [run("smallest", 0, 70.0), run("largest", 0, 80.0), run("smallest", 1, 73.0),
                             run("largest", 1, 80.0)])
     assert two["targets"]["seed std <= 1 point"] is False and two["largest_minus_smallest"] == 8.5
+
+
+def test_separation_subnets_flag_takes_known_names_and_rejects_others(capsys):
+    from task_separation import chosen_subnets
+
+    assert chosen_subnets("smallest, largest") == ["smallest", "largest"]
+    for bad, named in (("smallest,biggest", "unknown subnet 'biggest'"), (",", "no subnet named")):
+        with pytest.raises(SystemExit) as exit_:
+            chosen_subnets(bad)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and named in err and "smallest, median, largest" in err
