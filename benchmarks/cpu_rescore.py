@@ -23,17 +23,22 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def per_round_scaled(row: dict, ref_ms: float) -> float:
+def per_round_scaled(row: dict, ref_ms: float | None) -> float:
+    """validate's statistic before issue 12's third pass: the median of the scaled rounds, or the
+    lowest round without a reference burst for each."""
+    from benchmarks.fast_state import scaled
+
     r, f = row["round_ms"], row["reference_ms"]
-    return statistics.median(a * ref_ms / b for a, b in zip(r, f)) if len(f) == len(r) else min(r)
+    return statistics.median(scaled(r, f, ref_ms)) if (ref_ms and len(f) == len(r)) else min(r)
 
 
 def main() -> None:
     from autovit.latmodel.checks import dumps
     from autovit.latmodel.estimate import LatencyModel
     from autovit.latmodel.hardware import load_profile
-    from autovit.latmodel.measure import at_reference, fast_state_ms
+    from autovit.latmodel.measure import at_reference
     from benchmarks.cpu_whole_network import candidates, cached_graph, ratio_metrics
+    from benchmarks.fast_state import run_speed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hw", required=True, help="profile name or TOML path")
@@ -51,7 +56,7 @@ def main() -> None:
         d = json.loads(Path(f).read_text())
         rows = [r for r in d["rows"] if r.get("measured_ms")]
         if args.restat:
-            run_ms = fast_state_ms(sorted({x for r in rows for x in r["reference_ms"]})) if d.get("reference_ms") else None
+            run_ms = run_speed(x for r in rows for x in r["reference_ms"]) if d.get("reference_ms") else None
             rows = [dict(r, measured_ms=at_reference(r["round_ms"], run_ms, d.get("reference_ms"))) for r in rows]
         sets: dict = {}
         for r, c in candidates(rows):

@@ -41,7 +41,16 @@ def items(path: Path) -> dict[str, tuple[list[float], list[float], float]]:
 
 
 def scaled(rounds: list[float], refs: list[float], ref: float) -> list[float]:
+    """Each round scaled by the reference burst before it (the drift correction before issue 12's
+    third pass); the rounds as they are without a burst for each or a reference speed."""
     return [r * ref / c for r, c in zip(rounds, refs)] if (ref and len(refs) == len(rounds)) else list(rounds)
+
+
+def run_speed(bursts) -> float | None:
+    """The run's speed (ms): the fast state of its distinct reference bursts (rows and entries
+    repeat the burst before them, so each counts once); None without any."""
+    distinct = sorted(set(bursts))
+    return fast_state_ms(distinct) if distinct else None
 
 
 STATISTICS = {
@@ -56,8 +65,7 @@ STATISTICS = {
 
 def compare(a: Path, b: Path) -> dict:
     A, B = items(a), items(b)
-    # One reference burst counts once (rows repeat the burst before them); 1.0 without any.
-    runs = {p: fast_state_ms(sorted({x for _, f, _ in it.values() for x in f}) or [1.0]) for p, it in ((a, A), (b, B))}
+    runs = {p: run_speed(x for _, f, _ in it.values() for x in f) or 1.0 for p, it in ((a, A), (b, B))}
     keys = sorted(set(A) & set(B))
     out: dict = {"a": str(a), "b": str(b), "items": len(keys), "run_reference_ms": [runs[a], runs[b]], "statistics": {}}
     for name, fn in STATISTICS.items():
