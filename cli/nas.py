@@ -446,6 +446,7 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
         state = SearchState.open(out_dir, settings_d, resume=bool(resume_dir))
         ctx.barrier()  # every rank has read the folder before any writes to it
         _run_search(ctx, net, cfg, state, settings_d, cons, measuring, out_dir, as_json)
+    ctx.close()  # after rank 0 has written the results: no rank leaves while another works
 
 
 def _search_folder(out_dir: str | None, resume_dir: str | None):

@@ -196,6 +196,18 @@ class DistContext:
 
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group together, on the success path: a rank that exits while
+        rank 0 is still writing its results or still in a collective can make gloo abort the
+        other (seen once in the two-rank search test). After a failure on one rank this would
+        wait for it, so error paths do not call it."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.barrier()
+                dist.destroy_process_group()
+
 
 # ---- data ----------------------------------------------------------------------------------------
 def supernet_space(cfg: TrainConfig, data: DataSource) -> SearchSpace:
@@ -378,7 +390,9 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: Pro
             claim_out(out, resume, force, clear=True)
             remove_stale_temporaries(out)
             atomic_write_text(out / "config.json", dumps(cfg.to_saved(), indent=2) + "\n")
-        return _epochs(run, out, *start, progress=progress, log=log, stop_after_epochs=stop_after_epochs)
+        summary = _epochs(run, out, *start, progress=progress, log=log, stop_after_epochs=stop_after_epochs)
+    run.ctx.close()
+    return summary
 
 
 RESUME_CHANGES = ("epochs", "workers", "device", "teacher", "teacher_ckpt")  # what a resumed run may set anew
