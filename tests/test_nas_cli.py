@@ -263,8 +263,8 @@ def test_torchrun_ranks_split_the_search_and_match_one_process(ckpt, tmp_path):
     one = subprocess.run([sys.executable, "-m", "autovit.cli.nas", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                          "29533", "-m", "autovit.cli.nas", *args, "--out", str(tmp_path / "two")],
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+                          "-m", "autovit.cli.nas", *args, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads(two.stdout)["world"] == 2  # printed once, by rank 0
