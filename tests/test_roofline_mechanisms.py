@@ -397,3 +397,34 @@ def test_a_bad_host_table_is_a_one_line_error(overhead, error):
     with pytest.raises(AutoVitError, match=re.escape("needs an [overhead.host_us] table")):
         profile_from_dict(no_table, "test")  # host_classes still in its mechanisms
     assert not profile_from_dict({**no_table, "mechanisms": ["dw_taps"]}, "test").host_us
+
+
+def test_an_ofa_subnet_prices_every_op_by_a_probed_class():
+    """The graph the OFA benchmark prices (benchmarks/external.py: the subnet exported by
+    module_graph, BatchNorm kept, rewritten to OFA's own element-wise ops) has every kernel in a
+    class of the host table: its convolutions, depthwise convolutions, BatchNorms (one per
+    convolution outside squeeze-excite and the feature mix, not folded), element-wise ops, means
+    and the classifier; only the flatten view stays out (view_dispatch_us)."""
+    from autovit.latmodel.sources import module_graph
+
+    ofa = _ofa_mbv3()
+    net = ofa.OFAMobileNetV3([3] * 20, [3] * 20, [2] * 5, ops="torch")
+    g = ofa.ofa_code_graph(module_graph(net, (1, 3, 128, 128)))
+    kernels = LatencyModel(g).kernels(V100)
+    table = V100.host_us
+
+    def key(k):
+        return k.op_types[0] if len(k.op_types) == 1 and k.op_types[0] in table else "@" + k.category
+
+    by_key: dict[str, int] = {}
+    for k in kernels:
+        if k.klass != "view":
+            by_key[key(k)] = by_key.get(key(k), 0) + 1
+    assert set(by_key) <= set(table), set(by_key) - set(table)
+    assert [k.op_types for k in kernels if k.klass == "view"] == [["Flatten"]]
+    blocks, se_blocks = 1 + 10, 6  # the fixed first block and 2 per stage; squeeze-excite in stages 2, 4, 5
+    assert by_key["@dwconv"] == blocks
+    assert by_key["@conv"] == 1 + (2 * blocks - 1) + 2 * se_blocks + 2  # stem, 1x1s (the first block has no expansion), SE, final
+    # One after every convolution but the SE ones and the feature mix, depthwise included.
+    assert by_key["BatchNormalization"] == by_key["@conv"] - 2 * se_blocks - 1 + by_key["@dwconv"]
+    assert by_key["@linear"] == 1 and by_key["ReduceMean"] == 2 * (se_blocks + 1)
