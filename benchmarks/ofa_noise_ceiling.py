@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", help="shared/external-latency folder (found automatically)")
     args = ap.parse_args()
+    if args.n < 0:
+        sys.exit("--n must be 0 (all 5,000 rows) or more")
     from scipy import stats
 
     data = find_data(args.data)
