@@ -22,8 +22,8 @@ host (CUDA) the host queues launches ahead of the device: the device starts kern
 has finished kernel i-1 and the host has issued it, so the total is
 end_i = max(end_{i-1}, issue_i) + t_device_i with issue_i = issue_{i-1} + dispatch,
 which is the sum of device times when they are long and the sum of dispatch costs when short.
-The dispatch cost is `dispatch_us` per op, or with mechanism host_classes the op class's share of
-it (host_us): a convolution costs the host more than an add.
+The dispatch cost is `dispatch_us` per op, or with mechanism host_classes the op class's multiple
+of it (host_us): a convolution costs the host more than an add.
 """
 from __future__ import annotations
 
@@ -296,12 +296,25 @@ def class_efficiency(k: Kernel, profile: HardwareProfile) -> float:
     return 1.0
 
 
+def _median_ratio(table: dict[str, float], reference: str) -> float:
+    """The median of the table's entries over the reference entry's."""
+    values = sorted(table.values())
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return median / table[reference]
+
+
 def host_us(op_types: list[str], category: str, profile: HardwareProfile) -> float:
     """Host microseconds one eager call of a kernel of `op_types` and `category` costs (mechanism
     host_classes): `dispatch_us` times its class's entry of [overhead.host_us] over the reference
     entry's. A kernel of one op is looked up by its op type, then by "@category"; a fused kernel
     (one ATen call for several ONNX ops: a linear layer and its bias, GELU) by its category, which
-    its fusion rule names. A class not in the table, or the mechanism off: `dispatch_us`.
+    its fusion rule names. The mechanism off (or no table): `dispatch_us`.
+
+    A class not in the table (LayerNorm, softmax, attention, GELU, copies: not probed) costs the
+    median of the table's ratios: its host work is unmeasured, so it is charged neither as the
+    cheapest measured class (an element-wise op, which would favour networks made of unprobed
+    ops, such as transformers) nor as the dearest (a backend-selecting module).
 
     Why classes: PyTorch's dispatcher costs the same for every op, but a module that selects a
     backend per call (cuDNN for convolutions and BatchNorm, cuBLAS for a linear layer) does more
@@ -313,7 +326,7 @@ def host_us(op_types: list[str], category: str, profile: HardwareProfile) -> flo
         return profile.dispatch_us
     key = op_types[0] if len(op_types) == 1 and op_types[0] in table else "@" + category
     if key not in table:
-        return profile.dispatch_us
+        return profile.dispatch_us * _median_ratio(table, profile.host_reference)
     return profile.dispatch_us * table[key] / table[profile.host_reference]
 
 
