@@ -55,6 +55,11 @@ RECURRENT = {"LSTM": 4, "GRU": 3, "RNN": 1}
 CONTROL_FLOW = {"If", "Loop", "Scan"}
 OTHER_COMPUTE = {"Resize": 8, "Upsample": 8, "GridSample": 12, "CumSum": 1, "TopK": 4,
                  "NonZero": 1, "Einsum": 0, "Range": 1, "ConstantOfShape": 0}
+# Every op type op_cost prices by its own rule (others are priced as an unknown copy): what a
+# profile may name where it gives a figure per op type (hardware.py, [overhead.host_us]).
+KNOWN_OP_TYPES = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul",
+                            *ACTIVATIONS, *ELEMENTWISE, *NORMS, *SOFTMAX, *POOLS, *REDUCES, *VIEWS, *LAYOUT,
+                            *RECURRENT, *CONTROL_FLOW, *OTHER_COMPUTE})
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autovit.latmodel.checks import check_keys, did_you_mean, number
-from autovit.latmodel.costs import CATEGORIES
+from autovit.latmodel.costs import CATEGORIES, KNOWN_OP_TYPES
 from autovit.latmodel.errors import AutoVitError
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -87,9 +87,11 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # a convolution library that computes in blocked layouts reorders unpacked weights per call (weight_relayout);
 # a direct depthwise kernel not unrolled for its size issues loop instructions per tap (dw_loop);
 # the direct kernel decomposes every output's flat index with integer divisions (dw_index);
-# fp16 depthwise layers that PyTorch's heuristic hands to cuDNN skip the direct kernel (cudnn_dw).
+# fp16 depthwise layers that PyTorch's heuristic hands to cuDNN skip the direct kernel (cudnn_dw);
+# the host's cost per eager call depends on the op's class (host_classes): a module that selects a
+# backend per call (cuDNN convolution and BatchNorm, cuBLAS linear) costs the host 2-3x an element-wise op.
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
-                       "dw_loop", "dw_index", "cudnn_dw")
+                       "dw_loop", "dw_index", "cudnn_dw", "host_classes")
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,11 @@ class HardwareProfile:
     # Share of the vector peak a depthwise convolution reaches in the runtime's blocked layout
     # (chain_reorder: MLAS's NCHWc depthwise FMA kernel); 0: it runs as the other vector ops do.
     eff_nchwc_dw: float = 0.0
+    # Mechanism host_classes: host us per eager call, by op type or "@category", as measured on one
+    # host; only their ratios to the entry `host_reference` are used, times `dispatch_us` (the level,
+    # which calibration fits). Ops of no listed class cost the table's median ratio (timing.host_us).
+    host_us: dict[str, float] = field(default_factory=dict)
+    host_reference: str = ""
 
     def uses(self, mechanism: str) -> bool:
         """Whether the roofline mechanism `mechanism` (ROOFLINE_MECHANISMS) is switched on."""
@@ -286,6 +293,9 @@ PROFILE_KEYS: dict[str, Key] = {
     "overhead.launch_us": _US, "overhead.dispatch_us": _US, "overhead.view_dispatch_us": Key("number", 0, 1e6, default=0.0),
     "overhead.run_us": Key("number", 0, 1e6, default=0.0), "overhead.async": Key("bool"),
     "overhead.fork_join_us": Key("number", 0, 1e6, default=0.0),
+    # A host cost per call of at least 0.01 us: the entries are divided by the reference's, so a
+    # denormal reference (5e-324) would turn every ratio into inf; no host issues a call in 10 ns.
+    "overhead.host_us": Key("numbers", 0.01, 1e6, default={}), "overhead.host_reference": Key("str", 1, 200, default=None),
     "efficiency.matrix": _FRACTION, "efficiency.vector": _FRACTION, "efficiency.memory": _FRACTION,
     "efficiency.gemm": Key("number", 1e-4, 1, default=None),  # None: efficiency.matrix
     "efficiency.nchwc_dwconv": Key("number", 0, 1, default=0.0),  # 0: depthwise convolutions run at efficiency.vector
@@ -496,7 +506,40 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         eff_attention=num["efficiency.attention"],
         eff_dwconv=num["efficiency.dwconv"],
         amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
+        host_us=_host_table(f, _val(d, "mechanisms", where), where), host_reference=f["overhead.host_reference"] or "",
     )
+
+
+def _op_type_hint(name: str) -> str:
+    """did_you_mean over the known op types, the same name in other case first ('relu': 'Relu',
+    not the equally close 'Selu')."""
+    same = [t for t in KNOWN_OP_TYPES if t.lower() == name.lower()]
+    return f" (did you mean '{same[0]}'?)" if same else did_you_mean(name, KNOWN_OP_TYPES)
+
+
+def _host_table(f: dict[str, Any], mechanisms: list[str], where: str) -> dict[str, float]:
+    """The checked [overhead.host_us] table (mechanism host_classes): keys are op types or
+    "@category", and the entry `host_reference` names, whose cost `dispatch_us` stands for, is
+    in it and above 0 (the other entries are read as multiples of it)."""
+    table, ref = dict(f["overhead.host_us"]), f["overhead.host_reference"]
+    for key in table:
+        if key.startswith("@") and key[1:] not in _CATEGORIES:
+            raise AutoVitError(f"hardware profile {where}: [overhead.host_us] key '{key}' names no op category"
+                               f"{did_you_mean(key[1:], _CATEGORIES)}; categories: {', '.join(_CATEGORIES)}")
+        # A misspelt op type ('Convv', 'add') would match no kernel and silently price it at the
+        # unlisted-class rate instead of the figure it was meant to give.
+        if not key.startswith("@") and key not in KNOWN_OP_TYPES:
+            raise AutoVitError(f"hardware profile {where}: [overhead.host_us] key {key!r} is no ONNX op type the cost model "
+                               f"prices{_op_type_hint(key)}; keys are op types (Add, BatchNormalization) or '@category'")
+    if table and (ref is None or ref not in table or not table[ref] > 0):
+        raise AutoVitError(f"hardware profile {where}: [overhead.host_us] needs 'overhead.host_reference' naming one of "
+                           f"its entries with a cost above 0 (the class whose cost dispatch_us stands for), got {ref!r}")
+    if ref is not None and not table:
+        raise AutoVitError(f"hardware profile {where}: 'overhead.host_reference' = {ref!r} without an [overhead.host_us] table")
+    if "host_classes" in mechanisms and not table:
+        raise AutoVitError(f"hardware profile {where}: mechanism 'host_classes' needs an [overhead.host_us] table "
+                           f"(host us per op type or @category) and 'overhead.host_reference'")
+    return {k: float(v) for k, v in table.items()}
 
 
 # ---- finding profiles -------------------------------------------------------------------------

@@ -22,6 +22,8 @@ host (CUDA) the host queues launches ahead of the device: the device starts kern
 has finished kernel i-1 and the host has issued it, so the total is
 end_i = max(end_{i-1}, issue_i) + t_device_i with issue_i = issue_{i-1} + dispatch,
 which is the sum of device times when they are long and the sum of dispatch costs when short.
+The dispatch cost is `dispatch_us` per op, or with mechanism host_classes the op class's multiple
+of it (host_us): a convolution costs the host more than an add.
 """
 from __future__ import annotations
 
@@ -294,6 +296,47 @@ def class_efficiency(k: Kernel, profile: HardwareProfile) -> float:
     return 1.0
 
 
+def _median_ratio(table: dict[str, float], reference: str) -> float:
+    """The median of the table's entries over the reference entry's."""
+    values = sorted(table.values())
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return median / table[reference]
+
+
+def host_us(op_types: list[str], category: str, profile: HardwareProfile) -> float:
+    """Host microseconds one eager call of a kernel of `op_types` and `category` costs (mechanism
+    host_classes): `dispatch_us` times its class's entry of [overhead.host_us] over the reference
+    entry's. A kernel of one op is looked up by its op type, then by "@category"; a fused kernel
+    (one ATen call for several ONNX ops: a linear layer and its bias, GELU) by its category, which
+    its fusion rule names. The mechanism off (or no table): `dispatch_us`.
+
+    A class not in the table (LayerNorm, softmax, attention, GELU, copies: not probed) costs the
+    median of the table's ratios: its host work is unmeasured, so it is charged neither as the
+    cheapest measured class (an element-wise op, which would favour networks made of unprobed
+    ops, such as transformers) nor as the dearest (a backend-selecting module).
+
+    Why classes: PyTorch's dispatcher costs the same for every op, but a module that selects a
+    backend per call (cuDNN for convolutions and BatchNorm, cuBLAS for a linear layer) does more
+    host work first, 2-3x an element-wise op's (docs/COST_MODEL.md, "host_classes"). The absolute
+    microseconds are the measuring host's; the ratios are the dispatcher's structure, so only they
+    are used, and `dispatch_us` stays the level that calibration fits."""
+    table = profile.host_us
+    if not table or not profile.uses("host_classes"):
+        return profile.dispatch_us
+    key = op_types[0] if len(op_types) == 1 and op_types[0] in table else "@" + category
+    if key not in table:
+        return profile.dispatch_us * _median_ratio(table, profile.host_reference)
+    return profile.dispatch_us * table[key] / table[profile.host_reference]
+
+
+def kernel_host_ms(k: Kernel, launches: int, profile: HardwareProfile) -> float:
+    """Host ms to issue kernel `k` and the casts autocast puts around it (`launches` - 1, each an
+    element-wise Cast)."""
+    return (host_us(k.op_types, k.category, profile)
+            + (launches - 1) * host_us(["Cast"], "elementwise", profile)) * 1e-3
+
+
 def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
                 weight_hit: float = 0.0) -> KernelTime:
     """Time of kernel `k` with activations scaled by `scale` (= batch / graph batch); the share
@@ -322,7 +365,7 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     if profile.uses("fork_join"):
         launch += fork_join_s(k, profile, scale)
     t_device = launch + max(t_compute, t_memory)
-    overhead = launch + profile.dispatch_us * 1e-6
+    overhead = launch + host_us(k.op_types, k.category, profile) * 1e-6
     if max(t_compute, t_memory) < overhead:
         bound = "overhead"
     else:
@@ -499,7 +542,6 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
     times = [timer.time(k) for k in kernels]
     if profile.chain_reorder:
         _add_chain_reorders(times, profile, dtype, scale, edges)
-    dispatch = profile.dispatch_us * 1e-3
     fb = profile.fallback
     prev_engine = profile.name
     if profile.async_dispatch:
@@ -509,7 +551,7 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
                 issue += t.ms
                 t.ms = 0.0
                 continue
-            issue += dispatch * t.launches
+            issue += kernel_host_ms(t.kernel, t.launches, profile)
             new_end = max(end, issue) + t.device_ms
             t.ms = new_end - end
             end = new_end
@@ -517,7 +559,7 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
     total = profile.run_us * 1e-3 if per_run else 0.0
     for t in times:
         if t.kernel.klass != "view":
-            t.ms = t.device_ms + dispatch * t.launches
+            t.ms = t.device_ms + kernel_host_ms(t.kernel, t.launches, profile)
             if fb is not None and t.engine != prev_engine:
                 # Switching engines costs a synchronisation and moving the inputs across.
                 t.ms += fb.switch_us * 1e-3 + t.bytes / (fb.transfer_gbps * 1e9) * 1e3

@@ -1,5 +1,8 @@
 """The GPU/CPU roofline mechanisms (hardware.ROOFLINE_MECHANISMS), one test each on tiny graphs:
 each does what docs/COST_MODEL.md says when on, and nothing when switched off."""
+import re
+import statistics
+import tomllib
 from dataclasses import replace
 
 import pytest
@@ -9,7 +12,7 @@ from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.graph import build_graph
 from autovit.latmodel.hardware import ROOFLINE_MECHANISMS, _resolved_dict, load_profile, profile_from_dict
-from autovit.latmodel.timing import dw_tap_s, vector_utilization
+from autovit.latmodel.timing import dw_tap_s, host_us, vector_utilization
 
 from conftest import _init, make_model
 
@@ -42,7 +45,7 @@ def op_groups(graph, profile) -> list[list[str]]:
 def test_every_cuda_profile_prices_attention_by_how_the_model_called_it():
     for name in ("v100", "rtx3090", "rtx4090", "a100", "h100"):
         assert set(load_profile(name).mechanisms) == {"sdpa_call", "dw_taps", "autocast", "dw_loop", "dw_index",
-                                                      "cudnn_dw"} <= set(ROOFLINE_MECHANISMS)
+                                                      "cudnn_dw", "host_classes"} <= set(ROOFLINE_MECHANISMS)
     fused = op_groups(attention_graph(sdpa=True), V100)
     assert len(fused) == 1 and "Softmax" in fused[0] and fused[0].count("MatMul") == 2
     written_out = op_groups(attention_graph(sdpa=False), V100)
@@ -118,8 +121,16 @@ def test_ofa_code_graph_runs_ofas_own_elementwise_ops():
     assert code.tensors[code.op(code.order[4]).outputs[0]].shape == (1, 16, 8, 1)
     assert [torch_form.op(n).op_type for n in torch_form.order] == ["HardSwish", "ReduceMean", "HardSigmoid", "Mul"]
     # Batch-1 eager GPU time is host-bound: six more kernels, six more dispatches.
-    gap = LatencyModel(code).estimate(V100, 1).latency_ms - LatencyModel(torch_form).estimate(V100, 1).latency_ms
+    flat = without(V100, "host_classes")
+    gap = LatencyModel(code).estimate(flat, 1).latency_ms - LatencyModel(torch_form).estimate(flat, 1).latency_ms
     assert gap == pytest.approx(6 * V100.dispatch_us * 1e-3, rel=0.05)
+    # With the host cost per class, each form pays its own ops' host costs.
+    cost = {t: host_us([t], "", V100) for t in ("Add", "Clip", "Mul", "Div", "ReduceMean", "HardSwish", "HardSigmoid")}
+    code_host = 2 * (cost["Add"] + cost["Clip"] + cost["Div"] + cost["Mul"]) + 2 * cost["ReduceMean"]
+    assert "HardSigmoid" not in V100.host_us  # unprobed: the table's median ratio
+    torch_host = cost["HardSwish"] + cost["ReduceMean"] + cost["HardSigmoid"] + cost["Mul"]
+    gap = LatencyModel(code).estimate(V100, 1).latency_ms - LatencyModel(torch_form).estimate(V100, 1).latency_ms
+    assert gap == pytest.approx((code_host - torch_host) * 1e-3, rel=0.05)
 
 
 def relu_graph(elems: int):
@@ -295,3 +306,136 @@ def test_fp16_depthwise_layers_cudnn_takes_skip_the_direct_kernel():
     assert not runs_cudnn(strided_depthwise_graph(3, 64, 32, 2), 64)  # stride 2 at batch > 1: 512 channels, or 256 and >= 28 wide
     assert runs_cudnn(strided_depthwise_graph(3, 64, 32, 2), 1)  # ... any at batch 1
     assert runs_cudnn(strided_depthwise_graph(3, 256, 32, 2), 64)
+
+
+def _host_bound_chain(op_type: str, n: int = 40, c: int = 16):
+    """n ops of one type in a chain on a (1, c, 8, 8) tensor: tiny kernels, so batch 1 on a GPU is
+    host-bound and its latency is the sum of the ops' host costs."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits, nodes, prev = [], [], "x"
+    for i in range(n):
+        out = "y" if i == n - 1 else f"t{i}"
+        if op_type == "Conv":
+            inits.append(_init(f"w{i}", (c, c, 1, 1)))
+            nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [out]))
+        elif op_type == "DWConv":
+            inits.append(_init(f"w{i}", (c, 1, 3, 3)))
+            nodes.append(helper.make_node("Conv", [prev, f"w{i}"], [out], group=c, pads=[1, 1, 1, 1]))
+        elif op_type == "BatchNormalization":
+            inits += [_init(f"{p}{i}", (c,)) for p in ("s", "b", "m", "v")]
+            nodes.append(helper.make_node("BatchNormalization", [prev, f"s{i}", f"b{i}", f"m{i}", f"v{i}"], [out]))
+        elif op_type == "Add":
+            nodes.append(helper.make_node("Add", [prev, "x"], [out]))
+        else:
+            nodes.append(helper.make_node(op_type, [prev], [out]))
+        prev = out
+    return build_graph(make_model(nodes, [x], [y], inits))
+
+
+@pytest.mark.parametrize("op_type, key", [("Conv", "@conv"), ("DWConv", "@dwconv"), ("BatchNormalization", "BatchNormalization"),
+                                          ("Relu", "Relu"), ("Add", "Add"), ("Softsign", None)])
+def test_each_op_class_costs_the_host_its_share_of_dispatch_us(op_type, key):
+    """host_classes: a host-bound chain of one op class costs its class's entry of [overhead.host_us]
+    over the reference entry's, times dispatch_us, per op; a class not in the table (Softsign)
+    costs the median of the table's ratios; switched off, every op costs dispatch_us as before
+    the mechanism."""
+    table, ref = V100.host_us, V100.host_reference
+    assert V100.uses("host_classes") and ref == "Add"
+    median = statistics.median(table.values()) / table[ref]
+    per_op = V100.dispatch_us * (table[key] / table[ref] if key else median)
+    g = _host_bound_chain(op_type)
+    kernels = [k for k in LatencyModel(g).kernels(V100) if k.klass != "view"]
+    assert len(kernels) == 40 and [host_us(k.op_types, k.category, V100) for k in kernels] == pytest.approx([per_op] * 40)
+    assert LatencyModel(g).estimate(V100, 1).latency_ms == pytest.approx(40 * per_op * 1e-3, rel=0.05)
+    off = without(V100, "host_classes")
+    assert LatencyModel(g).estimate(off, 1).latency_ms == pytest.approx(40 * V100.dispatch_us * 1e-3, rel=0.05)
+    # The backend-selecting modules cost the host 2-3x an element-wise op; element-wise ops about one.
+    if key in ("@conv", "@dwconv", "BatchNormalization"):
+        assert 1.9 < per_op / V100.dispatch_us < 3.2
+    # dispatch_us stays the level: calibration and the sensitivity scale every class with it.
+    assert host_us(kernels[0].op_types, kernels[0].category, replace(V100, dispatch_us=20.0)) == pytest.approx(2 * per_op)
+
+
+def test_a_fused_kernel_pays_its_category_and_views_keep_their_own_cost():
+    """One ATen call for several ONNX ops (nn.Linear: MatMul + bias Add) is looked up by the category
+    its fusion rule names, not by its first op type; a view pays view_dispatch_us either way."""
+    table = V100.host_us
+    assert host_us(["MatMul", "Add"], "linear", V100) == pytest.approx(V100.dispatch_us * table["@linear"] / table["Add"])
+    assert host_us(["Add"], "elementwise", V100) == pytest.approx(V100.dispatch_us)
+    median = statistics.median(table.values()) / table["Add"]  # GELU: no @activation entry
+    assert host_us(["Div", "Erf", "Add", "Mul", "Mul"], "activation", V100) == pytest.approx(V100.dispatch_us * median)
+    g = _host_bound_chain("Relu", n=3)
+    assert LatencyModel(g).estimate(V100, 1).latency_ms == pytest.approx(
+        LatencyModel(g).estimate(without(V100, "host_classes"), 1).latency_ms * table["Relu"] / table["Add"], rel=0.05)
+
+
+def test_host_classes_leave_device_bound_networks_and_other_profiles_alone():
+    """Where the device is the bottleneck (a large batch), the host runs ahead and its per-class
+    costs change only the first kernel's issue time; profiles without the table (the CPUs, the
+    Neural Engine) price exactly as before."""
+    g = _host_bound_chain("Conv", n=20, c=256)
+    big = LatencyModel(g).estimate(V100, 1024).latency_ms
+    first = (host_us(["Conv"], "conv", V100) - V100.dispatch_us) * 1e-3
+    assert big - LatencyModel(g).estimate(without(V100, "host_classes"), 1024).latency_ms == pytest.approx(first, abs=1e-9)
+    for name in ("cpu-x86", "cpu-i9-10940x", "local-cpu", "iphone13"):
+        p = load_profile(name)
+        assert not p.host_us and not p.uses("host_classes")
+        assert host_us(["Conv"], "conv", p) == p.dispatch_us
+
+
+@pytest.mark.parametrize("overhead, error", [
+    ('host_reference = "Add"\n[overhead.host_us]\n"@convv" = 2.0\nAdd = 1.0', "names no op category"),
+    ('host_reference = "Mul"\n[overhead.host_us]\nAdd = 1.0', "host_reference"),
+    ('host_reference = "Add"\n[overhead.host_us]\nAdd = 0.0', "must be >= 0.01"),
+    ('host_reference = "Add"\n[overhead.host_us]\nAdd = 5e-324\nRelu = 12.0', "must be >= 0.01"),  # would divide to inf
+    ('host_reference = "Add"\n[overhead.host_us]\nAdd = 10.0\nRelu = -1.0', "must be >= 0.01"),
+    ('host_reference = "Add"\n[overhead.host_us]\nAdd = 10.0\nConvv = 24.0', "'Convv' is no ONNX op type the cost model prices (did you mean 'Conv'?)"),
+    ('host_reference = "Add"\n[overhead.host_us]\nAdd = 10.0\nrelu = 12.0', "'relu' is no ONNX op type the cost model prices (did you mean 'Relu'?)"),
+    ('host_reference = "add"\n[overhead.host_us]\nadd = 10.0', "'add' is no ONNX op type"),
+    ('host_reference = "Add"\n[overhead.host_us]\nAdd = 10.0\n"" = 12.0', "'' is no ONNX op type"),
+    ('host_reference = "Add"', "without an [overhead.host_us] table"),
+])
+def test_a_bad_host_table_is_a_one_line_error(overhead, error):
+    base = dict(_resolved_dict("v100")[0])
+    base["overhead"] = {k: v for k, v in base["overhead"].items() if k not in ("host_us", "host_reference")}
+    extra = tomllib.loads("[overhead]\n" + overhead)["overhead"]
+    d = {**base, "overhead": {**base["overhead"], **extra}}
+    with pytest.raises(AutoVitError, match=re.escape(error)) as e:
+        profile_from_dict(d, "test")
+    assert "\n" not in str(e.value)
+    no_table = {**base, "overhead": base["overhead"]}
+    with pytest.raises(AutoVitError, match=re.escape("needs an [overhead.host_us] table")):
+        profile_from_dict(no_table, "test")  # host_classes still in its mechanisms
+    assert not profile_from_dict({**no_table, "mechanisms": ["dw_taps"]}, "test").host_us
+
+
+def test_an_ofa_subnet_prices_every_op_by_a_probed_class():
+    """The graph the OFA benchmark prices (benchmarks/external.py: the subnet exported by
+    module_graph, BatchNorm kept, rewritten to OFA's own element-wise ops) has every kernel in a
+    class of the host table: its convolutions, depthwise convolutions, BatchNorms (one per
+    convolution outside squeeze-excite and the feature mix, not folded), element-wise ops, means
+    and the classifier; only the flatten view stays out (view_dispatch_us)."""
+    from autovit.latmodel.sources import module_graph
+
+    ofa = _ofa_mbv3()
+    net = ofa.OFAMobileNetV3([3] * 20, [3] * 20, [2] * 5, ops="torch")
+    g = ofa.ofa_code_graph(module_graph(net, (1, 3, 128, 128)))
+    kernels = LatencyModel(g).kernels(V100)
+    table = V100.host_us
+
+    def key(k):
+        return k.op_types[0] if len(k.op_types) == 1 and k.op_types[0] in table else "@" + k.category
+
+    by_key: dict[str, int] = {}
+    for k in kernels:
+        if k.klass != "view":
+            by_key[key(k)] = by_key.get(key(k), 0) + 1
+    assert set(by_key) <= set(table), set(by_key) - set(table)
+    assert [k.op_types for k in kernels if k.klass == "view"] == [["Flatten"]]
+    blocks, se_blocks = 1 + 10, 6  # the fixed first block and 2 per stage; squeeze-excite in stages 2, 4, 5
+    assert by_key["@dwconv"] == blocks
+    assert by_key["@conv"] == 1 + (2 * blocks - 1) + 2 * se_blocks + 2  # stem, 1x1s (the first block has no expansion), SE, final
+    # One after every convolution but the SE ones and the feature mix, depthwise included.
+    assert by_key["BatchNormalization"] == by_key["@conv"] - 2 * se_blocks - 1 + by_key["@dwconv"]
+    assert by_key["@linear"] == 1 and by_key["ReduceMean"] == 2 * (se_blocks + 1)
