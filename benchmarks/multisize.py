@@ -9,7 +9,8 @@ Trains two supernets with the same recipe, data, seed and number of steps: one o
 space, one on benchmarks/spaces/multi.toml (every stage offers the union of the three spaces'
 widths and heads; XXS's fixed settings, so every XXS subnet is a member). Then evaluates the
 same XXS subnets (smallest, largest and n-2 uniform samples) in both, BatchNorm recalibrated.
-Finished runs in --workdir are reused. Prints JSON.
+Finished runs in --workdir are reused (--train-only NAME trains one supernet and stops, so the two
+can train in parallel processes). Prints JSON.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/multisize")
     ap.add_argument("--out", default="benchmarks/results/multisize.json")
+    ap.add_argument("--train-only", choices=("xxs", "multi"),
+                    help="train (or finish) this one supernet and stop: two processes can train both at once, "
+                         "then a call without it reuses them")
     args = ap.parse_args()
 
     from autovit.latmodel.io import atomic_write_text
@@ -44,6 +48,8 @@ def main() -> None:
     t0 = time.perf_counter()
     runs, train_s = {}, {}
     for name, space in (("xxs", "xxs"), ("multi", MULTI)):
+        if args.train_only not in (None, name):
+            continue
         out = Path(args.workdir) / name
         last = out / "last.ckpt"
         done = last.exists() and load_checkpoint(last)["epoch"] >= args.epochs
@@ -53,6 +59,8 @@ def main() -> None:
             # no checkpoint yet: whatever a killed first epoch left (config.json) is replaced
             train(cfg, out, resume=last if last.exists() else None, progress=False, force=not last.exists(),
                   log=lambda m: print(m, file=sys.stderr, flush=True))
+        if args.train_only:
+            return
         runs[name] = supernet_from_checkpoint(last)
         train_s[name] = runs[name][2]["history"][-1].get("elapsed_s")
     xxs_space = runs["xxs"][0].space
