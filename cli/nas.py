@@ -252,7 +252,7 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
 
     from autovit.latmodel.errors import Interrupted, UsageError
     from autovit.nas.arch import load_arch
-    from autovit.nas.train import TrainConfig, train as run_train
+    from autovit.nas.train import TrainConfig, leave_process_group, train as run_train
 
     if trust_teacher_code and not teacher:
         raise UsageError("--trust-teacher-code only applies to a --teacher FILE; drop it")
@@ -282,6 +282,7 @@ def train(space, data, epochs, out_dir, resume, recipe, sampling, sandwich_rando
         raise Interrupted(f"interrupted: {keep}") from None
     summary.pop("step_losses")
     summary.pop("final_state")
+    leave_process_group()  # after rank 0 has written its last checkpoint: no rank leaves while another works
     if summary["rank"] != 0:
         return
     if as_json:

@@ -197,16 +197,22 @@ class DistContext:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group together, on the success path: a rank that exits while
-        rank 0 is still writing its results or still in a collective can make gloo abort the
-        other (seen once in the two-rank search test). After a failure on one rank this would
-        wait for it, so error paths do not call it."""
+        """Leave the process group together (leave_process_group); one process: nothing."""
         if self.world > 1:
-            import torch.distributed as dist
+            leave_process_group()
 
-            if dist.is_initialized():
-                dist.barrier()
-                dist.destroy_process_group()
+
+def leave_process_group() -> None:
+    """Every rank leaves the torchrun process group together, for a command that is done with it:
+    a rank that exits while rank 0 is still writing its results or still in a collective can make
+    gloo abort the other (seen once in the two-rank search test). Only on the success path, since
+    after a failure on one rank it would wait for that rank; and not inside `train`, whose caller
+    may go on using the group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -390,9 +396,7 @@ def train(cfg: TrainConfig, out: Path, resume: Path | None = None, progress: Pro
             claim_out(out, resume, force, clear=True)
             remove_stale_temporaries(out)
             atomic_write_text(out / "config.json", dumps(cfg.to_saved(), indent=2) + "\n")
-        summary = _epochs(run, out, *start, progress=progress, log=log, stop_after_epochs=stop_after_epochs)
-    run.ctx.close()
-    return summary
+        return _epochs(run, out, *start, progress=progress, log=log, stop_after_epochs=stop_after_epochs)
 
 
 RESUME_CHANGES = ("epochs", "workers", "device", "teacher", "teacher_ckpt")  # what a resumed run may set anew
