@@ -41,6 +41,9 @@ class Kernel:
     moves_last_axis: bool = False  # contains a transpose that puts another axis last (see costs.OpCost)
     winograd_3x3: bool = False  # its main op is a Winograd-eligible convolution (see costs.OpCost)
     conv: tuple[int, int, int, int, int, int] | None = None  # its main op's convolution shape (see costs.OpCost)
+    filter_shape: tuple[int, ...] = ()  # its main op's filter, input elements, im2col-free (see costs.OpCost)
+    conv_in_elems: int = 0
+    im2col_free: bool = False
 
 
 def _selects(selector: str, cost: OpCost) -> bool:
@@ -297,5 +300,5 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         batch_in=main.batch_in, act_shapes=shapes, unsupported=any(c.op_type in unsupported for c in cs),
         transcendentals=sum(c.transcendentals for c in cs), runs=sum(c.runs for c in cs),
         rows=sum(c.rows for c in cs), moves_last_axis=any(c.moves_last_axis for c in cs), winograd_3x3=main.winograd_3x3,
-        conv=main.conv,
+        conv=main.conv, filter_shape=main.filter_shape, conv_in_elems=main.conv_in_elems, im2col_free=main.im2col_free,
     )

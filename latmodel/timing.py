@@ -263,13 +263,43 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
     return profile.fork_join_us * 1e-6 * threads if threads > 1 else 0.0
 
 
-def weight_relayout(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
+def thnn_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> bool:
+    """Whether ATen runs convolution `k` in its own slow_conv2d (im2col + a BLAS GEMM, plain NCHW)
+    rather than oneDNN (mechanism thnn_conv). ConvParams::use_mkldnn (ATen Convolution.cpp) hands
+    an fp32 convolution on a multi-threaded CPU to oneDNN only if it is grouped, or its filter is
+    larger than 3 on both sides, or the batch is above 1, or its input has more than 20480
+    elements (`compute.thnn_max_input`; "for some case, native is faster"): at batch 1 the dense
+    1x1 and 3x3 convolutions of small maps (late stages, squeeze-excitation 1x1 maps) take the
+    native path, with no blocked layout and so no reorders."""
+    if not (profile.uses("thnn_conv") and profile.thnn_max_input > 0 and dtype == "fp32" and k.category == "conv"
+            and k.conv is not None and k.filter_shape and profile.units > 1):
+        return False
+    n, _, _, group = k.conv[:4]
+    return (group == 1 and not all(side > 3 for side in k.filter_shape) and n * scale <= 1
+            and k.conv_in_elems * scale <= profile.thnn_max_input)
+
+
+def im2col_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> float:
+    """Seconds slow_conv2d spends on its im2col copy (s): it writes the input expanded to
+    (channels x filter) x output pixels, which the GEMM reads, unless the filter is 1x1 at unit
+    stride without padding. The copy runs on one thread: slow_conv2d loops over the batch in
+    at::parallel_for, and a batch of 1 runs that body inline under ParallelGuard, so the copy's
+    own parallel_for nested in it stays serial (ATen Parallel-inl.h); one core gets 1/units of
+    the cache bandwidth."""
+    if k.im2col_free or k.conv is None:
+        return 0.0
+    n, cin, _, group, taps, pixels = k.conv
+    cols = n * scale * cin * taps * pixels
+    return 2 * cols * profile.dtype_bytes(dtype) / (profile.cache_gbps * 1e9 / profile.units)
+
+
+def weight_relayout(k: Kernel, profile: HardwareProfile, dtype: str, scale: float = 1.0) -> bool:
     """Whether the convolution library reorders `k`'s weights on every call (mechanism
     weight_relayout): oneDNN computes in blocked weight layouts (OIhw16i16o), and a framework
     that does not pre-pack them (eager, torch.compile without freezing) hands it plain OIhw
     weights each time, which it reads, writes blocked and reads again: three passes."""
     return (profile.uses("weight_relayout") and dtype in profile.nchw_conv_relayout
-            and k.category in profile.relayout_categories)
+            and k.category in profile.relayout_categories and not thnn_conv(k, profile, dtype, scale))
 
 
 def autocast_fp32(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
@@ -308,9 +338,10 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
 
     nchw = nchw_conv(k, profile, dtype, scale)
     casts = autocast_fp32(k, profile, dtype)
-    act_bytes = (_activation_elems(k, profile, dtype, eb, casts) * scale * eb
+    thnn = thnn_conv(k, profile, dtype, scale)
+    act_bytes = (_activation_elems(k, profile, dtype, eb, casts, thnn) * scale * eb
                  + (nchw.im2col_elems * eb if nchw else 0))
-    w_bytes = k.w_elems * eb * (3 if weight_relayout(k, profile, dtype) else 1)
+    w_bytes = k.w_elems * eb * (3 if weight_relayout(k, profile, dtype, scale) else 1)
     # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
     flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
     t_compute, units_share = _compute_s(k, profile, "fp32" if casts else dtype, fb, flops, scale, nchw)
@@ -321,6 +352,8 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
     if profile.uses("fork_join"):
         launch += fork_join_s(k, profile, scale)
+    if thnn:
+        launch += im2col_s(k, profile, dtype, scale)  # serial, before the GEMM: not overlapped
     t_device = launch + max(t_compute, t_memory)
     overhead = launch + profile.dispatch_us * 1e-6
     if max(t_compute, t_memory) < overhead:
@@ -331,17 +364,19 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
                       bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts)
 
 
-def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, casts: bool = False) -> float:
+def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, casts: bool = False,
+                      native: bool = False) -> float:
     """Activation elements a kernel reads and writes (graph batch), with the padding of the
     profile's last-axis alignment, the relayouts of its convolution library and, for an op
-    autocast runs in fp32 (`casts`), its casts in and out counted in elements of `dtype`."""
+    autocast runs in fp32 (`casts`), its casts in and out counted in elements of `dtype`; a
+    convolution ATen runs natively (`native`: thnn_conv) stays in NCHW, without relayouts."""
     act_elems = k.in_elems + k.out_elems
     if profile.last_axis_align_bytes and k.act_shapes:
         padded = sum(padded_elems(s, eb, profile.last_axis_align_bytes) for s in k.act_shapes)
         plain = sum(math.prod(s) for s in k.act_shapes)
         if plain:
             act_elems = act_elems * padded / plain
-    if dtype in profile.nchw_conv_relayout and k.category in profile.relayout_categories:
+    if dtype in profile.nchw_conv_relayout and k.category in profile.relayout_categories and not native:
         # The convolution library works in another layout (NHWC for tensor cores, oneDNN's
         # channel-blocked nChw16c on CPUs): an NCHW input and output are re-laid out, i.e.
         # read and written once more each.

@@ -295,3 +295,41 @@ def test_fp16_depthwise_layers_cudnn_takes_skip_the_direct_kernel():
     assert not runs_cudnn(strided_depthwise_graph(3, 64, 32, 2), 64)  # stride 2 at batch > 1: 512 channels, or 256 and >= 28 wide
     assert runs_cudnn(strided_depthwise_graph(3, 64, 32, 2), 1)  # ... any at batch 1
     assert runs_cudnn(strided_depthwise_graph(3, 256, 32, 2), 64)
+
+
+def test_small_dense_fp32_convolutions_at_batch_1_run_in_aten_not_onednn():
+    """ATen's use_mkldnn keeps a dense fp32 convolution at batch 1 with a filter no larger than 3
+    on some side and at most 20480 input elements in its own im2col + GEMM: NCHW throughout, so no
+    activation or weight reorders, and an im2col copy on one thread unless the filter is 1x1."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert "thnn_conv" in cpu.mechanisms and cpu.thnn_max_input == 20480
+    off = without(cpu, "thnn_conv")
+
+    def kernel(g, profile, batch=1):
+        return LatencyModel(g).estimate(profile, batch, "fp32").kernels[0]
+
+    small_1x1 = conv_graph(256, 256, 1, 8)  # 16384 input elements: native, no im2col
+    on, base = kernel(small_1x1, cpu), kernel(small_1x1, off)
+    w, acts = 256 * 256 * 4, (256 * 64 + 256 * 64) * 4
+    assert base.bytes - on.bytes == pytest.approx(2 * w + 2 * acts)  # neither weights nor activations reordered
+    assert on.device_ms < base.device_ms
+    small_3x3 = conv_graph(64, 64, 3, 16)  # 16384 input elements: native, with a serial im2col copy
+    on3 = kernel(small_3x3, cpu)
+    cols = 64 * 9 * 14 * 14
+    serial = 2 * cols * 4 / (cpu.cache_gbps * 1e9 / cpu.units) * 1e3
+    assert on3.device_ms == pytest.approx(serial + max(on3.compute_ms, on3.memory_ms) + cpu.fork_join_us * 1e-3
+                                          * _threads(on3, cpu), rel=1e-6)
+    # oneDNN's: an input above the limit, a 5x5 filter, a batch above 1, a grouped convolution.
+    for g, batch in ((conv_graph(256, 256, 1, 9), 1), (conv_graph(64, 64, 5, 8), 1), (small_1x1, 2),
+                     (depthwise_graph(3, c=8, hw=8), 1)):
+        assert kernel(g, cpu, batch).device_ms == pytest.approx(kernel(g, off, batch).device_ms)
+    # Not on a GPU profile (fp16 there, and no such rule).
+    gpu = replace(V100, mechanisms=V100.mechanisms + ("thnn_conv",), thnn_max_input=20480)
+    assert LatencyModel(small_1x1).estimate(gpu).latency_ms == pytest.approx(LatencyModel(small_1x1).estimate(V100).latency_ms)
+
+
+def _threads(t, profile) -> int:
+    from autovit.latmodel.timing import gemm_tiles, split_k
+
+    g = t.kernel.gemm
+    return min(profile.units, gemm_tiles(g, profile) * split_k(g, profile))
