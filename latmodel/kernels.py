@@ -266,7 +266,8 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         c = cs[0]
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
-                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv)
+                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
+                      c.filter_shape, c.conv_in_elems, c.im2col_free)
     inside = set(ops)
     produced = {o for n in ops for o in g.op(n).outputs}
     ext_in: dict[str, int] = {}
