@@ -88,9 +88,10 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # a direct depthwise kernel not unrolled for its size issues loop instructions per tap (dw_loop);
 # the direct kernel decomposes every output's flat index with integer divisions (dw_index);
 # fp16 depthwise layers that PyTorch's heuristic hands to cuDNN skip the direct kernel (cudnn_dw);
-# ATen runs a small dense fp32 convolution at batch 1 in its own im2col + GEMM, not oneDNN (thnn_conv).
+# ATen runs a small dense fp32 convolution at batch 1 in its own im2col + GEMM, not oneDNN (thnn_conv);
+# a reduction torch.compile generates splits by its whole loop nest, reduced axes included (inductor_reductions).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
-                       "dw_loop", "dw_index", "cudnn_dw", "thnn_conv")
+                       "dw_loop", "dw_index", "cudnn_dw", "thnn_conv", "inductor_reductions")
 
 
 @dataclass(frozen=True)

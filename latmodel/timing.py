@@ -240,11 +240,35 @@ def compiled_loop(k: Kernel, profile: HardwareProfile) -> bool:
             and k.category not in ("conv", "dwconv", "linear"))
 
 
+# Ops Inductor generates as a reduction loop nest (outer loops over the outputs, inner loops over
+# the reduced axes).
+_REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceSumSquare", "ReduceLogSumExp", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+
+
+def compiled_loop_elems(k: Kernel, profile: HardwareProfile) -> int:
+    """Iterations of the loop nest torch.compile generates for `k`: its outputs for a pointwise
+    loop; for a reduction, the outer loops times the reduced ones, i.e. the elements it reads
+    (a squeeze-excitation mean over a 256 x 88 x 88 map is a 1.98 M-iteration nest with 256
+    outputs). Without the mechanism inductor_reductions a reduction counts its parallel work as
+    ATen's eager split does (`work_elems`)."""
+    if profile.uses("inductor_reductions") and any(t in _REDUCTIONS for t in k.op_types):
+        return max(k.work_elems, k.in_elems)
+    return k.work_elems
+
+
 def compiled_threads(k: Kernel, profile: HardwareProfile, scale: float) -> int:
     """Threads a compiled CPU loop runs on: every core once each gets at least `min_chunk`
-    elements (torch._inductor.config.cpp.min_chunk_size; Inductor parallelises a loop over all
-    its threads or not at all), else one."""
-    return profile.units if k.work_elems * scale >= profile.units * profile.min_chunk else 1
+    iterations of its loop nest (torch._inductor.config.cpp.min_chunk_size; Inductor parallelises
+    a loop over all its threads or not at all), else one. `decide_parallel_depth` (codegen/cpp.py)
+    counts the whole nest (`size_hint()`, the product of the call ranges, reduced axes included)
+    and splits the outer loops, so a reduction with few outputs over a large input still runs on
+    every core, or on as many as it has outputs."""
+    if compiled_loop_elems(k, profile) * scale < profile.units * profile.min_chunk:
+        return 1
+    if profile.uses("inductor_reductions") and any(t in _REDUCTIONS for t in k.op_types):
+        return min(profile.units, max(1, round(k.out_elems * scale)))  # the outer loops are the outputs
+    return profile.units
 
 
 def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
