@@ -51,36 +51,49 @@ def _ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m if m > 1 else x
 
 
-def gemm_tiles(gemm: tuple[int, int, int, int], profile: HardwareProfile) -> int:
-    """Output tiles of a GEMM (count, M, N, K): its units of parallel work."""
+def gemm_tiles(gemm: tuple[int, int, int, int], profile: HardwareProfile, tile: tuple[int, int] | None = None) -> int:
+    """Output tiles of a GEMM (count, M, N, K): its units of parallel work; `tile`: the kernel's
+    own output tile where it is not the profile's (kernel_tile)."""
     count, m, n, _ = gemm
-    tm, tn = profile.gemm_tile
+    tm, tn = tile or profile.gemm_tile
     return count * math.ceil(m / tm) * math.ceil(n / tn)
+
+
+def kernel_tile(k: Kernel, profile: HardwareProfile, dtype: str) -> tuple[int, int]:
+    """The output tile kernel `k` is computed in: the profile's GEMM tile, except for a CPU
+    convolution under the mechanism conv_channel_block, whose output channels oneDNN's direct
+    convolution kernels block by one vector register (`jcp.oc_block = simd_w`: 16 fp32 channels
+    with AVX-512, 8 with AVX2; the profile's matrix_align), so a group of 16 output channels
+    (RegNet's grouped 3x3s) fills its blocks instead of half a 32-wide tile."""
+    if profile.uses("conv_channel_block") and k.category == "conv" and profile.matrix_align.get(dtype, 0) > 1:
+        return (profile.gemm_tile[0], profile.matrix_align[dtype])
+    return profile.gemm_tile
 
 
 # Shortest reduction slice a split-K GEMM hands to one unit (cuBLAS/CUTLASS split-K heuristics).
 _SPLIT_K_MIN = 256
 
 
-def split_k(gemm: tuple[int, int, int, int], profile: HardwareProfile) -> int:
+def split_k(gemm: tuple[int, int, int, int], profile: HardwareProfile, tile: tuple[int, int] | None = None) -> int:
     """How many ways the reduction is split when there are too few output tiles to fill the units."""
-    tiles = gemm_tiles(gemm, profile)
+    tiles = gemm_tiles(gemm, profile, tile)
     if tiles >= profile.units:
         return 1
     return max(1, min(profile.units // tiles, math.ceil(gemm[3] / _SPLIT_K_MIN)))
 
 
-def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile, dtype: str) -> float:
+def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile, dtype: str,
+                       tile: tuple[int, int] | None = None) -> float:
     """Share of the matrix engine's peak a GEMM of shape (count, M, N, K) can use (0..1].
 
     Tiles (split along K when they are too few) run in whole waves over the units; a tile
     hanging over the tensor's edge, or channels short of the engine's multiple, is wasted.
     """
     count, m, n, k = gemm
-    tm, tn = profile.gemm_tile
+    tm, tn = tile or profile.gemm_tile
     align = profile.matrix_align.get(dtype, 1)
-    splits = split_k(gemm, profile)
-    waves = math.ceil(gemm_tiles(gemm, profile) * splits / profile.units)
+    splits = split_k(gemm, profile, tile)
+    waves = math.ceil(gemm_tiles(gemm, profile, tile) * splits / profile.units)
     util = count * m * n * splits / (waves * profile.units * tm * tn)
     # Channels that miss the engine's multiple are padded (tensor cores need N, K % 8 == 0 in fp16).
     util *= (n / _ceil_to(n, align)) * (k / _ceil_to(k, align))
@@ -280,7 +293,8 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
         blocks = compiled_threads(k, profile, scale)
     elif k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
-        blocks = gemm_tiles(gemm, profile) * split_k(gemm, profile)
+        tile = kernel_tile(k, profile, "fp32")  # the CPU profiles' dtype (fork_join is CPU-only)
+        blocks = gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile)
     else:
         blocks = math.ceil(k.work_elems * scale / profile.vector_block)
     threads = min(profile.units, max(blocks, 1))
@@ -420,12 +434,13 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
     execution of a convolution the blocked layout left out (nchw_conv), if any."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
-        util = matrix_utilization(gemm, profile, dtype)
+        tile = kernel_tile(k, profile, dtype)
+        util = matrix_utilization(gemm, profile, dtype, tile)
         # BLAS GEMMs (linear layers, attention) and implicit-GEMM convolutions reach different
         # shares of the tensor-core peak: two efficiencies.
         eff = profile.eff_gemm if k.category in ("linear", "attention") else profile.eff_matrix
         peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * eff
-        units_share = min(1.0, gemm_tiles(gemm, profile) * split_k(gemm, profile) / profile.units)
+        units_share = min(1.0, gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile) / profile.units)
     else:
         if compiled_loop(k, profile):
             units_share = compiled_threads(k, profile, scale) / profile.units

@@ -333,3 +333,48 @@ def _threads(t, profile) -> int:
 
     g = t.kernel.gemm
     return min(profile.units, gemm_tiles(g, profile) * split_k(g, profile))
+
+
+def test_compiled_reductions_go_parallel_by_their_whole_loop_nest():
+    """A squeeze-excitation mean reads a whole map but writes one value per channel: Inductor's
+    decide_parallel_depth counts the reduced axes too, so it runs on every core (over its
+    outputs), not on the one thread its 256 outputs alone would give."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert {"inductor_threads", "inductor_reductions"} <= set(cpu.mechanisms)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 88, 88])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = build_graph(make_model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=1)], [x], [y], opset=13))
+
+    def kernel(profile):
+        return LatencyModel(g).estimate(profile, 1, "fp32").kernels[0]
+
+    on, off = kernel(cpu), kernel(without(cpu, "inductor_reductions"))
+    assert on.memory_ms == pytest.approx(off.memory_ms / cpu.units, rel=1e-6)  # every core instead of one
+    assert on.device_ms - on.memory_ms == pytest.approx(cpu.units * cpu.fork_join_us * 1e-3)  # and it wakes them
+    # A small map stays on one thread either way.
+    x.type.tensor_type.shape.dim[2].dim_value = x.type.tensor_type.shape.dim[3].dim_value = 4
+    small = build_graph(make_model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=1)], [x], [y], opset=13))
+    a, b = (LatencyModel(small).estimate(p, 1, "fp32").kernels[0] for p in (cpu, without(cpu, "inductor_reductions")))
+    assert a.device_ms == pytest.approx(b.device_ms)
+
+
+def test_cpu_convolutions_pad_output_channels_to_one_vector_not_to_the_gemm_tile():
+    """oneDNN blocks a convolution's output channels by the SIMD width (16 fp32 with AVX-512, 8
+    with AVX2): a grouped convolution of 16 channels per group wastes nothing on AVX-512, where a
+    32-column tile would waste half; a linear layer (MKL's GEMM) keeps the profile's tile."""
+    from autovit.latmodel.timing import kernel_tile
+
+    i9, i7 = load_profile("cpu-i9-10940x"), load_profile("cpu-i7-12700h")
+    assert "conv_channel_block" in i9.mechanisms and "conv_channel_block" in i7.mechanisms
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 28, 28])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16)
+    g = build_graph(make_model([node], [x], [y], [_init("w", (256, 16, 3, 3))]))
+    for cpu, lanes in ((i9, 16), (i7, 8)):
+        k = LatencyModel(g).kernels(cpu)[0]
+        assert kernel_tile(k, cpu, "fp32") == (cpu.gemm_tile[0], lanes)
+        assert kernel_tile(k, without(cpu, "conv_channel_block"), "fp32") == cpu.gemm_tile
+    on, off = (LatencyModel(g).estimate(p, 1, "fp32").kernels[0] for p in (i9, without(i9, "conv_channel_block")))
+    assert on.compute_ms == pytest.approx(off.compute_ms / 2, rel=0.05)  # 16 of 32 columns were waste
+    linear = [k for k in LatencyModel(attention_graph(sdpa=False)).kernels(i9) if k.klass == "matrix"]
+    assert linear and all(kernel_tile(k, i9, "fp32") == i9.gemm_tile for k in linear)
