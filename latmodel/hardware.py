@@ -90,10 +90,11 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # fp16 depthwise layers that PyTorch's heuristic hands to cuDNN skip the direct kernel (cudnn_dw);
 # ATen runs a small dense fp32 convolution at batch 1 in its own im2col + GEMM, not oneDNN (thnn_conv);
 # a reduction torch.compile generates splits by its whole loop nest, reduced axes included (inductor_reductions);
-# a CPU convolution blocks its output channels by one vector register, not by the GEMM tile (conv_channel_block).
+# a CPU convolution blocks its output channels by one vector register, not by the GEMM tile (conv_channel_block);
+# a oneDNN convolution and each reorder around it start and join the whole thread team (onednn_team).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "thnn_conv", "inductor_reductions",
-                       "conv_channel_block")
+                       "conv_channel_block", "onednn_team")
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,8 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
     """Seconds a CPU kernel spends starting and joining its threads (s): `fork_join_us` per thread
     it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
     tiles, one thread per block up to the cores, so a small op runs on one thread and pays
-    nothing while a large one pays for every core: small kernels do not speed up with cores."""
+    nothing while a large one pays for every core: small kernels do not speed up with cores. A
+    oneDNN convolution pays the whole team once per region it opens (onednn_regions)."""
     if compiled_loop(k, profile):
         blocks = compiled_threads(k, profile, scale)
     elif k.klass == "matrix" and k.gemm is not None:
@@ -298,7 +299,27 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
     else:
         blocks = math.ceil(k.work_elems * scale / profile.vector_block)
     threads = min(profile.units, max(blocks, 1))
+    regions = onednn_regions(k, profile, "fp32", scale)  # the CPU profiles' dtype (fork_join is CPU-only)
+    if regions:
+        return profile.fork_join_us * 1e-6 * profile.units * regions
     return profile.fork_join_us * 1e-6 * threads if threads > 1 else 0.0
+
+
+def onednn_regions(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> int:
+    """Parallel regions a oneDNN convolution on plain tensors opens, each over the whole thread
+    team (mechanism onednn_team); 0 where the kernel is not one. With the OpenMP runtime oneDNN's
+    parallel() and parallel_nd() start every thread whatever the work, unless it is a single
+    item (adjust_num_threads in src/common/dnnl_thread.hpp), and ideep runs the convolution and
+    each reorder around it as primitives of their own: the source to the blocked layout the
+    convolution chose (not for a source with fewer channels than one block: the stem's RGB is
+    read as NCHW), the plain OIhw weights to blocked ones, and the blocked result back to NCHW
+    (PyTorch's mkldnn_to_dense). So a convolution opens three or four regions, however small."""
+    if not (profile.uses("onednn_team") and profile.units > 1 and dtype in profile.nchw_conv_relayout
+            and k.category in profile.relayout_categories and k.conv is not None):
+        return 0
+    if thnn_conv(k, profile, dtype, scale):
+        return 0
+    return 3 + (k.conv[1] >= profile.matrix_align.get(dtype, 1))
 
 
 def thnn_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> bool:

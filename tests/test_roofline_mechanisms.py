@@ -378,3 +378,28 @@ def test_cpu_convolutions_pad_output_channels_to_one_vector_not_to_the_gemm_tile
     assert on.compute_ms == pytest.approx(off.compute_ms / 2, rel=0.05)  # 16 of 32 columns were waste
     linear = [k for k in LatencyModel(attention_graph(sdpa=False)).kernels(i9) if k.klass == "matrix"]
     assert linear and all(kernel_tile(k, i9, "fp32") == i9.gemm_tile for k in linear)
+
+
+def test_onednn_convolutions_start_the_whole_team_for_themselves_and_each_reorder():
+    """With the OpenMP runtime oneDNN starts every thread for each primitive however small, and a
+    convolution on plain tensors runs as reorder(source) + convolution + reorder(weights) +
+    reorder(result): four whole-team regions; three for a stem whose RGB input is read as it is."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert {"fork_join", "onednn_team"} <= set(cpu.mechanisms)
+    off = without(cpu, "onednn_team")
+
+    def kernel(g, profile):
+        return LatencyModel(g).estimate(profile, 1, "fp32").kernels[0]
+
+    team = cpu.units * cpu.fork_join_us * 1e-3
+    bare = without(cpu, "fork_join", "onednn_team")  # no thread starts at all
+    tiny = conv_graph(64, 64, 5, 6)  # a 5x5 filter (oneDNN's) with 2 x 2 outputs: a few tiles, some threads before
+    assert kernel(tiny, cpu).device_ms - kernel(tiny, bare).device_ms == pytest.approx(4 * team)
+    assert kernel(tiny, off).device_ms - kernel(tiny, bare).device_ms < 4 * team
+    stem = conv_graph(3, 64, 7, 64)
+    assert kernel(stem, cpu).device_ms - kernel(stem, bare).device_ms == pytest.approx(3 * team)
+    # ATen's own convolutions (thnn_conv) are not oneDNN's, and without fork_join nothing is paid.
+    native = conv_graph(256, 256, 1, 8)
+    assert kernel(native, cpu).device_ms == pytest.approx(kernel(native, off).device_ms)
+    no_fork = without(cpu, "fork_join")
+    assert kernel(tiny, no_fork).device_ms == pytest.approx(kernel(tiny, bare).device_ms)
