@@ -606,6 +606,9 @@ def main() -> None:
     ap.add_argument("--ofa-ops", choices=("ofa", "torch"), default="ofa",
                     help="OFA subnets with the element-wise ops of OFA's code (h_swish as 4 ops; default) or torch's fused modules")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--order", metavar="SETS",
+                    help="comma-separated timm sets whose rows make the seeded row order (default: the timm sets of "
+                         "--sets): price some sets on the row order of more, without exporting the others' rows")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--cache", default=str(HERE / ".cache"))
     ap.add_argument("--out", default=str(HERE / "results" / "external.jsonl"))
@@ -664,7 +667,10 @@ def main() -> None:
     timm_wanted = [s for s in wanted if s in TIMM_SETS]
     if timm_wanted:
         rows = timm_rows(data)
-        keys = sorted({(r["model"], int(r["infer_img_size"])) for s in timm_wanted for r in rows[s]})
+        order = [x for x in args.order.split(",") if x] if args.order else timm_wanted
+        if not set(timm_wanted) <= set(order) or not set(order) <= set(TIMM_SETS):
+            sys.exit(f"--order needs timm sets ({', '.join(TIMM_SETS)}) including every timm set of --sets")
+        keys = sorted({(r["model"], int(r["infer_img_size"])) for s in order for r in rows[s]})
         random.Random(args.seed).shuffle(keys)
         rank = {k: i for i, k in enumerate(keys)}
         chosen: dict[str, list[dict]] = {}
