@@ -347,7 +347,7 @@ def im2col_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> f
     the cache bandwidth."""
     if k.im2col_free or k.conv is None:
         return 0.0
-    n, cin, _, group, taps, pixels = k.conv
+    n, cin, _, _, taps, pixels = k.conv  # a native convolution is never grouped (thnn_conv)
     cols = n * scale * cin * taps * pixels
     return 2 * cols * profile.dtype_bytes(dtype) / (profile.cache_gbps * 1e9 / profile.units)
 
