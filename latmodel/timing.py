@@ -284,7 +284,7 @@ def compiled_threads(k: Kernel, profile: HardwareProfile, scale: float) -> int:
     return profile.units
 
 
-def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
+def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> float:
     """Seconds a CPU kernel spends starting and joining its threads (s): `fork_join_us` per thread
     it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
     tiles, one thread per block up to the cores, so a small op runs on one thread and pays
@@ -294,32 +294,32 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
         blocks = compiled_threads(k, profile, scale)
     elif k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
-        tile = kernel_tile(k, profile, "fp32")  # the CPU profiles' dtype (fork_join is CPU-only)
+        tile = kernel_tile(k, profile, dtype)
         blocks = gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile)
     else:
         blocks = math.ceil(k.work_elems * scale / profile.vector_block)
     threads = min(profile.units, max(blocks, 1))
-    regions = onednn_regions(k, profile, "fp32", scale)  # the CPU profiles' dtype (fork_join is CPU-only)
+    regions = onednn_regions(k, profile, dtype, scale)
     if regions:
         return profile.fork_join_us * 1e-6 * profile.units * regions
     return profile.fork_join_us * 1e-6 * threads if threads > 1 else 0.0
 
 
 def onednn_regions(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> int:
-    """Parallel regions a oneDNN convolution on plain tensors opens, each over the whole thread
-    team (mechanism onednn_team); 0 where the kernel is not one. With the OpenMP runtime oneDNN's
-    parallel() and parallel_nd() start every thread whatever the work, unless it is a single
-    item (adjust_num_threads in src/common/dnnl_thread.hpp), and ideep runs the convolution and
-    each reorder around it as primitives of their own: the source to the blocked layout the
-    convolution chose (not for a source with fewer channels than one block: the stem's RGB is
-    read as NCHW), the plain OIhw weights to blocked ones, and the blocked result back to NCHW
-    (PyTorch's mkldnn_to_dense). So a convolution opens three or four regions, however small."""
+    """Parallel regions a oneDNN convolution opens, each over the whole thread team (mechanism
+    onednn_team); 0 where the kernel is not one. With the OpenMP runtime oneDNN's parallel() and
+    parallel_nd() start every thread whatever the work, unless it is a single item
+    (adjust_num_threads in src/common/dnnl_thread.hpp). torch.compile lays a CPU model's
+    activations out channels-last (Inductor's GraphLowering.decide_layout_opt), which oneDNN's
+    convolution reads and writes as they are (_mkldnn_convolution returns its NHWC result, no
+    mkldnn_to_dense); the plain OIhw weights are reordered to oneDNN's blocked layout on every
+    call, a primitive of its own. So a convolution opens two regions, however small."""
     if not (profile.uses("onednn_team") and profile.units > 1 and dtype in profile.nchw_conv_relayout
             and k.category in profile.relayout_categories and k.conv is not None):
         return 0
     if thnn_conv(k, profile, dtype, scale):
         return 0
-    return 3 + (k.conv[1] >= profile.matrix_align.get(dtype, 1))
+    return 2
 
 
 def thnn_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> bool:
@@ -410,7 +410,7 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
 
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
     if profile.uses("fork_join"):
-        launch += fork_join_s(k, profile, scale)
+        launch += fork_join_s(k, profile, "fp32" if casts else dtype, scale)
     if thnn:
         launch += im2col_s(k, profile, dtype, scale)  # serial, before the GEMM: not overlapped
     t_device = launch + max(t_compute, t_memory)
