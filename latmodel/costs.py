@@ -87,6 +87,12 @@ class OpCost:
     # A 2-D convolution as (batch, input channels, output channels, groups, kernel elements, output
     # pixels): a runtime decides its algorithm (and data layout) from these (timing.nchwc_runs).
     conv: tuple[int, int, int, int, int, int] | None = None
+    # What ATen's choice of a CPU convolution backend reads (ConvParams::use_mkldnn; timing.thnn_conv):
+    # the filter's spatial shape, the input's elements, and whether slow_conv2d could skip its
+    # im2col copy (a 1x1 filter, unit strides, no padding).
+    filter_shape: tuple[int, ...] = ()
+    conv_in_elems: int = 0
+    im2col_free: bool = False
 
 
 def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
@@ -225,8 +231,11 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
     if group > 1 and cin_g == 1:  # depthwise: no reduction over channels, runs on vector units
         return mk("dwconv", "vector", 2.0 * macs + bias, conv=conv)
     unit = all(v == 1 for v in list(op.attrs.get("strides", [1])) + list(op.attrs.get("dilations", [1])))
+    unpadded = not any(op.attrs.get("pads", [0])) and op.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
     return mk("conv", "matrix", 2.0 * macs + bias, gemm=(group, n * spatial, cout // group, cin_g * kernel),
-              winograd_3x3=group == 1 and tuple(w.shape[2:]) == (3, 3) and unit, conv=conv)
+              winograd_3x3=group == 1 and tuple(w.shape[2:]) == (3, 3) and unit, conv=conv,
+              filter_shape=tuple(w.shape[2:]), conv_in_elems=math.prod(x.shape),
+              im2col_free=kernel == 1 and unit and unpadded)
 
 
 def _matmul_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:

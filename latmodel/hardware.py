@@ -89,9 +89,14 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # the direct kernel decomposes every output's flat index with integer divisions (dw_index);
 # fp16 depthwise layers that PyTorch's heuristic hands to cuDNN skip the direct kernel (cudnn_dw);
 # the host's cost per eager call depends on the op's class (host_classes): a module that selects a
-# backend per call (cuDNN convolution and BatchNorm, cuBLAS linear) costs the host 2-3x an element-wise op.
+# backend per call (cuDNN convolution and BatchNorm, cuBLAS linear) costs the host 2-3x an element-wise op;
+# ATen runs a small dense fp32 convolution at batch 1 in its own im2col + GEMM, not oneDNN (thnn_conv);
+# a reduction torch.compile generates splits by its whole loop nest, reduced axes included (inductor_reductions);
+# a CPU convolution blocks its output channels by one vector register, not by the GEMM tile (conv_channel_block);
+# a oneDNN convolution and its weight reorder each start and join the whole thread team (onednn_team).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
-                       "dw_loop", "dw_index", "cudnn_dw", "host_classes")
+                       "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
+                       "conv_channel_block", "onednn_team")
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ class HardwareProfile:
     amp_fp32_ops: tuple[str, ...] = ()  # ONNX op types torch.autocast runs in fp32 (mechanism autocast)
     fork_join_us: float = 0.0  # per thread a CPU kernel wakes and joins (mechanism fork_join)
     min_chunk: int = 0  # elements per thread below which a compiled CPU loop stays on one thread (inductor_threads)
+    thnn_max_input: int = 0  # input elements up to which ATen keeps a small batch-1 fp32 convolution off oneDNN (thnn_conv)
     int_ops_per_clock: int = 0  # 32-bit integer ops one unit (GPU SM) completes per clock (dw_loop)
     dw_unrolled_max: int = 0  # largest depthwise kernel size the direct kernel has unrolled tap loops for (dw_loop)
     dw_loop_int_ops: float = 0.0  # integer ops per tap of the direct depthwise kernel's run-time loop (dw_loop)
@@ -281,7 +287,7 @@ PROFILE_KEYS: dict[str, Key] = {
     "compute.vector_block": Key("int", 1, 2**31), "compute.matrix_align": Key("ints", 1, 1024, default={}, choices=_DTYPES),
     "compute.transcendental_flops": Key("number", 0.01, 1e4, default=1.0),
     "compute.clock_ghz": Key("number", 0, 10, default=0.0), "compute.l1_loads_per_clock": Key("int", 0, 4096, default=0),
-    "compute.min_chunk": Key("int", 0, 2**31, default=0),
+    "compute.min_chunk": Key("int", 0, 2**31, default=0), "compute.thnn_max_input": Key("int", 0, 2**40, default=0),
     "compute.int_ops_per_clock": Key("int", 0, 1 << 16, default=0), "compute.dw_unrolled_max": Key("int", 0, 1024, default=0),
     "compute.dw_loop_int_ops": Key("number", 0, 1000, default=0.0),
     "compute.dw_index_int_ops": Key("number", 0, 10000, default=0.0),
@@ -501,6 +507,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         nchwc_channels=f["layout.nchwc_channels"], gemm_thread_macs=num["compute.gemm_thread_macs"],
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
         l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
+        thnn_max_input=f["compute.thnn_max_input"],
         int_ops_per_clock=f["compute.int_ops_per_clock"], dw_unrolled_max=f["compute.dw_unrolled_max"],
         dw_loop_int_ops=num["compute.dw_loop_int_ops"], dw_index_int_ops=num["compute.dw_index_int_ops"],
         eff_attention=num["efficiency.attention"],

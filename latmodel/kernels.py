@@ -41,6 +41,9 @@ class Kernel:
     moves_last_axis: bool = False  # contains a transpose that puts another axis last (see costs.OpCost)
     winograd_3x3: bool = False  # its main op is a Winograd-eligible convolution (see costs.OpCost)
     conv: tuple[int, int, int, int, int, int] | None = None  # its main op's convolution shape (see costs.OpCost)
+    filter_shape: tuple[int, ...] = ()  # its main op's filter, input elements, im2col-free (see costs.OpCost)
+    conv_in_elems: int = 0
+    im2col_free: bool = False
 
 
 def _selects(selector: str, cost: OpCost) -> bool:
@@ -263,7 +266,8 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         c = cs[0]
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
-                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv)
+                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
+                      c.filter_shape, c.conv_in_elems, c.im2col_free)
     inside = set(ops)
     produced = {o for n in ops for o in g.op(n).outputs}
     ext_in: dict[str, int] = {}
@@ -297,5 +301,5 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         batch_in=main.batch_in, act_shapes=shapes, unsupported=any(c.op_type in unsupported for c in cs),
         transcendentals=sum(c.transcendentals for c in cs), runs=sum(c.runs for c in cs),
         rows=sum(c.rows for c in cs), moves_last_axis=any(c.moves_last_axis for c in cs), winograd_3x3=main.winograd_3x3,
-        conv=main.conv,
+        conv=main.conv, filter_shape=main.filter_shape, conv_in_elems=main.conv_in_elems, im2col_free=main.im2col_free,
     )

@@ -53,36 +53,49 @@ def _ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m if m > 1 else x
 
 
-def gemm_tiles(gemm: tuple[int, int, int, int], profile: HardwareProfile) -> int:
-    """Output tiles of a GEMM (count, M, N, K): its units of parallel work."""
+def gemm_tiles(gemm: tuple[int, int, int, int], profile: HardwareProfile, tile: tuple[int, int] | None = None) -> int:
+    """Output tiles of a GEMM (count, M, N, K): its units of parallel work; `tile`: the kernel's
+    own output tile where it is not the profile's (kernel_tile)."""
     count, m, n, _ = gemm
-    tm, tn = profile.gemm_tile
+    tm, tn = tile or profile.gemm_tile
     return count * math.ceil(m / tm) * math.ceil(n / tn)
+
+
+def kernel_tile(k: Kernel, profile: HardwareProfile, dtype: str) -> tuple[int, int]:
+    """The output tile kernel `k` is computed in: the profile's GEMM tile, except for a CPU
+    convolution under the mechanism conv_channel_block, whose output channels oneDNN's direct
+    convolution kernels block by one vector register (`jcp.oc_block = simd_w`: 16 fp32 channels
+    with AVX-512, 8 with AVX2; the profile's matrix_align), so a group of 16 output channels
+    (RegNet's grouped 3x3s) fills its blocks instead of half a 32-wide tile."""
+    if profile.uses("conv_channel_block") and k.category == "conv" and profile.matrix_align.get(dtype, 0) > 1:
+        return (profile.gemm_tile[0], profile.matrix_align[dtype])
+    return profile.gemm_tile
 
 
 # Shortest reduction slice a split-K GEMM hands to one unit (cuBLAS/CUTLASS split-K heuristics).
 _SPLIT_K_MIN = 256
 
 
-def split_k(gemm: tuple[int, int, int, int], profile: HardwareProfile) -> int:
+def split_k(gemm: tuple[int, int, int, int], profile: HardwareProfile, tile: tuple[int, int] | None = None) -> int:
     """How many ways the reduction is split when there are too few output tiles to fill the units."""
-    tiles = gemm_tiles(gemm, profile)
+    tiles = gemm_tiles(gemm, profile, tile)
     if tiles >= profile.units:
         return 1
     return max(1, min(profile.units // tiles, math.ceil(gemm[3] / _SPLIT_K_MIN)))
 
 
-def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile, dtype: str) -> float:
+def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile, dtype: str,
+                       tile: tuple[int, int] | None = None) -> float:
     """Share of the matrix engine's peak a GEMM of shape (count, M, N, K) can use (0..1].
 
     Tiles (split along K when they are too few) run in whole waves over the units; a tile
     hanging over the tensor's edge, or channels short of the engine's multiple, is wasted.
     """
     count, m, n, k = gemm
-    tm, tn = profile.gemm_tile
+    tm, tn = tile or profile.gemm_tile
     align = profile.matrix_align.get(dtype, 1)
-    splits = split_k(gemm, profile)
-    waves = math.ceil(gemm_tiles(gemm, profile) * splits / profile.units)
+    splits = split_k(gemm, profile, tile)
+    waves = math.ceil(gemm_tiles(gemm, profile, tile) * splits / profile.units)
     util = count * m * n * splits / (waves * profile.units * tm * tn)
     # Channels that miss the engine's multiple are padded (tensor cores need N, K % 8 == 0 in fp16).
     util *= (n / _ceil_to(n, align)) * (k / _ceil_to(k, align))
@@ -242,36 +255,112 @@ def compiled_loop(k: Kernel, profile: HardwareProfile) -> bool:
             and k.category not in ("conv", "dwconv", "linear"))
 
 
+# Ops Inductor generates as a reduction loop nest (outer loops over the outputs, inner loops over
+# the reduced axes).
+_REDUCTIONS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+               "ReduceSumSquare", "ReduceLogSumExp", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+
+
+def compiled_loop_elems(k: Kernel, profile: HardwareProfile) -> int:
+    """Iterations of the loop nest torch.compile generates for `k`: its outputs for a pointwise
+    loop; for a reduction, the outer loops times the reduced ones, i.e. the elements it reads
+    (a squeeze-excitation mean over a 256 x 88 x 88 map is a 1.98 M-iteration nest with 256
+    outputs). Without the mechanism inductor_reductions a reduction counts its parallel work as
+    ATen's eager split does (`work_elems`)."""
+    if profile.uses("inductor_reductions") and any(t in _REDUCTIONS for t in k.op_types):
+        return max(k.work_elems, k.in_elems)
+    return k.work_elems
+
+
 def compiled_threads(k: Kernel, profile: HardwareProfile, scale: float) -> int:
     """Threads a compiled CPU loop runs on: every core once each gets at least `min_chunk`
-    elements (torch._inductor.config.cpp.min_chunk_size; Inductor parallelises a loop over all
-    its threads or not at all), else one."""
-    return profile.units if k.work_elems * scale >= profile.units * profile.min_chunk else 1
+    iterations of its loop nest (torch._inductor.config.cpp.min_chunk_size; Inductor parallelises
+    a loop over all its threads or not at all), else one. `decide_parallel_depth` (codegen/cpp.py)
+    counts the whole nest (`size_hint()`, the product of the call ranges, reduced axes included)
+    and splits the outer loops, so a reduction with few outputs over a large input still runs on
+    every core, or on as many as it has outputs."""
+    if compiled_loop_elems(k, profile) * scale < profile.units * profile.min_chunk:
+        return 1
+    if profile.uses("inductor_reductions") and any(t in _REDUCTIONS for t in k.op_types):
+        return min(profile.units, max(1, round(k.out_elems * scale)))  # the outer loops are the outputs
+    return profile.units
 
 
-def fork_join_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
+def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> float:
     """Seconds a CPU kernel spends starting and joining its threads (s): `fork_join_us` per thread
     it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
     tiles, one thread per block up to the cores, so a small op runs on one thread and pays
-    nothing while a large one pays for every core: small kernels do not speed up with cores."""
+    nothing while a large one pays for every core: small kernels do not speed up with cores. A
+    oneDNN convolution pays the whole team once per region it opens (onednn_regions)."""
     if compiled_loop(k, profile):
         blocks = compiled_threads(k, profile, scale)
     elif k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
-        blocks = gemm_tiles(gemm, profile) * split_k(gemm, profile)
+        tile = kernel_tile(k, profile, dtype)
+        blocks = gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile)
     else:
         blocks = math.ceil(k.work_elems * scale / profile.vector_block)
     threads = min(profile.units, max(blocks, 1))
+    regions = onednn_regions(k, profile, dtype, scale)
+    if regions:
+        return profile.fork_join_us * 1e-6 * profile.units * regions
     return profile.fork_join_us * 1e-6 * threads if threads > 1 else 0.0
 
 
-def weight_relayout(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
+def onednn_regions(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> int:
+    """Parallel regions a oneDNN convolution opens, each over the whole thread team (mechanism
+    onednn_team); 0 where the kernel is not one. With the OpenMP runtime oneDNN's parallel() and
+    parallel_nd() start every thread whatever the work, unless it is a single item
+    (adjust_num_threads in src/common/dnnl_thread.hpp). torch.compile lays a CPU model's
+    activations out channels-last (Inductor's GraphLowering.decide_layout_opt), which oneDNN's
+    convolution reads and writes as they are (_mkldnn_convolution returns its NHWC result, no
+    mkldnn_to_dense); the plain OIhw weights are reordered to oneDNN's blocked layout on every
+    call, a primitive of its own. So a convolution opens two regions, however small."""
+    if not (profile.uses("onednn_team") and profile.units > 1 and dtype in profile.nchw_conv_relayout
+            and k.category in profile.relayout_categories and k.conv is not None):
+        return 0
+    if thnn_conv(k, profile, dtype, scale):
+        return 0
+    return 2
+
+
+def thnn_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> bool:
+    """Whether ATen runs convolution `k` in its own slow_conv2d (im2col + a BLAS GEMM, plain NCHW)
+    rather than oneDNN (mechanism thnn_conv). ConvParams::use_mkldnn (ATen Convolution.cpp) hands
+    an fp32 convolution on a multi-threaded CPU to oneDNN only if it is grouped, or its filter is
+    larger than 3 on both sides, or the batch is above 1, or its input has more than 20480
+    elements (`compute.thnn_max_input`; "for some case, native is faster"): at batch 1 the dense
+    1x1 and 3x3 convolutions of small maps (late stages, squeeze-excitation 1x1 maps) take the
+    native path, with no blocked layout and so no reorders."""
+    if not (profile.uses("thnn_conv") and profile.thnn_max_input > 0 and dtype == "fp32" and k.category == "conv"
+            and k.conv is not None and k.filter_shape and profile.units > 1):
+        return False
+    n, _, _, group = k.conv[:4]
+    return (group == 1 and not all(side > 3 for side in k.filter_shape) and n * scale <= 1
+            and k.conv_in_elems * scale <= profile.thnn_max_input)
+
+
+def im2col_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> float:
+    """Seconds slow_conv2d spends on its im2col copy (s): it writes the input expanded to
+    (channels x filter) x output pixels, which the GEMM reads, unless the filter is 1x1 at unit
+    stride without padding. The copy runs on one thread: slow_conv2d loops over the batch in
+    at::parallel_for, and a batch of 1 runs that body inline under ParallelGuard, so the copy's
+    own parallel_for nested in it stays serial (ATen Parallel-inl.h); one core gets 1/units of
+    the cache bandwidth."""
+    if k.im2col_free or k.conv is None:
+        return 0.0
+    n, cin, _, _, taps, pixels = k.conv  # a native convolution is never grouped (thnn_conv)
+    cols = n * scale * cin * taps * pixels
+    return 2 * cols * profile.dtype_bytes(dtype) / (profile.cache_gbps * 1e9 / profile.units)
+
+
+def weight_relayout(k: Kernel, profile: HardwareProfile, dtype: str, scale: float = 1.0) -> bool:
     """Whether the convolution library reorders `k`'s weights on every call (mechanism
     weight_relayout): oneDNN computes in blocked weight layouts (OIhw16i16o), and a framework
     that does not pre-pack them (eager, torch.compile without freezing) hands it plain OIhw
     weights each time, which it reads, writes blocked and reads again: three passes."""
     return (profile.uses("weight_relayout") and dtype in profile.nchw_conv_relayout
-            and k.category in profile.relayout_categories)
+            and k.category in profile.relayout_categories and not thnn_conv(k, profile, dtype, scale))
 
 
 def autocast_fp32(k: Kernel, profile: HardwareProfile, dtype: str) -> bool:
@@ -351,9 +440,10 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
 
     nchw = nchw_conv(k, profile, dtype, scale)
     casts = autocast_fp32(k, profile, dtype)
-    act_bytes = (_activation_elems(k, profile, dtype, eb, casts) * scale * eb
+    thnn = thnn_conv(k, profile, dtype, scale)
+    act_bytes = (_activation_elems(k, profile, dtype, eb, casts, thnn) * scale * eb
                  + (nchw.im2col_elems * eb if nchw else 0))
-    w_bytes = k.w_elems * eb * (3 if weight_relayout(k, profile, dtype) else 1)
+    w_bytes = k.w_elems * eb * (3 if weight_relayout(k, profile, dtype, scale) else 1)
     # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
     flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
     t_compute, units_share = _compute_s(k, profile, "fp32" if casts else dtype, fb, flops, scale, nchw)
@@ -363,7 +453,9 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
 
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
     if profile.uses("fork_join"):
-        launch += fork_join_s(k, profile, scale)
+        launch += fork_join_s(k, profile, "fp32" if casts else dtype, scale)
+    if thnn:
+        launch += im2col_s(k, profile, dtype, scale)  # serial, before the GEMM: not overlapped
     t_device = launch + max(t_compute, t_memory)
     overhead = launch + host_us(k.op_types, k.category, profile) * 1e-6
     if max(t_compute, t_memory) < overhead:
@@ -374,17 +466,19 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
                       bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts)
 
 
-def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, casts: bool = False) -> float:
+def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, casts: bool = False,
+                      native: bool = False) -> float:
     """Activation elements a kernel reads and writes (graph batch), with the padding of the
     profile's last-axis alignment, the relayouts of its convolution library and, for an op
-    autocast runs in fp32 (`casts`), its casts in and out counted in elements of `dtype`."""
+    autocast runs in fp32 (`casts`), its casts in and out counted in elements of `dtype`; a
+    convolution ATen runs natively (`native`: thnn_conv) stays in NCHW, without relayouts."""
     act_elems = k.in_elems + k.out_elems
     if profile.last_axis_align_bytes and k.act_shapes:
         padded = sum(padded_elems(s, eb, profile.last_axis_align_bytes) for s in k.act_shapes)
         plain = sum(math.prod(s) for s in k.act_shapes)
         if plain:
             act_elems = act_elems * padded / plain
-    if dtype in profile.nchw_conv_relayout and k.category in profile.relayout_categories:
+    if dtype in profile.nchw_conv_relayout and k.category in profile.relayout_categories and not native:
         # The convolution library works in another layout (NHWC for tensor cores, oneDNN's
         # channel-blocked nChw16c on CPUs): an NCHW input and output are re-laid out, i.e.
         # read and written once more each.
@@ -404,12 +498,13 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
     execution of a convolution the blocked layout left out (nchw_conv), if any."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
-        util = matrix_utilization(gemm, profile, dtype)
+        tile = kernel_tile(k, profile, dtype)
+        util = matrix_utilization(gemm, profile, dtype, tile)
         # BLAS GEMMs (linear layers, attention) and implicit-GEMM convolutions reach different
         # shares of the tensor-core peak: two efficiencies.
         eff = profile.eff_gemm if k.category in ("linear", "attention") else profile.eff_matrix
         peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * eff
-        units_share = min(1.0, gemm_tiles(gemm, profile) * split_k(gemm, profile) / profile.units)
+        units_share = min(1.0, gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile) / profile.units)
     else:
         if compiled_loop(k, profile):
             units_share = compiled_threads(k, profile, scale) / profile.units

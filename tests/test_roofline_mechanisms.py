@@ -439,3 +439,109 @@ def test_an_ofa_subnet_prices_every_op_by_a_probed_class():
     # One after every convolution but the SE ones and the feature mix, depthwise included.
     assert by_key["BatchNormalization"] == by_key["@conv"] - 2 * se_blocks - 1 + by_key["@dwconv"]
     assert by_key["@linear"] == 1 and by_key["ReduceMean"] == 2 * (se_blocks + 1)
+def test_small_dense_fp32_convolutions_at_batch_1_run_in_aten_not_onednn():
+    """ATen's use_mkldnn keeps a dense fp32 convolution at batch 1 with a filter no larger than 3
+    on some side and at most 20480 input elements in its own im2col + GEMM: NCHW throughout, so no
+    activation or weight reorders, and an im2col copy on one thread unless the filter is 1x1."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert "thnn_conv" in cpu.mechanisms and cpu.thnn_max_input == 20480
+    off = without(cpu, "thnn_conv")
+
+    def kernel(g, profile, batch=1):
+        return LatencyModel(g).estimate(profile, batch, "fp32").kernels[0]
+
+    small_1x1 = conv_graph(256, 256, 1, 8)  # 16384 input elements: native, no im2col
+    on, base = kernel(small_1x1, cpu), kernel(small_1x1, off)
+    w, acts = 256 * 256 * 4, (256 * 64 + 256 * 64) * 4
+    assert base.bytes - on.bytes == pytest.approx(2 * w + 2 * acts)  # neither weights nor activations reordered
+    assert on.device_ms < base.device_ms
+    small_3x3 = conv_graph(64, 64, 3, 16)  # 16384 input elements: native, with a serial im2col copy
+    on3 = kernel(small_3x3, cpu)
+    cols = 64 * 9 * 14 * 14
+    serial = 2 * cols * 4 / (cpu.cache_gbps * 1e9 / cpu.units) * 1e3
+    assert on3.device_ms == pytest.approx(serial + max(on3.compute_ms, on3.memory_ms) + cpu.fork_join_us * 1e-3
+                                          * _threads(on3, cpu), rel=1e-6)
+    # oneDNN's: an input above the limit, a 5x5 filter, a batch above 1, a grouped convolution.
+    for g, batch in ((conv_graph(256, 256, 1, 9), 1), (conv_graph(64, 64, 5, 8), 1), (small_1x1, 2),
+                     (depthwise_graph(3, c=8, hw=8), 1)):
+        assert kernel(g, cpu, batch).device_ms == pytest.approx(kernel(g, off, batch).device_ms)
+    # Not on a GPU profile (fp16 there, and no such rule).
+    gpu = replace(V100, mechanisms=V100.mechanisms + ("thnn_conv",), thnn_max_input=20480)
+    assert LatencyModel(small_1x1).estimate(gpu).latency_ms == pytest.approx(LatencyModel(small_1x1).estimate(V100).latency_ms)
+
+
+def _threads(t, profile) -> int:
+    from autovit.latmodel.timing import gemm_tiles, split_k
+
+    g = t.kernel.gemm
+    return min(profile.units, gemm_tiles(g, profile) * split_k(g, profile))
+
+
+def test_compiled_reductions_go_parallel_by_their_whole_loop_nest():
+    """A squeeze-excitation mean reads a whole map but writes one value per channel: Inductor's
+    decide_parallel_depth counts the reduced axes too, so it runs on every core (over its
+    outputs), not on the one thread its 256 outputs alone would give."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert {"inductor_threads", "inductor_reductions"} <= set(cpu.mechanisms)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 88, 88])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = build_graph(make_model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=1)], [x], [y], opset=13))
+
+    def kernel(profile):
+        return LatencyModel(g).estimate(profile, 1, "fp32").kernels[0]
+
+    on, off = kernel(cpu), kernel(without(cpu, "inductor_reductions"))
+    assert on.memory_ms == pytest.approx(off.memory_ms / cpu.units, rel=1e-6)  # every core instead of one
+    assert on.device_ms - on.memory_ms == pytest.approx(cpu.units * cpu.fork_join_us * 1e-3)  # and it wakes them
+    # A small map stays on one thread either way.
+    x.type.tensor_type.shape.dim[2].dim_value = x.type.tensor_type.shape.dim[3].dim_value = 4
+    small = build_graph(make_model([helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3], keepdims=1)], [x], [y], opset=13))
+    a, b = (LatencyModel(small).estimate(p, 1, "fp32").kernels[0] for p in (cpu, without(cpu, "inductor_reductions")))
+    assert a.device_ms == pytest.approx(b.device_ms)
+
+
+def test_cpu_convolutions_pad_output_channels_to_one_vector_not_to_the_gemm_tile():
+    """oneDNN blocks a convolution's output channels by the SIMD width (16 fp32 with AVX-512, 8
+    with AVX2): a grouped convolution of 16 channels per group wastes nothing on AVX-512, where a
+    32-column tile would waste half; a linear layer (MKL's GEMM) keeps the profile's tile."""
+    from autovit.latmodel.timing import kernel_tile
+
+    i9, i7 = load_profile("cpu-i9-10940x"), load_profile("cpu-i7-12700h")
+    assert "conv_channel_block" in i9.mechanisms and "conv_channel_block" in i7.mechanisms
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 28, 28])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16)
+    g = build_graph(make_model([node], [x], [y], [_init("w", (256, 16, 3, 3))]))
+    for cpu, lanes in ((i9, 16), (i7, 8)):
+        k = LatencyModel(g).kernels(cpu)[0]
+        assert kernel_tile(k, cpu, "fp32") == (cpu.gemm_tile[0], lanes)
+        assert kernel_tile(k, without(cpu, "conv_channel_block"), "fp32") == cpu.gemm_tile
+    on, off = (LatencyModel(g).estimate(p, 1, "fp32").kernels[0] for p in (i9, without(i9, "conv_channel_block")))
+    assert on.compute_ms == pytest.approx(off.compute_ms / 2, rel=0.05)  # 16 of 32 columns were waste
+    linear = [k for k in LatencyModel(attention_graph(sdpa=False)).kernels(i9) if k.klass == "matrix"]
+    assert linear and all(kernel_tile(k, i9, "fp32") == i9.gemm_tile for k in linear)
+
+
+def test_onednn_convolutions_start_the_whole_team_for_themselves_and_their_weight_reorder():
+    """With the OpenMP runtime oneDNN starts every thread for each primitive however small; under
+    torch.compile a convolution reads and writes channels-last activations as they are and reorders
+    its plain weights on every call: two whole-team regions, the stem's too."""
+    cpu = load_profile("cpu-i9-10940x")
+    assert {"fork_join", "onednn_team"} <= set(cpu.mechanisms)
+    off = without(cpu, "onednn_team")
+
+    def kernel(g, profile):
+        return LatencyModel(g).estimate(profile, 1, "fp32").kernels[0]
+
+    team = cpu.units * cpu.fork_join_us * 1e-3
+    bare = without(cpu, "fork_join", "onednn_team")  # no thread starts at all
+    tiny = conv_graph(64, 64, 5, 6)  # a 5x5 filter (oneDNN's) with 2 x 2 outputs: a few tiles, some threads before
+    assert kernel(tiny, cpu).device_ms - kernel(tiny, bare).device_ms == pytest.approx(2 * team)
+    assert kernel(tiny, off).device_ms - kernel(tiny, bare).device_ms < 2 * team
+    stem = conv_graph(3, 64, 7, 64)
+    assert kernel(stem, cpu).device_ms - kernel(stem, bare).device_ms == pytest.approx(2 * team)
+    # ATen's own convolutions (thnn_conv) are not oneDNN's, and without fork_join nothing is paid.
+    native = conv_graph(256, 256, 1, 8)
+    assert kernel(native, cpu).device_ms == pytest.approx(kernel(native, off).device_ms)
+    no_fork = without(cpu, "fork_join")
+    assert kernel(tiny, no_fork).device_ms == pytest.approx(kernel(tiny, bare).device_ms)
