@@ -545,3 +545,21 @@ def test_onednn_convolutions_start_the_whole_team_for_themselves_and_their_weigh
     assert kernel(native, cpu).device_ms == pytest.approx(kernel(native, off).device_ms)
     no_fork = without(cpu, "fork_join")
     assert kernel(tiny, no_fork).device_ms == pytest.approx(kernel(tiny, bare).device_ms)
+
+
+def test_onednn_team_prices_a_kernel_in_its_own_dtype(tmp_path):
+    """The regions are charged only in the dtypes whose convolutions ideep relayouts
+    (`nchw_conv_relayout`, fp32 on the CPU profiles): a bf16 convolution of a profile that
+    computes bf16 too pays none of them (fork_join_s once priced every kernel as fp32)."""
+    path = tmp_path / "bf16.toml"
+    path.write_text('name = "bf16"\nbase = "cpu-i9-10940x"\ndtypes = ["fp32", "bf16"]\ndefault_dtype = "fp32"\n')
+    cpu = load_profile(str(path))
+    assert "bf16" not in cpu.nchw_conv_relayout
+    off = without(cpu, "onednn_team")
+    tiny = conv_graph(64, 64, 5, 6)
+
+    def ms(profile, dtype):
+        return LatencyModel(tiny).estimate(profile, 1, dtype).kernels[0].device_ms
+
+    assert ms(cpu, "bf16") == pytest.approx(ms(off, "bf16"))
+    assert ms(cpu, "fp32") - ms(off, "fp32") > 0
