@@ -61,13 +61,15 @@ def gemm_tiles(gemm: tuple[int, int, int, int], profile: HardwareProfile, tile: 
     return count * math.ceil(m / tm) * math.ceil(n / tn)
 
 
-def kernel_tile(k: Kernel, profile: HardwareProfile, dtype: str) -> tuple[int, int]:
+def kernel_tile(k: Kernel, profile: HardwareProfile, dtype: str, scale: float = 1.0) -> tuple[int, int]:
     """The output tile kernel `k` is computed in: the profile's GEMM tile, except for a CPU
     convolution under the mechanism conv_channel_block, whose output channels oneDNN's direct
     convolution kernels block by one vector register (`jcp.oc_block = simd_w`: 16 fp32 channels
     with AVX-512, 8 with AVX2; the profile's matrix_align), so a group of 16 output channels
-    (RegNet's grouped 3x3s) fills its blocks instead of half a 32-wide tile."""
-    if profile.uses("conv_channel_block") and k.category == "conv" and profile.matrix_align.get(dtype, 0) > 1:
+    (RegNet's grouped 3x3s) fills its blocks instead of half a 32-wide tile. ATen's own
+    convolutions (thnn_conv: im2col + a BLAS GEMM) keep the GEMM tile; `scale`: the batch scale."""
+    if (profile.uses("conv_channel_block") and k.category == "conv" and profile.matrix_align.get(dtype, 0) > 1
+            and not thnn_conv(k, profile, dtype, scale)):
         return (profile.gemm_tile[0], profile.matrix_align[dtype])
     return profile.gemm_tile
 
@@ -296,7 +298,7 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
         blocks = compiled_threads(k, profile, scale)
     elif k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
-        tile = kernel_tile(k, profile, dtype)
+        tile = kernel_tile(k, profile, dtype, scale)
         blocks = gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile)
     else:
         blocks = math.ceil(k.work_elems * scale / profile.vector_block)
@@ -498,7 +500,7 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
     execution of a convolution the blocked layout left out (nchw_conv), if any."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
-        tile = kernel_tile(k, profile, dtype)
+        tile = kernel_tile(k, profile, dtype, scale)
         util = matrix_utilization(gemm, profile, dtype, tile)
         # BLAS GEMMs (linear layers, attention) and implicit-GEMM convolutions reach different
         # shares of the tensor-core peak: two efficiencies.

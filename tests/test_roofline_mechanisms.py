@@ -520,6 +520,10 @@ def test_cpu_convolutions_pad_output_channels_to_one_vector_not_to_the_gemm_tile
     assert on.compute_ms == pytest.approx(off.compute_ms / 2, rel=0.05)  # 16 of 32 columns were waste
     linear = [k for k in LatencyModel(attention_graph(sdpa=False)).kernels(i9) if k.klass == "matrix"]
     assert linear and all(kernel_tile(k, i9, "fp32") == i9.gemm_tile for k in linear)
+    # ATen's own small dense convolutions (thnn_conv: im2col + a BLAS GEMM) keep the GEMM tile
+    native = LatencyModel(conv_graph(256, 256, 1, 8)).kernels(i9)[0]
+    assert kernel_tile(native, i9, "fp32") == i9.gemm_tile
+    assert kernel_tile(native, without(i9, "thnn_conv"), "fp32") == (i9.gemm_tile[0], 16)
 
 
 def test_onednn_convolutions_start_the_whole_team_for_themselves_and_their_weight_reorder():
