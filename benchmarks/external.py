@@ -698,10 +698,12 @@ def main() -> None:
                 if not graph_path(cache, key).exists():
                     todo[key] = (export_timm, key, r["model"], int(r["infer_img_size"]), str(graph_path(cache, key)))
         status = failed_exports(cache, todo)
-        if args.cached_only:  # rows whose graphs are not cached yet are counted and passed over, not exported
-            status.update({k: "skip: not exported yet (--cached-only)" for k in todo if k not in status})
+        # --cached-only: rows whose graphs are not cached yet are counted and passed over, not exported
+        # (and not recorded as failures)
+        uncached = {k for k in todo if k not in status} if args.cached_only else set()
+        status.update({k: "skip: not exported yet (--cached-only)" for k in uncached})
         status.update(run_exports([job for k, job in todo.items() if k not in status], args.jobs, "export timm models"))
-        record_failures(cache, {k: v for k, v in status.items() if "--cached-only" not in v})
+        record_failures(cache, {k: v for k, v in status.items() if k not in uncached})
         # The re-parameterised graphs of the rows a plain export could price (the same rows in every set).
         todo = {}
         for s in timm_wanted:

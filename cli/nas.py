@@ -429,7 +429,7 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
     from autovit.nas.evaluate import supernet_from_checkpoint
     from autovit.nas.latency import make_oracle
     from autovit.nas.search import Constraints, SearchState
-    from autovit.nas.train import DistContext
+    from autovit.nas.train import DistContext, leave_process_group
 
     out_dir = _search_folder(out_dir, resume_dir)
     settings_d = _search_settings(ckpt, devices, latency_budget, param_budget, strategy, evaluations, population,
@@ -447,7 +447,7 @@ def search(ckpt, space, devices, latency_budget, param_budget, strategy, evaluat
         state = SearchState.open(out_dir, settings_d, resume=bool(resume_dir))
         ctx.barrier()  # every rank has read the folder before any writes to it
         _run_search(ctx, net, cfg, state, settings_d, cons, measuring, out_dir, as_json)
-    ctx.close()  # after rank 0 has written the results: no rank leaves while another works
+    leave_process_group()  # after rank 0 has written the results: no rank leaves while another works
 
 
 def _search_folder(out_dir: str | None, resume_dir: str | None):

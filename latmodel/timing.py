@@ -28,6 +28,7 @@ of it (host_us): a convolution costs the host more than an add.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from autovit.latmodel.hardware import HardwareProfile
@@ -387,14 +388,6 @@ def class_efficiency(k: Kernel, profile: HardwareProfile) -> float:
     return 1.0
 
 
-def _median_ratio(table: dict[str, float], reference: str) -> float:
-    """The median of the table's entries over the reference entry's."""
-    values = sorted(table.values())
-    mid = len(values) // 2
-    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-    return median / table[reference]
-
-
 def host_us(op_types: list[str], category: str, profile: HardwareProfile) -> float:
     """Host microseconds one eager call of a kernel of `op_types` and `category` costs (mechanism
     host_classes): `dispatch_us` times its class's entry of [overhead.host_us] over the reference
@@ -417,7 +410,7 @@ def host_us(op_types: list[str], category: str, profile: HardwareProfile) -> flo
         return profile.dispatch_us
     key = op_types[0] if len(op_types) == 1 and op_types[0] in table else "@" + category
     if key not in table:
-        return profile.dispatch_us * _median_ratio(table, profile.host_reference)
+        return profile.dispatch_us * statistics.median(table.values()) / table[profile.host_reference]
     return profile.dispatch_us * table[key] / table[profile.host_reference]
 
 

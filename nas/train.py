@@ -196,11 +196,6 @@ class DistContext:
 
             dist.barrier()
 
-    def close(self) -> None:
-        """Leave the process group together (leave_process_group); one process: nothing."""
-        if self.world > 1:
-            leave_process_group()
-
 
 def leave_process_group() -> None:
     """Every rank leaves the torchrun process group together, for a command that is done with it:
