@@ -55,6 +55,8 @@ def _profile(tmp_path, text, name="p.toml"):
     (BASE + "[ane]\nl2_mib = 2\nl2_gbps = 5\n", ["an [ane] table describes a Neural Engine", "kind = 'gpu'"]),
     # a tile of 64 halved iphone13's prediction; no engine uses Winograd tiles beyond F(6x6, 3x3)
     ('base = "iphone13"\nname = "x"\n[ane]\nwinograd_tile = 8\n', ["ane.winograd_tile", "<= 6"]),
+    ('base = "cpu-x86"\nname = "x"\n[compute]\nthnn_max_input = -1\n', ["compute.thnn_max_input"]),
+    ('base = "cpu-x86"\nname = "x"\n[compute]\nthnn_max_input = "big"\n', ["compute.thnn_max_input"]),
 ])
 def test_bad_profiles_are_one_line(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)
