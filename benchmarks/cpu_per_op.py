@@ -68,7 +68,8 @@ def timed_nodes(onnx_bytes: bytes, shape, threads: int, runs: int) -> dict:
 def networks(n_random: int) -> dict[str, tuple]:
     """name -> (build, input shape): the calib50 blocks, the default zoo, n random subnets (seed 0)."""
     from autovit.nas.blocks import calib50
-    from autovit.latmodel.validate import DEFAULT_ZOO, random_candidates, zoo_candidates
+    from autovit.latmodel.validate import DEFAULT_ZOO, zoo_candidates
+    from autovit.nas.latency import random_candidates
 
     out = {"calib50|" + b.key: ((lambda b=b: b.build()), b.input_shape()) for b in calib50()}
     for c in zoo_candidates(list(DEFAULT_ZOO)) + random_candidates(n_random, ["xxs", "xs", "s"], 0):
