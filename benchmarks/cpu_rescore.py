@@ -1,6 +1,6 @@
 """Re-price saved `validate --out` rows with another profile (issue 12, this machine; nothing timed).
 
-    python benchmarks/cpu_rescore.py --hw PROFILE VALIDATE.json [VALIDATE2.json ...] [--graphs DIR]
+    python benchmarks/cpu_rescore.py --hw PROFILE VALIDATE.json [VALIDATE2.json ...] [--graphs DIR] [--rows]
 
 For the ablation of a cost-model mechanism or a measurement statistic on the same measurements:
 calibrate a variant profile on the same LUT (`autovit-lat calibrate --hw VARIANT.toml --lut LUT
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--restat", action="store_true",
                     help="recompute measured_ms from the saved rounds with this code's statistic "
                          "(measure.at_reference; the run's speed from its distinct reference bursts)")
+    ap.add_argument("--rows", action="store_true", help="also list every network's prediction and measurement")
     args = ap.parse_args()
     profile = load_profile(args.hw)
     graphs = Path(args.graphs)
@@ -59,13 +60,17 @@ def main() -> None:
             run_ms = run_speed(x for r in rows for x in r["reference_ms"]) if d.get("reference_ms") else None
             rows = [dict(r, measured_ms=at_reference(r["round_ms"], run_ms, d.get("reference_ms"))) for r in rows]
         sets: dict = {}
+        listed = []
         for r, c in candidates(rows):
             pred = LatencyModel(cached_graph(graphs, c.name, c.build, c.shape)).estimate(profile).latency_ms
+            listed.append({"model": r["model"], "group": r["group"], "predicted_ms": pred, "measured_ms": r["measured_ms"]})
             for stat, meas in (("measured_ms", r["measured_ms"]), ("per_round_scaled", per_round_scaled(r, d["reference_ms"]))):
                 pr, me = sets.setdefault(r["group"], {}).setdefault(stat, ([], []))
                 pr.append(pred)
                 me.append(meas)
         out["files"][f] = {g: {s: ratio_metrics(pr, me) for s, (pr, me) in st.items()} for g, st in sets.items()}
+        if args.rows:
+            out["files"][f]["rows"] = listed
     print(dumps(out, indent=1))
 
 

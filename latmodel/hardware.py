@@ -180,9 +180,12 @@ class HardwareProfile:
     source: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
     ane: NeuralEngine | None = None  # kind = "npu": how the Neural Engine prices its tasks
-    # ORT's NCHWc rewrite takes only convolutions whose channels fill whole blocks of the fp32 vector
-    # width; the others run in NCHW through MLAS's im2col + GEMM, between reorders (timing.nchwc_runs).
+    # ORT's NCHWc rewrite takes only convolutions whose channels it can pad to whole blocks of the
+    # fp32 vector width; the others run in NCHW through MLAS's im2col + GEMM, between reorders
+    # (timing.nchwc_runs).
     nchwc_channels: bool = False
+    # Channel counts the rewrite pads up to whole blocks are multiples of this (0: only whole blocks).
+    nchwc_pad_multiple: int = 0
     gemm_thread_macs: float = 0.0  # multiply-adds per thread before MLAS splits a GEMM over one more (0: no limit)
     mechanisms: tuple[str, ...] = ()  # roofline mechanisms switched on (ROOFLINE_MECHANISMS)
     clock_ghz: float = 0.0  # boost clock of the units (GPU SMs): with l1_loads_per_clock, the L1 load rate
@@ -309,7 +312,8 @@ PROFILE_KEYS: dict[str, Key] = {
     "efficiency.k_half": Key("number", 0, 1e6, default=0.0), "efficiency.layout_run_ns": _NS, "efficiency.reduce_row_ns": _NS,
     "efficiency.attention": Key("number", 0.01, 100, default=1.0), "efficiency.dwconv": Key("number", 0.01, 100, default=1.0),
     "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
-    "layout.nchwc_channels": Key("bool", default=False), "compute.gemm_thread_macs": Key("number", 0, 1e15, default=0.0),
+    "layout.nchwc_channels": Key("bool", default=False), "layout.nchwc_pad_multiple": Key("int", 0, 1024, default=0),
+    "compute.gemm_thread_macs": Key("number", 0, 1e15, default=0.0),
     "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
     "layout.relayout_categories": Key("strs", 0, len(_CATEGORIES), default=("conv",), choices=_CATEGORIES),
     "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
@@ -504,7 +508,8 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         strided_readers=tuple(f["layout.strided_readers"]), nchw_conv_relayout=tuple(f["layout.nchw_conv_relayout"]),
         relayout_categories=tuple(f["layout.relayout_categories"]), fusion=_fusion(d, where),
         fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)), ane=_neural_engine(d, where),
-        nchwc_channels=f["layout.nchwc_channels"], gemm_thread_macs=num["compute.gemm_thread_macs"],
+        nchwc_channels=f["layout.nchwc_channels"], nchwc_pad_multiple=f["layout.nchwc_pad_multiple"],
+        gemm_thread_macs=num["compute.gemm_thread_macs"],
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
         l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
         thnn_max_input=f["compute.thnn_max_input"],

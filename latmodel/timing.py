@@ -139,20 +139,23 @@ def nchwc_block(profile: HardwareProfile, dtype: str) -> int:
     return profile.matrix_align.get("fp32", 1) if dtype == "fp32" else 0
 
 
-def nchwc_runs(conv: tuple[int, ...], block: int) -> bool:
+def nchwc_runs(conv: tuple[int, ...], block: int, pad_multiple: int = 0) -> bool:
     """Whether ONNX Runtime's NCHWc rewrite takes a convolution (batch, input channels, output
-    channels, groups, ...) at `block` channels per block (nchwc_transformer.cc, TransformConv): a
-    grouped one needs whole blocks of output channels and either one input channel per group
-    (depthwise) or whole blocks per group; a dense one needs whole blocks of input channels, or
-    fewer than one block (then it reads NCHW as it is: the image). Output channels are padded."""
+    channels, groups, ...) at `block` channels per block (nchwc_transformer.cc, TransformConv).
+    A depthwise one needs its channels padded to whole blocks, a dense one its input channels,
+    unless it reads fewer than one block (then it reads NCHW as it is: the image); the rewrite
+    pads channel counts that are multiples of `pad_multiple` (0: only whole blocks). A grouped
+    one needs whole blocks per group. Output channels are padded."""
     if block <= 1:
         return False
     _, cin, cout, group = conv[:4]
+    align = pad_multiple or block
     if group > 1:
         cin_g, cout_g = cin // group, cout // group
-        depthwise = cin_g == 1 and cout == group
-        return cout % block == 0 and (depthwise or (cin_g % block == 0 and cout_g % block == 0))
-    return cin < block or cin % block == 0
+        if cin_g == 1 and cout == group:  # depthwise
+            return cout % align == 0
+        return cout % block == 0 and cin_g % block == 0 and cout_g % block == 0
+    return cin < block or cin % align == 0
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ def nchw_conv(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> 
     of the blocked layout; None where it runs blocked (or the profile has no such rule)."""
     if not (profile.chain_reorder and profile.nchwc_channels and k.conv):
         return None
-    if nchwc_runs(k.conv, nchwc_block(profile, dtype)):
+    if nchwc_runs(k.conv, nchwc_block(profile, dtype), profile.nchwc_pad_multiple):
         return None
     n, cin, cout, group, kernel, pixels = k.conv  # type: ignore[misc]
     n = max(1, round(n * scale))
@@ -574,6 +577,7 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
     rewrite does not take (nchwc_runs) is such a consumer, and only a convolution that reads at
     least one block of channels starts a chain with a reorder."""
     block = nchwc_block(profile, dtype) if profile.nchwc_channels else 0
+    pad = profile.nchwc_pad_multiple
     blocked = edges[0]
     last = None
     for t in times:
@@ -581,7 +585,7 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
         if k.klass == "view":
             continue
         conv = k.category in ("conv", "dwconv")
-        left_out = conv and block > 0 and k.conv is not None and not nchwc_runs(k.conv, block)
+        left_out = conv and block > 0 and k.conv is not None and not nchwc_runs(k.conv, block, pad)
         if conv and not left_out:
             cin = k.act_shapes[0][1] if k.act_shapes and len(k.act_shapes[0]) == 4 else 0
             reads_blocks = cin >= block if block else cin % _NCHWC_MIN_BLOCK == 0 and cin > 0

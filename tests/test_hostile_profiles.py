@@ -57,6 +57,8 @@ def _profile(tmp_path, text, name="p.toml"):
     ('base = "iphone13"\nname = "x"\n[ane]\nwinograd_tile = 8\n', ["ane.winograd_tile", "<= 6"]),
     ('base = "cpu-x86"\nname = "x"\n[compute]\nthnn_max_input = -1\n', ["compute.thnn_max_input"]),
     ('base = "cpu-x86"\nname = "x"\n[compute]\nthnn_max_input = "big"\n', ["compute.thnn_max_input"]),
+    ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = -4\n', ["layout.nchwc_pad_multiple"]),
+    ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = 2.5\n', ["layout.nchwc_pad_multiple"]),
 ])
 def test_bad_profiles_are_one_line(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)

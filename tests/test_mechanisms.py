@@ -166,7 +166,7 @@ def _separable(c: int, hw: int = 16):
     return build_graph(make_model(nodes, [x], [y], inits))
 
 
-def test_nchwc_takes_only_convolutions_whose_channels_fill_whole_blocks():
+def test_nchwc_takes_only_convolutions_whose_channels_it_can_pad_to_whole_blocks():
     from autovit.latmodel.timing import nchwc_runs
 
     # (batch, input channels, output channels, groups): ORT's TransformConv at 16 channels per block.
@@ -176,6 +176,46 @@ def test_nchwc_takes_only_convolutions_whose_channels_fill_whole_blocks():
     assert nchwc_runs((1, 32, 24, 1), 16)  # output channels are padded to the block
     assert not nchwc_runs((1, 24, 32, 1), 16)  # 24 input channels: a block and a half
     assert not nchwc_runs((1, 16, 32, 2), 16) and nchwc_runs((1, 64, 64, 2), 16)  # grouped: 8 or 32 per group
+    # A runtime that pads multiples of 4 up to whole blocks takes 24 and 36 channels, not 18 or 22;
+    # groups still need whole blocks each.
+    assert nchwc_runs((1, 24, 32, 1), 16, 4) and nchwc_runs((1, 36, 36, 36), 16, 4)
+    assert not nchwc_runs((1, 18, 18, 1), 16, 4) and not nchwc_runs((1, 22, 22, 22), 16, 4)
+    assert nchwc_runs((1, 14, 14, 1), 16, 4)  # fewer than a block: read as NCHW, whatever the count
+    assert not nchwc_runs((1, 96, 96, 4), 16, 4) and nchwc_runs((1, 96, 96, 2), 16, 4)  # 24 or 48 per group
+
+
+# (input channels, output channels, groups): each side of every branch of nchwc_runs.
+_NCHWC_PROBES = [(3, 16, 1), (14, 14, 1), (16, 18, 1), (17, 17, 1), (18, 18, 1), (20, 20, 1), (24, 24, 1),
+                 (36, 36, 1), (64, 64, 1), (4, 4, 4), (10, 10, 10), (20, 20, 20), (22, 22, 22), (36, 36, 36),
+                 (72, 72, 72), (48, 48, 3), (64, 64, 4), (64, 64, 8), (96, 96, 4), (96, 96, 2), (16, 18, 2)]
+
+
+def test_nchwc_rule_matches_the_installed_onnxruntime(tmp_path):
+    """local-cpu's rule against what this machine's onnxruntime does: its optimized model shows
+    which convolutions the NCHWc rewrite took (nodes of the com.microsoft.nchwc domain)."""
+    import onnx
+    import onnxruntime as ort
+
+    from autovit.latmodel.timing import nchwc_block, nchwc_runs
+
+    cpu = load_profile("local-cpu")
+    block = nchwc_block(cpu, "fp32")
+    if block not in (8, 16):
+        pytest.skip(f"no NCHWc layout on this CPU (fp32 vector of {block})")
+    taken = {}
+    for cin, cout, group in _NCHWC_PROBES:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 16, 16])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group)
+        model = make_model([node], [x], [y], [_init("w", (cout, cin // group, 3, 3))])
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        options.log_severity_level = 3  # ORT warns that an NCHWc model is machine-specific
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        domains = {n.domain for n in onnx.load(options.optimized_model_filepath).graph.node}
+        taken[(cin, cout, group)] = "com.microsoft.nchwc" in domains
+    ours = {c: nchwc_runs((1, *c), block, cpu.nchwc_pad_multiple) for c in _NCHWC_PROBES}
+    assert ours == taken
 
 
 def test_blocked_depthwise_runs_mlas_fma_kernel_at_its_own_share_of_the_peak():
@@ -192,8 +232,8 @@ def test_blocked_depthwise_runs_mlas_fma_kernel_at_its_own_share_of_the_peak():
 
     # 32 channels run blocked: compute at 0.5 instead of 0.1 of the peak, five times faster.
     assert dw_compute(32, cpu) == pytest.approx(dw_compute(32, plain) / 5, rel=1e-6)
-    # 24 channels (not whole 16-float blocks) run in NCHW: the figure does not apply.
-    assert dw_compute(24, cpu) == pytest.approx(dw_compute(24, plain), rel=1e-9)
+    # 22 channels (not a multiple of 4: not padded to 16-float blocks) run in NCHW: the figure does not apply.
+    assert dw_compute(22, cpu) == pytest.approx(dw_compute(22, plain), rel=1e-9)
 
 
 def test_convolutions_left_in_nchw_run_im2col_and_gemm_on_mlas_threads():
@@ -208,15 +248,15 @@ def test_convolutions_left_in_nchw_run_im2col_and_gemm_on_mlas_threads():
 
     # Whole blocks: the rule changes nothing.
     assert dw(32, cpu)[1] == pytest.approx(dw(32, off)[1])
-    # 24 channels: the depthwise convolution expands its input 9x (written, then read by the GEMM) ...
-    (on_k, on_ms), (off_k, off_ms) = dw(24, cpu, hw=64), dw(24, off, hw=64)
-    assert on_k.bytes - off_k.bytes == pytest.approx(2 * 9 * 24 * 64 * 64 * 4)
+    # 22 channels: the depthwise convolution expands its input 9x (written, then read by the GEMM) ...
+    (on_k, on_ms), (off_k, off_ms) = dw(22, cpu, hw=64), dw(22, off, hw=64)
+    assert on_k.bytes - off_k.bytes == pytest.approx(2 * 9 * 22 * 64 * 64 * 4)
     # ... and, 9 x 4096 multiply-adds per channel being below MLAS's 64 Ki per thread, runs on one
     # of the two cores (priced blocked, its 98 k outputs would keep 3 of 4 vector slots busy) ...
     from autovit.latmodel.timing import nchw_conv, vector_utilization
 
     assert nchw_conv(on_k.kernel, cpu, "fp32", 1.0).threads == 1
-    assert on_k.compute_ms == pytest.approx(off_k.compute_ms * vector_utilization(24 * 64 * 64, cpu) / 0.5)
-    assert nchw_conv(dw(24, cpu, hw=128)[0].kernel, cpu, "fp32", 1.0).threads == 2  # 9 x 16384 MACs: two threads
+    assert on_k.compute_ms == pytest.approx(off_k.compute_ms * vector_utilization(22 * 64 * 64, cpu) / 0.5)
+    assert nchw_conv(dw(22, cpu, hw=128)[0].kernel, cpu, "fp32", 1.0).threads == 2  # 9 x 16384 MACs: two threads
     # ... with a reorder out of the blocked layout in front of it, and none back (its reader is NCHW too).
     assert on_ms > off_ms
