@@ -300,13 +300,13 @@ def _annotate_op_classes(blocks: list, lut, out, threads: int) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from autovit.latmodel.convert import export_onnx_bytes
-    from autovit.latmodel.ort_profile import annotate_lut
+    from autovit.latmodel.ort_profile import OP_ROUNDS, annotate_lut, op_rounds_left
 
-    todo = [b for b in blocks if "op_ms" not in lut.entries.get(lut.entry_key("isolated", b), {"op_ms": 0})]
+    left = op_rounds_left(lut, blocks)
     with Progress(TextColumn("[bold]op classes[/]"), BarColumn(), MofNCompleteColumn(), console=console) as prog:
-        task = prog.add_task("", total=len(todo))
-        return annotate_lut(lut, out, todo, lambda b: export_onnx_bytes(b.build(), b.input_shape()), threads,
-                            on_progress=lambda b: prog.advance(task))
+        task = prog.add_task("", total=left)
+        return annotate_lut(lut, out, blocks, lambda b: export_onnx_bytes(b.build(), b.input_shape()), threads,
+                            rounds=OP_ROUNDS, on_progress=lambda b: prog.advance(task))
 
 
 def _module_set(preset: str | None, space_name: str | None, blocks_file: str | None) -> list:

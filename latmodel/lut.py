@@ -63,7 +63,7 @@ def _now() -> str:
 _LUT_KEYS = ("schema", "device", "backend", "created", "updated", "environment", "policy", "reference", "entries")
 _ENTRY_KEYS = ("mode", "block", "median_ms", "iqr_ms", "q1_ms", "q3_ms", "repeats", "outliers", "ci_pct", "converged",
                "round_medians", "with_round_ms", "without_round_ms", "round_reference_ms", "below_noise",
-               "with_ms", "without_ms", "std_ms", "op_ms")
+               "with_ms", "without_ms", "std_ms", "op_ms", "op_rounds")
 # Longest latency a LUT may hold (about 3 hours) and most entries and rounds (every block of
 # every space is a few hundred entries).
 MAX_MS = 1e7
@@ -152,6 +152,8 @@ def _check_entry(key: str, e: Any, w: str) -> None:
             _ms(e[k], f"{w} {k}")
     if "op_ms" in e:
         _check_op_ms(e["op_ms"], w)
+    if "op_rounds" in e:
+        number(e["op_rounds"], f"{w} op_rounds", 1, MAX_ROUNDS, integer=True)
     lengths = set()
     for k in ("round_medians", "with_round_ms", "without_round_ms", "round_reference_ms"):
         if k not in e:

@@ -9,6 +9,11 @@ calibration one point per class and block (fit.ProfileCalibrator.fit, `op_ms`).
 The profiler adds a few microseconds to every node, so only classes whose kernels take far
 longer than that are used as points (`OP_POINT_MIN_MS`), and they are scaled so that a block's
 profiled kernels sum to its unprofiled LUT time.
+
+A shared machine runs in slow spells that do not slow every class alike (docs/BENCHMARKS.md
+section 3.9: a profile caught in one gave layout 0.53 ms of a 0.44 ms block instead of 0.11), so
+each block is profiled in several rounds, one pass over all blocks each, and keeps the round whose
+kernels sum to the least: its fast state, the same statistic as the block's own time.
 """
 from __future__ import annotations
 
@@ -98,27 +103,55 @@ def class_times(onnx_bytes: bytes, shape: tuple[int, ...], threads: int, runs: i
 
 def op_points(op_ms: dict[str, float], block_ms: float) -> dict[str, float]:
     """The classes of one block usable as calibration points, in ms scaled so that the block's
-    profiled kernels sum to its unprofiled time `block_ms`."""
+    profiled kernels sum to its unprofiled time `block_ms`; the size threshold applies to the
+    scaled time, so a profile taken in a slow spell does not add points."""
     total = sum(op_ms.values())
     if total <= 0:
         return {}
-    return {c: v * block_ms / total for c, v in op_ms.items() if c in OP_POINT_CLASSES and v >= OP_POINT_MIN_MS}
+    scaled = {c: v * block_ms / total for c, v in op_ms.items()}
+    return {c: v for c, v in scaled.items() if c in OP_POINT_CLASSES and v >= OP_POINT_MIN_MS}
+
+
+# Per-op profiles of a block kept in a LUT entry: the fastest of this many rounds (`op_rounds`).
+OP_ROUNDS = 3
 
 
 def annotate_lut(lut, path: str | Path, blocks: list, onnx_of, threads: int, runs: int = 30,
-                 on_progress=None) -> int:
-    """Add `op_ms` (kernel ms per op class, see class_times) to every isolated entry of `blocks`
-    in `lut` that lacks it, saving after each; `onnx_of(block) -> ONNX bytes`. Returns how many
-    entries were annotated. Resumable: an entry that has `op_ms` is skipped."""
-    done = 0
+                 rounds: int = OP_ROUNDS, on_progress=None) -> int:
+    """Give every isolated entry of `blocks` in `lut` its `op_ms` (kernel ms per op class, see
+    class_times): the round, of `rounds` passes over the blocks, whose kernels sum to the least;
+    `onnx_of(block) -> ONNX bytes`. The LUT is saved after every pass with each entry's best so far
+    and its `op_rounds`, so an interrupted run resumes; an entry with `rounds` rounds is skipped
+    (one written before rounds were counted counts as one). Returns how many entries were annotated;
+    `on_progress(block)` after each block of each pass."""
+    todo = []
     for block in blocks:
         e = lut.entries.get(lut.entry_key("isolated", block))
-        if e is None or "op_ms" in e:
-            continue
-        shape = tuple(block.input_shape())
-        e["op_ms"] = class_times(onnx_of(block), shape, threads, runs)
+        if e is not None and _op_rounds(e) < rounds:
+            todo.append((block, e))
+    if not todo:
+        return 0
+    models = {id(block): onnx_of(block) for block, _ in todo}
+    for r in range(rounds):
+        for block, e in todo:
+            if _op_rounds(e) > r:
+                continue  # this pass was done before an interruption
+            ms = class_times(models[id(block)], tuple(block.input_shape()), threads, runs)
+            if "op_ms" not in e or sum(ms.values()) < sum(e["op_ms"].values()):
+                e["op_ms"] = ms
+            e["op_rounds"] = r + 1
+            if on_progress:
+                on_progress(block)
         lut.save(path)
-        done += 1
-        if on_progress:
-            on_progress(block)
-    return done
+    return len(todo)
+
+
+def op_rounds_left(lut, blocks: list, rounds: int = OP_ROUNDS) -> int:
+    """Block profiles annotate_lut has left to run over `blocks` (a progress bar's total)."""
+    entries = (lut.entries.get(lut.entry_key("isolated", b)) for b in blocks)
+    return sum(max(0, rounds - _op_rounds(e)) for e in entries if e is not None)
+
+
+def _op_rounds(entry: dict) -> int:
+    """Rounds of per-op profiling an entry holds (an older entry with `op_ms` and no count: one)."""
+    return int(entry.get("op_rounds", 1 if "op_ms" in entry else 0))

@@ -122,3 +122,35 @@ def test_calibrate_cli_fits_op_classes_and_writes_a_loadable_profile(tmp_path, m
     code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--no-per-op",
                                  "--out", str(tmp_path / "blocks_only.toml"), "--json"], capsys)
     assert code == 0 and json.loads(out)["n_points"] < with_ops["n_points"]
+
+
+def test_op_points_threshold_is_on_the_scaled_time():
+    # A profile taken in a slow spell (every kernel 2x) gives the same points as a fast one ...
+    fast = op_points({"conv": 0.6, "activation": 0.2}, block_ms=0.4)
+    assert op_points({"conv": 1.2, "activation": 0.4}, block_ms=0.4) == pytest.approx(fast)
+    # ... and a class large only in the profiled run (0.15 ms there, 0.07 of the block's time) is no point.
+    assert set(op_points({"conv": 0.9, "activation": 0.15}, block_ms=0.5)) == {"conv"}
+
+
+def test_annotate_lut_keeps_each_blocks_fastest_round_and_resumes(tmp_path, monkeypatch):
+    from autovit.latmodel import ort_profile
+    from autovit.latmodel.lut import Lut, load_lut
+    from test_fit import BLOCKS
+
+    a, b = BLOCKS[:2]
+    lut = Lut("cpu-x86", "onnxruntime", {"threads": 1}, {})
+    lut.add("isolated", a, {"median_ms": 1.0})
+    lut.add("isolated", b, {"median_ms": 1.0, "op_ms": {"conv": 0.5}})  # profiled before rounds were counted
+    # Three passes over the blocks; `b` already holds one round, so the calls run a, a, b, a, b.
+    runs = iter([{"conv": 0.9, "layout": 0.3}, {"conv": 0.4, "layout": 0.1}, {"conv": 0.3}, {"conv": 0.8},
+                 {"conv": 0.6}])
+    monkeypatch.setattr(ort_profile, "class_times", lambda *args, **kw: next(runs))
+    path = tmp_path / "lut.json"
+    assert ort_profile.op_rounds_left(lut, [a, b], 3) == 3 + 2
+    assert ort_profile.annotate_lut(lut, path, [a, b], lambda blk: b"", threads=1, rounds=3) == 2
+    saved = load_lut(path)
+    ea, eb = (saved.entries[saved.entry_key("isolated", x)] for x in (a, b))
+    assert ea["op_ms"] == {"conv": 0.4, "layout": 0.1} and ea["op_rounds"] == 3
+    assert eb["op_ms"] == {"conv": 0.3} and eb["op_rounds"] == 3  # faster than its own first round (0.5)
+    assert ort_profile.op_rounds_left(saved, [a, b], 3) == 0
+    assert ort_profile.annotate_lut(saved, path, [a, b], lambda blk: b"", threads=1, rounds=3) == 0
