@@ -4,7 +4,10 @@ One list serves the script that writes tests/data/golden_estimates.json and the 
 compares with it, so the two can never price different things."""
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import onnx
 
@@ -23,6 +26,10 @@ ONNX_MODELS = {
 NAMED_MODELS = ("timm:mobilenetv3_small_100", "timm:mobilevit_xxs", "timm:deit_tiny_patch16_224",
                 "autovit:xxs", "autovit:xs", "autovit:s", str(DATA / "golden_arch.json"))
 FIELDS = ("latency_ms", "flops", "params", "bytes", "breakdown")
+# local-cpu reads the CPU it loads on (`detect = true`); the golden figures are those of one
+# fixed machine, so that they do not move with the machine the tests run on (a 2-vCPU AVX-512
+# VM of this project's CI kind).
+PINNED_MACHINE = {"cpu": {"cores": 2, "ghz": 2.6, "simd_bits": 512}, "memory": {"cache_mib": 36.0}}
 
 
 def model_names() -> list[str]:
@@ -39,6 +46,13 @@ def sources(folder: Path) -> dict[str, str]:
     for n in NAMED_MODELS:
         out[n if not n.endswith(".json") else Path(n).name] = n
     return out
+
+
+@contextmanager
+def pinned_machine():
+    """Profiles with `detect = true` load as if on PINNED_MACHINE while inside."""
+    with mock.patch("autovit.latmodel.hardware.detect_local_cpu", side_effect=lambda: copy.deepcopy(PINNED_MACHINE)):
+        yield
 
 
 def priced(estimate_dict: dict) -> dict:

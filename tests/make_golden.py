@@ -22,9 +22,10 @@ def main() -> None:
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.sources import graph_for
     import autovit.nas  # noqa: F401 - registers the autovit: and architecture-file sources
-    from tests.golden_models import GOLDEN, priced, sources
+    from tests.golden_models import GOLDEN, pinned_machine, priced, sources
 
-    profiles = [load_profile(n) for n in builtin_names()]
+    with pinned_machine():
+        profiles = [load_profile(n) for n in builtin_names()]
     out: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, source in sources(Path(tmp)).items():

@@ -11,7 +11,7 @@ from autovit.latmodel.estimate import LatencyModel
 from autovit.latmodel.hardware import builtin_names, load_profile
 from autovit.latmodel.sources import graph_for
 import autovit.nas  # noqa: F401 - registers the autovit: and architecture-file sources
-from tests.golden_models import GOLDEN, model_names, priced, sources
+from tests.golden_models import GOLDEN, model_names, pinned_machine, priced, sources
 
 REL = 1e-9
 
@@ -45,8 +45,10 @@ def test_golden_file_covers_every_model_and_profile(golden):
 @pytest.mark.parametrize("name", model_names())
 def test_estimates_are_unchanged(name, graphs, golden):
     model = LatencyModel(graphs[name])
+    with pinned_machine():
+        profiles = {hw: load_profile(hw) for hw in golden[name]}
     for hw, want in golden[name].items():
-        _close(priced(model.estimate(load_profile(hw)).to_dict()), want, f"{name} on {hw}")
+        _close(priced(model.estimate(profiles[hw]).to_dict()), want, f"{name} on {hw}")
 
 
 def test_cli_estimate_json_matches_the_golden_file(graphs, golden, tmp_path, capsys):
