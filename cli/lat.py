@@ -303,10 +303,15 @@ def _annotate_op_classes(blocks: list, lut, out, threads: int) -> int:
     from autovit.latmodel.ort_profile import OP_ROUNDS, annotate_lut, op_rounds_left
 
     left = op_rounds_left(lut, blocks)
-    with Progress(TextColumn("[bold]op classes[/]"), BarColumn(), MofNCompleteColumn(), console=console) as prog:
-        task = prog.add_task("", total=left)
-        return annotate_lut(lut, out, blocks, lambda b: export_onnx_bytes(b.build(), b.input_shape()), threads,
-                            rounds=OP_ROUNDS, on_progress=lambda b: prog.advance(task))
+    try:
+        with Progress(TextColumn("[bold]op classes[/]"), BarColumn(), MofNCompleteColumn(), console=console) as prog:
+            task = prog.add_task("", total=left)
+            return annotate_lut(lut, out, blocks, lambda b: export_onnx_bytes(b.build(), b.input_shape()), threads,
+                                rounds=OP_ROUNDS, on_progress=lambda b: prog.advance(task))
+    except KeyboardInterrupt:
+        console.print(f"[bold red]error:[/] interrupted; the measurements and every finished per-op profile are "
+                      f"saved in {out}; run the same command to resume", highlight=False)
+        raise SystemExit(130) from None
 
 
 def _module_set(preset: str | None, space_name: str | None, blocks_file: str | None) -> list:

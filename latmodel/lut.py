@@ -153,6 +153,9 @@ def _check_entry(key: str, e: Any, w: str) -> None:
     if "op_ms" in e:
         _check_op_ms(e["op_ms"], w)
     if "op_rounds" in e:
+        if "op_ms" not in e:
+            # profile would skip such an entry for good and it would never give op-class points
+            raise AutoVitError(f"{w} has op_rounds but no op_ms; {_FIX}")
         number(e["op_rounds"], f"{w} op_rounds", 1, MAX_ROUNDS, integer=True)
     lengths = set()
     for k in ("round_medians", "with_round_ms", "without_round_ms", "round_reference_ms"):

@@ -120,29 +120,30 @@ def annotate_lut(lut, path: str | Path, blocks: list, onnx_of, threads: int, run
                  rounds: int = OP_ROUNDS, on_progress=None) -> int:
     """Give every isolated entry of `blocks` in `lut` its `op_ms` (kernel ms per op class, see
     class_times): the round, of `rounds` passes over the blocks, whose kernels sum to the least;
-    `onnx_of(block) -> ONNX bytes`. The LUT is saved after every pass with each entry's best so far
-    and its `op_rounds`, so an interrupted run resumes; an entry with `rounds` rounds is skipped
-    (one written before rounds were counted counts as one). Returns how many entries were annotated;
-    `on_progress(block)` after each block of each pass."""
+    `onnx_of(block) -> ONNX bytes`, called once per block when its first profile is due. The LUT
+    is saved after every block profile with the entry's best so far and its `op_rounds`, so an
+    interrupted run loses at most one profile and resumes; an entry with `rounds` rounds is
+    skipped (one written before rounds were counted counts as one). Returns how many entries
+    were annotated; `on_progress(block)` after each block of each pass."""
     todo = []
     for block in blocks:
         e = lut.entries.get(lut.entry_key("isolated", block))
-        if e is not None and _op_rounds(e) < rounds:
+        if e is not None and _op_rounds(e) < rounds and all(e is not t for _, t in todo):
             todo.append((block, e))
-    if not todo:
-        return 0
-    models = {id(block): onnx_of(block) for block, _ in todo}
+    models: dict[int, bytes] = {}
     for r in range(rounds):
-        for block, e in todo:
+        for i, (block, e) in enumerate(todo):
             if _op_rounds(e) > r:
                 continue  # this pass was done before an interruption
-            ms = class_times(models[id(block)], tuple(block.input_shape()), threads, runs)
+            if i not in models:
+                models[i] = onnx_of(block)
+            ms = class_times(models[i], tuple(block.input_shape()), threads, runs)
             if "op_ms" not in e or sum(ms.values()) < sum(e["op_ms"].values()):
                 e["op_ms"] = ms
             e["op_rounds"] = r + 1
+            lut.save(path)
             if on_progress:
                 on_progress(block)
-        lut.save(path)
     return len(todo)
 
 

@@ -88,11 +88,13 @@ def split_k(gemm: tuple[int, int, int, int], profile: HardwareProfile, tile: tup
 
 
 def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile, dtype: str,
-                       tile: tuple[int, int] | None = None) -> float:
+                       tile: tuple[int, int] | None = None, k_padded: int = 0) -> float:
     """Share of the matrix engine's peak a GEMM of shape (count, M, N, K) can use (0..1].
 
     Tiles (split along K when they are too few) run in whole waves over the units; a tile
     hanging over the tensor's edge, or channels short of the engine's multiple, is wasted.
+    `k_padded`: the reduction the kernel really runs where its layout pads it (0: K rounded up to
+    the engine's multiple).
     """
     count, m, n, k = gemm
     tm, tn = tile or profile.gemm_tile
@@ -101,7 +103,7 @@ def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile
     waves = math.ceil(gemm_tiles(gemm, profile, tile) * splits / profile.units)
     util = count * m * n * splits / (waves * profile.units * tm * tn)
     # Channels that miss the engine's multiple are padded (tensor cores need N, K % 8 == 0 in fp16).
-    util *= (n / _ceil_to(n, align)) * (k / _ceil_to(k, align))
+    util *= (n / _ceil_to(n, align)) * (k / (k_padded or _ceil_to(k, align)))
     # Short reductions cannot fill the pipeline: half speed at K = k_half.
     if profile.k_half > 0:
         util *= k / (k + profile.k_half)
@@ -149,13 +151,39 @@ def nchwc_runs(conv: tuple[int, ...], block: int, pad_multiple: int = 0) -> bool
     if block <= 1:
         return False
     _, cin, cout, group = conv[:4]
-    align = pad_multiple or block
+
+    def pads(c: int) -> bool:
+        return c % block == 0 or (pad_multiple > 0 and c % pad_multiple == 0)
+
     if group > 1:
         cin_g, cout_g = cin // group, cout // group
         if cin_g == 1 and cout == group:  # depthwise
-            return cout % align == 0
-        return cout % block == 0 and cin_g % block == 0 and cout_g % block == 0
-    return cin < block or cin % align == 0
+            return pads(cout)
+        return cin_g % block == 0 and cout_g % block == 0
+    return cin < block or pads(cin)
+
+
+def nchwc_reorders_input(conv: tuple[int, ...], block: int) -> bool:
+    """Whether a convolution the NCHWc rewrite takes reads its input in blocks (a ReorderInput in
+    front where its producer is NCHW): all but a dense one reading fewer than a block of channels,
+    which reads NCHW as it is (the image); a depthwise one of 8 channels is padded into a block."""
+    _, cin, _, group = conv[:4]
+    return group > 1 or cin >= block
+
+
+def nchwc_padding(k: Kernel, profile: HardwareProfile, dtype: str) -> tuple[float, float]:
+    """(input, output) channel factors of a convolution the NCHWc rewrite takes: it computes and
+    stores whole blocks, so 20 channels cost 32 at 16 per block (a dense one reading fewer than a
+    block reads them as they are). (1, 1) for any other kernel or profile."""
+    if not (profile.chain_reorder and profile.nchwc_channels and k.conv and k.category in ("conv", "dwconv")):
+        return 1.0, 1.0
+    block = nchwc_block(profile, dtype)
+    if not nchwc_runs(k.conv, block, profile.nchwc_pad_multiple):
+        return 1.0, 1.0
+    _, cin, cout, group = k.conv[:4]
+    out = _ceil_to(cout, block) / cout
+    depthwise = group > 1 and cin // group == 1 and cout == group
+    return (out if depthwise else (_ceil_to(cin, block) / cin if cin >= block else 1.0)), out
 
 
 @dataclass(frozen=True)
@@ -439,12 +467,20 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     nchw = nchw_conv(k, profile, dtype, scale)
     casts = autocast_fp32(k, profile, dtype)
     thnn = thnn_conv(k, profile, dtype, scale)
-    act_bytes = (_activation_elems(k, profile, dtype, eb, casts, thnn) * scale * eb
+    # A convolution in the blocked layout reads, writes and computes whole blocks of channels
+    # (a dense one: its reduction runs over the padded input channels).
+    pad_in, pad_out = nchwc_padding(k, profile, dtype)
+    pad_act = ((k.in_elems * pad_in + k.out_elems * pad_out) / (k.in_elems + k.out_elems)
+               if k.in_elems + k.out_elems else 1.0)
+    act_bytes = (_activation_elems(k, profile, dtype, eb, casts, thnn) * scale * eb * pad_act
                  + (nchw.im2col_elems * eb if nchw else 0))
     w_bytes = k.w_elems * eb * (3 if weight_relayout(k, profile, dtype, scale) else 1)
     # A transcendental (exp, tanh, erf) costs `transcendental_flops` arithmetic slots, not one.
     flops = (k.flops + k.transcendentals * max(profile.transcendental_flops - 1.0, 0.0)) * scale
-    t_compute, units_share = _compute_s(k, profile, "fp32" if casts else dtype, fb, flops, scale, nchw)
+    if k.category == "dwconv":
+        flops *= pad_out
+    t_compute, units_share = _compute_s(k, profile, "fp32" if casts else dtype, fb, flops, scale, nchw,
+                                        pad_out if k.category == "dwconv" else 1.0, pad_in)
     t_memory = _memory_s(k, profile, act_bytes, w_bytes, weight_hit, units_share, scale)
     cls_eff = class_efficiency(k, profile)
     t_compute, t_memory = t_compute / cls_eff, t_memory / cls_eff
@@ -490,14 +526,16 @@ def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, 
 
 
 def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float, scale: float,
-               nchw: NchwConv | None = None) -> tuple[float, float]:
+               nchw: NchwConv | None = None, work_pad: float = 1.0, k_pad: float = 1.0) -> tuple[float, float]:
     """(compute time in s, share of the compute units the kernel occupies); `dtype` is the one
     the kernel computes in (fp32 for an op autocast keeps in fp32); `nchw`: the MLAS NCHW
-    execution of a convolution the blocked layout left out (nchw_conv), if any."""
+    execution of a convolution the blocked layout left out (nchw_conv), if any; `work_pad`: the
+    share of padded channels a vector kernel works on too, `k_pad` the padded share of a
+    convolution's reduction (its input channels: nchwc_padding)."""
     if k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         tile = kernel_tile(k, profile, dtype, scale)
-        util = matrix_utilization(gemm, profile, dtype, tile)
+        util = matrix_utilization(gemm, profile, dtype, tile, round(gemm[3] * k_pad) if k_pad > 1 else 0)
         # BLAS GEMMs (linear layers, attention) and implicit-GEMM convolutions reach different
         # shares of the tensor-core peak: two efficiencies.
         eff = profile.eff_gemm if k.category in ("linear", "attention") else profile.eff_matrix
@@ -507,7 +545,7 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         if compiled_loop(k, profile):
             units_share = compiled_threads(k, profile, scale) / profile.units
         else:
-            units_share = vector_utilization(k.work_elems * scale, profile)
+            units_share = vector_utilization(k.work_elems * scale * work_pad, profile)
         util = units_share
         # A depthwise convolution in the blocked layout runs the runtime's own FMA kernel; one the
         # blocked layout left out runs as a GEMM per channel (nchw), at the vector share.
@@ -580,6 +618,7 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
     pad = profile.nchwc_pad_multiple
     blocked = edges[0]
     last = None
+    chain_channels = 0  # unknown for a chain that arrives blocked: priced unpadded
     for t in times:
         k = t.kernel
         if k.klass == "view":
@@ -588,16 +627,30 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
         left_out = conv and block > 0 and k.conv is not None and not nchwc_runs(k.conv, block, pad)
         if conv and not left_out:
             cin = k.act_shapes[0][1] if k.act_shapes and len(k.act_shapes[0]) == 4 else 0
-            reads_blocks = cin >= block if block else cin % _NCHWC_MIN_BLOCK == 0 and cin > 0
+            if block and k.conv is not None:
+                reads_blocks = nchwc_reorders_input(k.conv, block)
+            else:
+                reads_blocks = cin >= block if block else cin % _NCHWC_MIN_BLOCK == 0 and cin > 0
             if not blocked and reads_blocks:
-                _add_reorder(t, k.in_elems * scale, profile, dtype)
+                _add_reorder(t, k.in_elems * scale * _reorder_padding(cin, block), profile, dtype)
             blocked = True
+            # the chain's tensor: this convolution's output channels, kept by the element-wise ops after it
+            chain_channels = k.conv[2] if k.conv is not None else 0
         elif blocked and (left_out or k.category not in _BLOCKED_OK):
-            _add_reorder(t, k.in_elems * scale, profile, dtype)
+            _add_reorder(t, k.in_elems * scale * _reorder_padding(chain_channels, block), profile, dtype)
             blocked = False
         last = t
     if blocked and last is not None and not edges[1]:
-        _add_reorder(last, last.kernel.out_elems * scale, profile, dtype, dispatch=False)
+        _add_reorder(last, last.kernel.out_elems * scale * _reorder_padding(chain_channels, block), profile, dtype,
+                     dispatch=False)
+
+
+def _reorder_padding(channels: int, block: int) -> float:
+    """A reorder reads or writes the NCHW side as it is and the blocked side padded to whole
+    blocks: its elements over the unpadded count (1 without the NCHWc channel rule)."""
+    if block <= 1 or channels <= 0:
+        return 1.0
+    return (1.0 + _ceil_to(channels, block) / channels) / 2
 
 
 class RooflineTimer:

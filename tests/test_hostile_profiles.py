@@ -59,6 +59,9 @@ def _profile(tmp_path, text, name="p.toml"):
     ('base = "cpu-x86"\nname = "x"\n[compute]\nthnn_max_input = "big"\n', ["compute.thnn_max_input"]),
     ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = -4\n', ["layout.nchwc_pad_multiple"]),
     ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = 2.5\n', ["layout.nchwc_pad_multiple"]),
+    ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = "4"\n', ["layout.nchwc_pad_multiple"]),
+    ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = true\n', ["layout.nchwc_pad_multiple"]),
+    ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = 1025\n', ["layout.nchwc_pad_multiple"]),
 ])
 def test_bad_profiles_are_one_line(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)

@@ -182,12 +182,42 @@ def test_nchwc_takes_only_convolutions_whose_channels_it_can_pad_to_whole_blocks
     assert not nchwc_runs((1, 18, 18, 1), 16, 4) and not nchwc_runs((1, 22, 22, 22), 16, 4)
     assert nchwc_runs((1, 14, 14, 1), 16, 4)  # fewer than a block: read as NCHW, whatever the count
     assert not nchwc_runs((1, 96, 96, 4), 16, 4) and nchwc_runs((1, 96, 96, 2), 16, 4)  # 24 or 48 per group
+    # A multiple that does not divide the block adds counts; it never takes whole blocks away.
+    assert nchwc_runs((1, 32, 32, 1), 16, 24) and nchwc_runs((1, 48, 48, 48), 16, 5)
+
+
+def test_blocked_convolutions_pay_for_their_padded_channels_and_depthwise_ones_reorder_into_blocks():
+    """20 channels in 16-float blocks are stored and (depthwise) computed as 32; a depthwise
+    convolution of 8 channels at a graph's input is reordered into a padded block, a dense one of
+    8 input channels reads NCHW as it is (what onnxruntime does: the probe test above)."""
+    from autovit.latmodel.timing import _reorder_ms, nchwc_padding, network_time
+
+    cpu = replace(load_profile("local-cpu"), matrix_align={"fp32": 16})
+    dw20, dw32 = (LatencyModel(_separable(c, 32)).estimate(cpu) for c in (20, 32))
+    k20, k32 = (next(t for t in e.kernels if t.kernel.category == "dwconv") for e in (dw20, dw32))
+    assert nchwc_padding(k20.kernel, cpu, "fp32") == pytest.approx((1.6, 1.6))
+    assert k20.memory_ms == pytest.approx(k32.memory_ms, rel=0.02) and k20.compute_ms == pytest.approx(k32.compute_ms)
+    assert nchwc_padding(k20.kernel, load_profile("cpu-x86"), "fp32") == (1.0, 1.0)  # no blocked layout there
+
+    def start_reorder_ms(cout: int, group: int) -> float:
+        """What an 8-channel 32 x 32 convolution pays for its input arriving in NCHW, not blocked."""
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32, 32])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        conv = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=group)
+        g = build_graph(make_model([conv], [x], [y], [_init("w", (cout, 8 // group, 3, 3))]))
+        ks = [t.kernel for t in LatencyModel(g).estimate(cpu).kernels]
+        nchw_in, blocked_in = (network_time(ks, cpu, "fp32", 1.0, (edge, False))[0] for edge in (False, True))
+        return nchw_in - blocked_in
+
+    assert start_reorder_ms(8, 8) == pytest.approx(_reorder_ms(8 * 32 * 32, cpu, "fp32"))  # depthwise
+    assert start_reorder_ms(32, 1) == 0  # dense, fewer input channels than a block
 
 
 # (input channels, output channels, groups): each side of every branch of nchwc_runs.
-_NCHWC_PROBES = [(3, 16, 1), (14, 14, 1), (16, 18, 1), (17, 17, 1), (18, 18, 1), (20, 20, 1), (24, 24, 1),
-                 (36, 36, 1), (64, 64, 1), (4, 4, 4), (10, 10, 10), (20, 20, 20), (22, 22, 22), (36, 36, 36),
-                 (72, 72, 72), (48, 48, 3), (64, 64, 4), (64, 64, 8), (96, 96, 4), (96, 96, 2), (16, 18, 2)]
+_NCHWC_PROBES = [(3, 16, 1), (8, 32, 1), (12, 20, 1), (14, 14, 1), (16, 18, 1), (17, 17, 1), (18, 18, 1),
+                 (20, 20, 1), (24, 24, 1), (36, 36, 1), (40, 40, 1), (64, 64, 1), (4, 4, 4), (8, 8, 8),
+                 (10, 10, 10), (20, 20, 20), (22, 22, 22), (36, 36, 36), (72, 72, 72), (8, 16, 8), (48, 48, 3),
+                 (64, 64, 4), (64, 64, 8), (96, 96, 4), (96, 96, 2), (16, 18, 2)]
 
 
 def test_nchwc_rule_matches_the_installed_onnxruntime(tmp_path):
@@ -196,7 +226,7 @@ def test_nchwc_rule_matches_the_installed_onnxruntime(tmp_path):
     import onnx
     import onnxruntime as ort
 
-    from autovit.latmodel.timing import nchwc_block, nchwc_runs
+    from autovit.latmodel.timing import nchwc_block, nchwc_reorders_input, nchwc_runs
 
     cpu = load_profile("local-cpu")
     block = nchwc_block(cpu, "fp32")
@@ -212,9 +242,14 @@ def test_nchwc_rule_matches_the_installed_onnxruntime(tmp_path):
         options.optimized_model_filepath = str(tmp_path / "opt.onnx")
         options.log_severity_level = 3  # ORT warns that an NCHWc model is machine-specific
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        domains = {n.domain for n in onnx.load(options.optimized_model_filepath).graph.node}
-        taken[(cin, cout, group)] = "com.microsoft.nchwc" in domains
-    ours = {c: nchwc_runs((1, *c), block, cpu.nchwc_pad_multiple) for c in _NCHWC_PROBES}
+        nodes = onnx.load(options.optimized_model_filepath).graph.node
+        taken[(cin, cout, group)] = ("com.microsoft.nchwc" in {n.domain for n in nodes},
+                                     any(n.op_type == "ReorderInput" for n in nodes))
+    # (taken, with a ReorderInput in front): the model's rule, and where its chains start with a reorder
+    ours = {}
+    for c in _NCHWC_PROBES:
+        runs = nchwc_runs((1, *c), block, cpu.nchwc_pad_multiple)
+        ours[c] = (runs, runs and nchwc_reorders_input((1, *c), block))
     assert ours == taken
 
 
@@ -232,6 +267,9 @@ def test_blocked_depthwise_runs_mlas_fma_kernel_at_its_own_share_of_the_peak():
 
     # 32 channels run blocked: compute at 0.5 instead of 0.1 of the peak, five times faster.
     assert dw_compute(32, cpu) == pytest.approx(dw_compute(32, plain) / 5, rel=1e-6)
+    # 20 and 24 channels are padded to 32 and run blocked: the kernel's share, on 32 channels' work.
+    assert dw_compute(24, cpu) == pytest.approx(dw_compute(24, plain) / 5, rel=1e-6)
+    assert dw_compute(20, cpu) == pytest.approx(dw_compute(32, cpu), rel=1e-6)
     # 22 channels (not a multiple of 4: not padded to 16-float blocks) run in NCHW: the figure does not apply.
     assert dw_compute(22, cpu) == pytest.approx(dw_compute(22, plain), rel=1e-9)
 
