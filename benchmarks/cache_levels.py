@@ -36,23 +36,6 @@ def copy_gbps(mib: float, repeats: int) -> float:
     return 2 * n * 4 / best / 1e9
 
 
-def os_caches() -> list[dict]:
-    """CPU 0's data and unified caches as the OS lists them (Linux sysfs; [] elsewhere)."""
-    out = []
-    for i in range(8):
-        base = Path(f"/sys/devices/system/cpu/cpu0/cache/index{i}")
-        try:
-            kind = (base / "type").read_text().strip()
-            if kind == "Instruction":
-                continue
-            out.append({"level": int((base / "level").read_text()), "type": kind,
-                        "size": (base / "size").read_text().strip(),
-                        "shared_with_cpus": (base / "shared_cpu_list").read_text().strip()})
-        except (OSError, ValueError):
-            break
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes-mib", default="0.25,0.5,1,2,4,8,16,64",
@@ -67,8 +50,12 @@ def main() -> None:
         sys.exit("error: --sizes-mib: each size must be between 0.001 and 4096 MiB")
     if not 1 <= args.repeats <= 10_000:
         sys.exit("error: --repeats must be between 1 and 10000")
+    from autovit.latmodel.hardware import os_caches
+
     rows = [{"mib": s, "copy_gbps": round(copy_gbps(s, args.repeats), 2)} for s in sizes]
-    print(json.dumps({"threads": 1, "caches": os_caches(), "copies": rows}, indent=1))
+    caches = [{"level": int(c["level"]) if c["level"].isdigit() else c["level"], "type": c["type"],
+               "size": c["size"], "shared_with_cpus": c["shared_cpu_list"]} for c in os_caches()]
+    print(json.dumps({"threads": 1, "caches": caches, "copies": rows}, indent=1))
 
 
 if __name__ == "__main__":

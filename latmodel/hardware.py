@@ -740,6 +740,22 @@ def _size_mib(text: str | None) -> float:
     return float(number) * unit
 
 
+def os_caches() -> list[dict[str, str | None]]:
+    """CPU 0's data and unified caches as Linux's sysfs lists them, each as the first lines of
+    its `level`, `type`, `size` and `shared_cpu_list` files (None where one is missing); []
+    elsewhere."""
+    out = []
+    for i in range(8):
+        base = f"/sys/devices/system/cpu/cpu0/cache/index{i}"
+        level, kind = _read_first_line(f"{base}/level"), _read_first_line(f"{base}/type")
+        if level is None:
+            break
+        if kind != "Instruction":
+            out.append({"level": level, "type": kind, "size": _read_first_line(f"{base}/size"),
+                        "shared_cpu_list": _read_first_line(f"{base}/shared_cpu_list")})
+    return out
+
+
 def detect_local_cpu() -> dict[str, Any]:
     """This machine's [cpu] table and cache size, read from the OS (Linux; else what os tells)."""
     from autovit.latmodel.measure import physical_cores
@@ -760,16 +776,12 @@ def detect_local_cpu() -> dict[str, Any]:
     cores = physical_cores()
     # Private caches count once per core, shared ones once.
     cache = 0.0
-    for i in range(8):
-        base = f"/sys/devices/system/cpu/cpu0/cache/index{i}"
-        level, kind = _read_first_line(f"{base}/level"), _read_first_line(f"{base}/type")
-        if level is None:
-            break
-        if kind == "Instruction" or level == "1":
+    for c in os_caches():
+        if c["level"] == "1":
             continue
-        shared = _read_first_line(f"{base}/shared_cpu_list") or "0"
+        shared = c["shared_cpu_list"] or "0"
         per_core = "," not in shared and "-" not in shared
-        cache += _size_mib(_read_first_line(f"{base}/size")) * (cores if per_core else 1)
+        cache += _size_mib(c["size"]) * (cores if per_core else 1)
     out: dict[str, Any] = {"cpu": {"cores": cores, "ghz": round(ghz, 3), "simd_bits": simd}}
     if cache > 0:
         out["memory"] = {"cache_mib": round(cache, 2)}

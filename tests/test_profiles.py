@@ -57,3 +57,21 @@ def test_unknown_hw_lists_valid_ones():
 def test_ane_is_fp16_only():
     with pytest.raises(AutoVitError, match="--dtype fp16"):
         load_profile("iphone13").check_dtype("fp32")
+
+
+def test_local_cpu_cache_counts_private_caches_per_core_and_shared_ones_once(monkeypatch):
+    """detect_local_cpu over a fake sysfs: L1 and instruction caches left out, a per-core L2 times
+    the cores, an L3 shared by the CPUs once; the listing stops at the first missing index."""
+    from autovit.latmodel import hardware, measure
+
+    base = "/sys/devices/system/cpu/cpu0/cache/index"
+    files = {}
+    for i, (level, kind, size, shared) in enumerate([("1", "Data", "48K", "0"), ("1", "Instruction", "32K", "0"),
+                                                    ("2", "Unified", "2048K", "0"), ("3", "Unified", "32M", "0-3")]):
+        files.update({f"{base}{i}/level": level, f"{base}{i}/type": kind, f"{base}{i}/size": size,
+                      f"{base}{i}/shared_cpu_list": shared})
+    files[f"{base}5/level"] = "4"  # after the gap at index 4: not read
+    monkeypatch.setattr(hardware, "_read_first_line", files.get)
+    monkeypatch.setattr(measure, "physical_cores", lambda: 4)
+    assert [c["level"] for c in hardware.os_caches()] == ["1", "2", "3"]
+    assert hardware.detect_local_cpu()["memory"]["cache_mib"] == pytest.approx(4 * 2 + 32)
