@@ -9,7 +9,9 @@ subnets, timm by name) and its weight-less export cached under --graphs. Prints 
 per file and set, within 10 % / Kendall tau / median predicted/measured of the ONNX-graph
 predictor against two statistics of the saved rounds: `measured_ms` as saved (the fast state,
 scaled once per run) and `per_round_scaled` (each round scaled by the reference burst before it,
-the median over rounds: validate's statistic before issue 12's third pass).
+the median over rounds: validate's statistic before issue 12's third pass); and, where validate
+priced a set block by block, `block_sum_as_saved`: its saved block-sum predictions against
+`measured_ms`, as saved (not re-priced).
 """
 from __future__ import annotations
 
@@ -69,6 +71,12 @@ def main() -> None:
                 pr.append(pred)
                 me.append(meas)
         out["files"][f] = {g: {s: ratio_metrics(pr, me) for s, (pr, me) in st.items()} for g, st in sets.items()}
+        # validate's own block-sum predictions, as it saved them (not re-priced with --hw)
+        for g in sets:
+            saved = [(r["pred_analytical_blocks_ms"], r["measured_ms"]) for r in rows
+                     if r["group"] == g and r.get("pred_analytical_blocks_ms")]
+            if saved:
+                out["files"][f][g]["block_sum_as_saved"] = ratio_metrics(*map(list, zip(*saved)))
         if args.rows:
             out["files"][f]["rows"] = listed
     print(dumps(out, indent=1))

@@ -22,6 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+COLUMNS = ["model", "latency_ms", "path", "timm_name"]
+
 
 def table_rows(rows: list[dict], every: int, archs: Path, group: str | None = None) -> list[dict]:
     """The `--networks` rows of every `every`-th measured row (of `group`: random or zoo, else
@@ -57,9 +59,15 @@ def main() -> None:
     rows, taken = [], {}
     if args.append and out.exists():
         try:
-            rows = list(csv.DictReader(io.StringIO(out.read_text())))
+            reader = csv.DictReader(io.StringIO(out.read_text()))
+            rows = list(reader)
         except (OSError, UnicodeDecodeError, csv.Error) as e:
             sys.exit(f"error: {out}: cannot read it to append ({type(e).__name__}); drop --append to write it anew")
+        extra = set(reader.fieldnames or ()) - set(COLUMNS)
+        if extra or any(None in r for r in rows):  # None: a row with more fields than the header
+            # Rewriting the table without them would lose what they say (a resolution, a format).
+            sys.exit(f"error: {out}: has columns this script does not write ({', '.join(sorted(extra))[:80]}); "
+                     "append to a table of model, latency_ms, path, timm_name or write a new one")
     for f in args.files:
         try:
             d = json.loads(Path(f).read_text())
@@ -69,7 +77,7 @@ def main() -> None:
         rows += file_rows
         taken[f] = [r["model"] for r in file_rows]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["model", "latency_ms", "path", "timm_name"], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out, buf.getvalue())
