@@ -9,9 +9,10 @@ subnets, timm by name) and its weight-less export cached under --graphs. Prints 
 per file and set, within 10 % / Kendall tau / median predicted/measured of the ONNX-graph
 predictor against two statistics of the saved rounds: `measured_ms` as saved (the fast state,
 scaled once per run) and `per_round_scaled` (each round scaled by the reference burst before it,
-the median over rounds: validate's statistic before issue 12's third pass); and, where validate
+the median over rounds: validate's statistic before issue 12's third pass); where validate
 priced a set block by block, `block_sum_as_saved`: its saved block-sum predictions against
-`measured_ms`, as saved (not re-priced).
+`measured_ms`, as saved (not re-priced), and `block_sum`: the block sum re-priced with --hw
+(validate's analytical_blocks predictor) against `measured_ms`.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def main() -> None:
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.measure import at_reference
     from benchmarks.cpu_whole_network import candidates, cached_graph, ratio_metrics
+    from autovit.latmodel.oracle import AnalyticalOracle
+    from autovit.nas.blocks import DECOMPOSITION
     from benchmarks.fast_state import run_speed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +55,7 @@ def main() -> None:
     ap.add_argument("--rows", action="store_true", help="also list every network's prediction and measurement")
     args = ap.parse_args()
     profile = load_profile(args.hw)
+    block_oracle = AnalyticalOracle(profile, **DECOMPOSITION)
     graphs = Path(args.graphs)
     graphs.mkdir(parents=True, exist_ok=True)
     out: dict = {"hw": args.hw, "files": {}}
@@ -70,6 +74,10 @@ def main() -> None:
                 pr, me = sets.setdefault(r["group"], {}).setdefault(stat, ([], []))
                 pr.append(pred)
                 me.append(meas)
+            if c.blocks:
+                pr, me = sets[r["group"]].setdefault("block_sum", ([], []))
+                pr.append(block_oracle.blocks_ms(c.blocks))
+                me.append(r["measured_ms"])
         out["files"][f] = {g: {s: ratio_metrics(pr, me) for s, (pr, me) in st.items()} for g, st in sets.items()}
         # validate's own block-sum predictions, as it saved them (not re-priced with --hw)
         for g in sets:

@@ -39,6 +39,14 @@ def register_autovit(models: tuple[str, ...] = ()) -> None:
     import autovit.nas  # noqa: F401 - registers on import
 
 
+def buildable(source: str) -> bool:
+    """Whether a command may build `source` from a LUT's word alone: a timm model (random
+    weights, nothing downloaded) or an AutoViT preset, never a file."""
+    from autovit.latmodel.sources import source_kind
+
+    return source_kind(source) in ("timm", "autovit")
+
+
 def output_path(path: str | None, flag: str, inputs: tuple[str | None, ...] = ()) -> Path | None:
     """Where an --out/--plot file goes, checked before any work: missing parent folders are
     created (every command does this, as `train --out` does); a folder or a file in the way of

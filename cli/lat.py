@@ -1,13 +1,13 @@
 """`autovit-lat`: predict how fast a network runs on a device you may not own."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from autovit.cli.common import FiniteFloat, console, output_path, print_json, register_autovit, run
+from autovit.cli.common import FiniteFloat, buildable, console, output_path, print_json, register_autovit, run
 from autovit.cli.lat_device import (lut_group, print_calibration, run_calibrate_networks, run_export_blocks,
                                     run_validate_measurements, table_options)
 from autovit.latmodel.errors import AutoVitError, UsageError
@@ -200,6 +200,10 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--per-op/--no-per-op", default=True, show_default=True,
               help="onnxruntime, isolated: also record each block's kernel time per op class (its profiler), "
                    "which calibrate fits op class by op class.")
+@click.option("--networks", "networks_spec", default="preset", show_default=True,
+              help="Whole networks to time in the same rounds (calibrate fits them with the blocks): "
+                   "'preset' (calib50's 3 AutoViT presets and 5 timm models; none for the others), 'none', "
+                   "or a comma list of timm:NAME / autovit:PRESET.")
 @click.option("--export", "export_dir", type=click.Path(), default=None,
               help="Measure elsewhere: write every block as a model file + manifest.json into this new folder.")
 @click.option("--format", "export_format", type=click.Choice(["coreml", "onnx", "torchscript"]), default="coreml",
@@ -207,7 +211,8 @@ def compare(models: tuple[str, ...], hws: tuple[str, ...], batch: int | None, pl
 @click.option("--json", "as_json", is_flag=True, help="Summary as one JSON object on stdout.")
 def profile(hw: str, backend: str, preset: str | None, space_name: str | None, blocks_file: str | None, mode: str,
             out_path: str | None, threads: int | None, ci_pct: float, max_repeats: int, rounds: int,
-            reference: bool, per_op: bool, export_dir: str | None, export_format: str, as_json: bool) -> None:
+            reference: bool, per_op: bool, networks_spec: str, export_dir: str | None, export_format: str,
+            as_json: bool) -> None:
     """Measure blocks on this machine into a lookup table (LUT).
 
     \b
@@ -233,6 +238,7 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     check_backend(backend)
     device = load_profile(hw).name
     blocks = _module_set(preset, space_name, blocks_file)
+    networks = _network_set(networks_spec, preset)
     threads = threads or physical_cores()
     out = output_path(out_path or f"luts/{device}.json", "--out", (hw, blocks_file))  # fail before measuring, not after
     policy = TimingPolicy(ci_pct=ci_pct, max_repeats=max_repeats, rounds=rounds)
@@ -241,26 +247,32 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
     with FolderLock(out.parent, "LUT folder"):
         lut = _open_lut(out, device, backend, threads, policy)
         todo = [b for b in blocks if rounds_done(lut, mode, b) < rounds]
-        console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure "
-                      f"({backend}, {threads} threads)", highlight=False)
+        nets_todo = [n for n in networks if rounds_done(lut, mode, n) < rounds]
+        if todo or nets_todo:
+            _probe_peak(lut, backend, threads)
+        console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure"
+                      + (f"; {len(networks)} whole networks, {len(nets_todo)} to measure" if networks else "")
+                      + f" ({backend}, {threads} threads)", highlight=False)
         t0 = time.time()
-        measured, failures = _measure(todo, lut, out, backend, threads, mode, policy, reference)
+        measured, failures = _measure(todo + nets_todo, lut, out, backend, threads, mode, policy, reference)
         per_op = per_op and backend == "onnxruntime" and mode == "isolated"
         op_annotated = _annotate_op_classes(blocks, lut, out, threads) if per_op else 0
     summary = {"lut": str(out), "device": device, "backend": backend, "threads": threads, "mode": mode,
                "reference": lut.reference,
-               "blocks": len(blocks), "measured": measured, "already_there": len(blocks) - len(todo),
+               "blocks": len(blocks), "networks": [n.source for n in networks], "measured": measured,
+               "already_there": len(blocks) + len(networks) - len(todo) - len(nets_todo),
                "op_classes_recorded": op_annotated,
                "failed": [{"block": k, "error": e} for k, e in failures], "wall_s": round(time.time() - t0, 1)}
     if as_json:
         print_json(summary)
     else:
-        console.print(f"measured {measured} blocks in {summary['wall_s']} s -> {out}", highlight=False)
+        console.print(f"measured {measured} blocks" + (" and networks" if networks else "")
+                      + f" in {summary['wall_s']} s -> {out}", highlight=False)
         for k, e in failures:
             console.print(f"[yellow]failed:[/] {k}: {e}", highlight=False)
     if failures:
         kept = f"{out} keeps the {len(lut.entries)} measured entries" if lut.entries else "nothing was written"
-        raise AutoVitError(f"{len(failures)} of {len(todo)} blocks failed (first: {failures[0][0]}: {failures[0][1]}); "
+        raise AutoVitError(f"{len(failures)} of {len(todo) + len(nets_todo)} blocks{' and networks' if nets_todo else ''} failed (first: {failures[0][0]}: {failures[0][1]}); "
                            f"{kept}; fix or drop those blocks and run the same command to resume")
 
 
@@ -327,6 +339,40 @@ def _module_set(preset: str | None, space_name: str | None, blocks_file: str | N
     return load_blocks(blocks_file)
 
 
+def _probe_peak(lut, backend: str, threads: int) -> None:
+    """Record the fastest fp32 GEMM this run reaches (runner.sgemm_gflops) in the LUT's
+    environment, the highest of every run that filled it: calibrate raises a profile's clock to it."""
+    from autovit.latmodel.runner import sgemm_gflops
+
+    with console.status("timing a GEMM for the peak FLOP/s", spinner="dots"):
+        gflops = sgemm_gflops(backend, threads)
+    if gflops:
+        lut.environment["sgemm_gflops"] = round(max(gflops, lut.environment.get("sgemm_gflops") or 0.0), 1)
+
+
+def _network_set(spec: str, preset: str | None) -> list:
+    """The whole networks `profile --networks` times: the preset's, none, or a comma list of
+    names, each checked by building it now (a bad name fails before any timing, not after)."""
+    from autovit.latmodel.profiler import NetworkItem
+    from autovit.latmodel.sources import network_module
+    from autovit.nas.blocks import CALIB50_NETWORKS
+
+    if spec == "none":
+        return []
+    if spec == "preset":
+        names = list(CALIB50_NETWORKS) if preset == "calib50" else []
+    else:
+        names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+        if not names:
+            raise UsageError("--networks: give preset, none, or a comma list such as timm:resnet18,autovit:xs")
+    for name in names:
+        if not buildable(name):
+            raise UsageError(f"--networks {name[:60]!r}: name networks as timm:NAME or autovit:PRESET "
+                             "(a LUT names what it timed; calibrate rebuilds it from that name)")
+        network_module(name)
+    return [NetworkItem(n) for n in names]
+
+
 def _drift_monitor(backend: str, threads: int, policy):
     """The drift monitor around AutoViT's XXS preset (nas/latency.py REFERENCE_MODEL)."""
     from autovit.latmodel.runner import drift_monitor
@@ -354,8 +400,6 @@ def reference_network(lut):
     """The LUT's reference network (fit.ReferenceNetwork), counted as the preset's blocks: it
     prices that many blocks inside a network, each of which the LUT measured alone; None when the
     LUT has none."""
-    from dataclasses import replace
-
     from autovit.latmodel.fit import ReferenceNetwork
     from autovit.nas.blocks import arch_block_fields
     from autovit.nas.presets import load_preset
@@ -372,6 +416,26 @@ def reference_network(lut):
                            "calibrate on the blocks alone with --no-network") from None
 
 
+def lut_networks(lut, n_blocks: int) -> list:
+    """The whole networks calibrate fits beside a LUT's `n_blocks` blocks: those `profile` timed
+    with them (lut.networks), together counted as many points as the blocks (one network prices
+    many blocks inside it, each of which the LUT timed alone); in a LUT without any, its reference
+    network (reference_network). Each is priced now, so a bad one fails here in one line."""
+    from autovit.latmodel.fit import ReferenceNetwork, network_pricer
+
+    nets = ReferenceNetwork.of_lut_networks(lut, buildable)
+    if not nets:
+        ref = reference_network(lut)
+        return [ref] if ref else []
+    for net in nets:
+        try:
+            network_pricer(net.source)
+        except AutoVitError as e:
+            raise AutoVitError(f"the LUT's network '{net.source[:60]}' cannot be priced ({str(e)[:120]}); "
+                               "calibrate on the blocks alone with --no-network") from None
+    return [replace(net, weight=max(n_blocks, 1) / len(nets)) for net in nets]
+
+
 @cli.command()
 @click.option("--hw", "hw", required=True, help="The data-sheet profile to calibrate (e.g. local-cpu).")
 @click.option("--lut", "lut_path", type=click.Path(dir_okay=False), default=None,
@@ -380,8 +444,8 @@ def reference_network(lut):
               help="Whole networks measured on the device: a measurement CSV (model, latency_ms, path or timm_name).")
 @click.option("--mode", type=click.Choice(["isolated", "ablation"]), default="isolated", show_default=True)
 @click.option("--network/--no-network", "with_network", default=True, show_default=True,
-              help="Fit the LUT's reference network (the drift monitor's whole model, timed at the LUT's speed) "
-                   "together with the blocks.")
+              help="Fit the whole networks the LUT timed with its blocks (profile --networks; in a LUT without "
+                   "any, its reference network) together with the blocks.")
 @click.option("--per-op/--no-per-op", default=True, show_default=True,
               help="Fit each block's large op classes too, where the LUT recorded them (profile --per-op).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
@@ -422,8 +486,10 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
                          "choose a new file")
     lut = load_lut(lut_path, load_profile(hw).name)
     threads = (lut.environment or {}).get("threads")  # checked by load_lut: None or 1..4096
-    # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many.
-    profile, fixed = profile_at_threads(hw, threads)
+    probe = (lut.environment or {}).get("sgemm_gflops")  # checked by load_lut: None or a rate
+    # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many,
+    # at a clock no lower than the one its GEMM probe ran at.
+    profile, fixed = profile_at_threads(hw, threads, probe)
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         others = sorted({e["mode"] for e in lut.entries.values()})
@@ -433,21 +499,23 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     blocks = [block_from_dict(e["block"]) for e in entries]
     measured = [float(e["median_ms"]) for e in entries]
     calibrator = ProfileCalibrator(profile, mode=mode)
-    # A whole network separates per-run from per-op costs (fit.ProfileCalibrator.fit); a LUT
-    # measured without the drift monitor has none.
-    network = reference_network(lut) if with_network else None
+    # Whole networks separate per-run from per-op costs and price what a network pays beyond
+    # its blocks timed alone (fit.ProfileCalibrator.fit); a LUT measured without networks or the
+    # drift monitor has none.
+    networks = lut_networks(lut, len(blocks)) if with_network else []
     op_ms = [e.get("op_ms") for e in entries] if per_op else None
     what = f"{len(blocks)} blocks" + (" (per op class)" if op_ms and any(op_ms) else "") + \
-        (f" and {network.source}" if network else "")
+        (f" and {networks[0].source}" if len(networks) == 1 else f" and {len(networks)} networks" if networks else "")
     with console.status(f"fitting {len(calibrator.names)} parameters to {what}", spinner="dots"):
-        cal = calibrator.fit(blocks, measured, network, op_ms)
+        cal = calibrator.fit(blocks, measured, networks, op_ms)
+    described = "; ".join(n.describe() for n in networks)[:4096] or None
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound, "network": network.describe() if network else None,
-              "threads": threads}
+              "at_bound": cal.at_bound, "network": described, "threads": threads, "sgemm_gflops": probe}
     written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
-        print_json({"profile": str(written), **cal.to_dict(), "network": record["network"]})
+        print_json({"profile": str(written), **cal.to_dict(), "network": record["network"],
+                    "networks": [n.source for n in networks]})
         return
     print_calibration(profile, cal, written, f"{profile.name} calibrated on {what} ({mode})")
 

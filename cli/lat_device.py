@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from autovit.cli.common import console, output_path, print_json, register_autovit
+from autovit.cli.common import buildable, console, output_path, print_json, register_autovit
 from autovit.latmodel.errors import UsageError
 
 
@@ -108,6 +108,11 @@ def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: s
     usable = [r for r in rows if r.graph_key not in skip]
     failed = [{"model": r.model, "line": r.line, "reason": skip[r.graph_key]} for r in rows if r.graph_key in skip]
     nets = [(network_pricer(models[r.graph_key], r.coreml_format), r.latency_ms) for r in usable]
+    if lut is not None:  # the whole networks profile timed with the LUT's blocks join the table's
+        from autovit.latmodel.fit import ReferenceNetwork
+        from autovit.latmodel.fit import network_pricer as source_pricer
+
+        nets += [(source_pricer(n.source), n.ms) for n in ReferenceNetwork.of_lut_networks(lut, buildable)]
     with console.status(f"fitting {profile.name} to {len(nets)} networks" + (" and a LUT" if lut else ""), spinner="dots"):
         cal, _ = calibrate(profile, nets, lut, mode)
     record = {"lut": str(Path(lut_path).resolve()) if lut_path else None, "networks": str(Path(networks).resolve()),

@@ -99,6 +99,13 @@ class ReferenceNetwork:
             return None
         return cls(source, float(ref["ref_ms"]))
 
+    @classmethod
+    def of_lut_networks(cls, lut, trusted: Callable[[str], bool], weight: float = 1.0) -> list["ReferenceNetwork"]:
+        """The whole networks a LUT timed beside its blocks (`lut.networks`), those the caller
+        trusts to build (as of_lut), each counted as `weight` points."""
+        return [cls(source, float(e["median_ms"]), weight) for source, e in (getattr(lut, "networks", None) or {}).items()
+                if trusted(source)]
+
     def describe(self) -> str:
         return f"{self.source} {self.ms:.4g} ms, weight {self.weight:g}"
 
@@ -204,9 +211,9 @@ class ProfileCalibrator:
         return tuple(seen)
 
     def fit(self, blocks: list[Block], measured_ms: list[float],
-            network: ReferenceNetwork | None = None,
+            network: ReferenceNetwork | list[ReferenceNetwork] | None = None,
             op_ms: list[dict[str, float] | None] | None = None) -> Calibration:
-        """Fit to measured blocks and, with `network`, to one whole network as well; with `op_ms`
+        """Fit to measured blocks and, with `network` (one or a list), to whole networks as well; with `op_ms`
         (per block: kernel ms per op class from the runtime's profiler, or None), to each
         block's large op classes too.
 
@@ -226,11 +233,11 @@ class ProfileCalibrator:
                 measured_ms.append(ms)
                 kinds.append("op:" + cls)
                 weights.append(1.0)
-        if network is not None:
-            pricers.append(network_pricer(network.source))
-            measured_ms = list(measured_ms) + [network.ms]
+        for net in [network] if isinstance(network, ReferenceNetwork) else network or []:
+            pricers.append(network_pricer(net.source))
+            measured_ms.append(net.ms)
             kinds.append("network")
-            weights.append(network.weight)
+            weights.append(net.weight)
         return self.fit_pricers(pricers, measured_ms, kinds, weights)
 
     def fit_pricers(self, pricers: list[Pricer], measured_ms: list[float], kinds: list[str],

@@ -275,6 +275,7 @@ CALIBRATION_KEYS: dict[str, Key] = {
     "stderr": Key("numbers", 0, 1e12, default=None), "at_bound": Key("strs", 0, 100, default=None),
     "network": Key("str", 0, 4096, default=None),  # the whole network fitted with the blocks (fit.ReferenceNetwork)
     "threads": Key("int", 1, 4096, default=None),  # the LUT's runtime threads: the [cpu] cores the fit modelled
+    "sgemm_gflops": Key("number", 0, 1e9, default=None),  # the LUT's GEMM probe: [cpu] ghz raised to it (clock_override)
 }
 # Every key a profile may hold, its type, the range a real device can have, and its default
 # (REQUIRED: no default). Adding a key to the profile format is one line here.
@@ -793,12 +794,30 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     return profile_at_threads(name_or_path, None)[0]
 
 
-def profile_at_threads(name_or_path: str, threads: int | None) -> tuple[HardwareProfile, dict[str, Any]]:
+def profile_at_threads(name_or_path: str, threads: int | None,
+                       sgemm_gflops: float | None = None) -> tuple[HardwareProfile, dict[str, Any]]:
     """The profile run on `threads` threads, and the keys that changed to model it (to be written
-    into a profile calibrated that way); see `threads_override`."""
+    into a profile calibrated that way); see `threads_override`, and `clock_override` for a
+    measured GEMM rate (GFLOP/s) above the profile's peak."""
     d, where = _resolved_dict(name_or_path)
-    over = threads_override(d, threads)
+    over = _merge(threads_override(d, threads), clock_override(d, threads, sgemm_gflops))
     return profile_from_dict(_merge(d, over), where), over
+
+
+def clock_override(d: dict[str, Any], threads: int | None, sgemm_gflops: float | None) -> dict[str, Any]:
+    """[cpu] ghz raised to the clock at which the fp32 peak of `threads` cores (all of them
+    without) equals `sgemm_gflops`, a matrix multiply measured on this machine at that many
+    threads (runner.sgemm_gflops), when the peak the profile gives is below it; {} otherwise. A
+    GEMM cannot beat the peak: the OS reported a lower clock than the cores ran at (a VM's
+    nominal one), and efficiencies <= 1 would price every compute-bound op too slow."""
+    cpu = d.get("cpu") or {}
+    needed = ("cores", "ghz", "simd_bits", "fma_units")
+    if not sgemm_gflops or not all(isinstance(cpu.get(k), (int, float)) for k in needed):
+        return {}
+    cores = min(threads or cpu["cores"], cpu["cores"])
+    flops_per_clock = cores * max(cpu["simd_bits"] // 32, 1) * 2 * cpu["fma_units"]
+    ghz = sgemm_gflops / flops_per_clock
+    return {"cpu": {"ghz": round(ghz, 3)}} if ghz > cpu["ghz"] else {}
 
 
 def threads_override(d: dict[str, Any], threads: int | None) -> dict[str, Any]:

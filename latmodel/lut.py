@@ -1,13 +1,16 @@
 """Lookup tables of measured block latencies: the file format, loading and saving.
 
 A LUT is JSON: schema version, device (the hardware profile it belongs to), backend, the
-environment it was measured in, the timing policy, and entries keyed by "mode|block key".
-It is rewritten atomically after every new entry, so an interrupted `profile` leaves a valid
-file that the next run resumes.
+environment it was measured in, the timing policy, entries keyed by "mode|block key", and
+whole networks timed in the same run (`networks`, keyed by the source that names them, e.g.
+"timm:resnet18"): blocks alone cannot tell what a network pays that its blocks timed one by
+one do not, and calibrate fits both. It is rewritten atomically after every new entry, so an
+interrupted `profile` leaves a valid file that the next run resumes.
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +36,9 @@ class Lut:
     created: str = field(default_factory=lambda: _now())
     # The drift monitor's reference model and speed (measure.DriftMonitor): {"model", "ref_ms"}.
     reference: dict[str, Any] = field(default_factory=dict)
+    # Whole networks timed beside the blocks: source -> a measurement (the fields of an entry
+    # without mode and block).
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @staticmethod
     def entry_key(mode: str, block: Block) -> str:
@@ -48,7 +54,8 @@ class Lut:
     def to_dict(self) -> dict[str, Any]:
         return {"schema": LUT_SCHEMA, "device": self.device, "backend": self.backend, "created": self.created,
                 "updated": _now(), "environment": self.environment, "policy": self.policy,
-                "reference": self.reference, "entries": self.entries}
+                "reference": self.reference, "entries": self.entries,
+                **({"networks": self.networks} if self.networks else {})}
 
     def save(self, path: str | Path) -> None:
         # NaN-free: a burst too short for a confidence interval has ci_pct inf, written as null.
@@ -60,15 +67,22 @@ def _now() -> str:
 
 
 # Keys of a LUT file and of one entry (a Measurement's statistics, the rounds behind it).
-_LUT_KEYS = ("schema", "device", "backend", "created", "updated", "environment", "policy", "reference", "entries")
+_LUT_KEYS = ("schema", "device", "backend", "created", "updated", "environment", "policy", "reference", "entries",
+             "networks")
 _ENTRY_KEYS = ("mode", "block", "median_ms", "iqr_ms", "q1_ms", "q3_ms", "repeats", "outliers", "ci_pct", "converged",
                "round_medians", "with_round_ms", "without_round_ms", "round_reference_ms", "below_noise",
                "with_ms", "without_ms", "std_ms", "op_ms", "op_rounds")
+_NETWORK_KEYS = ("median_ms", "iqr_ms", "q1_ms", "q3_ms", "repeats", "outliers", "ci_pct", "converged",
+                 "round_medians", "round_reference_ms", "std_ms")
 # Longest latency a LUT may hold (about 3 hours) and most entries and rounds (every block of
 # every space is a few hundred entries).
 MAX_MS = 1e7
 MAX_ENTRIES = 100_000
 MAX_ROUNDS = 10_000
+MAX_NETWORKS = 1_000
+# A network's key names a registered source (`kind:name`), never a file: calibrate builds what a
+# LUT names, and a LUT may come from elsewhere.
+NETWORK_KEY = re.compile(r"[a-z][a-z0-9-]{0,31}:[A-Za-z0-9_.-]{1,160}")
 _FIX = "re-run `autovit-lat profile`"
 
 
@@ -90,7 +104,7 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
         raise AutoVitError(f"{p}: LUT field 'backend' must be one of {', '.join(BACKENDS)}, got {d['backend']!r:.40}")
     if device is not None and not same_device(d["device"], device):
         raise AutoVitError(f"{p}: LUT was measured on '{d['device']}', not '{device}'; profile this device or pass its LUT")
-    for k in ("environment", "policy", "reference", "entries"):
+    for k in ("environment", "policy", "reference", "entries", "networks"):
         if not isinstance(d.get(k, {}), dict):
             raise AutoVitError(f"{p}: LUT field '{k}' must be an object, got {d[k]!r:.40}")
     threads = (d.get("environment") or {}).get("threads")
@@ -98,6 +112,9 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4096):
         raise AutoVitError(f"{p}: LUT field 'environment.threads' must be an integer 1..4096 (the threads it was "
                            f"measured with), got {threads!r:.40}; {_FIX}")
+    probe = (d.get("environment") or {}).get("sgemm_gflops")
+    if probe is not None:  # calibrate raises the profile's clock to it (hardware.clock_override)
+        number(probe, f"{p}: LUT field 'environment.sgemm_gflops' (GFLOP/s)", 1e-3, 1e9)
     for k in ("created", "updated"):
         if not isinstance(d.get(k, ""), str):
             raise AutoVitError(f"{p}: LUT field '{k}' must be a date string, got {d[k]!r:.40}")
@@ -105,6 +122,14 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
         raise AutoVitError(f"{p}: {len(d['entries']):,} entries, more than any LUT ({MAX_ENTRIES:,})")
     for key, e in d["entries"].items():
         _check_entry(key, e, f"{p}: entry '{key:.80}'")
+    networks = d.get("networks") or {}
+    if len(networks) > MAX_NETWORKS:
+        raise AutoVitError(f"{p}: {len(networks):,} networks, more than any LUT ({MAX_NETWORKS:,})")
+    for key, e in networks.items():
+        if not NETWORK_KEY.fullmatch(key):
+            raise AutoVitError(f"{p}: network {key!r:.60} is not a model name such as 'timm:resnet18' "
+                               f"(a LUT names networks by source, never by file); {_FIX}")
+        _check_network(e, f"{p}: network '{key}'")
     ref = d.get("reference") or {}
     check_keys(ref, ("model", "ref_ms"), f"{p}: LUT field 'reference'")
     if ref:
@@ -112,7 +137,7 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
         if not isinstance(ref.get("model", ""), str):
             raise AutoVitError(f"{p}: field 'reference.model' must be a model name, got {ref['model']!r:.40}")
     return Lut(d["device"], d["backend"], d.get("environment", {}), d.get("policy", {}), d["entries"],
-               d.get("created", _now()), ref)
+               d.get("created", _now()), ref, networks)
 
 
 def _ms(v: Any, what: str, positive: bool = True) -> None:
@@ -146,6 +171,19 @@ def _check_entry(key: str, e: Any, w: str) -> None:
     block = block_from_dict(e.get("block"), f"{w} block")
     if key != Lut.entry_key(e["mode"], block):
         raise AutoVitError(f"{w} does not match its block (its key would be '{Lut.entry_key(e['mode'], block)}'); {_FIX}")
+    _check_measurement(e, w, e["mode"])
+
+
+def _check_network(e: Any, w: str) -> None:
+    """A whole network's measurement: an entry's fields without mode, block or op classes."""
+    if not isinstance(e, dict):
+        raise AutoVitError(f"{w} must be an object, got {e!r:.40}")
+    check_keys(e, _NETWORK_KEYS, w)
+    _check_measurement(e, w, "isolated")
+
+
+def _check_measurement(e: dict, w: str, mode: str) -> None:
+    """A measurement's values: finite positive latencies, rounds that agree in number."""
     _ms(e.get("median_ms"), f"{w} median_ms")
     for k in ("with_ms", "without_ms"):
         if k in e:
@@ -165,10 +203,10 @@ def _check_entry(key: str, e: Any, w: str) -> None:
             raise AutoVitError(f"{w} {k} must be a list of 1 to {MAX_ROUNDS} latencies")
         for v in e[k]:
             # An ablation round is a difference of two latencies: it may come out <= 0.
-            _ms(v, f"{w} {k}", positive=not (k == "round_medians" and e["mode"] == "ablation"))
+            _ms(v, f"{w} {k}", positive=not (k == "round_medians" and mode == "ablation"))
         if k != "round_reference_ms":
             lengths.add(len(e[k]))
-    if len(lengths) > 1 or (e["mode"] == "ablation" and "round_medians" in e
+    if len(lengths) > 1 or (mode == "ablation" and "round_medians" in e
                             and not {"with_round_ms", "without_round_ms"} <= set(e)):
         raise AutoVitError(f"{w}: its rounds disagree in number; {_FIX}")
     for k in ("iqr_ms", "q1_ms", "q3_ms", "std_ms", "ci_pct", "repeats", "outliers"):

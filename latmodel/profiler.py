@@ -15,11 +15,18 @@ Modes:
   latency(lead-in). The lead-in (a 1x1 convolution, or a linear layer for token blocks) hands
   the block its input the way a preceding layer would, so the per-call cost of the runtime and
   the layout conversions at the model's edges cancel out of the difference.
+
+Whole networks (`NetworkItem`, any source that can build its model: `timm:NAME`, `autovit:xxs`)
+can be timed in the same rounds as the blocks, into the LUT's `networks`: measured in the same
+run, they tell calibrate what a network costs beyond its blocks timed one by one on this
+machine as it runs today (a relation that moved by ~10 % from one day to the next on this
+project's VMs).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 from autovit.latmodel.blocks import Block
 from autovit.latmodel.errors import AutoVitError
@@ -43,10 +50,29 @@ def lead_in(block: Block):
     return nn.Sequential(nn.Conv2d(c, c, 1, 1, 0, bias=False), nn.BatchNorm2d(c), nn.SiLU())
 
 
-def block_runners(block: Block, mode: str, backend: str, threads: int) -> list[Runner]:
-    """[block] for isolated mode, [lead-in + block, lead-in] for ablation."""
+@dataclass(frozen=True)
+class NetworkItem:
+    """A whole network to time beside the blocks, named by a registered source."""
+
+    source: str
+
+    @property
+    def key(self) -> str:
+        return "network|" + self.source
+
+
+Item = Union[Block, NetworkItem]
+
+
+def block_runners(block: Item, mode: str, backend: str, threads: int) -> list[Runner]:
+    """[block] for isolated mode, [lead-in + block, lead-in] for ablation; [network] for a
+    whole network in either mode (it is timed whole)."""
     from torch import nn
 
+    if isinstance(block, NetworkItem):
+        from autovit.latmodel.sources import network_module
+
+        return [prepare(*network_module(block.source), backend, threads)]
     shape = block.input_shape()
     if mode == "isolated":
         return [prepare(block.build(), shape, backend, threads)]
@@ -90,7 +116,7 @@ def settle_lut(lut: Lut, monitor: DriftMonitor | None) -> None:
     every reference burst its entries hold; this run's bursts if none do): what a later
     validation run is scaled to. Entries are not rescaled between runs: a LUT filled over runs
     at different machine speeds mixes them (`run_speed_change` tells the caller)."""
-    refs = [r for e in lut.entries.values() for r in e.get("round_reference_ms", [])]
+    refs = [r for e in (*lut.entries.values(), *lut.networks.values()) for r in e.get("round_reference_ms", [])]
     if not refs and monitor is not None:
         refs = list(monitor.history)
     if refs:
@@ -99,6 +125,8 @@ def settle_lut(lut: Lut, monitor: DriftMonitor | None) -> None:
     for e in lut.entries.values():
         if "round_medians" in e:
             _settle(e, e["mode"])
+    for e in lut.networks.values():
+        _settle(e, "isolated")
 
 
 def run_speed_change(ref_ms_before: float | None, monitor: DriftMonitor | None) -> float | None:
@@ -109,28 +137,33 @@ def run_speed_change(ref_ms_before: float | None, monitor: DriftMonitor | None) 
     return monitor.run_ms / ref_ms_before
 
 
-def rounds_done(lut: Lut, mode: str, block: Block) -> int:
+def rounds_done(lut: Lut, mode: str, block: Item) -> int:
+    if isinstance(block, NetworkItem):
+        return len(lut.networks.get(block.source, {}).get("round_medians", []))
     e = lut.entries.get(Lut.entry_key(mode, block))
     if e is None:
         return 0
     return len(e.get("round_medians", [])) or 1  # entries written before rounds existed count as one
 
 
-def profile_blocks(blocks: list[Block], lut: Lut, path: str | Path, backend: str, threads: int,
+def profile_blocks(blocks: list[Item], lut: Lut, path: str | Path, backend: str, threads: int,
                    mode: str, policy: TimingPolicy,
-                   on_progress: Callable[[Block, Measurement | None, str | None], None] | None = None,
+                   on_progress: Callable[[Item, Measurement | None, str | None], None] | None = None,
                    monitor: DriftMonitor | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Measure every block of `blocks` until it has `policy.rounds` rounds in `lut`, one pass
-    over the blocks per round (runner.measure_rounds), saving after each burst. With a drift
-    monitor, the LUT records its reference speed (settle_lut). Returns (blocks completed,
+    """Measure every block (or whole network) of `blocks` until it has `policy.rounds` rounds in
+    `lut`, one pass over them per round (runner.measure_rounds), saving after each burst. With a
+    drift monitor, the LUT records its reference speed (settle_lut). Returns (items completed,
     failures)."""
     if mode not in ("isolated", "ablation"):
         raise AutoVitError(f"unknown mode '{mode}': use isolated or ablation")
     completed = set()
 
-    def record(block: Block, bursts: list[Measurement], reference_ms: float | None) -> None:
-        key = Lut.entry_key(mode, block)
-        lut.add(mode, block, _add_round(lut.entries.get(key), mode, bursts, reference_ms))
+    def record(block: Item, bursts: list[Measurement], reference_ms: float | None) -> None:
+        if isinstance(block, NetworkItem):
+            lut.networks[block.source] = _add_round(lut.networks.get(block.source), "isolated", bursts, reference_ms)
+        else:
+            key = Lut.entry_key(mode, block)
+            lut.add(mode, block, _add_round(lut.entries.get(key), mode, bursts, reference_ms))
         settle_lut(lut, monitor)
         lut.save(path)
         if rounds_done(lut, mode, block) >= policy.rounds:

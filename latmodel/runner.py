@@ -71,6 +71,28 @@ def drift_monitor(reference_module, input_shape: tuple[int, ...], backend: str, 
     return DriftMonitor(run, policy, timed, every, name)
 
 
+# The GEMM of the peak probe: n x n by n x n in fp32, 2 n^3 FLOPs (268 MFLOP at 512): large
+# enough that MLAS runs it at its full rate on every thread, small enough to sit in cache.
+PROBE_N = 512
+
+
+def sgemm_gflops(backend: str, threads: int, bursts: int = 5) -> float | None:
+    """The fastest fp32 matrix-multiply rate (GFLOP/s) `backend` reaches here on `threads`
+    threads: a PROBE_N^3 MatMul, the best of `bursts` burst medians. None for a backend that does
+    not run on this CPU. A virtual machine's OS reports the cores' nominal clock, not the one they
+    run at under load (this project's VMs: 2.6 GHz reported, a GEMM at 1.4x the peak that implies),
+    and a peak below what a GEMM reaches cannot be fitted by efficiencies <= 1 (calibrate raises
+    the clock to it: hardware.clock_override)."""
+    from torch import nn
+
+    if backend not in ("onnxruntime", "torch"):
+        return None
+    run, _ = prepare(nn.Linear(PROBE_N, PROBE_N, bias=False).eval(), (PROBE_N, PROBE_N), backend, threads)
+    policy = TimingPolicy(warmup=3, min_repeats=10, max_repeats=40, ci_pct=2.0, max_seconds=2.0)
+    best_ms = min(time_callable(run, policy).median_ms for _ in range(bursts))
+    return 2 * PROBE_N ** 3 / (best_ms * 1e6)
+
+
 def failure_line(e: Exception) -> str:
     """One line for an exception a backend or exporter raised."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"

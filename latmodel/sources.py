@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import onnx
 
@@ -20,23 +20,45 @@ from autovit.latmodel.graph import OpGraph, build_graph, graph_from_onnx_file
 class Source:
     """A kind of model name: `matches(name)` says whether it is one, `resolve(name, input_shape)`
     returns its op graph (input_shape: a fixed shape asked for on the command line, or None);
-    `hint` is how error messages name it."""
+    `hint` is how error messages name it; `build(name)`, where the source has one, returns the
+    model itself, (torch module, input shape at batch 1), for timing it on this machine."""
 
     name: str
     matches: Callable[[str], bool]
     resolve: Callable[[str, tuple[int, ...] | None], OpGraph]
     hint: str
+    build: Callable[[str], tuple[Any, tuple[int, ...]]] | None = None
 
 
 _SOURCES: dict[str, Source] = {}
 
 
 def register_source(name: str, matches: Callable[[str], bool],
-                    resolve: Callable[[str, tuple[int, ...] | None], OpGraph], hint: str = "") -> None:
+                    resolve: Callable[[str, tuple[int, ...] | None], OpGraph], hint: str = "",
+                    build: Callable[[str], tuple[Any, tuple[int, ...]]] | None = None) -> None:
     """Add (or replace) a source. Sources registered later are tried first, so a package can
     claim names the built-in ones would otherwise take."""
     _SOURCES.pop(name, None)
-    _SOURCES[name] = Source(name, matches, resolve, hint or name)
+    _SOURCES[name] = Source(name, matches, resolve, hint or name, build)
+
+
+def source_kind(source: str) -> str | None:
+    """The name of the registered source that reads `source` (timm, onnx, ...), None if none."""
+    for s in reversed(_SOURCES.values()):
+        if s.matches(source):
+            return s.name
+    return None
+
+
+def network_module(source: str):
+    """(torch module, input shape at batch 1) of a network named by a source that can build it
+    (`timm:NAME`; `autovit:PRESET` once autovit.nas is imported), to time it here."""
+    kind = source_kind(source)
+    s = _SOURCES.get(kind) if kind else None
+    if s is None or s.build is None:
+        can = [x.hint for x in _SOURCES.values() if x.build is not None]
+        raise AutoVitError(f"'{source[:60]}' cannot be built to time it here; give {' or '.join(can)}")
+    return s.build(source)
 
 
 def timm_model(name: str, img_size: int | None = None):
@@ -78,9 +100,13 @@ def graph_for(source: str, input_shape: tuple[int, ...] | None = None) -> OpGrap
     raise AutoVitError(f"model '{source}' not found: give {', '.join(hints[:-1])} or {hints[-1]}")
 
 
-def _timm_graph(source: str, _shape: tuple[int, ...] | None) -> OpGraph:
+def _timm_module(source: str):
     model, side = timm_model(source[5:])
-    return module_graph(model, (1, 3, side, side), source=source)
+    return model, (1, 3, side, side)
+
+
+def _timm_graph(source: str, _shape: tuple[int, ...] | None) -> OpGraph:
+    return module_graph(*_timm_module(source), source=source)
 
 
 def _is_onnx(source: str) -> bool:
@@ -90,4 +116,4 @@ def _is_onnx(source: str) -> bool:
 
 
 register_source("onnx", _is_onnx, lambda s, shape: graph_from_onnx_file(Path(s), shape), "an .onnx file")
-register_source("timm", lambda s: s.startswith("timm:"), _timm_graph, "timm:NAME")
+register_source("timm", lambda s: s.startswith("timm:"), _timm_graph, "timm:NAME", _timm_module)

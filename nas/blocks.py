@@ -227,6 +227,17 @@ def calib50(spaces: tuple[str, ...] = ("xxs", "xs", "s")) -> list[BlockSpec]:
     return out
 
 
+# Whole networks `profile --preset calib50` times in the same rounds as its blocks, which
+# calibrate fits together with them: AutoViT's three presets, and five timm models picked for
+# what they are made of, each from a family in none of the sets validate is scored on
+# (docs/BENCHMARKS.md): depthwise-separable convolutions (MobileNetV1), inverted residuals
+# found by NAS (SPNASNet), dense 1x1 and depthwise convolutions with concatenation (VoVNet-19
+# dw), a pyramid transformer with spatial-reduction attention and convolutional MLPs (PVTv2-b0)
+# and an isotropic vision transformer (ConViT-tiny).
+CALIB50_NETWORKS = ("autovit:xxs", "autovit:xs", "autovit:s", "timm:mobilenetv1_100", "timm:spnasnet_100",
+                    "timm:ese_vovnet19b_dw", "timm:pvt_v2_b0", "timm:convit_tiny")
+
+
 def arch_blocks(arch) -> list[BlockSpec]:
     """An AutoViT architecture as the sequence of blocks it runs (for LUT sums and profiling)."""
     return [BlockSpec(*f) for f in arch_block_fields(arch)]

@@ -46,7 +46,7 @@ def _arch_file_graph(source: str, _shape) -> OpGraph:
 
 register_source("autovit-arch", lambda s: Path(s).suffix.lower() == ".json", _arch_file_graph, "an architecture .json")
 register_source("autovit", lambda s: s.startswith("autovit:"), lambda s, _shape: arch_graph(load_preset(s), s),
-                "autovit:xxs|xs|s")
+                "autovit:xxs|xs|s", lambda s: (build_model(load_preset(s)), input_shape(load_preset(s))))
 
 
 def reference_model():

@@ -226,3 +226,57 @@ def test_a_prior_fits_fewer_points_than_parameters_and_leaves_zero_terms_alone()
     assert c.params["eff_matrix"] * c.params["eff_vector"] == pytest.approx(0.6 * 0.3 / 2, rel=0.05)
     with pytest.raises(AutoVitError, match="prior's width"):
         ProfileCalibrator(start, prior=0.0)
+
+
+def test_calibrate_cli_fits_the_networks_the_lut_timed(tmp_path, monkeypatch, capsys):
+    """Networks `profile` timed into the LUT are fitted with its blocks, together weighing as
+    much as the blocks, and take the reference network's place; a LUT cannot make calibrate
+    build a file it names."""
+    import json
+
+    from autovit.cli import lat
+    from autovit.cli.lat import lut_networks
+    from autovit.latmodel.fit import network_pricer
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    lut, truth = _lut_priced_by_a_known_profile()
+    lut.reference = {"model": "autovit:xxs", "ref_ms": 1.0}  # far off: must not be used
+    lut.networks = {s: {"median_ms": network_pricer(s)(truth)} for s in ("autovit:xxs", "autovit:xs")}
+    nets = lut_networks(lut, len(BLOCKS))
+    assert [n.source for n in nets] == ["autovit:xxs", "autovit:xs"] and all(n.weight == len(BLOCKS) / 2 for n in nets)
+    lut.save(tmp_path / "lut.json")
+    code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["networks"] == ["autovit:xxs", "autovit:xs"] and result["mape_by_kind"]["network"] < 5
+    assert result["n_points"] == len(BLOCKS) + 2
+    # Not a timm model or a preset (an architecture file, by its suffix): never built from a LUT.
+    lut.networks = {"timm:x.json": {"median_ms": 3.0}}
+    assert lut_networks(lut, len(BLOCKS))[0].ms == 1.0  # the reference network again
+    lut.networks = {"timm:no_such_model_x": {"median_ms": 3.0}}
+    with pytest.raises(AutoVitError, match="--no-network"):
+        lut_networks(lut, len(BLOCKS))
+
+
+def test_calibrate_raises_the_clock_to_the_luts_gemm_probe(tmp_path, monkeypatch, capsys):
+    import json
+
+    from autovit.cli import lat
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    lut, _ = _lut_priced_by_a_known_profile()
+    peak_gflops = load_profile("cpu-x86").matrix_tflops["fp32"] * 1e3
+    lut.environment = {"threads": 8, "sgemm_gflops": 1.5 * peak_gflops}
+    lut.save(tmp_path / "lut.json")
+    code, _, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
+    calibrated = load_profile("cpu-x86@calibrated")
+    assert code == 0 and calibrated.matrix_tflops["fp32"] * 1e3 == pytest.approx(1.5 * peak_gflops, rel=1e-3)
+    assert calibrated.calibration["sgemm_gflops"] == pytest.approx(1.5 * peak_gflops)
+    bad = json.loads((tmp_path / "lut.json").read_text())
+    for value in ("fast", -1.0, True):
+        bad["environment"]["sgemm_gflops"] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(AutoVitError, match="sgemm_gflops"):
+            from autovit.latmodel.lut import load_lut
+            load_lut(tmp_path / "bad.json")

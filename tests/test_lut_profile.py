@@ -298,3 +298,61 @@ def test_bad_rounds_and_bad_lut_reference(tmp_path, capsys):
     lut.save(tmp_path / "bad.json")
     with pytest.raises(AutoVitError, match="reference.ref_ms"):
         load_lut(tmp_path / "bad.json")
+
+
+def test_profile_times_whole_networks_in_the_blocks_rounds(tmp_path):
+    """A network is timed whole beside the blocks, round by round, into the LUT's `networks`
+    (saved with them, loaded back, resumed like them)."""
+    from autovit.latmodel.profiler import NetworkItem, rounds_done
+
+    out = tmp_path / "l.json"
+    net = NetworkItem("autovit:xxs")
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    seen = []
+    measured, failures = profile_blocks([SMALL[0], net], lut, out, "onnxruntime", 1, "isolated",
+                                        replace(FAST, rounds=2), lambda item, m, err: seen.append(item.key))
+    assert measured == 2 and not failures
+    # one pass over the blocks and the network per round
+    assert seen == [SMALL[0].key, net.key, SMALL[0].key, net.key]
+    saved = load_lut(out, "local-cpu")
+    e = saved.networks["autovit:xxs"]
+    assert len(e["round_medians"]) == 2 and e["median_ms"] > 0 and rounds_done(saved, "isolated", net) == 2
+    assert list(saved.entries) == [Lut.entry_key("isolated", SMALL[0])]  # not a block entry
+    measured, _ = profile_blocks([SMALL[0], net], saved, out, "onnxruntime", 1, "isolated", replace(FAST, rounds=2))
+    assert measured == 0  # nothing left to do on a resumed LUT
+
+
+def test_a_luts_networks_name_models_never_files(tmp_path):
+    p, d = _lut_file(tmp_path)
+    good = {"median_ms": 4.0, "round_medians": [4.0, 4.2]}
+    p.write_text(json.dumps(d | {"networks": {"timm:resnet18": good}}))
+    assert load_lut(p).networks == {"timm:resnet18": good}
+    for networks, match in (({"/etc/passwd": good}, "never by file"), ({"timm:../x.onnx": good}, "never by file"),
+                            ({"timm:resnet18": dict(good, median_ms=-1.0)}, "finite and > 0"),
+                            ({"timm:resnet18": dict(good, round_medians=[4.0, "x"])}, "finite and > 0"),
+                            ({"timm:resnet18": dict(good, op_ms={"conv": 1.0})}, "op_ms"),
+                            ({"timm:resnet18": [4.0]}, "must be an object"), ([1], "must be an object")):
+        p.write_text(json.dumps(d | {"networks": networks}))
+        with pytest.raises(AutoVitError, match=match):
+            load_lut(p)
+
+
+def test_profile_cli_networks_option(tmp_path, capsys):
+    lat = __import__("autovit.cli.lat", fromlist=["x"])
+    blocks = tmp_path / "blocks.json"
+    blocks.write_text(json.dumps([SMALL[0].to_dict()]))
+    base = ["profile", "--hw", "local-cpu", "--blocks", str(blocks), "--out", str(tmp_path / "l.json"),
+            "--max-repeats", "6", "--ci-pct", "50", "--rounds", "1", "--no-per-op"]
+    for bad, match in (("timm:no_such_model_x", "unknown timm model"), (str(tmp_path / "m.onnx"), "timm:NAME"),
+                       ("autovit:huge", "unknown AutoViT preset"), (",", "comma list")):
+        code, _, err = run_cli(lat, base + ["--networks", bad], capsys)
+        assert_one_line_error(code, err, match)
+    assert not (tmp_path / "l.json").exists()  # refused before any timing
+    code, out, _ = run_cli(lat, base + ["--networks", "autovit:xxs", "--json"], capsys)
+    assert code == 0 and json.loads(out)["networks"] == ["autovit:xxs"]
+    assert list(load_lut(tmp_path / "l.json").networks) == ["autovit:xxs"]
+    from autovit.nas.blocks import CALIB50_NETWORKS
+
+    assert lat._network_set("preset", "calib50") and [n.source for n in lat._network_set("preset", "calib50")] == \
+        list(CALIB50_NETWORKS)
+    assert lat._network_set("preset", "paper46") == [] and lat._network_set("none", "calib50") == []

@@ -75,3 +75,22 @@ def test_local_cpu_cache_counts_private_caches_per_core_and_shared_ones_once(mon
     monkeypatch.setattr(measure, "physical_cores", lambda: 4)
     assert [c["level"] for c in hardware.os_caches()] == ["1", "2", "3"]
     assert hardware.detect_local_cpu()["memory"]["cache_mib"] == pytest.approx(4 * 2 + 32)
+
+
+def test_a_measured_gemm_above_the_peak_raises_the_clock():
+    """A VM's OS reports the nominal clock; a GEMM measured faster than the peak it implies
+    raises [cpu] ghz to the clock that peak needs, never lowers it."""
+    from autovit.latmodel.hardware import clock_override
+
+    d = {"cpu": {"cores": 2, "ghz": 2.6, "simd_bits": 512, "fma_units": 2}}  # 2 x 2.6 x 64 = 332.8 GFLOP/s
+    assert clock_override(d, 2, 459.0) == {"cpu": {"ghz": round(459.0 / 128, 3)}}
+    assert clock_override(d, 1, 200.0) == {"cpu": {"ghz": round(200.0 / 64, 3)}}  # the LUT's one core
+    assert clock_override(d, 2, 300.0) == {} and clock_override(d, 2, None) == {}  # below peak: efficiency
+    assert clock_override({}, 2, 459.0) == {}  # a profile without [cpu] (a GPU) is left alone
+
+
+def test_the_gemm_probe_times_a_matmul_here():
+    from autovit.latmodel.runner import sgemm_gflops
+
+    assert sgemm_gflops("onnxruntime", 1, bursts=1) > 0
+    assert sgemm_gflops("torch-cuda", 1) is None
