@@ -416,12 +416,16 @@ def reference_network(lut):
                            "calibrate on the blocks alone with --no-network") from None
 
 
-def lut_networks(lut, n_blocks: int) -> list:
-    """The whole networks calibrate fits beside a LUT's `n_blocks` blocks: those `profile` timed
-    with them (lut.networks), together counted as many points as the blocks (one network prices
-    many blocks inside it, each of which the LUT timed alone); in a LUT without any, its reference
-    network (reference_network). Each is priced now, so a bad one fails here in one line."""
+def lut_networks(lut) -> list:
+    """The whole networks calibrate fits beside a LUT's blocks: those `profile` timed with them
+    (lut.networks), each counted as many points as the reference network's blocks (27, the XXS
+    preset: a network prices that many blocks inside it, each of which the LUT timed alone, and
+    the networks are what `estimate` prices); in a LUT without any, its reference network
+    (reference_network). Each is priced now, so a bad one fails here in one line."""
     from autovit.latmodel.fit import ReferenceNetwork, network_pricer
+    from autovit.nas.blocks import arch_block_fields
+    from autovit.nas.latency import REFERENCE_MODEL
+    from autovit.nas.presets import load_preset
 
     nets = ReferenceNetwork.of_lut_networks(lut, buildable)
     if not nets:
@@ -433,7 +437,8 @@ def lut_networks(lut, n_blocks: int) -> list:
         except AutoVitError as e:
             raise AutoVitError(f"the LUT's network '{net.source[:60]}' cannot be priced ({str(e)[:120]}); "
                                "calibrate on the blocks alone with --no-network") from None
-    return [replace(net, weight=max(n_blocks, 1) / len(nets)) for net in nets]
+    weight = float(len(arch_block_fields(load_preset(REFERENCE_MODEL))))
+    return [replace(net, weight=weight) for net in nets]
 
 
 @cli.command()
@@ -502,7 +507,7 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     # Whole networks separate per-run from per-op costs and price what a network pays beyond
     # its blocks timed alone (fit.ProfileCalibrator.fit); a LUT measured without networks or the
     # drift monitor has none.
-    networks = lut_networks(lut, len(blocks)) if with_network else []
+    networks = lut_networks(lut) if with_network else []
     op_ms = [e.get("op_ms") for e in entries] if per_op else None
     what = f"{len(blocks)} blocks" + (" (per op class)" if op_ms and any(op_ms) else "") + \
         (f" and {networks[0].source}" if len(networks) == 1 else f" and {len(networks)} networks" if networks else "")

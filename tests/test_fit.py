@@ -229,8 +229,8 @@ def test_a_prior_fits_fewer_points_than_parameters_and_leaves_zero_terms_alone()
 
 
 def test_calibrate_cli_fits_the_networks_the_lut_timed(tmp_path, monkeypatch, capsys):
-    """Networks `profile` timed into the LUT are fitted with its blocks, together weighing as
-    much as the blocks, and take the reference network's place; a LUT cannot make calibrate
+    """Networks `profile` timed into the LUT are fitted with its blocks, each weighing as much
+    as the reference network did, and take its place; a LUT cannot make calibrate
     build a file it names."""
     import json
 
@@ -243,8 +243,9 @@ def test_calibrate_cli_fits_the_networks_the_lut_timed(tmp_path, monkeypatch, ca
     lut, truth = _lut_priced_by_a_known_profile()
     lut.reference = {"model": "autovit:xxs", "ref_ms": 1.0}  # far off: must not be used
     lut.networks = {s: {"median_ms": network_pricer(s)(truth)} for s in ("autovit:xxs", "autovit:xs")}
-    nets = lut_networks(lut, len(BLOCKS))
-    assert [n.source for n in nets] == ["autovit:xxs", "autovit:xs"] and all(n.weight == len(BLOCKS) / 2 for n in nets)
+    nets = lut_networks(lut)
+    # each as heavy as the reference network was: the XXS preset's blocks
+    assert [n.source for n in nets] == ["autovit:xxs", "autovit:xs"] and all(n.weight == 27 for n in nets)
     lut.save(tmp_path / "lut.json")
     code, out, _ = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "lut.json"), "--json"], capsys)
     result = json.loads(out)
@@ -252,10 +253,10 @@ def test_calibrate_cli_fits_the_networks_the_lut_timed(tmp_path, monkeypatch, ca
     assert result["n_points"] == len(BLOCKS) + 2
     # Not a timm model or a preset (an architecture file, by its suffix): never built from a LUT.
     lut.networks = {"timm:x.json": {"median_ms": 3.0}}
-    assert lut_networks(lut, len(BLOCKS))[0].ms == 1.0  # the reference network again
+    assert lut_networks(lut)[0].ms == 1.0  # the reference network again
     lut.networks = {"timm:no_such_model_x": {"median_ms": 3.0}}
     with pytest.raises(AutoVitError, match="--no-network"):
-        lut_networks(lut, len(BLOCKS))
+        lut_networks(lut)
 
 
 def test_calibrate_raises_the_clock_to_the_luts_gemm_probe(tmp_path, monkeypatch, capsys):
