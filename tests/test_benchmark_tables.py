@@ -80,3 +80,20 @@ def test_cache_levels_prints_a_rate_per_size():
     out = json.loads(r.stdout)
     assert r.returncode == 0 and [c["mib"] for c in out["copies"]] == [0.01, 0.02]
     assert all(c["copy_gbps"] > 0 for c in out["copies"]) and isinstance(out["caches"], list)
+
+
+def test_calib_variants_change_one_thing_each():
+    """benchmarks/calib_variants.py: which whole networks, at which weights, each variant fits."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(BENCH.parent))
+    from benchmarks.calib_variants import networks_for
+
+    lut = SimpleNamespace(networks={"autovit:xxs": {"median_ms": 3.0}, "timm:resnet18": {"median_ms": 9.0}},
+                          reference={"model": "autovit:xxs", "ref_ms": 3.1})
+    weights = lambda v: [(n.source, n.weight) for n in networks_for(v, lut, 50)]  # noqa: E731
+    assert weights("default") == [("autovit:xxs", 27.0), ("timm:resnet18", 27.0)]
+    assert weights("equal-total") == [("autovit:xxs", 25.0), ("timm:resnet18", 25.0)]
+    assert weights("networks-x4") == [("autovit:xxs", 108.0), ("timm:resnet18", 108.0)]
+    assert weights("blocks-only") == [] and weights("reference-only") == [("autovit:xxs", 27.0)]
+    assert run("calib_variants.py", "missing.json", "--out-dir", "x", "--variants", "nope").returncode != 0

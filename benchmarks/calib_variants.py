@@ -1,0 +1,96 @@
+"""Calibration variants on one LUT (issue 12, this machine; nothing timed).
+
+    python benchmarks/calib_variants.py LUT.json --out-dir DIR [--variants default,no-probe,...]
+
+Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the same LUT the way
+`autovit-lat calibrate --hw local-cpu --lut LUT.json` fits it, with one thing changed:
+
+- default: what `calibrate` does (the LUT's blocks with their op classes, its whole networks
+  each counted as the XXS preset's 27 blocks, [cpu] ghz raised to its GEMM probe);
+- no-probe: the clock the OS reports (no clock_override);
+- blocks-only: no whole network (`calibrate --no-network`);
+- reference-only: the drift monitor's reference network instead of the LUT's networks (what
+  `calibrate` did before the LUT held networks);
+- equal-total: the networks together counted as many points as the blocks (each: blocks /
+  networks);
+- networks-x4: each network counted 4 x 27 points.
+
+Prints one JSON object: per variant, the profile written, its fitted parameters, fit error per
+kind and each of the LUT's networks' predicted / measured. Re-price saved validation rows with
+`python benchmarks/cpu_rescore.py --hw DIR/VARIANT.toml validate_*.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+VARIANTS = ("default", "no-probe", "blocks-only", "reference-only", "equal-total", "networks-x4")
+
+
+def networks_for(variant: str, lut, n_blocks: int) -> list:
+    """The whole networks (fit.ReferenceNetwork) a variant fits beside the blocks."""
+    from autovit.cli.lat import lut_networks, reference_network
+
+    if variant == "blocks-only":
+        return []
+    if variant == "reference-only":
+        ref = reference_network(lut)
+        return [ref] if ref else []
+    nets = lut_networks(lut)
+    if variant == "equal-total":
+        return [replace(n, weight=n_blocks / len(nets)) for n in nets]
+    if variant == "networks-x4":
+        return [replace(n, weight=4 * n.weight) for n in nets]
+    return nets
+
+
+def main() -> None:
+    import autovit.nas  # noqa: F401 - registers the autovit: source and block kinds
+    from autovit.latmodel.blocks import block_from_dict
+    from autovit.latmodel.checks import dumps
+    from autovit.latmodel.fit import ProfileCalibrator, network_pricer
+    from autovit.latmodel.hardware import profile_at_threads, write_calibrated_profile
+    from autovit.latmodel.lut import load_lut
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("lut")
+    ap.add_argument("--hw", default="local-cpu")
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    args = ap.parse_args()
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
+    lut = load_lut(args.lut, args.hw)
+    entries = [e for e in lut.entries.values() if e["mode"] == "isolated"]
+    blocks = [block_from_dict(e["block"]) for e in entries]
+    measured = [float(e["median_ms"]) for e in entries]
+    op_ms = [e.get("op_ms") for e in entries]
+    threads = lut.environment.get("threads")
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"lut": args.lut, "variants": {}}
+    for variant in chosen:
+        probe = None if variant == "no-probe" else lut.environment.get("sgemm_gflops")
+        profile, fixed = profile_at_threads(args.hw, threads, probe)
+        nets = networks_for(variant, lut, len(blocks))
+        c = ProfileCalibrator(profile).fit(blocks, measured, nets, op_ms)
+        path = write_calibrated_profile(args.hw, c.params, {"lut": str(Path(args.lut).resolve()), "threads": threads,
+                                                            "sgemm_gflops": probe}, out_dir / f"{variant}.toml", fixed)
+        fitted = replace(profile, **c.params)
+        result["variants"][variant] = {
+            "profile": str(path), "params": {k: round(v, 4) for k, v in c.params.items()}, "at_bound": c.at_bound,
+            "rms_log_error": round(c.rms_log_error, 4), "mape_by_kind": {k: round(v, 1) for k, v in c.mape_by_kind.items()},
+            "networks": {s: round(network_pricer(s)(fitted) / e["median_ms"], 3) for s, e in lut.networks.items()},
+            "weights": sorted({n.weight for n in nets})}
+    print(dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
