@@ -185,16 +185,21 @@ def main() -> None:
     ap.add_argument("--graphs", default=str(HERE / ".cache" / "per_op"), help="cache of exported graphs")
     args = ap.parse_args()
     Path(args.data).mkdir(parents=True, exist_ok=True)
-    if args.collect:
-        collect(args)
+    from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.hardware import load_profile
 
+    if args.collect:
+        collect(args)
+    try:
+        profile = load_profile(args.hw)
+    except AutoVitError as e:  # e.g. no local-cpu@calibrated yet: the timings are saved, say so
+        raise SystemExit(f"error: {e}; the per-op timings are in {args.data}: price them with --hw PROFILE") from None
     res = json.loads((Path(args.data) / f"per_op_t{args.threads}.json").read_text())
     builders = networks(args.random)
     cache = Path(args.graphs)
     cache.mkdir(parents=True, exist_ok=True)
     out = {"threads": args.threads, "hw": args.hw,
-           "residuals": residuals(res, builders, load_profile(args.hw), cache)}
+           "residuals": residuals(res, builders, profile, cache)}
     if args.lut and args.validation:
         out["fit_experiment"] = fit_experiment(args, res, builders, cache)
     print(json.dumps(out, indent=1, default=float))
