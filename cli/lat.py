@@ -248,8 +248,6 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
         lut = _open_lut(out, device, backend, threads, policy)
         todo = [b for b in blocks if rounds_done(lut, mode, b) < rounds]
         nets_todo = [n for n in networks if rounds_done(lut, mode, n) < rounds]
-        if todo or nets_todo:
-            _probe_peak(lut, backend, threads)
         console.print(f"{len(blocks)} blocks, {len(blocks) - len(todo)} already in {out}, {len(todo)} to measure"
                       + (f"; {len(networks)} whole networks, {len(nets_todo)} to measure" if networks else "")
                       + f" ({backend}, {threads} threads)", highlight=False)
@@ -293,7 +291,8 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
 
             monitor = _drift_monitor(backend, threads, policy) if reference and todo else None
             before = lut.reference.get("ref_ms") if lut.entries else None
-            result = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor)
+            probe = _peak_probe(lut, out, backend, threads) if todo else None
+            result = profile_blocks(todo, lut, out, backend, threads, mode, policy, step, monitor, probe)
             prog.update(task, completed=bursts)
         change = run_speed_change(before, monitor)
         if change is not None and not 1 / 1.1 <= change <= 1.1:
@@ -339,15 +338,24 @@ def _module_set(preset: str | None, space_name: str | None, blocks_file: str | N
     return load_blocks(blocks_file)
 
 
-def _probe_peak(lut, backend: str, threads: int) -> None:
-    """Record the fastest fp32 GEMM this run reaches (runner.sgemm_gflops) in the LUT's
-    environment, the highest of every run that filled it: calibrate raises a profile's clock to it."""
-    from autovit.latmodel.runner import sgemm_gflops
+def _peak_probe(lut, out, backend: str, threads: int):
+    """after_round for profile_blocks: time a GEMM burst (runner.sgemm_probe) and keep the
+    fastest rate of every round of every run that filled the LUT in its environment
+    (`sgemm_gflops`, saved at once): calibrate raises a profile's clock to it. None where the
+    backend does not run on this CPU."""
+    from autovit.latmodel.runner import sgemm_probe
 
-    with console.status("timing a GEMM for the peak FLOP/s", spinner="dots"):
-        gflops = sgemm_gflops(backend, threads)
-    if gflops:
-        lut.environment["sgemm_gflops"] = round(max(gflops, lut.environment.get("sgemm_gflops") or 0.0), 1)
+    probe = sgemm_probe(backend, threads)
+    if probe is None:
+        return None
+
+    def after_round(_round: int) -> None:
+        gflops = probe()
+        if gflops > (lut.environment.get("sgemm_gflops") or 0.0):
+            lut.environment["sgemm_gflops"] = round(gflops, 1)
+            if lut.entries or lut.networks:  # a run where everything failed leaves no LUT behind
+                lut.save(out)
+    return after_round
 
 
 def _network_set(spec: str, preset: str | None) -> list:

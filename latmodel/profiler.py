@@ -149,11 +149,12 @@ def rounds_done(lut: Lut, mode: str, block: Item) -> int:
 def profile_blocks(blocks: list[Item], lut: Lut, path: str | Path, backend: str, threads: int,
                    mode: str, policy: TimingPolicy,
                    on_progress: Callable[[Item, Measurement | None, str | None], None] | None = None,
-                   monitor: DriftMonitor | None = None) -> tuple[int, list[tuple[str, str]]]:
+                   monitor: DriftMonitor | None = None,
+                   after_round: Callable[[int], None] | None = None) -> tuple[int, list[tuple[str, str]]]:
     """Measure every block (or whole network) of `blocks` until it has `policy.rounds` rounds in
     `lut`, one pass over them per round (runner.measure_rounds), saving after each burst. With a
-    drift monitor, the LUT records its reference speed (settle_lut). Returns (items completed,
-    failures)."""
+    drift monitor, the LUT records its reference speed (settle_lut); `after_round(round)`
+    follows every pass (runner.measure_rounds). Returns (items completed, failures)."""
     if mode not in ("isolated", "ablation"):
         raise AutoVitError(f"unknown mode '{mode}': use isolated or ablation")
     completed = set()
@@ -171,5 +172,6 @@ def profile_blocks(blocks: list[Item], lut: Lut, path: str | Path, backend: str,
 
     failures = measure_rounds(blocks, policy.rounds, policy, key=lambda b: b.key,
                               runners=lambda b: block_runners(b, mode, backend, threads), record=record,
-                              done=lambda b, r: rounds_done(lut, mode, b) > r, monitor=monitor, on_step=on_progress)
+                              done=lambda b, r: rounds_done(lut, mode, b) > r, monitor=monitor, on_step=on_progress,
+                              after_round=after_round)
     return len(completed), list(failures.items())

@@ -76,21 +76,30 @@ def drift_monitor(reference_module, input_shape: tuple[int, ...], backend: str, 
 PROBE_N = 512
 
 
-def sgemm_gflops(backend: str, threads: int, bursts: int = 5) -> float | None:
-    """The fastest fp32 matrix-multiply rate (GFLOP/s) `backend` reaches here on `threads`
-    threads: a PROBE_N^3 MatMul, the best of `bursts` burst medians. None for a backend that does
-    not run on this CPU. A virtual machine's OS reports the cores' nominal clock, not the one they
-    run at under load (this project's VMs: 2.6 GHz reported, a GEMM at 1.4x the peak that implies),
-    and a peak below what a GEMM reaches cannot be fitted by efficiencies <= 1 (calibrate raises
-    the clock to it: hardware.clock_override)."""
+def sgemm_probe(backend: str, threads: int) -> Callable[[], float] | None:
+    """A ready-to-time peak probe: each call times a short burst of a PROBE_N^3 fp32 MatMul on
+    `threads` threads and returns its rate (GFLOP/s, the burst's median). None for a backend
+    that does not run on this CPU. `profile` calls it after every round and keeps the fastest:
+    a shared machine's slow spells halve it (this project's VM: 233 against 458 GFLOP/s in
+    one run), and no GEMM runs faster than the peak, so the fastest burst is the truest."""
     from torch import nn
 
     if backend not in ("onnxruntime", "torch"):
         return None
     run, _ = prepare(nn.Linear(PROBE_N, PROBE_N, bias=False).eval(), (PROBE_N, PROBE_N), backend, threads)
     policy = TimingPolicy(warmup=3, min_repeats=10, max_repeats=40, ci_pct=2.0, max_seconds=2.0)
-    best_ms = min(time_callable(run, policy).median_ms for _ in range(bursts))
-    return 2 * PROBE_N ** 3 / (best_ms * 1e6)
+    return lambda: 2 * PROBE_N ** 3 / (time_callable(run, policy).median_ms * 1e6)
+
+
+def sgemm_gflops(backend: str, threads: int, bursts: int = 5) -> float | None:
+    """The fastest fp32 matrix-multiply rate (GFLOP/s) `backend` reaches here on `threads`
+    threads: the best of `bursts` back-to-back probe bursts (sgemm_probe). None for a backend
+    that does not run on this CPU. A virtual machine's OS reports the cores' nominal clock, not the one they
+    run at under load (this project's VMs: 2.6 GHz reported, a GEMM at 1.4x the peak that implies),
+    and a peak below what a GEMM reaches cannot be fitted by efficiencies <= 1 (calibrate raises
+    the clock to it: hardware.clock_override)."""
+    probe = sgemm_probe(backend, threads)
+    return max(probe() for _ in range(bursts)) if probe else None
 
 
 def failure_line(e: Exception) -> str:
@@ -102,12 +111,14 @@ def measure_rounds(items: Sequence[Any], rounds: int, policy: TimingPolicy,
                    key: Callable[[Any], Hashable], runners: Callable[[Any], list[Runner]],
                    record: Callable[[Any, list[Measurement], float | None], None],
                    done: Callable[[Any, int], bool] | None = None, monitor: DriftMonitor | None = None,
-                   on_step: Callable[[Any, Measurement | None, str | None], None] | None = None) -> dict[Hashable, str]:
+                   on_step: Callable[[Any, Measurement | None, str | None], None] | None = None,
+                   after_round: Callable[[int], None] | None = None) -> dict[Hashable, str]:
     """Time every item in `rounds` passes (module doc). Per item: `runners(item)` (built once)
     -> one burst each, handed to `record(item, bursts, reference_ms)` with the drift monitor's
     reference burst (ms, or None without a monitor); an item for which `done(item, round)` is
     true is skipped that round. `on_step(item, first burst or None, error or None)` follows
-    every burst. Returns {key: error} of the items that failed (each is tried once)."""
+    every burst; `after_round(round)` follows every pass. Returns {key: error} of the items that
+    failed (each is tried once)."""
     built: dict[Hashable, list[Runner]] = {}
     failures: dict[Hashable, str] = {}
     for r in range(rounds):
@@ -130,4 +141,6 @@ def measure_rounds(items: Sequence[Any], rounds: int, policy: TimingPolicy,
             record(item, bursts, reference_ms)
             if on_step:
                 on_step(item, bursts[0], None)
+        if after_round is not None:
+            after_round(r)
     return failures

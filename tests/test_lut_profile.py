@@ -310,10 +310,11 @@ def test_profile_times_whole_networks_in_the_blocks_rounds(tmp_path):
     lut = Lut("local-cpu", "onnxruntime", {}, {})
     seen = []
     measured, failures = profile_blocks([SMALL[0], net], lut, out, "onnxruntime", 1, "isolated",
-                                        replace(FAST, rounds=2), lambda item, m, err: seen.append(item.key))
+                                        replace(FAST, rounds=2), lambda item, m, err: seen.append(item.key),
+                                        after_round=lambda r: seen.append(f"round {r}"))
     assert measured == 2 and not failures
-    # one pass over the blocks and the network per round
-    assert seen == [SMALL[0].key, net.key, SMALL[0].key, net.key]
+    # one pass over the blocks and the network per round, each followed by after_round (the GEMM probe)
+    assert seen == [SMALL[0].key, net.key, "round 0", SMALL[0].key, net.key, "round 1"]
     saved = load_lut(out, "local-cpu")
     e = saved.networks["autovit:xxs"]
     assert len(e["round_medians"]) == 2 and e["median_ms"] > 0 and rounds_done(saved, "isolated", net) == 2
@@ -350,7 +351,9 @@ def test_profile_cli_networks_option(tmp_path, capsys):
     assert not (tmp_path / "l.json").exists()  # refused before any timing
     code, out, _ = run_cli(lat, base + ["--networks", "autovit:xxs", "--json"], capsys)
     assert code == 0 and json.loads(out)["networks"] == ["autovit:xxs"]
-    assert list(load_lut(tmp_path / "l.json").networks) == ["autovit:xxs"]
+    saved = load_lut(tmp_path / "l.json")
+    # the GEMM probe's fastest round, for calibrate's clock (hardware.clock_override)
+    assert list(saved.networks) == ["autovit:xxs"] and saved.environment["sgemm_gflops"] > 0
     from autovit.nas.blocks import CALIB50_NETWORKS
 
     assert lat._network_set("preset", "calib50") and [n.source for n in lat._network_set("preset", "calib50")] == \
