@@ -269,7 +269,8 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
         for k, e in failures:
             console.print(f"[yellow]failed:[/] {k}: {e}", highlight=False)
     if failures:
-        kept = f"{out} keeps the {len(lut.entries)} measured entries" if lut.entries else "nothing was written"
+        n_kept = len(lut.entries) + len(lut.networks)
+        kept = f"{out} keeps the {n_kept} measured entries and networks" if n_kept else "nothing was written"
         raise AutoVitError(f"{len(failures)} of {len(todo) + len(nets_todo)} blocks{' and networks' if nets_todo else ''} failed (first: {failures[0][0]}: {failures[0][1]}); "
                            f"{kept}; fix or drop those blocks and run the same command to resume")
 
@@ -301,7 +302,8 @@ def _measure(todo: list, lut, out, backend: str, threads: int, mode: str, policy
                           f"new LUT in one run for a consistent table", highlight=False)
         return result
     except KeyboardInterrupt:
-        console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries are saved in {out}; "
+        console.print(f"[bold red]error:[/] interrupted; {len(lut.entries)} entries and {len(lut.networks)} networks "
+                      f"are saved in {out}; "
                       "run the same command to resume", highlight=False)
         raise SystemExit(130) from None
 
@@ -350,7 +352,10 @@ def _peak_probe(lut, out, backend: str, threads: int):
         return None
 
     def after_round(_round: int) -> None:
-        gflops = probe()
+        try:
+            gflops = probe()
+        except Exception:  # noqa: BLE001 - the probe is optional: a LUT without it keeps the OS clock
+            return
         if gflops > (lut.environment.get("sgemm_gflops") or 0.0):
             lut.environment["sgemm_gflops"] = round(gflops, 1)
             if lut.entries or lut.networks:  # a run where everything failed leaves no LUT behind
@@ -401,6 +406,11 @@ def _open_lut(out, device: str, backend: str, threads: int, policy):
     lut = load_lut(out, device)
     if lut.backend != backend:
         raise AutoVitError(f"{out} was measured with {lut.backend}, not {backend}; use another --out")
+    measured_threads = (lut.environment or {}).get("threads")
+    if measured_threads is not None and measured_threads != threads:
+        # calibrate models the LUT's thread count: entries (and the GEMM probe) at another would mix two machines
+        raise AutoVitError(f"{out} was measured with {measured_threads} threads, not {threads}; "
+                           f"pass --threads {measured_threads} or use another --out")
     return lut
 
 
@@ -442,8 +452,8 @@ def lut_networks(lut) -> list:
     for net in nets:
         try:
             network_pricer(net.source)
-        except AutoVitError as e:
-            raise AutoVitError(f"the LUT's network '{net.source[:60]}' cannot be priced ({str(e)[:120]}); "
+        except Exception as e:  # noqa: BLE001 - a LUT from elsewhere may name a model the exporter refuses
+            raise AutoVitError(f"the LUT's network '{net.source[:60]}' cannot be priced ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
                                "calibrate on the blocks alone with --no-network") from None
     weight = float(len(arch_block_fields(load_preset(REFERENCE_MODEL))))
     return [replace(net, weight=weight) for net in nets]
@@ -502,7 +512,13 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     probe = (lut.environment or {}).get("sgemm_gflops")  # checked by load_lut: None or a rate
     # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many,
     # at a clock no lower than the one its GEMM probe ran at.
-    profile, fixed = profile_at_threads(hw, threads, probe)
+    try:
+        profile, fixed = profile_at_threads(hw, threads, probe)
+    except AutoVitError as e:
+        if not probe:
+            raise
+        raise AutoVitError(f"{lut_path}: its GEMM probe (environment.sgemm_gflops = {probe:g}) implies a clock "
+                           f"the profile refuses ({str(e)[:120]}); re-run `autovit-lat profile`") from None
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         others = sorted({e["mode"] for e in lut.entries.values()})

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 
 from autovit.cli.common import buildable, console, output_path, print_json, register_autovit
-from autovit.latmodel.errors import UsageError
+from autovit.latmodel.errors import AutoVitError, UsageError
 
 
 def _families(text: str) -> tuple[str, ...]:
@@ -89,7 +89,8 @@ def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: s
     """Fit `hw` to measured whole networks (and a LUT's blocks); writes HW@calibrated."""
     from datetime import date
 
-    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
+    from autovit.latmodel.hardware import (CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, profile_at_threads,
+                                           write_calibrated_profile)
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.netcal import calibrate, network_pricer
 
@@ -100,10 +101,14 @@ def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: s
     if out_file and out_file.exists() and not out_file.read_bytes().startswith(CALIBRATION_HEADER.encode()):
         raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
                          "choose a new file")
-    profile = load_profile(hw)
+    profile, fixed = load_profile(hw), None
     if lut_path:
         register_autovit()  # the LUT's blocks are read through the block registry
     lut = load_lut(lut_path, profile.name) if lut_path else None
+    if lut is not None:
+        # as `calibrate --lut`: the LUT's blocks ran on its threads, at no lower a clock than its GEMM probe
+        env = lut.environment or {}
+        profile, fixed = profile_at_threads(hw, env.get("threads"), env.get("sgemm_gflops"))
     rows, models, skip = read_networks(networks, coreml_format, cvnets, cache, jobs)
     usable = [r for r in rows if r.graph_key not in skip]
     failed = [{"model": r.model, "line": r.line, "reason": skip[r.graph_key]} for r in rows if r.graph_key in skip]
@@ -112,14 +117,19 @@ def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: s
         from autovit.latmodel.fit import ReferenceNetwork
         from autovit.latmodel.fit import network_pricer as source_pricer
 
-        nets += [(source_pricer(n.source), n.ms) for n in ReferenceNetwork.of_lut_networks(lut, buildable)]
+        try:
+            nets += [(source_pricer(n.source), n.ms) for n in ReferenceNetwork.of_lut_networks(lut, buildable)]
+        except Exception as e:  # noqa: BLE001 - a LUT from elsewhere may name a model the exporter refuses
+            raise AutoVitError(f"{lut_path}: a network it holds cannot be priced "
+                               f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
     with console.status(f"fitting {profile.name} to {len(nets)} networks" + (" and a LUT" if lut else ""), spinner="dots"):
         cal, _ = calibrate(profile, nets, lut, mode)
     record = {"lut": str(Path(lut_path).resolve()) if lut_path else None, "networks": str(Path(networks).resolve()),
               "date": date.today().isoformat(), "mode": mode if lut else None, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound}
-    written = write_calibrated_profile(hw, cal.params, record, out_file)
+              "at_bound": cal.at_bound,
+              **({"threads": env.get("threads"), "sgemm_gflops": env.get("sgemm_gflops")} if lut is not None else {})}
+    written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
         print_json({"profile": str(written), "networks": len(nets), "failed": failed, **cal.to_dict()})
         return

@@ -807,7 +807,8 @@ def profile_at_threads(name_or_path: str, threads: int | None,
 def clock_override(d: dict[str, Any], threads: int | None, sgemm_gflops: float | None) -> dict[str, Any]:
     """[cpu] ghz raised to the clock at which the fp32 peak of `threads` cores (all of them
     without) equals `sgemm_gflops`, a matrix multiply measured on this machine at that many
-    threads (runner.sgemm_gflops), when the peak the profile gives is below it; {} otherwise. A
+    threads (the fastest runner.sgemm_probe burst of a LUT), when the peak the profile gives is
+    below it; {} otherwise. A
     GEMM cannot beat the peak: the OS reported a lower clock than the cores ran at (a VM's
     nominal one), and efficiencies <= 1 would price every compute-bound op too slow."""
     cpu = d.get("cpu") or {}

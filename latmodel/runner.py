@@ -91,17 +91,6 @@ def sgemm_probe(backend: str, threads: int) -> Callable[[], float] | None:
     return lambda: 2 * PROBE_N ** 3 / (time_callable(run, policy).median_ms * 1e6)
 
 
-def sgemm_gflops(backend: str, threads: int, bursts: int = 5) -> float | None:
-    """The fastest fp32 matrix-multiply rate (GFLOP/s) `backend` reaches here on `threads`
-    threads: the best of `bursts` back-to-back probe bursts (sgemm_probe). None for a backend
-    that does not run on this CPU. A virtual machine's OS reports the cores' nominal clock, not the one they
-    run at under load (this project's VMs: 2.6 GHz reported, a GEMM at 1.4x the peak that implies),
-    and a peak below what a GEMM reaches cannot be fitted by efficiencies <= 1 (calibrate raises
-    the clock to it: hardware.clock_override)."""
-    probe = sgemm_probe(backend, threads)
-    return max(probe() for _ in range(bursts)) if probe else None
-
-
 def failure_line(e: Exception) -> str:
     """One line for an exception a backend or exporter raised."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"

@@ -274,6 +274,11 @@ def test_calibrate_raises_the_clock_to_the_luts_gemm_probe(tmp_path, monkeypatch
     calibrated = load_profile("cpu-x86@calibrated")
     assert code == 0 and calibrated.matrix_tflops["fp32"] * 1e3 == pytest.approx(1.5 * peak_gflops, rel=1e-3)
     assert calibrated.calibration["sgemm_gflops"] == pytest.approx(1.5 * peak_gflops)
+    # a probe no clock can give is the LUT's fault, said in one line
+    lut.environment = {"threads": 8, "sgemm_gflops": 1e6}
+    lut.save(tmp_path / "huge.json")
+    code, _, err = run_cli(lat, ["calibrate", "--hw", "cpu-x86", "--lut", str(tmp_path / "huge.json")], capsys)
+    assert code != 0 and "environment.sgemm_gflops" in err and "Traceback" not in err
     bad = json.loads((tmp_path / "lut.json").read_text())
     for value in ("fast", -1.0, True):
         bad["environment"]["sgemm_gflops"] = value

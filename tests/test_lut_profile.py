@@ -359,3 +359,17 @@ def test_profile_cli_networks_option(tmp_path, capsys):
     assert lat._network_set("preset", "calib50") and [n.source for n in lat._network_set("preset", "calib50")] == \
         list(CALIB50_NETWORKS)
     assert lat._network_set("preset", "paper46") == [] and lat._network_set("none", "calib50") == []
+
+
+def test_a_lut_resumes_only_at_the_threads_it_was_measured_with(tmp_path, capsys):
+    """calibrate models the LUT's thread count; entries and GEMM probe at another would mix two machines."""
+    lat = __import__("autovit.cli.lat", fromlist=["x"])
+    lut = Lut("local-cpu", "onnxruntime", {"threads": 4, "sgemm_gflops": 100.0}, {})
+    lut.add("isolated", SMALL[0], {"median_ms": 0.2})
+    lut.save(tmp_path / "l.json")
+    blocks = tmp_path / "b.json"
+    blocks.write_text(json.dumps([SMALL[1].to_dict()]))
+    code, _, err = run_cli(lat, ["profile", "--hw", "local-cpu", "--blocks", str(blocks), "--out", str(tmp_path / "l.json"),
+                                 "--threads", "1"], capsys)
+    assert_one_line_error(code, err, "--threads 4")
+    assert load_lut(tmp_path / "l.json").environment["sgemm_gflops"] == 100.0  # untouched
