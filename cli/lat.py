@@ -8,8 +8,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from autovit.cli.common import FiniteFloat, buildable, console, output_path, print_json, register_autovit, run
-from autovit.cli.lat_device import (lut_group, print_calibration, run_calibrate_networks, run_export_blocks,
-                                    run_validate_measurements, table_options)
+from autovit.cli.lat_device import (lut_group, lut_profile, print_calibration, priced_lut_networks,
+                                    run_calibrate_networks, run_export_blocks, run_validate_measurements, table_options)
 from autovit.latmodel.errors import AutoVitError, UsageError
 
 DTYPES = ("fp32", "fp16", "bf16", "int8")
@@ -436,25 +436,18 @@ def reference_network(lut):
 
 def lut_networks(lut) -> list:
     """The whole networks calibrate fits beside a LUT's blocks: those `profile` timed with them
-    (lut.networks), each counted as many points as the reference network's blocks (27, the XXS
-    preset: a network prices that many blocks inside it, each of which the LUT timed alone, and
-    the networks are what `estimate` prices); in a LUT without any, its reference network
-    (reference_network). Each is priced now, so a bad one fails here in one line."""
-    from autovit.latmodel.fit import ReferenceNetwork, network_pricer
+    (lut.networks, priced now: lat_device.priced_lut_networks), each counted as many points as
+    the reference network's blocks (27, the XXS preset: a network prices that many blocks inside
+    it, each of which the LUT timed alone, and the networks are what `estimate` prices); in a LUT
+    without any, its reference network (reference_network)."""
     from autovit.nas.blocks import arch_block_fields
     from autovit.nas.latency import REFERENCE_MODEL
     from autovit.nas.presets import load_preset
 
-    nets = ReferenceNetwork.of_lut_networks(lut, buildable)
+    nets = priced_lut_networks(lut, "calibrate on the blocks alone with --no-network")
     if not nets:
         ref = reference_network(lut)
         return [ref] if ref else []
-    for net in nets:
-        try:
-            network_pricer(net.source)
-        except Exception as e:  # noqa: BLE001 - a LUT from elsewhere may name a model the exporter refuses
-            raise AutoVitError(f"the LUT's network '{net.source[:60]}' cannot be priced ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
-                               "calibrate on the blocks alone with --no-network") from None
     weight = float(len(arch_block_fields(load_preset(REFERENCE_MODEL))))
     return [replace(net, weight=weight) for net in nets]
 
@@ -495,8 +488,7 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
 
     from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.fit import ProfileCalibrator
-    from autovit.latmodel.hardware import (CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, profile_at_threads,
-                                           write_calibrated_profile)
+    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
 
     register_autovit()
@@ -508,17 +500,8 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
         raise UsageError(f"cannot use --out {out_file}: it exists and is not a profile written by calibrate; "
                          "choose a new file")
     lut = load_lut(lut_path, load_profile(hw).name)
-    threads = (lut.environment or {}).get("threads")  # checked by load_lut: None or 1..4096
-    probe = (lut.environment or {}).get("sgemm_gflops")  # checked by load_lut: None or a rate
-    # The LUT's blocks ran on `threads` cores: the fit and the written profile model that many,
-    # at a clock no lower than the one its GEMM probe ran at.
-    try:
-        profile, fixed = profile_at_threads(hw, threads, probe)
-    except AutoVitError as e:
-        if not probe:
-            raise
-        raise AutoVitError(f"{lut_path}: its GEMM probe (environment.sgemm_gflops = {probe:g}) implies a clock "
-                           f"the profile refuses ({str(e)[:120]}); re-run `autovit-lat profile`") from None
+    profile, fixed = lut_profile(hw, lut, lut_path)
+    threads, probe = lut.environment.get("threads"), lut.environment.get("sgemm_gflops")
     entries = [e for e in lut.entries.values() if e.get("mode") == mode]
     if not entries:
         others = sorted({e["mode"] for e in lut.entries.values()})

@@ -84,13 +84,48 @@ def _print_validation(r: dict) -> None:
 
 
 # ---- calibrate --networks ----------------------------------------------------------------
+def lut_profile(hw: str, lut, lut_path: str):
+    """(profile, fixed keys) of `hw` as a LUT's blocks ran: on its threads, at a clock no lower
+    than its GEMM probe implies (hardware.profile_at_threads); a probe that implies a clock no
+    profile allows is the LUT's fault, said in one line."""
+    from autovit.latmodel.hardware import profile_at_threads
+
+    threads = lut.environment.get("threads")  # checked by load_lut: None or 1..4096
+    probe = lut.environment.get("sgemm_gflops")  # checked by load_lut: None or a rate
+    try:
+        return profile_at_threads(hw, threads, probe)
+    except AutoVitError as e:
+        if not probe:
+            raise
+        raise AutoVitError(f"{lut_path}: its GEMM probe (environment.sgemm_gflops = {probe:g}) implies a clock "
+                           f"the profile refuses ({str(e)[:120]}); re-run `autovit-lat profile`") from None
+
+
+def priced_lut_networks(lut, fix: str) -> list:
+    """The whole networks a LUT timed (fit.ReferenceNetwork, weight 1) that calibrate may build
+    (common.buildable: timm models and AutoViT presets, never a file), each with its pricer built
+    now; one that cannot be priced (a LUT from elsewhere may name a model the exporter refuses) is
+    a one-line error ending in `fix`."""
+    from dataclasses import replace
+
+    from autovit.latmodel.fit import ReferenceNetwork, network_pricer
+
+    out = []
+    for net in ReferenceNetwork.of_lut_networks(lut, buildable):
+        try:
+            out.append(replace(net, pricer=network_pricer(net.source)))
+        except Exception as e:  # noqa: BLE001 - any exporter failure is the LUT's, said in one line
+            why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise AutoVitError(f"the LUT's network '{net.source[:60]}' cannot be priced ({why}); {fix}") from None
+    return out
+
+
 def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: str, out_path: str | None,
                            coreml_format: str, cvnets: str, cache: str | None, jobs: int, as_json: bool) -> None:
     """Fit `hw` to measured whole networks (and a LUT's blocks); writes HW@calibrated."""
     from datetime import date
 
-    from autovit.latmodel.hardware import (CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, profile_at_threads,
-                                           write_calibrated_profile)
+    from autovit.latmodel.hardware import CALIBRATED_SUFFIX, CALIBRATION_HEADER, load_profile, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.netcal import calibrate, network_pricer
 
@@ -105,23 +140,15 @@ def run_calibrate_networks(hw: str, networks: str, lut_path: str | None, mode: s
     if lut_path:
         register_autovit()  # the LUT's blocks are read through the block registry
     lut = load_lut(lut_path, profile.name) if lut_path else None
-    if lut is not None:
-        # as `calibrate --lut`: the LUT's blocks ran on its threads, at no lower a clock than its GEMM probe
-        env = lut.environment or {}
-        profile, fixed = profile_at_threads(hw, env.get("threads"), env.get("sgemm_gflops"))
+    if lut is not None:  # as `calibrate --lut`
+        profile, fixed = lut_profile(hw, lut, lut_path)
+        env = lut.environment
     rows, models, skip = read_networks(networks, coreml_format, cvnets, cache, jobs)
     usable = [r for r in rows if r.graph_key not in skip]
     failed = [{"model": r.model, "line": r.line, "reason": skip[r.graph_key]} for r in rows if r.graph_key in skip]
     nets = [(network_pricer(models[r.graph_key], r.coreml_format), r.latency_ms) for r in usable]
     if lut is not None:  # the whole networks profile timed with the LUT's blocks join the table's
-        from autovit.latmodel.fit import ReferenceNetwork
-        from autovit.latmodel.fit import network_pricer as source_pricer
-
-        try:
-            nets += [(source_pricer(n.source), n.ms) for n in ReferenceNetwork.of_lut_networks(lut, buildable)]
-        except Exception as e:  # noqa: BLE001 - a LUT from elsewhere may name a model the exporter refuses
-            raise AutoVitError(f"{lut_path}: a network it holds cannot be priced "
-                               f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+        nets += [(n.pricer, n.ms) for n in priced_lut_networks(lut, "fit without the LUT or re-run `autovit-lat profile`")]
     with console.status(f"fitting {profile.name} to {len(nets)} networks" + (" and a LUT" if lut else ""), spinner="dots"):
         cal, _ = calibrate(profile, nets, lut, mode)
     record = {"lut": str(Path(lut_path).resolve()) if lut_path else None, "networks": str(Path(networks).resolve()),

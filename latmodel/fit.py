@@ -87,6 +87,9 @@ class ReferenceNetwork:
     source: str
     ms: float
     weight: float = 1.0
+    # Its pricer once built (network_pricer exports the whole model: seconds), so a caller that
+    # checked it can hand it on to the fit.
+    pricer: Pricer | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of_lut(cls, lut, trusted: Callable[[str], bool]) -> "ReferenceNetwork | None":
@@ -234,7 +237,7 @@ class ProfileCalibrator:
                 kinds.append("op:" + cls)
                 weights.append(1.0)
         for net in [network] if isinstance(network, ReferenceNetwork) else network or []:
-            pricers.append(network_pricer(net.source))
+            pricers.append(net.pricer or network_pricer(net.source))
             measured_ms.append(net.ms)
             kinds.append("network")
             weights.append(net.weight)

@@ -431,6 +431,12 @@ def _fusion(d: dict, where: str) -> tuple[FusionRule, ...]:
     return tuple(rules)
 
 
+def flops_per_clock(cores: int, simd_bits: int, fma_units: int, dtype: str = "fp32") -> int:
+    """Peak FLOPs per clock of `cores` cores: lanes (SIMD bits / element bits) x 2 (a fused
+    multiply-add) x FMA units each."""
+    return cores * max(simd_bits // (8 * DTYPE_BYTES[dtype]), 1) * 2 * fma_units
+
+
 def _derive_cpu(d: dict[str, Any], where: str) -> dict[str, Any]:
     """Fill a CPU's compute table from its [cpu] parameters (cores, clock, SIMD, FMA units).
 
@@ -444,7 +450,7 @@ def _derive_cpu(d: dict[str, Any], where: str) -> dict[str, Any]:
     simd, fma = _val(d, "cpu.simd_bits", where), _val(d, "cpu.fma_units", where)
     compute = dict(d.get("compute", {}))
     dtypes = d.get("dtypes", ["fp32"])
-    peaks = {dt: cores * ghz * max(simd // (8 * DTYPE_BYTES[dt]), 1) * 2 * fma / 1e3 for dt in dtypes}
+    peaks = {dt: ghz * flops_per_clock(cores, simd, fma, dt) / 1e3 for dt in dtypes}
     compute.setdefault("units", cores)
     compute.setdefault("matrix_tflops", peaks)
     compute.setdefault("vector_tflops", peaks)
@@ -808,16 +814,15 @@ def clock_override(d: dict[str, Any], threads: int | None, sgemm_gflops: float |
     """[cpu] ghz raised to the clock at which the fp32 peak of `threads` cores (all of them
     without) equals `sgemm_gflops`, a matrix multiply measured on this machine at that many
     threads (the fastest runner.sgemm_probe burst of a LUT), when the peak the profile gives is
-    below it; {} otherwise. A
-    GEMM cannot beat the peak: the OS reported a lower clock than the cores ran at (a VM's
-    nominal one), and efficiencies <= 1 would price every compute-bound op too slow."""
+    below it; {} otherwise. A GEMM cannot beat the peak: the OS reported a lower clock than the
+    cores ran at (a VM's nominal one), and efficiencies <= 1 would price every compute-bound op
+    too slow."""
     cpu = d.get("cpu") or {}
     needed = ("cores", "ghz", "simd_bits", "fma_units")
     if not sgemm_gflops or not all(isinstance(cpu.get(k), (int, float)) for k in needed):
         return {}
     cores = min(threads or cpu["cores"], cpu["cores"])
-    flops_per_clock = cores * max(cpu["simd_bits"] // 32, 1) * 2 * cpu["fma_units"]
-    ghz = sgemm_gflops / flops_per_clock
+    ghz = sgemm_gflops / flops_per_clock(cores, cpu["simd_bits"], cpu["fma_units"])
     return {"cpu": {"ghz": round(ghz, 3)}} if ghz > cpu["ghz"] else {}
 
 

@@ -42,19 +42,21 @@ def register_source(name: str, matches: Callable[[str], bool],
     _SOURCES[name] = Source(name, matches, resolve, hint or name, build)
 
 
+def _source_of(source: str) -> Source | None:
+    """The registered source that reads `source` (the latest registered first), None if none."""
+    return next((s for s in reversed(_SOURCES.values()) if s.matches(source)), None)
+
+
 def source_kind(source: str) -> str | None:
     """The name of the registered source that reads `source` (timm, onnx, ...), None if none."""
-    for s in reversed(_SOURCES.values()):
-        if s.matches(source):
-            return s.name
-    return None
+    s = _source_of(source)
+    return s.name if s else None
 
 
 def network_module(source: str):
     """(torch module, input shape at batch 1) of a network named by a source that can build it
     (`timm:NAME`; `autovit:PRESET` once autovit.nas is imported), to time it here."""
-    kind = source_kind(source)
-    s = _SOURCES.get(kind) if kind else None
+    s = _source_of(source)
     if s is None or s.build is None:
         can = [x.hint for x in _SOURCES.values() if x.build is not None]
         raise AutoVitError(f"'{source[:60]}' cannot be built to time it here; give {' or '.join(can)}")
@@ -93,9 +95,9 @@ def module_graph(model, input_shape: tuple[int, ...], source: str = "") -> OpGra
 
 def graph_for(source: str, input_shape: tuple[int, ...] | None = None) -> OpGraph:
     """The op graph at batch 1 (or the ONNX file's own batch) for any registered source."""
-    for s in reversed(_SOURCES.values()):
-        if s.matches(source):
-            return s.resolve(source, input_shape)
+    s = _source_of(source)
+    if s is not None:
+        return s.resolve(source, input_shape)
     hints = [s.hint for s in _SOURCES.values()]
     raise AutoVitError(f"model '{source}' not found: give {', '.join(hints[:-1])} or {hints[-1]}")
 
