@@ -97,3 +97,5 @@ def test_calib_variants_change_one_thing_each():
     assert weights("networks-x4") == [("autovit:xxs", 108.0), ("timm:resnet18", 108.0)]
     assert weights("blocks-only") == [] and weights("reference-only") == [("autovit:xxs", 27.0)]
     assert run("calib_variants.py", "missing.json", "--out-dir", "x", "--variants", "nope").returncode != 0
+    r = run("calib_variants.py", str(BENCH / "missing_lut.json"), "--out-dir", "x", "--variants", "default")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -192,7 +192,16 @@ def test_calibrate_on_networks_and_a_lut_together(onnx_blocks, tmp_path, capsys,
     assert code == 0, err
     r = json.loads(stdout)
     assert r["n_points"] == 12 + len(TINY_BLOCKS) and "network" in r["mape_by_kind"] and "conv" in r["mape_by_kind"]
-    assert (tmp_path / "home" / "profiles" / "v100@calibrated.toml").exists()
+    written = tmp_path / "home" / "profiles" / "v100@calibrated.toml"
+    assert written.exists()
+    # A network the LUT names that cannot be priced: one line, and the profile already written stays.
+    before = written.read_text()
+    lut.networks = {"timm:no_such_model_x": {"median_ms": 3.0}}
+    lut.save(tmp_path / "lut.json")
+    code, _, err = run_cli(lat, ["calibrate", "--hw", "v100", "--networks", str(table), "--lut",
+                                 str(tmp_path / "lut.json")], capsys)
+    assert_one_line_error(code, err, "no_such_model_x")
+    assert written.read_text() == before
 
 
 def test_calibrate_networks_refuses_too_few_rows_and_bad_tables(tmp_path, capsys):
