@@ -195,4 +195,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from autovit.latmodel.errors import AutoVitError
+
+    try:
+        main()
+    except AutoVitError as e:  # a missing checkpoint or profile: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

@@ -15,7 +15,8 @@ range (smallest, largest, then the middle of the widest gap), and the results so
 written after each one, so a partial run still ranks subnets across the range. Stand-alone
 runs are cached in --workdir (benchmarks/standalone.py; task_separation.py's runs of the same
 subnets are reused), so an interrupted benchmark resumes. Kendall tau and Spearman rho of the stand-alone accuracy
-against: inherited accuracy, parameter count, FLOPs (batch 1). Prints JSON (also --out).
+against: inherited accuracy, parameter count, FLOPs (batch 1). Prints JSON (also --out); --plot draws
+stand-alone top-1 against inherited top-1 and against parameters (PNG), --replot from --out alone.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def rank_stats(predictor: list[float], truth: list[float]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--supernet", required=True)
+    ap.add_argument("--supernet", help="the supernet checkpoint (required unless --replot)")
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--epochs", type=int, default=20,
                     help="Stand-alone training budget per subnet (task_separation.py's).")
@@ -49,8 +50,22 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/ranking.json")
     ap.add_argument("--finished-only", action="store_true",
                     help="train nothing: rank the subnets whose stand-alone runs are all finished in --workdir")
+    ap.add_argument("--plot", default=None,
+                    help="PNG: stand-alone top-1 against inherited top-1 and against parameter count")
+    ap.add_argument("--replot", action="store_true", help="train nothing: draw --plot from the results in --out")
     add_recipe_flags(ap)
     args = ap.parse_args()
+    if args.replot:
+        if not args.plot:
+            ap.error("--replot draws --plot: name the PNG with --plot")
+        try:
+            rows = json.loads(Path(args.out).read_text())["subnet_results"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            sys.exit(f"error: {args.out} is not a ranking.py result ({exc}); name one with --out")
+        plot(rows, args.plot)
+        return
+    if not args.supernet:
+        ap.error("--supernet is required (unless --replot)")
 
     from autovit.latmodel.io import atomic_write_text
     from autovit.latmodel.oracle import BlockCounts
@@ -86,6 +101,8 @@ def main() -> None:
         res = {**head, **ranking_summary(rows), "complete": len(rows) == len(archs),
                "wall_s": time.perf_counter() - t0, "subnet_results": sorted(rows, key=lambda r: r["params"])}
         atomic_write_text(Path(args.out), json.dumps(res, indent=2) + "\n")
+    if args.plot and rows:
+        plot(rows, args.plot)
     print(json.dumps({k: v for k, v in res.items() if k != "subnet_results"}))
 
 
@@ -115,6 +132,37 @@ def ranking_summary(rows: list[dict]) -> dict:
             "targets": {"kendall tau >= 0.6": tau >= 0.6,
                         "tau above the parameter count's": tau > stats["params"]["kendall_tau"]}}
 
+def plot(rows: list[dict], path: str) -> None:
+    """Two panels (PNG): each subnet's stand-alone top-1 (%, mean over seeds, bar from the
+    lowest to the highest seed) against its inherited top-1 (%), and against its parameter
+    count (M), with each panel's Kendall tau in its title."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from autovit.latmodel.io import atomic_write_bytes
+
+    alone = [r["standalone_top1"] for r in rows]
+    runs = [[s["top1"] for s in r["standalone_runs"]] for r in rows]
+    spread = [[a - min(t) for a, t in zip(alone, runs)], [max(t) - a for a, t in zip(alone, runs)]]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, key, label in ((axes[0], "inherited_top1", "inherited top-1 (%), supernet weights"),
+                           (axes[1], "params", "parameters (M)")):
+        x = [r[key] / (1e6 if key == "params" else 1) for r in rows]
+        ax.errorbar(x, alone, yerr=spread, fmt="o", capsize=3)
+        tau = rank_stats(x, alone)["kendall_tau"] if len(rows) >= 3 else float("nan")
+        ax.set(xlabel=label, title=f"Kendall tau {tau:.3f} ({len(rows)} subnets)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("stand-alone top-1 (%), mean of seeds")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
 def inherited_top1(net, arch, cfg, cache: Path) -> float:
     """Inherited top-1 (%) on the whole validation set, BatchNorm recalibrated; cached in
     `cache` (a JSON file named by the checkpoint's digest) by architecture, so that several
@@ -132,4 +180,9 @@ def inherited_top1(net, arch, cfg, cache: Path) -> float:
     return known()[key]
 
 if __name__ == "__main__":
-    main()
+    from autovit.latmodel.errors import AutoVitError
+
+    try:
+        main()
+    except AutoVitError as e:  # a missing checkpoint or profile: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

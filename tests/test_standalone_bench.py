@@ -3,6 +3,7 @@ run trained at once, recipe values name the run folder, and partial rankings spr
 range."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -107,3 +108,41 @@ def test_separation_subnets_flag_takes_known_names_and_rejects_others(capsys):
             chosen_subnets(bad)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("\n") == 1 and named in err and "smallest, median, largest" in err
+
+
+def test_ranking_replot_draws_the_png_from_a_results_file_and_refuses_another_file(tmp_path):
+    import json
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ranking.py"
+    rows = [{"params": p * 1e6, "inherited_top1": inh, "standalone_top1": sum(s) / 2,
+             "standalone_runs": [{"top1": s[0]}, {"top1": s[1]}]}
+            for p, inh, s in ((0.3, 40.0, (80.0, 82.0)), (0.9, 55.0, (84.0, 85.0)), (1.5, 60.0, (86.0, 86.5)))]
+    results, png = tmp_path / "ranking.json", tmp_path / "ranking.png"
+    results.write_text(json.dumps({"subnet_results": rows}))
+    done = subprocess.run([sys.executable, str(script), "--replot", "--out", str(results), "--plot", str(png)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"runs": []}))
+    before = png.read_bytes()
+    bad = subprocess.run([sys.executable, str(script), "--replot", "--out", str(other), "--plot", str(png)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "--out" in bad.stderr
+    assert png.read_bytes() == before
+
+
+@pytest.mark.parametrize("script", ["ranking.py", "search_strategies.py", "latency_vs_flops.py"])
+def test_a_search_benchmark_given_a_missing_checkpoint_says_so_in_one_line(tmp_path, script):
+    import subprocess
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), "--supernet", str(tmp_path / "none.ckpt"),
+                           "--out", str(tmp_path / "out.json")], capture_output=True, text=True,
+                          env={**os.environ, "AUTOVIT_HOME": str(tmp_path / "home")})
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
+    assert not (tmp_path / "out.json").exists()
