@@ -128,9 +128,22 @@ def ranking_summary(rows: list[dict]) -> dict:
     stats = {"inherited": rank_stats(inh, alone), "params": rank_stats([r["params"] for r in rows], alone),
              "flops": rank_stats([r["flops"] for r in rows], alone)}
     tau = stats["inherited"]["kendall_tau"]
-    return {**out, "vs_standalone": stats,
+    return {**out, "vs_standalone": stats, **seed_noise(rows),
             "targets": {"kendall tau >= 0.6": tau >= 0.6,
                         "tau above the parameter count's": tau > stats["params"]["kendall_tau"]}}
+
+
+def seed_noise(rows: list[dict]) -> dict:
+    """How far the stand-alone ranking agrees with itself: the pooled seed standard deviation
+    (points: the root mean of each subnet's sample variance over its seeds) and, with two
+    seeds or more, Kendall tau between the first two seeds' accuracies over the subnets (no
+    predictor can be expected to rank the seeds' mean much better than one seed ranks another)."""
+    runs = [[s["top1"] for s in r["standalone_runs"]] for r in rows]
+    if min(len(t) for t in runs) < 2:
+        return {}
+    return {"seed_std_pooled": statistics.mean(statistics.variance(t) for t in runs) ** 0.5,
+            "seed_agreement_kendall_tau": rank_stats([t[0] for t in runs], [t[1] for t in runs])["kendall_tau"]}
+
 
 def plot(rows: list[dict], path: str) -> None:
     """Two panels (PNG): each subnet's stand-alone top-1 (%, mean over seeds, bar from the

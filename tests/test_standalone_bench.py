@@ -146,3 +146,18 @@ def test_a_search_benchmark_given_a_missing_checkpoint_says_so_in_one_line(tmp_p
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_ranking_summary_reports_how_far_the_seeds_agree():
+    from ranking import ranking_summary
+
+    seeds = [(80.0, 81.0), (82.0, 80.0), (84.0, 86.0), (86.0, 85.0)]
+    rows = [{"params": i, "flops": i, "inherited_top1": 50.0 + i, "standalone_top1": sum(s) / 2,
+             "standalone_runs": [{"top1": s[0]}, {"top1": s[1]}]} for i, s in enumerate(seeds)]
+    out = ranking_summary(rows)
+    assert out["seed_std_pooled"] == pytest.approx((sum((a - b) ** 2 / 2 for a, b in seeds) / 4) ** 0.5)
+    # seed 0 ranks 0<1<2<3, seed 1 ranks 1<0<3<2: two discordant pairs of six
+    assert out["seed_agreement_kendall_tau"] == pytest.approx((4 - 2) / 6)
+    assert out["vs_standalone"]["inherited"]["kendall_tau"] == pytest.approx(1.0)
+    one_seed = [{**r, "standalone_runs": r["standalone_runs"][:1]} for r in rows]
+    assert "seed_agreement_kendall_tau" not in ranking_summary(one_seed)
