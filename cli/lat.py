@@ -697,6 +697,12 @@ def _print_validation(result: dict, where: str, n_random: int) -> None:
     console.print(t)
     for f in result["failed"]:
         console.print(f"[yellow]failed:[/] {f['model']}: {f['error']} (left out of the figures)", highlight=False)
+    slow = result.get("slow_state_only") or []
+    if slow:
+        console.print(f"[bold yellow]warning:[/] {len(slow)} of {result['n_models']} models were timed only while the "
+                      "reference model ran slow (none of their rounds followed a fast reference burst): their figures "
+                      "are the slow state's, up to 1.6x the fast one on a shared VM; rerun on a quieter machine or "
+                      "with more --rounds (listed under slow_state_only in --out)", highlight=False)
     if n_random and result["lut_coverage"] < n_random:
         console.print(f"note: the LUT covers {result['lut_coverage']} of {n_random} subnets; for the LUT-sum predictor "
                       "on all of them pass --lut with a LUT profiled with --space xxs/xs/s", highlight=False)

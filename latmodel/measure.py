@@ -167,6 +167,16 @@ def fast_share(rounds_ms: list[float], tol: float = FAST_STATE_TOL) -> float:
     return len(fast_rounds(rounds_ms, tol)) / len(rounds_ms)
 
 
+def rounds_beside_fast_reference(reference_ms: list[float], fastest_reference_ms: float,
+                                 tol: float = FAST_STATE_TOL) -> int:
+    """How many of an item's rounds followed a reference burst in the run's fast state (within
+    `tol` of the run's fastest reference burst, ms). 0: the item was timed only while the
+    machine ran slow, and its own fast state (relative to its fastest round) is the slow one,
+    which on this project's VM is 1.1-1.6x the fast one depending on the network
+    (docs/BENCHMARKS.md §3.11), so no single factor can undo it."""
+    return sum(r <= tol * fastest_reference_ms for r in reference_ms)
+
+
 def at_reference(rounds_ms: list[float], run_ms: float | None, ref_ms: float | None) -> float:
     """A measurement's value at the reference speed (ms): its fast state, scaled by the LUT's
     reference speed `ref_ms` over the run's `run_ms` (DriftMonitor); unscaled without both."""

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autovit.latmodel.errors import AutoVitError, UsageError
-from autovit.latmodel.measure import at_reference, fast_rounds, fast_share
+from autovit.latmodel.measure import at_reference, fast_rounds, fast_share, rounds_beside_fast_reference
 from autovit.latmodel.metrics import proportional_factor  # noqa: F401 - re-exported
 
 # The kinds of models of the paper's comparison (MobileNetV2/V3, MobileViT, DeiT, PiT, LeViT,
@@ -61,6 +61,7 @@ class Candidate:
     reference_ms: list[float] = field(default_factory=list)  # the drift monitor's burst before each
     ref_ms: float | None = None  # the reference speed measurements are expressed at (the LUT's)
     run_ms: float | None = None  # the reference model's speed in this run (DriftMonitor.run_ms)
+    run_fastest_ms: float | None = None  # the run's fastest reference burst (DriftMonitor.fastest_ms)
 
     @property
     def measured_ms(self) -> float | None:
@@ -71,6 +72,14 @@ class Candidate:
     def raw_ms(self) -> float | None:
         """The lowest raw burst median: the measurement without drift correction."""
         return min(self.round_ms) if self.round_ms else None
+
+    @property
+    def beside_fast_reference(self) -> int | None:
+        """Rounds timed right after a fast-state reference burst (0: timed only while the
+        machine ran slow); None without a drift monitor."""
+        if not (self.reference_ms and self.run_fastest_ms):
+            return None
+        return rounds_beside_fast_reference(self.reference_ms, self.run_fastest_ms)
 
     @property
     def fast_share(self) -> float | None:
@@ -181,7 +190,7 @@ def measure(cands: list[Candidate], backend: str, threads: int, rounds: int, pol
                             monitor=monitor, on_step=(lambda c, _m, err: on_step(c, err)) if on_step else None)
     if monitor is not None:
         for c in cands:
-            c.ref_ms, c.run_ms = ref_ms or monitor.run_ms, monitor.run_ms
+            c.ref_ms, c.run_ms, c.run_fastest_ms = ref_ms or monitor.run_ms, monitor.run_ms, monitor.fastest_ms
     return list(failed.items())
 
 
@@ -213,14 +222,17 @@ def report(cands: list[Candidate]) -> dict[str, Any]:
     cvs = [c.cv for c in done if c.cv is not None]
     raw_cvs = [c.raw_cv for c in done if c.raw_cv is not None]
     rows = [{"model": c.name, "group": c.group, "measured_ms": c.measured_ms, "raw_ms": c.raw_ms, "round_ms": c.round_ms,
-             "reference_ms": c.reference_ms, "fast_share": c.fast_share, "cv": c.cv, "raw_cv": c.raw_cv, "flops": c.flops, "params": c.params,
+             "reference_ms": c.reference_ms, "fast_share": c.fast_share,
+             "rounds_beside_fast_reference": c.beside_fast_reference, "cv": c.cv, "raw_cv": c.raw_cv, "flops": c.flops, "params": c.params,
              **{f"pred_{p}_ms": c.predicted.get(p) for p in PREDICTORS},
              **({"arch": c.arch.to_dict()} if c.arch is not None and hasattr(c.arch, "to_dict") else {})}
             for c in done]
     out = {"n_models": len(done), "noise_floor_cv": float(np.median(cvs)) if cvs else math.nan,
            "noise_floor_cv_raw": float(np.median(raw_cvs)) if raw_cvs else math.nan,
            "reference_ms": done[0].ref_ms if done else None, "run_reference_ms": done[0].run_ms if done else None,
-           "fast_share": float(np.mean([c.fast_share for c in done])) if done else math.nan}
+           "fast_share": float(np.mean([c.fast_share for c in done])) if done else math.nan,
+           # timed only while the reference ran slow: their figures are the slow state's
+           "slow_state_only": [c.name for c in done if c.beside_fast_reference == 0]}
     out["predictors"] = {p: v for p, v in by_set.get("all", {}).items() if p in PREDICTORS}
     out["by_set"] = by_set
     # The same predictors against the raw measurements (lowest burst, no drift correction).

@@ -146,3 +146,39 @@ def test_validate_cli(tmp_path, capsys):
     assert_one_line_error(code, err, "--lut")
     code, _, err = run_cli(lat, ["validate", "--hw", "v100", "--lut", str(tmp_path / "lut.json")], capsys)
     assert_one_line_error(code, err, "not 'v100'")
+
+
+def test_a_model_timed_only_beside_slow_reference_bursts_is_flagged():
+    from autovit.latmodel.measure import rounds_beside_fast_reference
+
+    # the run's fastest reference burst is 2.0 ms; 2.4 is within 25 % of it, 3.3 is the slow state
+    assert rounds_beside_fast_reference([3.3, 2.4, 3.4], 2.0) == 1
+    assert rounds_beside_fast_reference([3.3, 3.4], 2.0) == 0
+    cands = []
+    for i, refs in enumerate(([2.0, 3.3, 3.4], [3.3, 3.5, 3.4], [2.1, 2.2, 2.0], [3.2, 3.3, 3.3])):
+        c = v.Candidate(f"m{i}", "zoo", lambda: None, (1, 3, 8, 8))
+        c.predicted = {"analytical": 1.0 + i}
+        c.round_ms, c.reference_ms, c.run_fastest_ms = [1.0 + i] * 3, list(refs), 2.0
+        cands.append(c)
+    r = v.report(cands)
+    assert r["slow_state_only"] == ["m1", "m3"]
+    assert [row["rounds_beside_fast_reference"] for row in r["rows"]] == [1, 0, 3, 0]
+    # without a drift monitor nothing is known, and nothing is flagged
+    for c in cands:
+        c.reference_ms, c.run_fastest_ms = [], None
+    r = v.report(cands)
+    assert r["slow_state_only"] == [] and r["rows"][0]["rounds_beside_fast_reference"] is None
+
+
+def test_validate_warns_in_one_line_about_models_timed_only_in_the_slow_state(capsys):
+    from autovit.cli.lat import _print_validation
+
+    result = {"n_models": 4, "noise_floor_cv": 0.05, "noise_floor_cv_raw": 0.1, "by_set": {}, "failed": [],
+              "lut_coverage": 0, "slow_state_only": ["timm:mobilenetv2_100", "timm:regnetx_004"]}
+    _print_validation(result, "local-cpu@calibrated", 0)
+    err = capsys.readouterr()
+    text = " ".join((err.out + err.err).split())
+    assert "2 of 4 models were timed only while the reference model ran slow" in text and "--rounds" in text
+    _print_validation({**result, "slow_state_only": []}, "local-cpu@calibrated", 0)
+    err = capsys.readouterr()
+    assert "ran slow" not in err.out + err.err
