@@ -182,3 +182,44 @@ def test_validate_warns_in_one_line_about_models_timed_only_in_the_slow_state(ca
     _print_validation({**result, "slow_state_only": []}, "local-cpu@calibrated", 0)
     err = capsys.readouterr()
     assert "ran slow" not in err.out + err.err
+
+
+def test_models_timed_only_in_the_slow_state_are_timed_again_beside_fresh_reference_bursts():
+    class Monitor:
+        every, history = 8, [2.0, 3.3, 3.4]
+
+        @property
+        def fastest_ms(self):
+            return min(self.history)
+
+    monitor = Monitor()
+    slow, fast = v.Candidate("slow", "zoo", lambda: None, (1,)), v.Candidate("fast", "zoo", lambda: None, (1,))
+    slow.round_ms, slow.reference_ms = [3.0, 3.1], [3.3, 3.4]
+    fast.round_ms, fast.reference_ms = [2.0, 2.1], [2.0, 3.3]
+    refs = iter([3.5, 2.2])  # the first extra pass is slow again, the second fast
+    seen = []
+
+    def one_pass(todo):
+        seen.append(([c.name for c in todo], monitor.every))
+        for c in todo:
+            monitor.history.append(next(refs))
+            c.reference_ms.append(monitor.history[-1])
+            c.round_ms.append(1.9 if monitor.history[-1] < 2.5 else 3.2)
+        return {}
+
+    assert v.retake_slow_only([slow, fast], monitor, one_pass) == {}
+    assert seen == [(["slow"], 1), (["slow"], 1)]  # a fresh reference before every retaken round
+    assert monitor.every == 8
+    assert slow.round_ms == [3.0, 3.1, 3.2, 1.9] and fast.round_ms == [2.0, 2.1]
+    from autovit.latmodel.measure import fast_state_ms
+
+    assert fast_state_ms(slow.round_ms) == 1.9
+    # a machine that stays slow costs at most RETAKE_PASSES extra passes; a model that fails is not retried
+    stuck = v.Candidate("stuck", "zoo", lambda: None, (1,))
+    stuck.round_ms, stuck.reference_ms = [3.0], [3.3]
+    calls = []
+    v.retake_slow_only([stuck], monitor, lambda todo: calls.append(1) or {})
+    assert len(calls) == v.RETAKE_PASSES
+    calls.clear()
+    assert v.retake_slow_only([stuck], monitor, lambda todo: calls.append(1) or {"stuck": "boom"}) == {"stuck": "boom"}
+    assert len(calls) == 1
