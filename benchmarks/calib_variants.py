@@ -8,6 +8,8 @@ Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the sam
 - default: what `calibrate` does (the LUT's blocks with their op classes, its whole networks
   each counted as the XXS preset's 27 blocks, [cpu] ghz raised to its GEMM probe);
 - no-probe: the clock the OS reports (no clock_override);
+- no-stream: the profile's cache rates, not the LUT's streaming probes (no stream_override);
+- no-softmax-rows: softmax rows priced at reduce_row_ns, as LayerNorm's (no softmax_row_ns);
 - blocks-only: no whole network (`calibrate --no-network`);
 - reference-only: the drift monitor's reference network instead of the LUT's networks (what
   `calibrate` did before the LUT held networks);
@@ -29,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("default", "no-probe", "blocks-only", "reference-only", "equal-total", "networks-x4")
+VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "blocks-only", "reference-only", "equal-total", "networks-x4")
 
 
 def networks_for(variant: str, lut, n_blocks: int) -> list:
@@ -54,7 +56,7 @@ def main() -> None:
     from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.checks import dumps
     from autovit.latmodel.fit import ProfileCalibrator, network_pricer
-    from autovit.latmodel.hardware import profile_at_threads, write_calibrated_profile
+    from autovit.latmodel.hardware import load_profile, profile_at_threads, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +69,7 @@ def main() -> None:
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
-    lut = load_lut(args.lut, args.hw)
+    lut = load_lut(args.lut, load_profile(args.hw).name)
     entries = [e for e in lut.entries.values() if e["mode"] == "isolated"]
     blocks = [block_from_dict(e["block"]) for e in entries]
     measured = [float(e["median_ms"]) for e in entries]
@@ -78,11 +80,16 @@ def main() -> None:
     result: dict = {"lut": args.lut, "variants": {}}
     for variant in chosen:
         probe = None if variant == "no-probe" else lut.environment.get("sgemm_gflops")
-        profile, fixed = profile_at_threads(args.hw, threads, probe)
+        stream = None if variant == "no-stream" else lut.environment.get("stream_gbps")
+        profile, fixed = profile_at_threads(args.hw, threads, probe, stream)
         nets = networks_for(variant, lut, len(blocks))
+        if variant == "no-softmax-rows":
+            profile = replace(profile, softmax_row_ns=None)
         c = ProfileCalibrator(profile).fit(blocks, measured, nets, op_ms)
+        if variant == "no-softmax-rows":  # written as the row cost it fell back on
+            c.params["softmax_row_ns"] = c.params["reduce_row_ns"]
         path = write_calibrated_profile(args.hw, c.params, {"lut": str(Path(args.lut).resolve()), "threads": threads,
-                                                            "sgemm_gflops": probe}, out_dir / f"{variant}.toml", fixed)
+                                                            "sgemm_gflops": probe, "stream_gbps": stream}, out_dir / f"{variant}.toml", fixed)
         fitted = replace(profile, **c.params)
         result["variants"][variant] = {
             "profile": str(path), "params": {k: round(v, 4) for k, v in c.params.items()}, "at_bound": c.at_bound,

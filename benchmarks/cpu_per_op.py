@@ -19,7 +19,8 @@ kernels take far longer than that say anything.
 With --lut and --validation, the fit experiment: `calibrate`'s fit (the LUT's blocks and its
 reference network) against the same fit with each block's large per-class kernel times
 (>= --min-ms, scaled to the block's LUT time) as extra points, each scored on the measured rows of
-a `validate --json` output (the random subnets and the zoo it rebuilds). Prints one JSON object.
+a `validate --json` output (the random subnets and the zoo it rebuilds). Prints one JSON object;
+`row_costs` splits Softmax's and LayerNorm's kernel time into per-row and per-element parts.
 """
 from __future__ import annotations
 
@@ -128,6 +129,38 @@ def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
     return out
 
 
+ROW_OPS = ("Softmax", "LayerNormalization")
+
+
+def row_costs(res: dict, builders: dict, profile, cache: Path) -> dict:
+    """Per row-reducing op type (ROW_OPS): a least-squares fit of onnxruntime's kernel time, less
+    the profiler's own cost per node of its network, as const + ns x rows + ns x elements, over
+    every such node the model's kernels name (matched by output tensor); with the median model
+    ms / measured ms. Tells a per-row cost from a per-element one (docs/COST_MODEL.md, "Softmax rows")."""
+    from autovit.latmodel.estimate import estimate
+
+    pts: dict = defaultdict(list)
+    for name, r in res.items():
+        g = graph_of(name, *builders[name], cache)
+        kernels = estimate(g, profile).kernels
+        # onnxruntime names a node it rewrote by its output, one it kept by the ONNX node's name
+        by_out = {t: kt for kt in kernels for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
+        over = (r["profiled_run_ms"] - r["run_ms"]) / max(len(r["nodes"]), 1)
+        for n in r["nodes"]:
+            kt = by_out.get(n["name"].removesuffix("_nchwc"))
+            if n["op"] in ROW_OPS and kt is not None and kt.kernel.rows:
+                pts[n["op"]].append((kt.kernel.rows, kt.kernel.out_elems, (n["ms"] - over) * 1e6, kt.ms * 1e6))
+    out = {}
+    for op, rows in pts.items():
+        a = np.array(rows, float)
+        coef, *_ = np.linalg.lstsq(np.c_[np.ones(len(a)), a[:, 0], a[:, 1]], a[:, 2], rcond=None)
+        big = a[a[:, 2] > 20e3]  # nodes well above the profiler's own cost
+        out[op] = {"nodes": len(a), "const_ns": float(coef[0]), "ns_per_row": float(coef[1]), "ns_per_elem": float(coef[2]),
+                   "model_over_measured_median": float(np.median(big[:, 3] / big[:, 2])) if len(big) else None,
+                   "nodes_over_20us": len(big)}
+    return out
+
+
 def block_op_ms(res: dict, blocks) -> list[dict | None]:
     """Per block: its collected kernel ms per op class (None where not collected)."""
     out = []
@@ -199,7 +232,7 @@ def main() -> None:
     cache = Path(args.graphs)
     cache.mkdir(parents=True, exist_ok=True)
     out = {"threads": args.threads, "hw": args.hw,
-           "residuals": residuals(res, builders, profile, cache)}
+           "residuals": residuals(res, builders, profile, cache), "row_costs": row_costs(res, builders, profile, cache)}
     if args.lut and args.validation:
         out["fit_experiment"] = fit_experiment(args, res, builders, cache)
     print(json.dumps(out, indent=1, default=float))

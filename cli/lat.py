@@ -350,17 +350,40 @@ def _peak_probe(lut, out, backend: str, threads: int):
     probe = sgemm_probe(backend, threads)
     if probe is None:
         return None
+    streams = _stream_probes(backend, threads)
 
     def after_round(_round: int) -> None:
+        changed = False
         try:
             gflops = probe()
-        except Exception:  # noqa: BLE001 - the probe is optional: a LUT without it keeps the OS clock
-            return
-        if gflops > (lut.environment.get("sgemm_gflops") or 0.0):
-            lut.environment["sgemm_gflops"] = round(gflops, 1)
-            if lut.entries or lut.networks:  # a run where everything failed leaves no LUT behind
-                lut.save(out)
+            if gflops > (lut.environment.get("sgemm_gflops") or 0.0):
+                lut.environment["sgemm_gflops"] = round(gflops, 1)
+                changed = True
+            for level, stream in streams.items():
+                gbps, kept = stream(), dict(lut.environment.get("stream_gbps") or {})
+                if gbps > kept.get(level, 0.0):
+                    lut.environment["stream_gbps"] = {**kept, level: round(gbps, 1)}
+                    changed = True
+        except Exception:  # noqa: BLE001 - the probes are optional: a LUT without them keeps the profile's figures
+            pass
+        if changed and (lut.entries or lut.networks):  # a run where everything failed leaves no LUT behind
+            lut.save(out)
     return after_round
+
+
+def _stream_probes(backend: str, threads: int) -> dict:
+    """{"private", "shared"}: runner.stream_probe sized so that its two activations fill half of
+    the private caches of `threads` cores, and four times them (within the shared cache the OS
+    reports); {} where the OS lists no private cache below a shared one."""
+    from autovit.latmodel.hardware import detect_local_cpu
+    from autovit.latmodel.runner import stream_probe
+
+    memory = detect_local_cpu().get("memory") or {}
+    private = (memory.get("private_mib") or 0.0) * threads
+    if private <= 0 or 4 * private > memory.get("cache_mib", 0.0) - private:
+        return {}
+    probes = {"private": stream_probe(backend, threads, private / 4), "shared": stream_probe(backend, threads, 2 * private)}
+    return {k: v for k, v in probes.items() if v is not None}
 
 
 def _network_set(spec: str, preset: str | None) -> list:
@@ -523,7 +546,8 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     described = "; ".join(n.describe() for n in networks)[:4096] or None
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
-              "at_bound": cal.at_bound, "network": described, "threads": threads, "sgemm_gflops": probe}
+              "at_bound": cal.at_bound, "network": described, "threads": threads, "sgemm_gflops": probe,
+              "stream_gbps": lut.environment.get("stream_gbps")}
     written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
         print_json({"profile": str(written), **cal.to_dict(), "network": record["network"],

@@ -93,7 +93,7 @@ def lut_profile(hw: str, lut, lut_path: str):
     threads = lut.environment.get("threads")  # checked by load_lut: None or 1..4096
     probe = lut.environment.get("sgemm_gflops")  # checked by load_lut: None or a rate
     try:
-        return profile_at_threads(hw, threads, probe)
+        return profile_at_threads(hw, threads, probe, lut.environment.get("stream_gbps"))
     except AutoVitError as e:
         if not probe:
             raise

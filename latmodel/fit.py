@@ -28,7 +28,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     # than a streaming copy), so the layout multiplier needs room.
     "layout_penalty": (0.1, 100.0), "k_half": (0.0, 1024.0),
     "run_us": (0.0, 500.0), "layout_run_ns": (0.0, 100.0), "transcendental_flops": (1.0, 200.0),
-    "reduce_row_ns": (0.0, 1000.0), "fork_join_us": (0.0, 100.0),
+    "reduce_row_ns": (0.0, 1000.0), "softmax_row_ns": (0.0, 1000.0), "fork_join_us": (0.0, 100.0),
     # Class factors (hardware.CLASS_PARAMETERS) are relative to the engine-wide efficiency: a
     # class may run up to 10x below or above it.
     "eff_attention": (0.1, 10.0), "eff_dwconv": (0.1, 10.0),
@@ -160,6 +160,8 @@ class ProfileCalibrator:
         self.mode = mode
         self.prior = prior
         names = parameters or HardwareProfile.FREE_PARAMETERS
+        # A term the profile does not have (None: it falls back on another) is not fitted.
+        names = tuple(n for n in names if getattr(profile, n) is not None)
         if prior is not None:
             names = tuple(n for n in names if float(getattr(profile, n)) > 0)
         # A parameter the profile cannot use would be unidentifiable: leave it out.

@@ -45,6 +45,7 @@ class FusionRule:
     unary: tuple[str, ...] = ()
     max_unary: int = 0
     scaled_operands: bool = False  # a pattern rule fires only where both operands of its first op come from a Mul/Div
+    self_gated: bool = False  # a pattern rule fires only where its last op also reads its first op's input: x * f(x)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # a oneDNN convolution and its weight reorder each start and join the whole thread team (onednn_team).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
-                       "conv_channel_block", "onednn_team")
+                       "conv_channel_block", "onednn_team", "nchwc_broadcast")
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ PARAMETER_FIELDS = {
     "dispatch_us": ("overhead", "dispatch_us"), "view_dispatch_us": ("overhead", "view_dispatch_us"),
     "layout_penalty": ("efficiency", "layout_penalty"), "k_half": ("efficiency", "k_half"),
     "run_us": ("overhead", "run_us"), "layout_run_ns": ("efficiency", "layout_run_ns"),
-    "reduce_row_ns": ("efficiency", "reduce_row_ns"), "fork_join_us": ("overhead", "fork_join_us"),
+    "reduce_row_ns": ("efficiency", "reduce_row_ns"), "softmax_row_ns": ("efficiency", "softmax_row_ns"),
+    "fork_join_us": ("overhead", "fork_join_us"),
     "transcendental_flops": ("compute", "transcendental_flops"),
     "eff_attention": ("efficiency", "attention"), "eff_dwconv": ("efficiency", "dwconv"),
 }
@@ -154,7 +156,9 @@ class HardwareProfile:
     transcendental_flops: float
     dram_gbps: float
     cache_mib: float
-    cache_gbps: float
+    cache_gbps: float  # the private caches' rate where private_mib > 0, else the one cache level's (GB/s, all units)
+    private_mib: float  # each core's private cache (MiB); 0: cache_mib is one level
+    shared_gbps: float  # the rest of cache_mib beyond the private caches (GB/s, all units)
     last_axis_align_bytes: int
     launch_us: float
     dispatch_us: float
@@ -200,6 +204,10 @@ class HardwareProfile:
     dw_index_int_ops: float = 0.0  # integer ops per output of the direct depthwise kernel's index arithmetic (dw_index)
     eff_attention: float = 1.0  # attention kernels' time is divided by it (CLASS_PARAMETERS; roofline timer)
     eff_dwconv: float = 1.0  # depthwise convolutions' time is divided by it (CLASS_PARAMETERS; roofline timer)
+    # ns per row of a Softmax where the runtime's softmax is its own kernel with another per-row cost
+    # than its LayerNorm (onnxruntime: MLAS's vectorised softmax over blocks of rows against a scalar
+    # LayerNorm job per row); None: reduce_row_ns, and calibration leaves it out.
+    softmax_row_ns: float | None = None
     # Share of the vector peak a depthwise convolution reaches in the runtime's blocked layout
     # (chain_reorder: MLAS's NCHWc depthwise FMA kernel); 0: it runs as the other vector ops do.
     eff_nchwc_dw: float = 0.0
@@ -264,7 +272,7 @@ FUSION_KEYS: dict[str, Key] = {
     "name": Key("str", 1, 200), "head": _OPS, "tail": _OPS, "max_tail": Key("int", 0, 1000, default=0),
     "pattern": _OPS, "prologue": _OPS, "category": Key("str", choices=_CATEGORIES, default=None),
     "unary": _OPS, "max_unary": Key("int", 0, 1000, default=0),
-    "scaled_operands": Key("bool", default=False),
+    "scaled_operands": Key("bool", default=False), "self_gated": Key("bool", default=False),
 }
 # What `autovit-lat calibrate` records about a fit (write_calibrated_profile).
 CALIBRATION_KEYS: dict[str, Key] = {
@@ -276,6 +284,7 @@ CALIBRATION_KEYS: dict[str, Key] = {
     "network": Key("str", 0, 4096, default=None),  # the whole network fitted with the blocks (fit.ReferenceNetwork)
     "threads": Key("int", 1, 4096, default=None),  # the LUT's runtime threads: the [cpu] cores the fit modelled
     "sgemm_gflops": Key("number", 0, 1e9, default=None),  # the LUT's GEMM probe: [cpu] ghz raised to it (clock_override)
+    "stream_gbps": Key("numbers", 0, 1e9, default=None),  # the LUT's streaming probes: [memory] rates set to them (stream_override)
 }
 # Every key a profile may hold, its type, the range a real device can have, and its default
 # (REQUIRED: no default). Adding a key to the profile format is one line here.
@@ -299,6 +308,9 @@ PROFILE_KEYS: dict[str, Key] = {
     "amp.fp32_ops": _OPS,
     "memory.dram_gbps": Key("number", 1e-3, 1e5), "memory.cache_mib": Key("number", 0, 1e6),
     "memory.cache_gbps": Key("number", 1e-3, 1e6), "memory.last_axis_align_bytes": Key("int", 0, 4096, default=0),
+    # Two levels of on-chip cache (timing._memory_s): each core's private one (MiB per core) streams at
+    # cache_gbps, the rest of cache_mib at shared_gbps. 0: one level, all of cache_mib at cache_gbps.
+    "memory.private_mib": Key("number", 0, 1e4, default=0.0), "memory.shared_gbps": Key("number", 1e-3, 1e6, default=None),
     "memory.weights_cached": Key("bool", default=False),
     "overhead.launch_us": _US, "overhead.dispatch_us": _US, "overhead.view_dispatch_us": Key("number", 0, 1e6, default=0.0),
     "overhead.run_us": Key("number", 0, 1e6, default=0.0), "overhead.async": Key("bool"),
@@ -311,6 +323,7 @@ PROFILE_KEYS: dict[str, Key] = {
     "efficiency.nchwc_dwconv": Key("number", 0, 1, default=0.0),  # 0: depthwise convolutions run at efficiency.vector
     "efficiency.layout_penalty": Key("number", 0.01, 1000, default=1.0),
     "efficiency.k_half": Key("number", 0, 1e6, default=0.0), "efficiency.layout_run_ns": _NS, "efficiency.reduce_row_ns": _NS,
+    "efficiency.softmax_row_ns": Key("number", 0, 1e6, default=None),
     "efficiency.attention": Key("number", 0.01, 100, default=1.0), "efficiency.dwconv": Key("number", 0.01, 100, default=1.0),
     "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
     "layout.nchwc_channels": Key("bool", default=False), "layout.nchwc_pad_multiple": Key("int", 0, 1024, default=0),
@@ -423,7 +436,7 @@ def _fusion(d: dict, where: str) -> tuple[FusionRule, ...]:
             pattern=tuple(_val(r, "pattern", w, FUSION_KEYS)), prologue=tuple(_val(r, "prologue", w, FUSION_KEYS)),
             category=_val(r, "category", w, FUSION_KEYS),
             unary=tuple(_val(r, "unary", w, FUSION_KEYS)), max_unary=_val(r, "max_unary", w, FUSION_KEYS),
-            scaled_operands=_val(r, "scaled_operands", w, FUSION_KEYS),
+            scaled_operands=_val(r, "scaled_operands", w, FUSION_KEYS), self_gated=_val(r, "self_gated", w, FUSION_KEYS),
         )
         if not rule.head and not rule.pattern:
             raise AutoVitError(f"hardware profile {w}: a fusion rule needs 'head' or 'pattern'")
@@ -504,6 +517,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         tiles_per_unit=f["compute.tiles_per_unit"], vector_block=f["compute.vector_block"],
         transcendental_flops=num["compute.transcendental_flops"], matrix_align=f["compute.matrix_align"],
         dram_gbps=num["memory.dram_gbps"], cache_mib=num["memory.cache_mib"], cache_gbps=num["memory.cache_gbps"],
+        private_mib=num["memory.private_mib"], shared_gbps=num.get("memory.shared_gbps", num["memory.cache_gbps"]),
         last_axis_align_bytes=f["memory.last_axis_align_bytes"], launch_us=num["overhead.launch_us"],
         dispatch_us=num["overhead.dispatch_us"], view_dispatch_us=num["overhead.view_dispatch_us"],
         async_dispatch=f["overhead.async"], eff_matrix=num["efficiency.matrix"],
@@ -524,6 +538,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         dw_loop_int_ops=num["compute.dw_loop_int_ops"], dw_index_int_ops=num["compute.dw_index_int_ops"],
         eff_attention=num["efficiency.attention"],
         eff_dwconv=num["efficiency.dwconv"],
+        softmax_row_ns=num.get("efficiency.softmax_row_ns"),
         amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
         host_us=_host_table(f, _val(d, "mechanisms", where), where), host_reference=f["overhead.host_reference"] or "",
     )
@@ -782,16 +797,21 @@ def detect_local_cpu() -> dict[str, Any]:
     simd = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
     cores = physical_cores()
     # Private caches count once per core, shared ones once.
-    cache = 0.0
+    cache, private = 0.0, 0.0
     for c in os_caches():
         if c["level"] == "1":
             continue
         shared = c["shared_cpu_list"] or "0"
         per_core = "," not in shared and "-" not in shared
         cache += _size_mib(c["size"]) * (cores if per_core else 1)
+        if per_core:
+            private += _size_mib(c["size"])
     out: dict[str, Any] = {"cpu": {"cores": cores, "ghz": round(ghz, 3), "simd_bits": simd}}
     if cache > 0:
         out["memory"] = {"cache_mib": round(cache, 2)}
+        if 0 < private < cache:
+            # Caches private to a core, and a shared level beyond them: two levels (timing._memory_s).
+            out["memory"]["private_mib"] = round(private, 3)
     return out
 
 
@@ -800,14 +820,32 @@ def load_profile(name_or_path: str) -> HardwareProfile:
     return profile_at_threads(name_or_path, None)[0]
 
 
-def profile_at_threads(name_or_path: str, threads: int | None,
-                       sgemm_gflops: float | None = None) -> tuple[HardwareProfile, dict[str, Any]]:
+def profile_at_threads(name_or_path: str, threads: int | None, sgemm_gflops: float | None = None,
+                       stream_gbps: dict[str, float] | None = None) -> tuple[HardwareProfile, dict[str, Any]]:
     """The profile run on `threads` threads, and the keys that changed to model it (to be written
-    into a profile calibrated that way); see `threads_override`, and `clock_override` for a
-    measured GEMM rate (GFLOP/s) above the profile's peak."""
+    into a profile calibrated that way); see `threads_override`, `clock_override` for a
+    measured GEMM rate (GFLOP/s) above the profile's peak, and `stream_override` for measured
+    streaming rates of the two cache levels."""
     d, where = _resolved_dict(name_or_path)
-    over = _merge(threads_override(d, threads), clock_override(d, threads, sgemm_gflops))
+    over = _merge(_merge(threads_override(d, threads), clock_override(d, threads, sgemm_gflops)),
+                  stream_override(d, stream_gbps))
     return profile_from_dict(_merge(d, over), where), over
+
+
+def stream_override(d: dict[str, Any], stream_gbps: dict[str, float] | None) -> dict[str, Any]:
+    """[memory] cache_gbps and shared_gbps set to the rates this machine streamed an activation at
+    from its cores' private caches and from beyond them (`stream_gbps` {"private", "shared"}: the
+    fastest runner.stream_probe bursts of a LUT, GB/s at its threads), for a profile with two
+    cache levels (memory.private_mib > 0); {} otherwise. No data sheet gives them for a VM: on
+    this project's machines the rate beyond the private caches was 0.6-0.3x the rate within them,
+    whatever the size of the shared cache the OS reports (docs/BENCHMARKS.md section 3.12)."""
+    private = (d.get("memory") or {}).get("private_mib")
+    if not stream_gbps or not private:
+        return {}
+    rates = {k: stream_gbps.get(k) for k in ("private", "shared")}
+    if not all(isinstance(v, (int, float)) and v > 0 for v in rates.values()):
+        return {}
+    return {"memory": {"cache_gbps": round(float(rates["private"]), 1), "shared_gbps": round(float(rates["shared"]), 1)}}
 
 
 def clock_override(d: dict[str, Any], threads: int | None, sgemm_gflops: float | None) -> dict[str, Any]:

@@ -179,6 +179,8 @@ class _Former:
                     ops = self._pattern(name, rule.pattern)
                     if ops and rule.scaled_operands and self.profile.uses("sdpa_call") and not self._scaled_operands(ops[0]):
                         continue
+                    if ops and rule.self_gated and not set(self.g.op(ops[0]).inputs[:1]) & set(self.g.op(ops[-1]).inputs):
+                        continue
                 elif _any(rule.head, self.costs[name]):
                     ops = self._chain(name, rule)
                 else:

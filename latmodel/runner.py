@@ -91,6 +91,29 @@ def sgemm_probe(backend: str, threads: int) -> Callable[[], float] | None:
     return lambda: 2 * PROBE_N ** 3 / (time_callable(run, policy).median_ms * 1e6)
 
 
+# Element-wise passes per stream probe: the rate is of the passes, not of one session.run's overhead.
+STREAM_PASSES = 16
+
+
+def stream_probe(backend: str, threads: int, mib: float) -> Callable[[], float] | None:
+    """A ready-to-time streaming probe: each call times a short burst of STREAM_PASSES ReLU passes
+    over an fp32 activation of `mib` MiB on `threads` threads and returns the rate (GB/s, bytes
+    read + written, the burst's median). The passes write into a second buffer, so the working set
+    is two activations: `profile` sizes one probe to fit the cores' private caches and one to
+    outgrow them (cli/lat.py), and keeps each one's fastest burst. None for a backend that does
+    not run on this CPU."""
+    from torch import nn
+
+    if backend not in ("onnxruntime", "torch"):
+        return None
+    channels = max(int(mib * 2**20 / 4 / 1024), 1)
+    shape = (1, channels, 32, 32)
+    run, _ = prepare(nn.Sequential(*[nn.ReLU() for _ in range(STREAM_PASSES)]).eval(), shape, backend, threads)
+    policy = TimingPolicy(warmup=3, min_repeats=10, max_repeats=40, ci_pct=2.0, max_seconds=2.0)
+    moved = 2 * 4 * channels * 32 * 32 * STREAM_PASSES
+    return lambda: moved / (time_callable(run, policy).median_ms * 1e6)
+
+
 def failure_line(e: Exception) -> str:
     """One line for an exception a backend or exporter raised."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"

@@ -31,6 +31,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from autovit.latmodel.costs import SOFTMAX as SOFTMAX_OPS
 from autovit.latmodel.hardware import HardwareProfile
 from autovit.latmodel.kernels import Kernel
 
@@ -561,8 +562,16 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         t_compute = max(t_compute, dw_tap_s(k, profile, scale, units_share, dtype))
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
-    t_compute += k.rows * scale * profile.reduce_row_ns * 1e-9 / max(profile.units * units_share, 1.0)
+    t_compute += k.rows * scale * row_ns(k, profile) * 1e-9 / max(profile.units * units_share, 1.0)
     return t_compute, units_share
+
+
+def row_ns(k: Kernel, profile: HardwareProfile) -> float:
+    """ns per row of a kernel's last-axis reduction: a softmax's own figure where the profile has
+    one (`softmax_row_ns`), else `reduce_row_ns`."""
+    if profile.softmax_row_ns is not None and any(t in SOFTMAX_OPS for t in k.op_types):
+        return profile.softmax_row_ns
+    return profile.reduce_row_ns
 
 
 def _memory_s(k: Kernel, profile: HardwareProfile, act_bytes: float, w_bytes: float, weight_hit: float,
@@ -573,8 +582,17 @@ def _memory_s(k: Kernel, profile: HardwareProfile, act_bytes: float, w_bytes: fl
     # the profile says they stay cached (`weight_hit`, set per network).
     cache = profile.cache_mib * 2**20
     hit = min(1.0, cache / act_bytes) if act_bytes > 0 else 1.0
-    t_memory = ((act_bytes * hit + w_bytes * weight_hit) / (profile.cache_gbps * 1e9)
-                + (act_bytes * (1 - hit) + w_bytes * (1 - weight_hit)) / (profile.dram_gbps * 1e9 * profile.eff_memory))
+    dram_s = (act_bytes * (1 - hit) + w_bytes * (1 - weight_hit)) / (profile.dram_gbps * 1e9 * profile.eff_memory)
+    private = min(profile.private_mib * 2**20 * profile.units, cache)
+    if private > 0:
+        # A working set beyond the cores' private caches streams from the shared level, which
+        # the cores reach more slowly (docs/COST_MODEL.md, "Two cache levels"); cached weights
+        # stay there too, since the activations claim the private caches.
+        in_private = min(act_bytes * hit, private)
+        t_memory = (in_private / (profile.cache_gbps * 1e9)
+                    + (act_bytes * hit - in_private + w_bytes * weight_hit) / (profile.shared_gbps * 1e9) + dram_s)
+    else:
+        t_memory = (act_bytes * hit + w_bytes * weight_hit) / (profile.cache_gbps * 1e9) + dram_s
     t_memory /= max(units_share, 1e-3)
     if k.klass == "layout":
         t_memory *= profile.layout_penalty
@@ -636,13 +654,26 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
             blocked = True
             # the chain's tensor: this convolution's output channels, kept by the element-wise ops after it
             chain_channels = k.conv[2] if k.conv is not None else 0
-        elif blocked and (left_out or k.category not in _BLOCKED_OK):
+        elif blocked and (left_out or k.category not in _BLOCKED_OK
+                          or (profile.uses("nchwc_broadcast") and broadcast_product(k))):
             _add_reorder(t, k.in_elems * scale * _reorder_padding(chain_channels, block), profile, dtype)
             blocked = False
         last = t
     if blocked and last is not None and not edges[1]:
         _add_reorder(last, last.kernel.out_elems * scale * _reorder_padding(chain_channels, block), profile, dtype,
                      dispatch=False)
+
+
+def broadcast_product(k: Kernel) -> bool:
+    """A product or quotient of two activations of different shapes (a squeeze-excitation's
+    (N, C, H, W) x (N, C, 1, 1) gate): ORT's NCHWc transformer keeps a binary op blocked only when
+    its inputs' shapes match, and reshapes to the blocked shape for Add/Sum alone, so such an op
+    reads NCHW (nchwc_transformer.cc, TransformBinary: Mul "does not currently vectorize well for
+    the case of broadcasting a NCHWc sized channel block")."""
+    if k.category != "elementwise" or len(k.op_types) != 1 or k.op_types[0] not in ("Mul", "Div", "Sub"):
+        return False
+    inputs = k.act_shapes[:-1]
+    return len(inputs) >= 2 and len({tuple(s) for s in inputs}) > 1
 
 
 def _reorder_padding(channels: int, block: int) -> float:

@@ -121,7 +121,8 @@ def test_every_free_parameter_has_bounds():
     assert set(BOUNDS) == set(HardwareProfile.FREE_PARAMETERS) | set(CLASS_PARAMETERS)
     assert HardwareProfile.FREE_PARAMETERS == ("eff_matrix", "eff_gemm", "eff_vector", "eff_memory", "launch_us",
                                                "dispatch_us", "view_dispatch_us", "layout_penalty", "k_half",
-                                               "run_us", "layout_run_ns", "reduce_row_ns", "fork_join_us", "transcendental_flops")
+                                               "run_us", "layout_run_ns", "reduce_row_ns", "softmax_row_ns", "fork_join_us",
+                                               "transcendental_flops")
 
 
 def _op_count_pricer(ops: int):
@@ -286,3 +287,30 @@ def test_calibrate_raises_the_clock_to_the_luts_gemm_probe(tmp_path, monkeypatch
         with pytest.raises(AutoVitError, match="sgemm_gflops"):
             from autovit.latmodel.lut import load_lut
             load_lut(tmp_path / "bad.json")
+    bad["environment"]["sgemm_gflops"] = 100.0
+    for value in ("fast", {"private": -1.0}, {"shared": "x"}, [1, 2]):
+        bad["environment"]["stream_gbps"] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(AutoVitError, match="stream_gbps"):
+            load_lut(tmp_path / "bad.json")
+
+
+def test_calibrate_sets_two_cache_rates_from_the_luts_streaming_probes(tmp_path, monkeypatch, capsys):
+    """With private caches below a shared one, a LUT's streaming probes become the calibrated
+    profile's [memory] cache_gbps and shared_gbps; recorded in [calibration]."""
+    from autovit.cli import lat
+    from autovit.latmodel import hardware
+    from test_cli import run_cli
+
+    monkeypatch.setenv("AUTOVIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(hardware, "detect_local_cpu", lambda: {
+        "cpu": {"cores": 2, "ghz": 2.6, "simd_bits": 512}, "memory": {"cache_mib": 36.0, "private_mib": 2.0}})
+    lut, _ = _lut_priced_by_a_known_profile()
+    lut.device = "local-cpu"
+    lut.environment = {"threads": 2, "stream_gbps": {"private": 180.0, "shared": 100.0}}
+    lut.save(tmp_path / "lut.json")
+    code, _, err = run_cli(lat, ["calibrate", "--hw", "local-cpu", "--lut", str(tmp_path / "lut.json")], capsys)
+    assert code == 0, err
+    calibrated = load_profile("local-cpu@calibrated")
+    assert (calibrated.cache_gbps, calibrated.shared_gbps, calibrated.private_mib) == (180.0, 100.0, 2.0)
+    assert calibrated.calibration["stream_gbps"] == {"private": 180.0, "shared": 100.0}

@@ -354,6 +354,10 @@ def test_profile_cli_networks_option(tmp_path, capsys):
     saved = load_lut(tmp_path / "l.json")
     # the GEMM probe's fastest round, for calibrate's clock (hardware.clock_override)
     assert list(saved.networks) == ["autovit:xxs"] and saved.environment["sgemm_gflops"] > 0
+    # the streaming probes' fastest rounds, where the OS lists private caches below a shared one
+    if lat._stream_probes("onnxruntime", 1):
+        assert set(saved.environment["stream_gbps"]) == {"private", "shared"}
+        assert all(v > 0 for v in saved.environment["stream_gbps"].values())
     from autovit.nas.blocks import CALIB50_NETWORKS
 
     assert lat._network_set("preset", "calib50") and [n.source for n in lat._network_set("preset", "calib50")] == \

@@ -155,6 +155,82 @@ def test_short_rows_of_layernorm_cost_per_row():
     assert LatencyModel(g).estimate(replace(cpu, reduce_row_ns=100.0)).latency_ms > base
 
 
+def test_softmax_rows_cost_their_own_figure_where_the_profile_has_one():
+    """ORT's Softmax (MLAS, blocks of rows per thread) and LayerNorm (a job per row) pay per row
+    apiece; a profile without softmax_row_ns prices both at reduce_row_ns, and calibration leaves
+    the missing term out."""
+    from autovit.latmodel.fit import ProfileCalibrator
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 48])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    soft = build_graph(make_model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)], [x], [y]))
+    norm = build_graph(make_model([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"], axis=-1)], [x], [y],
+                                  [_init("s", (48,)), _init("b", (48,))]))
+    cpu = replace(load_profile("local-cpu"), reduce_row_ns=100.0, softmax_row_ns=0.0)
+    ms = lambda g, p: LatencyModel(g).estimate(p).latency_ms  # noqa: E731
+    assert ms(soft, replace(cpu, softmax_row_ns=50.0)) - ms(soft, cpu) == pytest.approx(1024 * 50e-9 * 1e3 / 2, rel=0.05)
+    assert ms(norm, replace(cpu, softmax_row_ns=50.0)) == pytest.approx(ms(norm, cpu))  # LayerNorm: reduce_row_ns
+    shared = replace(cpu, softmax_row_ns=None)
+    assert ms(soft, shared) > ms(soft, cpu)  # without its own figure a softmax row costs reduce_row_ns
+    assert "softmax_row_ns" in ProfileCalibrator(cpu).names
+    assert "softmax_row_ns" not in ProfileCalibrator(shared).names
+    assert load_profile("cpu-x86").softmax_row_ns is None  # PyTorch's CPU profiles keep one row cost
+
+
+def test_activations_beyond_the_private_caches_stream_at_the_shared_rate():
+    """Two cache levels: a working set within the cores' private caches streams at cache_gbps,
+    the part beyond them at shared_gbps; private_mib = 0 (or equal rates) is the one level of before."""
+    def relu(c: int, hw: int):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        return build_graph(make_model([helper.make_node("Relu", ["x"], ["y"])], [x], [y]))
+
+    cpu = replace(load_profile("local-cpu"), run_us=0.0, dispatch_us=0.0, eff_vector=1.0, units=2, cache_mib=480.0,
+                  private_mib=2.0, cache_gbps=200.0, shared_gbps=100.0)
+    mem = lambda g, p: LatencyModel(g).estimate(p).kernels[0].memory_ms  # noqa: E731
+    small, big = relu(64, 32), relu(256, 128)  # 0.5 MiB in + out; 32 MiB in + out, past 2 x 2 MiB
+    assert mem(small, cpu) == pytest.approx(mem(small, replace(cpu, shared_gbps=1.0)))  # fits: never shared
+    one = replace(cpu, private_mib=0.0)
+    assert mem(big, one) == pytest.approx(32 * 2**20 / 200e9 * 1e3)
+    assert mem(big, cpu) == pytest.approx((4 * 2**20 / 200e9 + 28 * 2**20 / 100e9) * 1e3)
+    assert mem(big, replace(cpu, shared_gbps=200.0)) == pytest.approx(mem(big, one))
+
+
+def _squeeze_excite(c: int = 32, hw: int = 16):
+    """conv -> (global mean -> 1x1 conv -> sigmoid) gate, x * gate -> conv: a squeeze-excitation."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[1, 1]),
+             helper.make_node("GlobalAveragePool", ["a"], ["m"]),
+             helper.make_node("Conv", ["m", "w2"], ["s"], kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["s"], ["g"]),
+             helper.make_node("Mul", ["a", "g"], ["p"]),
+             helper.make_node("Conv", ["p", "w3"], ["y"], kernel_shape=[1, 1])]
+    inits = [_init("w1", (c, c, 1, 1)), _init("w2", (c, c, 1, 1)), _init("w3", (c, c, 1, 1))]
+    return build_graph(make_model(nodes, [x], [y], inits))
+
+
+def test_a_broadcast_gate_breaks_the_blocked_chain():
+    """nchwc_broadcast: ORT keeps x * gate ((N, C, H, W) x (N, C, 1, 1)) in NCHW, so the tensor is
+    reordered out of the blocked layout before the product and back in before the next convolution;
+    a same-shape product stays blocked."""
+    from autovit.latmodel.timing import broadcast_product
+
+    g = _squeeze_excite()
+    cpu = replace(load_profile("local-cpu"), run_us=0.0)
+    assert "nchwc_broadcast" in cpu.mechanisms
+    on = LatencyModel(g).estimate(cpu)
+    off = LatencyModel(g).estimate(replace(cpu, mechanisms=()))
+    assert [k.kernel.op_types for k in on.kernels if broadcast_product(k.kernel)] == [["Mul"]]
+    # two more reorders of the (1, 32, 16, 16) tensor, one each side of the product
+    assert on.latency_ms > off.latency_ms
+    mul_on = next(k for k in on.kernels if k.kernel.op_types == ["Mul"])
+    mul_off = next(k for k in off.kernels if k.kernel.op_types == ["Mul"])
+    assert mul_on.ms > mul_off.ms
+    same = next(k for k in on.kernels if k.kernel.op_types == ["Mul"]).kernel
+    assert not broadcast_product(replace(same, act_shapes=[(1, 32, 16, 16)] * 3))
+
+
 def _separable(c: int, hw: int = 16):
     """1x1 conv 32 -> c, depthwise 3x3 on c, 1x1 conv c -> 32 (an inverted-residual body)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, hw, hw])

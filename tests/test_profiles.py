@@ -75,6 +75,28 @@ def test_local_cpu_cache_counts_private_caches_per_core_and_shared_ones_once(mon
     monkeypatch.setattr(measure, "physical_cores", lambda: 4)
     assert [c["level"] for c in hardware.os_caches()] == ["1", "2", "3"]
     assert hardware.detect_local_cpu()["memory"]["cache_mib"] == pytest.approx(4 * 2 + 32)
+    # the per-core L2 is the private level of two (timing._memory_s), per core
+    assert hardware.detect_local_cpu()["memory"]["private_mib"] == pytest.approx(2.0)
+
+
+def test_measured_streaming_rates_set_the_two_cache_levels():
+    """A LUT's streaming probes set the private caches' rate and the shared level's, for a profile
+    with two levels only; a bad or missing probe leaves the profile's figures."""
+    from autovit.latmodel.hardware import stream_override
+
+    two = {"memory": {"private_mib": 2.0, "cache_mib": 484.0, "cache_gbps": 400.0}}
+    assert stream_override(two, {"private": 190.04, "shared": 110.0}) == {
+        "memory": {"cache_gbps": 190.0, "shared_gbps": 110.0}}
+    assert stream_override(two, None) == {} and stream_override(two, {"private": 190.0}) == {}
+    assert stream_override(two, {"private": 190.0, "shared": 0.0}) == {}
+    assert stream_override({"memory": {"cache_mib": 36.0}}, {"private": 190.0, "shared": 110.0}) == {}  # one level
+
+
+def test_the_stream_probe_times_relu_passes_here():
+    from autovit.latmodel.runner import stream_probe
+
+    assert stream_probe("onnxruntime", 1, 0.25)() > 0
+    assert stream_probe("torch-cuda", 1, 0.25) is None
 
 
 def test_a_measured_gemm_above_the_peak_raises_the_clock():
