@@ -87,7 +87,7 @@ def main() -> None:
             profile = replace(profile, softmax_row_ns=None)
         c = ProfileCalibrator(profile).fit(blocks, measured, nets, op_ms)
         if variant == "no-softmax-rows":  # written as the row cost it fell back on
-            c.params["softmax_row_ns"] = c.params["reduce_row_ns"]
+            c.params["softmax_row_ns"] = c.params.get("reduce_row_ns", profile.reduce_row_ns)
         path = write_calibrated_profile(args.hw, c.params, {"lut": str(Path(args.lut).resolve()), "threads": threads,
                                                             "sgemm_gflops": probe, "stream_gbps": stream}, out_dir / f"{variant}.toml", fixed)
         fitted = replace(profile, **c.params)

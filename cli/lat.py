@@ -372,9 +372,10 @@ def _peak_probe(lut, out, backend: str, threads: int):
 
 
 def _stream_probes(backend: str, threads: int) -> dict:
-    """{"private", "shared"}: runner.stream_probe sized so that its two activations fill half of
-    the private caches of `threads` cores, and four times them (within the shared cache the OS
-    reports); {} where the OS lists no private cache below a shared one."""
+    """{"private", "shared"}: runner.stream_probe over an activation a quarter the size of the
+    private caches of `threads` cores, and one twice their size (four times them must fit the shared
+    cache the OS reports, so that the second probe reads the shared level, not DRAM); {} where the OS
+    lists no private cache below a shared one that large: the profile then keeps one level."""
     from autovit.latmodel.hardware import detect_local_cpu
     from autovit.latmodel.runner import stream_probe
 

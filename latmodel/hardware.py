@@ -484,6 +484,16 @@ def _fallback(d: dict, where: str) -> Fallback | None:
     )
 
 
+def _softmax_row_ns(num: dict[str, float], calibration: dict[str, Any]) -> float | None:
+    """The profile's softmax row cost; None (rows at reduce_row_ns) for a profile calibrated
+    before the term existed: its fit priced softmax rows at the reduce_row_ns it wrote, so the
+    base profile's starting value must not replace them."""
+    stderr = calibration.get("stderr") if isinstance(calibration, dict) else None
+    if isinstance(stderr, dict) and "reduce_row_ns" in stderr and "softmax_row_ns" not in stderr:
+        return None
+    return num.get("efficiency.softmax_row_ns")
+
+
 def _off_or_share(num: dict[str, float], path: str, where: str) -> float:
     """A share of a peak that may be switched off: exactly 0, or at least 1e-4 (a tinier one
     would price its kernels at days)."""
@@ -538,7 +548,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         dw_loop_int_ops=num["compute.dw_loop_int_ops"], dw_index_int_ops=num["compute.dw_index_int_ops"],
         eff_attention=num["efficiency.attention"],
         eff_dwconv=num["efficiency.dwconv"],
-        softmax_row_ns=num.get("efficiency.softmax_row_ns"),
+        softmax_row_ns=_softmax_row_ns(num, _val(d, "calibration", where)),
         amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
         host_us=_host_table(f, _val(d, "mechanisms", where), where), host_reference=f["overhead.host_reference"] or "",
     )
@@ -798,11 +808,13 @@ def detect_local_cpu() -> dict[str, Any]:
     cores = physical_cores()
     # Private caches count once per core, shared ones once.
     cache, private = 0.0, 0.0
+    # A core's own cache lists the core's hardware threads (SMT siblings), not only CPU 0.
+    siblings = _read_first_line("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list") or "0"
     for c in os_caches():
         if c["level"] == "1":
             continue
         shared = c["shared_cpu_list"] or "0"
-        per_core = "," not in shared and "-" not in shared
+        per_core = ("," not in shared and "-" not in shared) or shared == siblings
         cache += _size_mib(c["size"]) * (cores if per_core else 1)
         if per_core:
             private += _size_mib(c["size"])

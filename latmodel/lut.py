@@ -117,11 +117,11 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
         number(probe, f"{p}: LUT field 'environment.sgemm_gflops' (GFLOP/s)", 1e-3, 1e9)
     streams = (d.get("environment") or {}).get("stream_gbps")
     if streams is not None:  # calibrate sets the profile's cache rates to them (hardware.stream_override)
-        if not isinstance(streams, dict):
-            raise AutoVitError(f"{p}: LUT field 'environment.stream_gbps' must be an object of rates (GB/s), "
-                               f"got {streams!r:.40}; {_FIX}")
+        if not isinstance(streams, dict) or sorted(streams) != ["private", "shared"]:
+            raise AutoVitError(f"{p}: LUT field 'environment.stream_gbps' must be {{\"private\": GB/s, \"shared\": GB/s}}, "
+                               f"got {streams!r:.60}; {_FIX}")
         for level, v in streams.items():
-            number(v, f"{p}: LUT field 'environment.stream_gbps.{level}' (GB/s)", 1e-3, 1e9)
+            number(v, f"{p}: LUT field 'environment.stream_gbps.{level}' (GB/s)", 0.1, 1e6)
     for k in ("created", "updated"):
         if not isinstance(d.get(k, ""), str):
             raise AutoVitError(f"{p}: LUT field '{k}' must be a date string, got {d[k]!r:.40}")

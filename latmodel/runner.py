@@ -92,16 +92,19 @@ def sgemm_probe(backend: str, threads: int) -> Callable[[], float] | None:
 
 
 # Element-wise passes per stream probe: the rate is of the passes, not of one session.run's overhead.
-STREAM_PASSES = 16
+STREAM_PASSES = 32
 
 
 def stream_probe(backend: str, threads: int, mib: float) -> Callable[[], float] | None:
     """A ready-to-time streaming probe: each call times a short burst of STREAM_PASSES ReLU passes
     over an fp32 activation of `mib` MiB on `threads` threads and returns the rate (GB/s, bytes
-    read + written, the burst's median). The passes write into a second buffer, so the working set
-    is two activations: `profile` sizes one probe to fit the cores' private caches and one to
-    outgrow them (cli/lat.py), and keeps each one's fastest burst. None for a backend that does
-    not run on this CPU."""
+    read + written, the burst's median). onnxruntime runs the passes in place: the working set is
+    the one activation. Each pass's dispatch is in the rate (about 1.5 us of the 11 us a 1 MiB pass
+    took on this project's Xeon VM), so it errs low by up to a tenth; timing 16 and 32 passes and
+    taking the difference would remove it, but two sessions' spinning thread pools disturb each
+    other's bursts (rates of 107-8,900 GB/s in one minute). `profile` sizes one probe within the
+    cores' private caches and one beyond them (cli/lat.py) and keeps each one's fastest burst.
+    None for a backend that does not run on this CPU."""
     from torch import nn
 
     if backend not in ("onnxruntime", "torch"):

@@ -583,7 +583,8 @@ def _memory_s(k: Kernel, profile: HardwareProfile, act_bytes: float, w_bytes: fl
     cache = profile.cache_mib * 2**20
     hit = min(1.0, cache / act_bytes) if act_bytes > 0 else 1.0
     dram_s = (act_bytes * (1 - hit) + w_bytes * (1 - weight_hit)) / (profile.dram_gbps * 1e9 * profile.eff_memory)
-    private = min(profile.private_mib * 2**20 * profile.units, cache)
+    # The private caches of the cores the kernel runs on.
+    private = min(profile.private_mib * 2**20 * max(profile.units * units_share, 1.0), cache)
     if private > 0:
         # A working set beyond the cores' private caches streams from the shared level, which
         # the cores reach more slowly (docs/COST_MODEL.md, "Two cache levels"); cached weights
@@ -655,8 +656,12 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
             # the chain's tensor: this convolution's output channels, kept by the element-wise ops after it
             chain_channels = k.conv[2] if k.conv is not None else 0
         elif blocked and (left_out or k.category not in _BLOCKED_OK
-                          or (profile.uses("nchwc_broadcast") and broadcast_product(k))):
-            _add_reorder(t, k.in_elems * scale * _reorder_padding(chain_channels, block), profile, dtype)
+                          or (profile.uses("nchwc_broadcast") and nchwc_unblocked_binary(k))):
+            # A broadcast product reorders its small operand (the gate); the large one is the tensor a
+            # squeeze-excitation's global mean read, which left the blocked layout there (or, where the
+            # runtime keeps that pool blocked, here instead: one reorder either way).
+            elems = min(math.prod(s) for s in k.act_shapes[:-1]) if broadcast_product(k) else k.in_elems
+            _add_reorder(t, elems * scale * _reorder_padding(chain_channels, block), profile, dtype)
             blocked = False
         last = t
     if blocked and last is not None and not edges[1]:
@@ -665,15 +670,23 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
 
 
 def broadcast_product(k: Kernel) -> bool:
-    """A product or quotient of two activations of different shapes (a squeeze-excitation's
-    (N, C, H, W) x (N, C, 1, 1) gate): ORT's NCHWc transformer keeps a binary op blocked only when
-    its inputs' shapes match, and reshapes to the blocked shape for Add/Sum alone, so such an op
-    reads NCHW (nchwc_transformer.cc, TransformBinary: Mul "does not currently vectorize well for
-    the case of broadcasting a NCHWc sized channel block")."""
-    if k.category != "elementwise" or len(k.op_types) != 1 or k.op_types[0] not in ("Mul", "Div", "Sub"):
+    """A product of two activations of different shapes (a squeeze-excitation's (N, C, H, W) x
+    (N, C, 1, 1) gate)."""
+    if k.category != "elementwise" or k.op_types != ["Mul"]:
         return False
     inputs = k.act_shapes[:-1]
     return len(inputs) >= 2 and len({tuple(s) for s in inputs}) > 1
+
+
+def nchwc_unblocked_binary(k: Kernel) -> bool:
+    """An element-wise op ORT's NCHWc rewrite does not keep blocked: its binary-op path takes
+    Add, Sum and Mul, and keeps a Mul blocked only when its inputs share a shape (it reshapes to
+    the blocked shape for Add/Sum alone), so a broadcast product and any Div or Sub read NCHW
+    (nchwc_transformer.cc, TransformBinary: Mul "does not currently vectorize well for the case
+    of broadcasting a NCHWc sized channel block")."""
+    if k.category != "elementwise" or len(k.op_types) != 1:
+        return False
+    return k.op_types[0] in ("Div", "Sub") or broadcast_product(k)
 
 
 def _reorder_padding(channels: int, block: int) -> float:

@@ -288,7 +288,8 @@ def test_calibrate_raises_the_clock_to_the_luts_gemm_probe(tmp_path, monkeypatch
             from autovit.latmodel.lut import load_lut
             load_lut(tmp_path / "bad.json")
     bad["environment"]["sgemm_gflops"] = 100.0
-    for value in ("fast", {"private": -1.0}, {"shared": "x"}, [1, 2]):
+    for value in ("fast", {"private": -1.0, "shared": 1.0}, {"private": 1.0, "shared": "x"}, [1, 2], {"private": 180.0},
+                  {"private": 1.0, "shared": 1.0, 'x"y': 5.0}, {"private": 1e9, "shared": 1.0}):
         bad["environment"]["stream_gbps"] = value
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(AutoVitError, match="stream_gbps"):

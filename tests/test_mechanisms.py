@@ -211,25 +211,42 @@ def _squeeze_excite(c: int = 32, hw: int = 16):
 
 
 def test_a_broadcast_gate_breaks_the_blocked_chain():
-    """nchwc_broadcast: ORT keeps x * gate ((N, C, H, W) x (N, C, 1, 1)) in NCHW, so the tensor is
-    reordered out of the blocked layout before the product and back in before the next convolution;
-    a same-shape product stays blocked."""
-    from autovit.latmodel.timing import broadcast_product
+    """nchwc_broadcast: ORT keeps x * gate ((N, C, H, W) x (N, C, 1, 1)) in NCHW, and never keeps a
+    Div or Sub blocked. In a squeeze-excitation the tensor leaves the blocked layout once (at the
+    global mean, which the model reorders before, or at the product) and comes back once, before
+    the next convolution: the product itself reorders only its gate. A same-shape product stays
+    blocked."""
+    from autovit.latmodel.timing import broadcast_product, nchwc_unblocked_binary
 
     g = _squeeze_excite()
-    cpu = replace(load_profile("local-cpu"), run_us=0.0)
+    cpu = replace(load_profile("local-cpu"), run_us=0.0, dispatch_us=0.0)  # reorders by their bytes alone
     assert "nchwc_broadcast" in cpu.mechanisms
     on = LatencyModel(g).estimate(cpu)
     off = LatencyModel(g).estimate(replace(cpu, mechanisms=()))
     assert [k.kernel.op_types for k in on.kernels if broadcast_product(k.kernel)] == [["Mul"]]
-    # two more reorders of the (1, 32, 16, 16) tensor, one each side of the product
-    assert on.latency_ms > off.latency_ms
     mul_on = next(k for k in on.kernels if k.kernel.op_types == ["Mul"])
     mul_off = next(k for k in off.kernels if k.kernel.op_types == ["Mul"])
-    assert mul_on.ms > mul_off.ms
-    same = next(k for k in on.kernels if k.kernel.op_types == ["Mul"]).kernel
-    assert not broadcast_product(replace(same, act_shapes=[(1, 32, 16, 16)] * 3))
+    last_on, last_off = on.kernels[-1], off.kernels[-1]
+    # the gate's 32 elements out, the (1, 32, 16, 16) tensor back in before the last convolution
+    assert 0 < mul_on.ms - mul_off.ms < 0.1 * (last_on.ms - last_off.ms)
+    assert last_on.ms > last_off.ms and on.latency_ms > off.latency_ms
+    same = replace(mul_on.kernel, act_shapes=[(1, 32, 16, 16)] * 3)
+    assert not broadcast_product(same) and not nchwc_unblocked_binary(same)
+    assert nchwc_unblocked_binary(replace(same, op_types=["Div"])) and nchwc_unblocked_binary(replace(same, op_types=["Sub"]))
+    assert not nchwc_unblocked_binary(replace(same, op_types=["Add"]))
 
+
+def test_a_profile_calibrated_before_softmax_rows_keeps_its_row_cost():
+    """A calibrated file whose fit had no softmax_row_ns priced softmax rows at its reduce_row_ns;
+    a base profile's starting value must not replace that."""
+    from autovit.latmodel.hardware import _softmax_row_ns  # noqa: PLC2701 - the rule profile_from_dict applies
+
+    base = {"efficiency.softmax_row_ns": 10.0}
+    assert _softmax_row_ns(base, {"stderr": {"reduce_row_ns": 1.0}}) is None  # calibrated before the term
+    assert _softmax_row_ns(base, {"stderr": {"reduce_row_ns": 1.0, "softmax_row_ns": 1.0}}) == 10.0
+    assert _softmax_row_ns(base, {}) == 10.0  # a data-sheet profile keeps its figure
+    assert _softmax_row_ns({}, {}) is None
+    assert load_profile("local-cpu").softmax_row_ns is None  # local-cpu prices softmax rows at reduce_row_ns
 
 def _separable(c: int, hw: int = 16):
     """1x1 conv 32 -> c, depthwise 3x3 on c, 1x1 conv c -> 32 (an inverted-residual body)."""

@@ -77,6 +77,10 @@ def test_local_cpu_cache_counts_private_caches_per_core_and_shared_ones_once(mon
     assert hardware.detect_local_cpu()["memory"]["cache_mib"] == pytest.approx(4 * 2 + 32)
     # the per-core L2 is the private level of two (timing._memory_s), per core
     assert hardware.detect_local_cpu()["memory"]["private_mib"] == pytest.approx(2.0)
+    # with SMT a core's L2 lists its two hardware threads: still the core's own
+    files[f"{base}2/shared_cpu_list"] = "0,4"
+    files["/sys/devices/system/cpu/cpu0/topology/thread_siblings_list"] = "0,4"
+    assert hardware.detect_local_cpu()["memory"] == {"cache_mib": pytest.approx(40.0), "private_mib": pytest.approx(2.0)}
 
 
 def test_measured_streaming_rates_set_the_two_cache_levels():
