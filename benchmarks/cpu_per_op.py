@@ -102,6 +102,11 @@ def graph_of(name: str, build, shape, cache: Path):
     return cached_graph(cache, name.replace("|", "_").replace("/", "_")[:150], build, tuple(shape))
 
 
+def profiler_ms_per_node(r: dict) -> float:
+    """The profiler's own cost per node of one collected network: (profiled run - run) / nodes, ms."""
+    return (r["profiled_run_ms"] - r["run_ms"]) / max(len(r["nodes"]), 1)
+
+
 def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
     """Per set and class: predicted ms, measured kernel ms, kernel and node counts."""
     from autovit.latmodel.estimate import estimate
@@ -119,7 +124,7 @@ def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
             a = acc[g][node_class(n)]
             a["ort_ms"] += n["ms"]
             a["nodes"] += 1
-        overhead[g].append(1e3 * (r["profiled_run_ms"] - r["run_ms"]) / max(len(r["nodes"]), 1))
+        overhead[g].append(1e3 * profiler_ms_per_node(r))
     out = {}
     for g, cats in acc.items():
         out[g] = {"profiler_us_per_node_median": float(np.median(overhead[g])),
@@ -145,7 +150,7 @@ def row_costs(res: dict, builders: dict, profile, cache: Path) -> dict:
         kernels = estimate(g, profile).kernels
         # onnxruntime names a node it rewrote by its output, one it kept by the ONNX node's name
         by_out = {t: kt for kt in kernels for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
-        over = (r["profiled_run_ms"] - r["run_ms"]) / max(len(r["nodes"]), 1)
+        over = profiler_ms_per_node(r)
         for n in r["nodes"]:
             kt = by_out.get(n["name"].removesuffix("_nchwc"))
             if n["op"] in ROW_OPS and kt is not None and kt.kernel.rows:

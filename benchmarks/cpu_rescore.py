@@ -1,6 +1,7 @@
 """Re-price saved `validate --out` rows with another profile (issue 12, this machine; nothing timed).
 
     python benchmarks/cpu_rescore.py --hw PROFILE VALIDATE.json [VALIDATE2.json ...] [--graphs DIR] [--rows]
+    python benchmarks/cpu_rescore.py --pool RESCORED.json [...]     # pooled_timm of saved --rows outputs
 
 For the ablation of a cost-model mechanism or a measurement statistic on the same measurements:
 calibrate a variant profile on the same LUT (`autovit-lat calibrate --hw VARIANT.toml --lut LUT
@@ -12,12 +13,15 @@ scaled once per run) and `per_round_scaled` (each round scaled by the reference 
 the median over rounds: validate's statistic before issue 12's third pass); where validate
 priced a set block by block, `block_sum_as_saved`: its saved block-sum predictions against
 `measured_ms`, as saved (not re-priced), and `block_sum`: the block sum re-priced with --hw
-(validate's analytical_blocks predictor) against `measured_ms`.
+(validate's analytical_blocks predictor) against `measured_ms`; `pooled_timm`: over the timm models
+of all the files together, the median abs log error of the ONNX-graph predictor and its share
+within 10 %.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -46,19 +50,28 @@ def main() -> None:
     from benchmarks.fast_state import run_speed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hw", required=True, help="profile name or TOML path")
+    ap.add_argument("--hw", help="profile name or TOML path (required but with --pool)")
     ap.add_argument("files", nargs="+")
     ap.add_argument("--graphs", default=str(HERE / ".cache" / "local_cpu_graphs"))
     ap.add_argument("--restat", action="store_true",
                     help="recompute measured_ms from the saved rounds with this code's statistic "
                          "(measure.at_reference; the run's speed from its distinct reference bursts)")
     ap.add_argument("--rows", action="store_true", help="also list every network's prediction and measurement")
+    ap.add_argument("--pool", action="store_true",
+                    help="FILES are outputs of this script with --rows (of any version): print only their pooled_timm")
     args = ap.parse_args()
+    if args.pool:
+        print(dumps({f: pooled_timm(r for s in json.loads(Path(f).read_text())["files"].values() for r in s["rows"])
+                     for f in args.files}, indent=1))
+        return
+    if not args.hw:
+        ap.error("--hw is required (but with --pool)")
     profile = load_profile(args.hw)
     block_oracle = AnalyticalOracle(profile, **DECOMPOSITION)
     graphs = Path(args.graphs)
     graphs.mkdir(parents=True, exist_ok=True)
     out: dict = {"hw": args.hw, "files": {}}
+    every: list = []
     for f in args.files:
         d = json.loads(Path(f).read_text())
         rows = [r for r in d["rows"] if r.get("measured_ms")]
@@ -87,7 +100,19 @@ def main() -> None:
                 out["files"][f][g]["block_sum_as_saved"] = ratio_metrics(*map(list, zip(*saved)))
         if args.rows:
             out["files"][f]["rows"] = listed
+        every += listed
+    out["pooled_timm"] = pooled_timm(every)
     print(dumps(out, indent=1))
+
+
+def pooled_timm(rows) -> dict:
+    """Over every row that is not a random subnet (the timm models of all the files together): the
+    median of |log(predicted / measured)| and the share within 10 % (%)."""
+    errs = [math.log(r["predicted_ms"] / r["measured_ms"]) for r in rows if r["group"] != "random"]
+    if not errs:
+        return {"n": 0}
+    return {"n": len(errs), "median_abs_log_error": statistics.median(abs(e) for e in errs),
+            "within_10": 100 * sum(abs(math.exp(e) - 1) <= 0.1 for e in errs) / len(errs)}
 
 
 if __name__ == "__main__":

@@ -260,12 +260,19 @@ def profile(hw: str, backend: str, preset: str | None, space_name: str | None, b
                "blocks": len(blocks), "networks": [n.source for n in networks], "measured": measured,
                "already_there": len(blocks) + len(networks) - len(todo) - len(nets_todo),
                "op_classes_recorded": op_annotated,
+               "sgemm_gflops": lut.environment.get("sgemm_gflops"), "stream_gbps": lut.environment.get("stream_gbps"),
                "failed": [{"block": k, "error": e} for k, e in failures], "wall_s": round(time.time() - t0, 1)}
     if as_json:
         print_json(summary)
     else:
         console.print(f"measured {measured} blocks" + (" and networks" if networks else "")
                       + f" in {summary['wall_s']} s -> {out}", highlight=False)
+        probes = lut.environment
+        if probes.get("sgemm_gflops") or probes.get("stream_gbps"):
+            streams = probes.get("stream_gbps") or {}
+            console.print(f"probes (fastest rounds): GEMM {probes.get('sgemm_gflops') or '-'} GFLOP/s"
+                          + (f"; streaming {streams['private']} GB/s within the private caches, {streams['shared']} beyond"
+                             if streams else ""), highlight=False)
         for k, e in failures:
             console.print(f"[yellow]failed:[/] {k}: {e}", highlight=False)
     if failures:

@@ -848,8 +848,8 @@ def stream_override(d: dict[str, Any], stream_gbps: dict[str, float] | None) -> 
     """[memory] cache_gbps and shared_gbps set to the rates this machine streamed an activation at
     from its cores' private caches and from beyond them (`stream_gbps` {"private", "shared"}: the
     fastest runner.stream_probe bursts of a LUT, GB/s at its threads), for a profile with two
-    cache levels (memory.private_mib > 0); {} otherwise. No data sheet gives them for a VM: on
-    this project's machines the rate beyond the private caches was 0.6-0.3x the rate within them,
+    cache levels (memory.private_mib > 0); {} otherwise. No data sheet gives them for a VM, and on
+    this project's Xeon VM the rate beyond the private caches was well below the rate within them,
     whatever the size of the shared cache the OS reports (docs/BENCHMARKS.md section 3.12)."""
     private = (d.get("memory") or {}).get("private_mib")
     if not stream_gbps or not private:

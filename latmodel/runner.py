@@ -99,10 +99,10 @@ def stream_probe(backend: str, threads: int, mib: float) -> Callable[[], float] 
     """A ready-to-time streaming probe: each call times a short burst of STREAM_PASSES ReLU passes
     over an fp32 activation of `mib` MiB on `threads` threads and returns the rate (GB/s, bytes
     read + written, the burst's median). onnxruntime runs the passes in place: the working set is
-    the one activation. Each pass's dispatch is in the rate (about 1.5 us of the 11 us a 1 MiB pass
-    took on this project's Xeon VM), so it errs low by up to a tenth; timing 16 and 32 passes and
-    taking the difference would remove it, but two sessions' spinning thread pools disturb each
-    other's bursts (rates of 107-8,900 GB/s in one minute). `profile` sizes one probe within the
+    the one activation. Each pass's dispatch is in the rate, so it errs low; timing 16 and 32 passes
+    and taking the difference would remove that, but two sessions' spinning thread pools disturb
+    each other's bursts and the difference was unstable (docs/COST_MODEL.md, "Two cache levels").
+    `profile` sizes one probe within the
     cores' private caches and one beyond them (cli/lat.py) and keeps each one's fastest burst.
     None for a backend that does not run on this CPU."""
     from torch import nn

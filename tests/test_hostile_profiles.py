@@ -62,6 +62,13 @@ def _profile(tmp_path, text, name="p.toml"):
     ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = "4"\n', ["layout.nchwc_pad_multiple"]),
     ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = true\n', ["layout.nchwc_pad_multiple"]),
     ('base = "cpu-x86"\nname = "x"\n[layout]\nnchwc_pad_multiple = 1025\n', ["layout.nchwc_pad_multiple"]),
+    ('base = "local-cpu"\nname = "x"\n[memory]\nprivate_mib = -1\n', ["memory.private_mib"]),
+    ('base = "local-cpu"\nname = "x"\n[memory]\nprivate_mib = "2"\n', ["memory.private_mib"]),
+    ('base = "local-cpu"\nname = "x"\n[memory]\nshared_gbps = 0\n', ["memory.shared_gbps"]),
+    ('base = "local-cpu"\nname = "x"\n[memory]\nshared_gbps = nan\n', ["memory.shared_gbps"]),
+    ('base = "local-cpu"\nname = "x"\n[efficiency]\nsoftmax_row_ns = -5\n', ["efficiency.softmax_row_ns"]),
+    ('base = "local-cpu"\nname = "x"\n[efficiency]\nsoftmax_row_ns = true\n', ["efficiency.softmax_row_ns"]),
+    (BASE + '[[fusion]]\nname = "a"\npattern = ["Sigmoid", "Mul"]\nself_gated = "yes"\n', ["self_gated"]),
 ])
 def test_bad_profiles_are_one_line(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)

@@ -352,6 +352,9 @@ def test_profile_cli_networks_option(tmp_path, capsys):
     code, out, _ = run_cli(lat, base + ["--networks", "autovit:xxs", "--json"], capsys)
     assert code == 0 and json.loads(out)["networks"] == ["autovit:xxs"]
     saved = load_lut(tmp_path / "l.json")
+    # the summary reports the probes the LUT keeps
+    assert json.loads(out)["sgemm_gflops"] == saved.environment["sgemm_gflops"]
+    assert json.loads(out)["stream_gbps"] == saved.environment.get("stream_gbps")
     # the GEMM probe's fastest round, for calibrate's clock (hardware.clock_override)
     assert list(saved.networks) == ["autovit:xxs"] and saved.environment["sgemm_gflops"] > 0
     # the streaming probes' fastest rounds, where the OS lists private caches below a shared one
