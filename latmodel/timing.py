@@ -326,9 +326,19 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
     it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
     tiles, one thread per block up to the cores, so a small op runs on one thread and pays
     nothing while a large one pays for every core: small kernels do not speed up with cores. A
-    oneDNN convolution pays the whole team once per region it opens (onednn_regions)."""
+    oneDNN convolution pays the whole team once per region it opens (onednn_regions). A
+    convolution in ONNX Runtime's blocked layout (chain_reorder) runs on every thread of the pool
+    whatever its size: MLAS splits its output rows over all of them (snchwc.cpp, MlasNchwcConv:
+    `tids = GetMaximumThreadCount()`), a depthwise one included; one the layout left out runs
+    on the threads its NCHW GEMM takes (nchw_conv)."""
+    blocked_conv = profile.chain_reorder and k.category in ("conv", "dwconv") and k.conv is not None
+    nchw = nchw_conv(k, profile, dtype, scale) if blocked_conv else None
     if compiled_loop(k, profile):
         blocks = compiled_threads(k, profile, scale)
+    elif nchw is not None:
+        blocks = nchw.threads
+    elif blocked_conv:
+        blocks = profile.units
     elif k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
         tile = kernel_tile(k, profile, dtype, scale)

@@ -392,3 +392,34 @@ def test_convolutions_left_in_nchw_run_im2col_and_gemm_on_mlas_threads():
     assert nchw_conv(dw(22, cpu, hw=128)[0].kernel, cpu, "fp32", 1.0).threads == 2  # 9 x 16384 MACs: two threads
     # ... with a reorder out of the blocked layout in front of it, and none back (its reader is NCHW too).
     assert on_ms > off_ms
+
+
+def test_blocked_convolutions_start_every_thread_of_the_pool_whatever_their_size():
+    """MLAS runs a convolution in the blocked layout on all the pool's threads (its output rows
+    split over them), a tiny depthwise one included, so each pays fork_join_us per thread; a small
+    element-wise op stays on one thread and pays none; a convolution the layout leaves in NCHW
+    pays for the threads its GEMM takes (one for a small depthwise map)."""
+    from autovit.latmodel.timing import fork_join_s, nchw_conv
+
+    cpu = replace(load_profile("local-cpu"), units=2, matrix_align={"fp32": 16}, fork_join_us=3.0)
+    assert "fork_join" in cpu.mechanisms
+
+    def kernels(c, hw, profile=cpu):
+        return {t.kernel.category: t.kernel for t in LatencyModel(_separable(c, hw)).estimate(profile).kernels}
+
+    team = 2 * 3.0e-6
+    dw = kernels(32, 4)["dwconv"]  # 512 outputs: one vector block, yet both threads start
+    assert fork_join_s(dw, cpu, "fp32", 1.0) == pytest.approx(team)
+    assert fork_join_s(kernels(32, 4)["conv"], cpu, "fp32", 1.0) == pytest.approx(team)
+    # Without the blocked layout the same depthwise kernel is one block of element-wise work: one thread.
+    flat = replace(cpu, chain_reorder=False)
+    assert fork_join_s(kernels(32, 4, flat)["dwconv"], flat, "fp32", 1.0) == 0.0
+    # 22 channels stay in NCHW: a small map's depthwise GEMM runs on one thread, a large one's on two.
+    small, large = kernels(22, 16)["dwconv"], kernels(22, 128)["dwconv"]
+    assert nchw_conv(small, cpu, "fp32", 1.0).threads == 1 and fork_join_s(small, cpu, "fp32", 1.0) == 0.0
+    assert nchw_conv(large, cpu, "fp32", 1.0).threads == 2 and fork_join_s(large, cpu, "fp32", 1.0) == pytest.approx(team)
+    # The fork_join switch off: nothing at all, and the kernel's time drops by exactly the team's cost.
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "fork_join"))
+    on_t = next(t for t in LatencyModel(_separable(32, 4)).estimate(cpu).kernels if t.kernel.category == "dwconv")
+    off_t = next(t for t in LatencyModel(_separable(32, 4)).estimate(off).kernels if t.kernel.category == "dwconv")
+    assert on_t.device_ms - off_t.device_ms == pytest.approx(team * 1e3)
