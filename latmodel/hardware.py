@@ -494,6 +494,17 @@ def _softmax_row_ns(num: dict[str, float], calibration: dict[str, Any]) -> float
     return num.get("efficiency.softmax_row_ns")
 
 
+def _fork_join_us(num: dict[str, float], calibration: dict[str, Any]) -> float:
+    """The profile's fork/join cost per thread; 0 for a profile calibrated without it (its fit
+    wrote per-kernel costs but no fork_join_us: a local-cpu profile calibrated before the
+    mechanism was switched on there), whose fitted costs already hold what threads cost, so the
+    base profile's starting value must not be added to them."""
+    stderr = calibration.get("stderr") if isinstance(calibration, dict) else None
+    if isinstance(stderr, dict) and "dispatch_us" in stderr and "fork_join_us" not in stderr:
+        return 0.0
+    return num["overhead.fork_join_us"]
+
+
 def _off_or_share(num: dict[str, float], path: str, where: str) -> float:
     """A share of a peak that may be switched off: exactly 0, or at least 1e-4 (a tinier one
     would price its kernels at days)."""
@@ -549,7 +560,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         eff_attention=num["efficiency.attention"],
         eff_dwconv=num["efficiency.dwconv"],
         softmax_row_ns=_softmax_row_ns(num, _val(d, "calibration", where)),
-        amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
+        amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=_fork_join_us(num, _val(d, "calibration", where)),
         host_us=_host_table(f, _val(d, "mechanisms", where), where), host_reference=f["overhead.host_reference"] or "",
     )
 

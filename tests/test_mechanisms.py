@@ -423,3 +423,28 @@ def test_blocked_convolutions_start_every_thread_of_the_pool_whatever_their_size
     on_t = next(t for t in LatencyModel(_separable(32, 4)).estimate(cpu).kernels if t.kernel.category == "dwconv")
     off_t = next(t for t in LatencyModel(_separable(32, 4)).estimate(off).kernels if t.kernel.category == "dwconv")
     assert on_t.device_ms - off_t.device_ms == pytest.approx(team * 1e3)
+
+
+def test_a_local_cpu_profile_calibrated_before_fork_join_keeps_its_estimates(tmp_path):
+    """A calibrated file whose fit had no fork_join_us holds what threads cost in its other fitted
+    terms; the base profile's starting value must not be added on top (it would raise every
+    blocked convolution by 2 x 1 us)."""
+    from autovit.latmodel.hardware import _fork_join_us  # noqa: PLC2701 - the rule profile_from_dict applies
+
+    base = {"overhead.fork_join_us": 1.0}
+    assert _fork_join_us(base, {"stderr": {"dispatch_us": 0.1}}) == 0.0  # calibrated before the mechanism
+    assert _fork_join_us(base, {"stderr": {"dispatch_us": 0.1, "fork_join_us": 0.2}}) == 1.0
+    assert _fork_join_us(base, {}) == 1.0  # a data-sheet profile keeps its figure
+
+    def calibrated(stderr: str):
+        p = tmp_path / f"cal{len(stderr)}.toml"
+        p.write_text('name = "local-cpu@calibrated"\nbase = "local-cpu"\n[overhead]\ndispatch_us = 1.5\n'
+                     f'[calibration]\nstderr = {{ {stderr} }}\n')
+        return load_profile(str(p))
+
+    old, new = calibrated('"dispatch_us" = 0.1'), calibrated('"dispatch_us" = 0.1, "fork_join_us" = 0.3')
+    assert old.fork_join_us == 0.0 and new.fork_join_us == 1.0
+    g = _separable(32, 16)
+    no_fork = replace(new, mechanisms=tuple(m for m in new.mechanisms if m != "fork_join"))
+    assert LatencyModel(g).estimate(old).latency_ms == pytest.approx(LatencyModel(g).estimate(no_fork).latency_ms)
+    assert LatencyModel(g).estimate(new).latency_ms > LatencyModel(g).estimate(old).latency_ms
