@@ -10,6 +10,8 @@ Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the sam
 - no-probe: the clock the OS reports (no clock_override);
 - no-stream: the profile's cache rates, not the LUT's streaming probes (no stream_override);
 - no-softmax-rows: softmax rows priced at reduce_row_ns, as LayerNorm's (no softmax_row_ns);
+- no-fork_join: the thread pool's cost per parallel kernel switched off (mechanism fork_join;
+  written as fork_join_us = 0);
 - blocks-only: no whole network (`calibrate --no-network`);
 - reference-only: the drift monitor's reference network instead of the LUT's networks (what
   `calibrate` did before the LUT held networks);
@@ -31,7 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "blocks-only", "reference-only", "equal-total", "networks-x4")
+VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "blocks-only", "reference-only", "equal-total",
+            "networks-x4")
 
 
 def networks_for(variant: str, lut, n_blocks: int) -> list:
@@ -85,9 +88,13 @@ def main() -> None:
         nets = networks_for(variant, lut, len(blocks))
         if variant == "no-softmax-rows":
             profile = replace(profile, softmax_row_ns=None)
+        if variant == "no-fork_join":
+            profile = replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != "fork_join"))
         c = ProfileCalibrator(profile).fit(blocks, measured, nets, op_ms)
         if variant == "no-softmax-rows":  # written as the row cost it fell back on
             c.params["softmax_row_ns"] = c.params.get("reduce_row_ns", profile.reduce_row_ns)
+        if variant == "no-fork_join":  # written as no cost, which prices as the mechanism off
+            c.params["fork_join_us"] = 0.0
         path = write_calibrated_profile(args.hw, c.params, {"lut": str(Path(args.lut).resolve()), "threads": threads,
                                                             "sgemm_gflops": probe, "stream_gbps": stream}, out_dir / f"{variant}.toml", fixed)
         fitted = replace(profile, **c.params)

@@ -10,7 +10,9 @@ ops, so the session's own per-run cost cancels.
 - `dw3x3_c32_4x4`, `dw3x3_c64_7x7`: small depthwise convolutions, which MLAS splits over every
   thread of the pool whatever their size: on 2 threads minus on 1 is what starting and joining
   the second thread costs them (the profile's `fork_join` mechanism);
-- `conv1x1_c16_7x7`: a small dense pointwise convolution, the same way.
+- `conv1x1_c16_7x7`: a small dense pointwise convolution, the same way;
+- `dw3x3_c22_7x7`: a depthwise convolution the blocked layout leaves in NCHW (22 channels: not a
+  multiple of 4), which MLAS runs as a GEMM per channel on the threads its size earns.
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def run_us(onnx_bytes: bytes, shape: tuple, threads: int, reps: int) -> float:
 
 
 CASES = {"relu16": ("Relu", 16, 1, 1, True), "dw3x3_c32_4x4": ("Conv", 32, 4, 3, True),
-         "dw3x3_c64_7x7": ("Conv", 64, 7, 3, True), "conv1x1_c16_7x7": ("Conv", 16, 7, 1, False)}
+         "dw3x3_c64_7x7": ("Conv", 64, 7, 3, True), "conv1x1_c16_7x7": ("Conv", 16, 7, 1, False),
+         "dw3x3_c22_7x7": ("Conv", 22, 7, 3, True)}
 
 
 def main() -> None:

@@ -494,17 +494,6 @@ def _softmax_row_ns(num: dict[str, float], calibration: dict[str, Any]) -> float
     return num.get("efficiency.softmax_row_ns")
 
 
-def _fork_join_us(num: dict[str, float], calibration: dict[str, Any]) -> float:
-    """The profile's fork/join cost per thread; 0 for a profile calibrated without it (its fit
-    wrote per-kernel costs but no fork_join_us: a local-cpu profile calibrated before the
-    mechanism was switched on there), whose fitted costs already hold what threads cost, so the
-    base profile's starting value must not be added to them."""
-    stderr = calibration.get("stderr") if isinstance(calibration, dict) else None
-    if isinstance(stderr, dict) and "dispatch_us" in stderr and "fork_join_us" not in stderr:
-        return 0.0
-    return num["overhead.fork_join_us"]
-
-
 def _off_or_share(num: dict[str, float], path: str, where: str) -> float:
     """A share of a peak that may be switched off: exactly 0, or at least 1e-4 (a tinier one
     would price its kernels at days)."""
@@ -560,7 +549,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         eff_attention=num["efficiency.attention"],
         eff_dwconv=num["efficiency.dwconv"],
         softmax_row_ns=_softmax_row_ns(num, _val(d, "calibration", where)),
-        amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=_fork_join_us(num, _val(d, "calibration", where)),
+        amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
         host_us=_host_table(f, _val(d, "mechanisms", where), where), host_reference=f["overhead.host_reference"] or "",
     )
 
@@ -746,6 +735,16 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _calibrated_before_fork_join(d: dict[str, Any]) -> bool:
+    """A calibrated profile file whose fit had per-kernel costs but no fork_join_us, and which
+    sets no fork_join_us itself: a local-cpu profile calibrated before the mechanism was
+    switched on there. It keeps fork_join_us at 0 so that its estimates stay as its fit made them."""
+    cal, over = d.get("calibration"), d.get("overhead")
+    stderr = cal.get("stderr") if isinstance(cal, dict) else None
+    own = isinstance(over, dict) and "fork_join_us" in over
+    return isinstance(stderr, dict) and "dispatch_us" in stderr and "fork_join_us" not in stderr and not own
+
+
 def _resolved_dict(ref: str, folder: Path | None = None, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     """The profile `ref` merged over its chain of bases; `chain` holds the files naming it."""
     src, where = _locate(ref, folder, top=not chain)
@@ -755,6 +754,9 @@ def _resolved_dict(ref: str, folder: Path | None = None, chain: tuple[str, ...] 
     if len(chain) >= MAX_BASE_DEPTH:
         raise AutoVitError(f"hardware profile {where}: more than {MAX_BASE_DEPTH} levels of 'base'")
     d = _parse(src, where)
+    if _calibrated_before_fork_join(d):
+        # Its fit priced what threads cost in its other terms: the base's starting value must not add to them.
+        d = _merge(d, {"overhead": {"fork_join_us": 0.0}})
     if d.get("detect"):
         # Detected at the level that asks for it, so a profile based on this one (a calibrated
         # profile fitted at fewer threads, a user's copy) can still set [cpu] keys itself.

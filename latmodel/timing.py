@@ -111,6 +111,17 @@ def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile
     return min(max(util, 1e-6), 1.0)
 
 
+def blocked_rows_share(k: Kernel, profile: HardwareProfile, scale: float) -> float:
+    """Share of the units a depthwise convolution in the blocked layout keeps busy: MLAS splits
+    its output rows of every block of channels evenly over all the pool's threads, however small
+    the map (snchwc.cpp, MlasConvDepthwiseFloatThreaded), not in element blocks as the other
+    vector kernels; a map of square output is assumed."""
+    n, _, cout, _, _, pixels = k.conv  # type: ignore[misc]
+    items = max(1, round(n * scale)) * math.ceil(cout / max(nchwc_block(profile, "fp32"), 1)) * max(1, math.isqrt(pixels))
+    waves = math.ceil(items / profile.units)
+    return items / (waves * profile.units)
+
+
 def vector_utilization(work: float, profile: HardwareProfile) -> float:
     """Share of units busy for `work` independent elements split in blocks of vector_block."""
     blocks = max(1, math.ceil(work / profile.vector_block))
@@ -555,6 +566,8 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
     else:
         if compiled_loop(k, profile):
             units_share = compiled_threads(k, profile, scale) / profile.units
+        elif k.category == "dwconv" and profile.chain_reorder and nchw is None and k.conv is not None:
+            units_share = blocked_rows_share(k, profile, scale)
         else:
             units_share = vector_utilization(k.work_elems * scale * work_pad, profile)
         util = units_share

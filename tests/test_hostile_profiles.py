@@ -68,6 +68,8 @@ def _profile(tmp_path, text, name="p.toml"):
     ('base = "local-cpu"\nname = "x"\n[memory]\nshared_gbps = nan\n', ["memory.shared_gbps"]),
     ('base = "local-cpu"\nname = "x"\n[efficiency]\nsoftmax_row_ns = -5\n', ["efficiency.softmax_row_ns"]),
     ('base = "local-cpu"\nname = "x"\n[efficiency]\nsoftmax_row_ns = true\n', ["efficiency.softmax_row_ns"]),
+    ('base = "local-cpu"\nname = "x"\n[overhead]\nfork_join_us = -1\n', ["overhead.fork_join_us"]),
+    ('base = "local-cpu"\nname = "x"\n[overhead]\nfork_join_us = nan\n', ["overhead.fork_join_us"]),
     (BASE + '[[fusion]]\nname = "a"\npattern = ["Sigmoid", "Mul"]\nself_gated = "yes"\n', ["self_gated"]),
 ])
 def test_bad_profiles_are_one_line(tmp_path, capsys, text, needles):

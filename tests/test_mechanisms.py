@@ -384,11 +384,12 @@ def test_convolutions_left_in_nchw_run_im2col_and_gemm_on_mlas_threads():
     (on_k, on_ms), (off_k, off_ms) = dw(22, cpu, hw=64), dw(22, off, hw=64)
     assert on_k.bytes - off_k.bytes == pytest.approx(2 * 9 * 22 * 64 * 64 * 4)
     # ... and, 9 x 4096 multiply-adds per channel being below MLAS's 64 Ki per thread, runs on one
-    # of the two cores (priced blocked, its 98 k outputs would keep 3 of 4 vector slots busy) ...
-    from autovit.latmodel.timing import nchw_conv, vector_utilization
+    # of the two cores (priced blocked, MLAS would split its 64 rows of 2 channel blocks over both) ...
+    from autovit.latmodel.timing import blocked_rows_share, nchw_conv
 
     assert nchw_conv(on_k.kernel, cpu, "fp32", 1.0).threads == 1
-    assert on_k.compute_ms == pytest.approx(off_k.compute_ms * vector_utilization(22 * 64 * 64, cpu) / 0.5)
+    assert blocked_rows_share(off_k.kernel, cpu, 1.0) == 1.0
+    assert on_k.compute_ms == pytest.approx(off_k.compute_ms / 0.5)
     assert nchw_conv(dw(22, cpu, hw=128)[0].kernel, cpu, "fp32", 1.0).threads == 2  # 9 x 16384 MACs: two threads
     # ... with a reorder out of the blocked layout in front of it, and none back (its reader is NCHW too).
     assert on_ms > off_ms
@@ -408,8 +409,14 @@ def test_blocked_convolutions_start_every_thread_of_the_pool_whatever_their_size
         return {t.kernel.category: t.kernel for t in LatencyModel(_separable(c, hw)).estimate(profile).kernels}
 
     team = 2 * 3.0e-6
-    dw = kernels(32, 4)["dwconv"]  # 512 outputs: one vector block, yet both threads start
+    dw = kernels(32, 4)["dwconv"]  # 512 outputs: one vector block, yet both threads start ...
     assert fork_join_s(dw, cpu, "fp32", 1.0) == pytest.approx(team)
+    # ... and share its 4 rows of 2 channel blocks: the work is priced on both units too.
+    from autovit.latmodel.timing import blocked_rows_share, vector_utilization
+
+    assert blocked_rows_share(dw, cpu, 1.0) == 1.0 and vector_utilization(512, cpu) == 0.5
+    one_row = kernels(16, 1)["dwconv"]  # one row of one block: one item, one thread busy
+    assert blocked_rows_share(one_row, cpu, 1.0) == 0.5
     assert fork_join_s(kernels(32, 4)["conv"], cpu, "fp32", 1.0) == pytest.approx(team)
     # Without the blocked layout the same depthwise kernel is one block of element-wise work: one thread.
     flat = replace(cpu, chain_reorder=False)
@@ -428,22 +435,17 @@ def test_blocked_convolutions_start_every_thread_of_the_pool_whatever_their_size
 def test_a_local_cpu_profile_calibrated_before_fork_join_keeps_its_estimates(tmp_path):
     """A calibrated file whose fit had no fork_join_us holds what threads cost in its other fitted
     terms; the base profile's starting value must not be added on top (it would raise every
-    blocked convolution by 2 x 1 us)."""
-    from autovit.latmodel.hardware import _fork_join_us  # noqa: PLC2701 - the rule profile_from_dict applies
+    blocked convolution by 2 x 1 us). A value the file sets itself stays."""
 
-    base = {"overhead.fork_join_us": 1.0}
-    assert _fork_join_us(base, {"stderr": {"dispatch_us": 0.1}}) == 0.0  # calibrated before the mechanism
-    assert _fork_join_us(base, {"stderr": {"dispatch_us": 0.1, "fork_join_us": 0.2}}) == 1.0
-    assert _fork_join_us(base, {}) == 1.0  # a data-sheet profile keeps its figure
-
-    def calibrated(stderr: str):
-        p = tmp_path / f"cal{len(stderr)}.toml"
-        p.write_text('name = "local-cpu@calibrated"\nbase = "local-cpu"\n[overhead]\ndispatch_us = 1.5\n'
+    def calibrated(stderr: str, own: str = ""):
+        p = tmp_path / f"cal{len(stderr)}{len(own)}.toml"
+        p.write_text(f'name = "local-cpu@calibrated"\nbase = "local-cpu"\n[overhead]\ndispatch_us = 1.5\n{own}'
                      f'[calibration]\nstderr = {{ {stderr} }}\n')
         return load_profile(str(p))
 
     old, new = calibrated('"dispatch_us" = 0.1'), calibrated('"dispatch_us" = 0.1, "fork_join_us" = 0.3')
-    assert old.fork_join_us == 0.0 and new.fork_join_us == 1.0
+    assert old.fork_join_us == 0.0 and new.fork_join_us == 1.0  # new: the base's value (the fit wrote none here)
+    assert calibrated('"dispatch_us" = 0.1', "fork_join_us = 2.0\n").fork_join_us == 2.0  # set by hand: kept
     g = _separable(32, 16)
     no_fork = replace(new, mechanisms=tuple(m for m in new.mechanisms if m != "fork_join"))
     assert LatencyModel(g).estimate(old).latency_ms == pytest.approx(LatencyModel(g).estimate(no_fork).latency_ms)
