@@ -28,7 +28,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -47,22 +46,11 @@ def node_class(node: dict) -> str:
 
 def timed_nodes(onnx_bytes: bytes, shape, threads: int, runs: int) -> dict:
     """{'run_ms' (unprofiled), 'profiled_run_ms', 'nodes'}: the profiler's own cost is the difference."""
-    from autovit.latmodel.ort_profile import node_times, session
+    from autovit.latmodel.ort_profile import median_run_ms, node_times, session
 
-    def median_run_ms(sess) -> float:
-        feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-        for _ in range(5):
-            sess.run(None, feed)
-        t = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            sess.run(None, feed)
-            t.append((time.perf_counter() - t0) * 1e3)
-        return float(np.median(t))
-
-    run_ms = median_run_ms(session(onnx_bytes, threads))
+    run_ms = median_run_ms(session(onnx_bytes, threads), shape, runs)
     with tempfile.TemporaryDirectory() as d:
-        profiled = median_run_ms(session(onnx_bytes, threads, d + "/p"))
+        profiled = median_run_ms(session(onnx_bytes, threads, d + "/p"), shape, runs)
     return {"run_ms": run_ms, "profiled_run_ms": profiled, "nodes": node_times(onnx_bytes, shape, threads, runs)}
 
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -27,21 +24,10 @@ DEFAULT = "swin_tiny_patch4_window7_224,xcit_nano_12_p16_224,deit_tiny_patch16_2
 
 
 def median_ms(onnx_bytes: bytes, shape, threads: int, runs: int, flush: bool) -> float:
-    import onnxruntime as ort
+    from autovit.latmodel.ort_profile import median_run_ms, session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.add_session_config_entry("session.set_denormal_as_zero", "1" if flush else "0")
-    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    for _ in range(5):
-        sess.run(None, feed)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t)) * 1e3
+    sess = session(onnx_bytes, threads, config={"session.set_denormal_as_zero": "1" if flush else "0"})
+    return median_run_ms(sess, shape, runs)
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +51,9 @@ def chain(n: int, op: str, channels: int, hw: int, kernel: int = 3, depthwise: b
 
 def run_us(onnx_bytes: bytes, shape: tuple, threads: int, reps: int) -> float:
     """Median us of one session.run (onnxruntime with its default graph optimizations)."""
-    import onnxruntime as ort
+    from autovit.latmodel.ort_profile import median_run_ms, session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
-    feed = {"x": np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    for _ in range(20):
-        sess.run(None, feed)
-    t = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t)) * 1e6
+    return 1e3 * median_run_ms(session(onnx_bytes, threads), shape, reps, warmup=20)
 
 
 CASES = {"relu16": ("Relu", 16, 1, 1, True), "dw3x3_c32_4x4": ("Conv", 32, 4, 3, True),

@@ -60,9 +60,10 @@ def op_class(op: str, input_shapes: list[Any] | None = None, param_bytes: int = 
     return _CLASS_OF_OP.get(op, "other")
 
 
-def session(onnx_bytes: bytes, threads: int, profile_prefix: str | None = None):
+def session(onnx_bytes: bytes, threads: int, profile_prefix: str | None = None, config: dict[str, str] | None = None):
     """An onnxruntime CPU session as `profile` and `validate` time them (all graph optimisations,
-    `threads` intra-op threads), profiling into `profile_prefix`* when given."""
+    `threads` intra-op threads), profiling into `profile_prefix`* when given; `config`: session
+    configuration entries (e.g. {"session.set_denormal_as_zero": "1"})."""
     import onnxruntime as ort
 
     o = ort.SessionOptions()
@@ -70,7 +71,25 @@ def session(onnx_bytes: bytes, threads: int, profile_prefix: str | None = None):
     o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if profile_prefix:
         o.enable_profiling, o.profile_file_prefix = True, profile_prefix
+    for key, value in (config or {}).items():
+        o.add_session_config_entry(key, value)
     return ort.InferenceSession(onnx_bytes, o, providers=["CPUExecutionProvider"])
+
+
+def median_run_ms(sess, shape: tuple[int, ...], runs: int, warmup: int = 5) -> float:
+    """Median ms of `runs` calls of sess.run on a seeded standard-normal input of `shape`, after
+    `warmup` calls (benchmark scripts' timing; `profile` and `validate` use runner.py's policy)."""
+    import time
+
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    t = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        t.append(time.perf_counter() - t0)
+    return float(np.median(t)) * 1e3
 
 
 def node_times(onnx_bytes: bytes, shape: tuple[int, ...], threads: int, runs: int = 30) -> list[dict]:
