@@ -111,6 +111,12 @@ def matrix_utilization(gemm: tuple[int, int, int, int], profile: HardwareProfile
     return min(max(util, 1e-6), 1.0)
 
 
+def runs_blocked(k: Kernel, profile: HardwareProfile, nchw: NchwConv | None) -> bool:
+    """Whether `k` is a convolution ONNX Runtime runs in its blocked layout (chain_reorder): one
+    its NCHWc rule does not leave in NCHW (`nchw`: nchw_conv's answer for it)."""
+    return profile.chain_reorder and k.category in ("conv", "dwconv") and k.conv is not None and nchw is None
+
+
 def blocked_rows_share(k: Kernel, profile: HardwareProfile, scale: float) -> float:
     """Share of the units a depthwise convolution in the blocked layout keeps busy: MLAS splits
     its output rows of every block of channels evenly over all the pool's threads, however small
@@ -342,13 +348,12 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
     whatever its size: MLAS splits its output rows over all of them (snchwc.cpp, MlasNchwcConv:
     `tids = GetMaximumThreadCount()`), a depthwise one included; one the layout left out runs
     on the threads its NCHW GEMM takes (nchw_conv)."""
-    blocked_conv = profile.chain_reorder and k.category in ("conv", "dwconv") and k.conv is not None
-    nchw = nchw_conv(k, profile, dtype, scale) if blocked_conv else None
+    nchw = nchw_conv(k, profile, dtype, scale)
     if compiled_loop(k, profile):
         blocks = compiled_threads(k, profile, scale)
     elif nchw is not None:
         blocks = nchw.threads
-    elif blocked_conv:
+    elif runs_blocked(k, profile, nchw):
         blocks = profile.units
     elif k.klass == "matrix" and k.gemm is not None:
         gemm = _scaled_gemm(k, scale)
@@ -566,14 +571,14 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
     else:
         if compiled_loop(k, profile):
             units_share = compiled_threads(k, profile, scale) / profile.units
-        elif k.category == "dwconv" and profile.chain_reorder and nchw is None and k.conv is not None:
+        elif k.category == "dwconv" and runs_blocked(k, profile, nchw):
             units_share = blocked_rows_share(k, profile, scale)
         else:
             units_share = vector_utilization(k.work_elems * scale * work_pad, profile)
         util = units_share
         # A depthwise convolution in the blocked layout runs the runtime's own FMA kernel; one the
         # blocked layout left out runs as a GEMM per channel (nchw), at the vector share.
-        dedicated = k.category == "dwconv" and profile.eff_nchwc_dw > 0 and profile.chain_reorder and nchw is None
+        dedicated = k.category == "dwconv" and profile.eff_nchwc_dw > 0 and runs_blocked(k, profile, nchw)
         eff = profile.eff_nchwc_dw if dedicated else profile.eff_vector
         peak = (fb.vector_tflops if fb else profile.vector_tflops)[dtype] * 1e12 * eff
     if nchw is not None and nchw.threads < profile.units:
