@@ -70,6 +70,9 @@ def _profile(tmp_path, text, name="p.toml"):
     ('base = "local-cpu"\nname = "x"\n[efficiency]\nsoftmax_row_ns = true\n', ["efficiency.softmax_row_ns"]),
     ('base = "local-cpu"\nname = "x"\n[overhead]\nfork_join_us = -1\n', ["overhead.fork_join_us"]),
     ('base = "local-cpu"\nname = "x"\n[overhead]\nfork_join_us = nan\n', ["overhead.fork_join_us"]),
+    # the loader rule for profiles calibrated before fork_join reads [overhead] and [calibration] before the checks do
+    ('base = "local-cpu"\nname = "x"\noverhead = 5\n[calibration]\nstderr = { "dispatch_us" = 0.1 }\n', ["[overhead]"]),
+    ('base = "local-cpu"\nname = "x"\n[calibration]\nstderr = "x"\n', ["stderr"]),
     (BASE + '[[fusion]]\nname = "a"\npattern = ["Sigmoid", "Mul"]\nself_gated = "yes"\n', ["self_gated"]),
 ])
 def test_bad_profiles_are_one_line(tmp_path, capsys, text, needles):
