@@ -12,6 +12,8 @@ Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the sam
 - no-softmax-rows: softmax rows priced at reduce_row_ns, as LayerNorm's (no softmax_row_ns);
 - no-fork_join: the thread pool's cost per parallel kernel switched off (mechanism fork_join;
   written as fork_join_us = 0);
+- no-subnormal_assists: no microcode assists for subnormal floats (mechanism subnormal_assists;
+  written as subnormal_assist_cycles = 0; calib50 holds no masked softmax, so the fit is default's);
 - blocks-only: no whole network (`calibrate --no-network`);
 - reference-only: the drift monitor's reference network instead of the LUT's networks (what
   `calibrate` did before the LUT held networks);
@@ -33,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "blocks-only", "reference-only", "equal-total",
+VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists", "blocks-only", "reference-only", "equal-total",
             "networks-x4")
 
 
@@ -88,8 +90,11 @@ def main() -> None:
         nets = networks_for(variant, lut, len(blocks))
         if variant == "no-softmax-rows":
             profile = replace(profile, softmax_row_ns=None)
-        if variant == "no-fork_join":
-            profile = replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != "fork_join"))
+        if variant in ("no-fork_join", "no-subnormal_assists"):
+            mechanism = variant[len("no-"):]
+            profile = replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != mechanism))
+        if variant == "no-subnormal_assists":  # not a fitted parameter: written beside the fixed keys
+            fixed = {**fixed, "compute": {**fixed.get("compute", {}), "subnormal_assist_cycles": 0.0}}
         c = ProfileCalibrator(profile).fit(blocks, measured, nets, op_ms)
         if variant == "no-softmax-rows":  # written as the row cost it fell back on
             c.params["softmax_row_ns"] = c.params.get("reduce_row_ns", profile.reduce_row_ns)

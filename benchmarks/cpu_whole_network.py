@@ -46,10 +46,13 @@ def cached_graph(graphs: Path, name: str, build, shape):
 
     from autovit.latmodel.graph import build_graph
     from autovit.latmodel.io import atomic_write_bytes
+    from autovit.latmodel.network_graphs import GRAPH_CACHE_VERSION
     from autovit.nas.export import export_onnx_bytes
 
     p = _graph_path(graphs, name)
-    built = p.with_suffix(".graph.pkl")  # the parsed graph: reading a large ONNX file takes seconds
+    # the parsed graph (reading a large ONNX file takes seconds), rebuilt from the export when the
+    # graph format changes
+    built = p.with_suffix(f".graph-v{GRAPH_CACHE_VERSION}.pkl")
     if built.exists():
         return pickle.loads(built.read_bytes())
     if not p.exists():

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from onnx import TensorProto
 
 from autovit.latmodel.errors import AutoVitError
 from autovit.latmodel.graph import OpGraph, OpNode, TensorInfo
@@ -93,6 +94,68 @@ class OpCost:
     filter_shape: tuple[int, ...] = ()
     conv_in_elems: int = 0
     im2col_free: bool = False
+    # A last-axis Softmax whose scores carry a constant mask (graph.exp_bands): its probabilities
+    # that are subnormal floats, and that round to 0 on the way through exp's subnormal range
+    # (graph batch).
+    exp_subnormal: int = 0
+    exp_zero: int = 0
+    # A MatMul whose left operand is such a softmax's output: (its subnormal elements at the graph's
+    # batch, the columns of the product each is multiplied over).
+    subnormal_reads: tuple[tuple[int, int], ...] = ()
+
+
+def _producer(g: OpGraph, op: OpNode, tensor: str) -> OpNode | None:
+    for pred, _, data in g.graph.in_edges(op.name, data=True):
+        if data.get("tensor") == tensor:
+            return g.op(pred)
+    return None
+
+
+# Steps walked back from a softmax to the mask added to its scores (Swin: Add, Reshape).
+_MASK_STEPS = 8
+
+
+def softmax_exp_bands(g: OpGraph, op: OpNode) -> tuple[int, int]:
+    """(subnormal, zero) probabilities of a Softmax over the last axis (OpCost.exp_subnormal,
+    exp_zero): the bands of the constant added to its scores, found by walking back through views
+    and Adds that keep the row length, over the op's elements."""
+    t = g.tensors
+    x = t.get(op.inputs[0]) if op.inputs else None
+    if x is None or not x.shape or len(x.shape) < 2 or x.elem_type != TensorProto.FLOAT:
+        return (0, 0)
+    axis = int(op.attrs.get("axis", -1))
+    if axis not in (-1, len(x.shape) - 1):
+        return (0, 0)
+    row = x.shape[-1]
+    node, name = op, op.inputs[0]
+    for _ in range(_MASK_STEPS):
+        p = _producer(g, node, name)
+        if p is None or (p.op_type not in VIEWS and p.op_type != "Add"):
+            return (0, 0)
+        for c in (t[i] for i in p.inputs if i in t):
+            if any(c.exp_bands) and c.shape and c.shape[-1] == row:
+                return (round(c.exp_bands[0] * x.numel), round(c.exp_bands[1] * x.numel))
+        nxt = [i for i in p.inputs[:1 if p.op_type in VIEWS else 2]
+               if i in t and t[i].kind in ("activation", "input") and t[i].shape and t[i].shape[-1] == row]
+        if not nxt:
+            return (0, 0)
+        node, name = p, nxt[0]
+    return (0, 0)
+
+
+def _subnormal_reads(g: OpGraph, op: OpNode) -> int:
+    """Subnormal elements of a MatMul's left operand: the output of a masked softmax (through views)."""
+    node, name = op, op.inputs[0]
+    for _ in range(_MASK_STEPS):
+        p = _producer(g, node, name)
+        if p is None:
+            return 0
+        if p.op_type == "Softmax":
+            return softmax_exp_bands(g, p)[0]
+        if p.op_type not in VIEWS:
+            return 0
+        node, name = p, p.inputs[0]
+    return 0
 
 
 def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
@@ -165,7 +228,11 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
     if ot in ("Conv", "ConvTranspose"):
         return _conv_cost(op, t, mk, in_elems, out_elems)
     if ot in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
-        return _matmul_cost(op, t, mk)
+        cost = _matmul_cost(op, t, mk)
+        reads = _subnormal_reads(g, op) if ot == "MatMul" and cost.klass == "matrix" and cost.gemm else 0
+        if reads:
+            cost.subnormal_reads = ((reads, cost.gemm[2]),)
+        return cost
     if ot in RECURRENT:
         return _recurrent_cost(op, t, mk)
     if ot in ACTIVATIONS:
@@ -177,7 +244,8 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
     if ot in NORMS:
         return mk("norm", "vector", NORMS[ot] * out_elems, rows=rows if ot != "BatchNormalization" else 0)
     if ot in SOFTMAX:
-        return mk("attention", "vector", SOFTMAX[ot] * out_elems, rows=rows)
+        sub, zero = softmax_exp_bands(g, op) if ot == "Softmax" else (0, 0)
+        return mk("attention", "vector", SOFTMAX[ot] * out_elems, rows=rows, exp_subnormal=sub, exp_zero=zero)
     if ot in POOLS:
         k = op.attrs.get("kernel_shape", [1])
         window = math.prod(k) if ot in ("MaxPool", "AveragePool", "LpPool") else 0

@@ -38,6 +38,9 @@ class TensorInfo:
     elem_type: int
     kind: str  # input | activation | weight | static
     value: np.ndarray | None = None  # small static values (shape constants, scalars), for attrs
+    # A constant added to activations (an attention mask): the shares of its entries whose
+    # probability a softmax over its last axis would leave subnormal, and round to 0 (graph.exp_bands).
+    exp_bands: tuple[float, float] = (0.0, 0.0)
 
     @property
     def numel(self) -> int:
@@ -322,6 +325,46 @@ def _tensor_table(g: onnx.GraphProto, shapes: dict[str, tuple[int, ...]], weight
 # Values kept on a TensorInfo (axes, scalars, small shape constants that op attributes refer to).
 _VALUE_ELEMS = 64
 
+# IEEE 754 binary32: a value below 2**-126 is subnormal, and one below half the smallest subnormal,
+# 2**-150, rounds to 0; as natural logs:
+LOG_SMALLEST_NORMAL = -126 * math.log(2.0)  # -87.3
+LOG_ROUNDS_TO_ZERO = -150 * math.log(2.0)  # -104.0
+# Largest constant read for its exp bands (elements): Swin-L's first mask at 384 px is 144 x 144 x 144.
+_BAND_ELEMS = 1 << 23
+
+
+def exp_bands(value: np.ndarray) -> tuple[float, float]:
+    """What a softmax over the last axis makes of scores this constant is added to, the scores
+    themselves taken as small beside it (a randomly initialised network's are): the shares of
+    its entries whose probability is a subnormal fp32, and whose probability rounds to 0, its exp
+    having left the normal range on the way. (0, 0) when every probability stays normal."""
+    if value.ndim == 0 or value.shape[-1] < 2 or value.size == 0:
+        return (0.0, 0.0)
+    rows = value.reshape(-1, value.shape[-1]).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = rows - rows.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    # NaN (a row holding inf or NaN) compares false: counted in neither
+    zero = log_p <= LOG_ROUNDS_TO_ZERO
+    subnormal = (log_p < LOG_SMALLEST_NORMAL) & ~zero
+    return (float(subnormal.mean()), float(zero.mean()))
+
+
+def _mark_exp_bands(g: onnx.GraphProto, graph: nx.DiGraph, order: list[str], tensors: dict[str, TensorInfo]) -> None:
+    """Set exp_bands on every fp32 constant a run-time Add reads (masks reach a softmax that way)."""
+    wanted = {i for n in order if graph.nodes[n]["op"].op_type == "Add" for i in graph.nodes[n]["op"].inputs
+              if i in tensors and tensors[i].kind in ("weight", "static")
+              and tensors[i].elem_type == onnx.TensorProto.FLOAT and 2 <= tensors[i].numel <= _BAND_ELEMS}
+    if not wanted:
+        return
+    stored = {init.name: init for init in g.initializer if init.name in wanted}
+    stored.update({node.output[0]: a.t for node in g.node if node.op_type == "Constant" and node.output
+                   and node.output[0] in wanted for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR})
+    for name, proto in stored.items():
+        value = tensor_value(proto, _BAND_ELEMS)
+        if value is not None and value.dtype == np.float32:
+            tensors[name].exp_bands = exp_bands(value)
+
 
 def _constant_info(node: onnx.NodeProto, max_elems: int) -> tuple[tuple[int, ...], int, np.ndarray | None] | None:
     """(shape, element type, value if at most `max_elems`) of a Constant's output, or None for
@@ -377,6 +420,7 @@ def build_graph(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = No
     extra_types = _infer_node_by_node(inferred, set(shapes)) if _has_unknown_shapes(inferred) else {}
     tensors = _tensor_table(g, shapes, _weight_inputs(model_copy), extra_types, source)
     graph, order = _run_time_ops(g, tensors, set(shapes))
+    _mark_exp_bands(g, graph, order, tensors)
     if not order:
         raise AutoVitError(f"{source or 'model'}: no op computes on the graph's input "
                            f"({', '.join(shapes)}); there is nothing to price")

@@ -94,10 +94,13 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # ATen runs a small dense fp32 convolution at batch 1 in its own im2col + GEMM, not oneDNN (thnn_conv);
 # a reduction torch.compile generates splits by its whole loop nest, reduced axes included (inductor_reductions);
 # a CPU convolution blocks its output channels by one vector register, not by the GEMM tile (conv_channel_block);
-# a oneDNN convolution and its weight reorder each start and join the whole thread team (onednn_team).
+# a oneDNN convolution and its weight reorder each start and join the whole thread team (onednn_team);
+# an x86 vector instruction that reads or writes a subnormal float runs a microcode assist: a softmax
+# whose scores carry a constant mask far below the rest, and the product that reads its probabilities,
+# pay per assisted instruction (subnormal_assists).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
-                       "conv_channel_block", "onednn_team", "nchwc_broadcast")
+                       "conv_channel_block", "onednn_team", "nchwc_broadcast", "subnormal_assists")
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,12 @@ class HardwareProfile:
     dw_unrolled_max: int = 0  # largest depthwise kernel size the direct kernel has unrolled tap loops for (dw_loop)
     dw_loop_int_ops: float = 0.0  # integer ops per tap of the direct depthwise kernel's run-time loop (dw_loop)
     dw_index_int_ops: float = 0.0  # integer ops per output of the direct depthwise kernel's index arithmetic (dw_index)
+    # Mechanism subnormal_assists: ns one assisted vector instruction costs (the profile's cycles at
+    # its clock), and the softmax's assists per subnormal probability / per probability its exp took
+    # through the subnormal range to 0 (timing.subnormal_s).
+    subnormal_assist_ns: float = 0.0
+    softmax_subnormal_assists: float = 0.0
+    softmax_underflow_assists: float = 0.0
     eff_attention: float = 1.0  # attention kernels' time is divided by it (CLASS_PARAMETERS; roofline timer)
     eff_dwconv: float = 1.0  # depthwise convolutions' time is divided by it (CLASS_PARAMETERS; roofline timer)
     # ns per row of a Softmax where the runtime's softmax is its own kernel with another per-row cost
@@ -304,6 +313,9 @@ PROFILE_KEYS: dict[str, Key] = {
     "compute.int_ops_per_clock": Key("int", 0, 1 << 16, default=0), "compute.dw_unrolled_max": Key("int", 0, 1024, default=0),
     "compute.dw_loop_int_ops": Key("number", 0, 1000, default=0.0),
     "compute.dw_index_int_ops": Key("number", 0, 10000, default=0.0),
+    "compute.subnormal_assist_cycles": Key("number", 0, 1e6, default=0.0),
+    "compute.softmax_subnormal_assists": Key("number", 0, 1e4, default=0.0),
+    "compute.softmax_underflow_assists": Key("number", 0, 1e4, default=0.0),
     "mechanisms": Key("strs", 0, len(ROOFLINE_MECHANISMS), default=(), choices=ROOFLINE_MECHANISMS),
     "amp.fp32_ops": _OPS,
     "memory.dram_gbps": Key("number", 1e-3, 1e5), "memory.cache_mib": Key("number", 0, 1e6),
@@ -494,6 +506,19 @@ def _softmax_row_ns(num: dict[str, float], calibration: dict[str, Any]) -> float
     return num.get("efficiency.softmax_row_ns")
 
 
+def _assist_ns(d: dict[str, Any], num: dict[str, float], where: str) -> float:
+    """ns of one microcode assist: `compute.subnormal_assist_cycles` at the [cpu] clock (or
+    `compute.clock_ghz` for a profile without one)."""
+    cycles = num["compute.subnormal_assist_cycles"]
+    if not cycles:
+        return 0.0
+    ghz = float((d.get("cpu") or {}).get("ghz") or num["compute.clock_ghz"])
+    if ghz <= 0:
+        raise AutoVitError(f"hardware profile {where}: 'compute.subnormal_assist_cycles' needs a clock to turn cycles "
+                           "into time; set [cpu] ghz or compute.clock_ghz")
+    return cycles / ghz
+
+
 def _off_or_share(num: dict[str, float], path: str, where: str) -> float:
     """A share of a peak that may be switched off: exactly 0, or at least 1e-4 (a tinier one
     would price its kernels at days)."""
@@ -546,6 +571,9 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         thnn_max_input=f["compute.thnn_max_input"],
         int_ops_per_clock=f["compute.int_ops_per_clock"], dw_unrolled_max=f["compute.dw_unrolled_max"],
         dw_loop_int_ops=num["compute.dw_loop_int_ops"], dw_index_int_ops=num["compute.dw_index_int_ops"],
+        subnormal_assist_ns=_assist_ns(d, num, where),
+        softmax_subnormal_assists=num["compute.softmax_subnormal_assists"],
+        softmax_underflow_assists=num["compute.softmax_underflow_assists"],
         eff_attention=num["efficiency.attention"],
         eff_dwconv=num["efficiency.dwconv"],
         softmax_row_ns=_softmax_row_ns(num, _val(d, "calibration", where)),

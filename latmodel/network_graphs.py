@@ -16,8 +16,9 @@ from typing import Any
 
 from autovit.latmodel.errors import AutoVitError
 
-# Bump when what an export puts in the graph changes (v2: BatchNorm kept, not folded).
-GRAPH_CACHE_VERSION = 2
+# Bump when what an export puts in the graph changes (v2: BatchNorm kept, not folded; v3: the exp
+# bands of constants added to activations, graph.exp_bands).
+GRAPH_CACHE_VERSION = 3
 # Above this share of ops with unresolved output shapes, a graph's price is guesswork: skipped.
 MAX_UNRESOLVED = 0.1
 # What timm.utils.reparameterize_model calls on a module.

@@ -591,7 +591,22 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
     t_compute += k.rows * scale * row_ns(k, profile) * 1e-9 / max(profile.units * units_share, 1.0)
+    if profile.uses("subnormal_assists") and dtype == "fp32":
+        t_compute += subnormal_s(k, profile, scale) / max(profile.units * units_share, 1.0)
     return t_compute, units_share
+
+
+def subnormal_s(k: Kernel, profile: HardwareProfile, scale: float) -> float:
+    """Seconds of one thread's microcode assists for subnormal fp32 (mechanism subnormal_assists):
+    a masked softmax pays `softmax_subnormal_assists` per subnormal probability and
+    `softmax_underflow_assists` per probability its exp took through the subnormal range to 0
+    (averages over the kernel's vector instructions); the product reading the probabilities pays
+    one per multiply-add vector: the GEMM broadcasts each element of its left matrix over the
+    right one's columns a vector at a time (MLAS's and oneDNN/MKL's SGEMM kernels alike)."""
+    lanes = max(profile.matrix_align.get("fp32", 1), 1)
+    assists = k.exp_subnormal * profile.softmax_subnormal_assists + k.exp_zero * profile.softmax_underflow_assists
+    assists += sum(elements * math.ceil(columns / lanes) for elements, columns in k.subnormal_reads)
+    return assists * scale * profile.subnormal_assist_ns * 1e-9
 
 
 def row_ns(k: Kernel, profile: HardwareProfile) -> float:

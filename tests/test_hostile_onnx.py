@@ -299,6 +299,30 @@ def test_estimates_of_hostile_graphs_are_finite(tmp_path):
     assert math.isfinite(est.latency_ms) and est.latency_ms > 0
 
 
+@pytest.mark.parametrize("fill", [np.nan, np.inf, -np.inf, 3e38, -3e38])
+def test_masks_of_non_finite_or_extreme_values_price_to_finite_numbers(tmp_path, fill):
+    """A constant added before a softmax is read for its exp bands (subnormal_assists): NaN, inf
+    and the ends of fp32 in it give a finite estimate, never a warning from numpy or a crash."""
+    import warnings
+
+    from autovit.latmodel.estimate import LatencyModel
+    from autovit.latmodel.hardware import load_profile
+
+    mask = np.zeros((4, 8), np.float32)
+    mask[0, 3:] = fill
+    mask[1, :] = fill
+    mask[2, 5:] = -100.0
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 4, 8])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [2, 8, 16])
+    nodes = [helper.make_node("Add", ["s", "m"], ["a"]), helper.make_node("Softmax", ["a"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    model = make_model(nodes, [s, v], [Y], [numpy_helper.from_array(mask, "m")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = LatencyModel(graph_from_onnx_file(_save(tmp_path, model))).estimate(load_profile("local-cpu"))
+    assert math.isfinite(est.latency_ms) and est.latency_ms > 0
+
+
 # ---- cases of the fresh break-it pass -------------------------------------------------------
 def test_more_malformed_graphs_are_one_line(tmp_path, capsys):
     no_op = make_model([helper.make_node("", ["x"], ["y"])], [X], [Y])

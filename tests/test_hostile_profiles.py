@@ -70,6 +70,11 @@ def _profile(tmp_path, text, name="p.toml"):
     ('base = "local-cpu"\nname = "x"\n[efficiency]\nsoftmax_row_ns = true\n', ["efficiency.softmax_row_ns"]),
     ('base = "local-cpu"\nname = "x"\n[overhead]\nfork_join_us = -1\n', ["overhead.fork_join_us"]),
     ('base = "local-cpu"\nname = "x"\n[overhead]\nfork_join_us = nan\n', ["overhead.fork_join_us"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nsubnormal_assist_ns = -1\n', ["compute.subnormal_assist_ns"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nsubnormal_assist_ns = inf\n', ["compute.subnormal_assist_ns"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nsoftmax_subnormal_assists = "6"\n', ["compute.softmax_subnormal_assists"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nsoftmax_underflow_assists = nan\n', ["compute.softmax_underflow_assists"]),
+    ('base = "local-cpu"\nname = "x"\nmechanisms = ["subnormal"]\n', ["subnormal"]),
     # the loader rule for profiles calibrated before fork_join reads [overhead] and [calibration] before the checks do
     ('base = "local-cpu"\nname = "x"\noverhead = 5\n[calibration]\nstderr = { "dispatch_us" = 0.1 }\n', ["[overhead]"]),
     ('base = "local-cpu"\nname = "x"\n[calibration]\nstderr = "x"\n', ["stderr"]),

@@ -450,3 +450,115 @@ def test_a_local_cpu_profile_calibrated_before_fork_join_keeps_its_estimates(tmp
     no_fork = replace(new, mechanisms=tuple(m for m in new.mechanisms if m != "fork_join"))
     assert LatencyModel(g).estimate(old).latency_ms == pytest.approx(LatencyModel(g).estimate(no_fork).latency_ms)
     assert LatencyModel(g).estimate(new).latency_ms > LatencyModel(g).estimate(old).latency_ms
+
+
+def _masked_attention(mask: np.ndarray, as_constant: bool = False, width: int = 32):
+    """scores (12, 49, 49) + mask -> Reshape -> Softmax(-1) -> @ v (12, 49, width), Swin's pattern."""
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [12, 49, 49])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [12, 49, width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    m = numpy_helper.from_array(mask.astype(np.float32), "m")
+    nodes = [helper.make_node("Add", ["s", "m"], ["a"]),
+             helper.make_node("Reshape", ["a", "shape"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([12, 49, 49], np.int64), "shape")]
+    if as_constant:  # the exporter folds Swin's mask into a Constant node
+        nodes.insert(0, helper.make_node("Constant", [], ["m"], value=m))
+    else:
+        inits.append(m)
+    return build_graph(make_model(nodes, [s, v], [y], inits))
+
+
+def test_exp_bands_read_a_constant_mask_as_the_softmax_would_round_it():
+    from autovit.latmodel.graph import exp_bands
+
+    row = np.zeros((1, 49), np.float32)
+    row[0, 25:] = -100.0  # 25 unmasked: log p = -100 - ln 25 = -103.2, a subnormal of about one unit
+    assert exp_bands(row) == pytest.approx((24 / 49, 0.0))
+    row[0, 25:] = -1000.0  # far below exp's range: rounds to 0
+    assert exp_bands(row) == pytest.approx((0.0, 24 / 49))
+    row[0, 25:] = -np.inf
+    assert exp_bands(row) == pytest.approx((0.0, 24 / 49))
+    row[0, 25:] = -50.0  # 2e-22: a normal float, no assist
+    assert exp_bands(row) == (0.0, 0.0)
+    two = np.zeros((4, 49), np.float32)
+    two[1, :5] = -100.0
+    assert exp_bands(two) == pytest.approx((5 / (4 * 49), 0.0))
+    assert exp_bands(np.full((3, 1), -100.0, np.float32)) == (0.0, 0.0)  # one entry per row: its probability is 1
+
+
+def test_a_masked_softmax_and_the_product_reading_it_pay_subnormal_assists():
+    """A constant mask of -100 (timm's shifted-window Swin) turns masked probabilities into
+    subnormal floats: the softmax pays its assists per subnormal probability, the product one per
+    multiply-add vector that broadcasts one (ceil(width / lanes) per element); a mask of -inf
+    rounds them to 0, which only onnxruntime's softmax pays for; profiles without the mechanism,
+    GPUs and unmasked scores do not move; the assist's cycles run at the profile's clock."""
+    from autovit.latmodel.kernels import form_kernels
+    from autovit.latmodel.timing import subnormal_s
+
+    mask = np.zeros((1, 49, 49), np.float32)
+    mask[0, :, 25:] = -100.0
+    cpu = load_profile("local-cpu")
+    assert cpu.uses("subnormal_assists") and cpu.subnormal_assist_ns > 0
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "subnormal_assists"))
+    g = _masked_attention(mask, as_constant=True)
+    costs = LatencyModel(g).costs
+    soft = next(c for c in costs.values() if c.op_type == "Softmax")
+    prod = next(c for c in costs.values() if c.op_type == "MatMul")
+    assert (soft.exp_subnormal, soft.exp_zero) == (12 * 49 * 24, 0)
+    assert prod.subnormal_reads == ((12 * 49 * 24, 32),)  # (elements, the product's columns)
+    lanes = cpu.matrix_align["fp32"]  # the detected vector width: 16 floats on AVX-512, 8 on AVX2
+    ns = cpu.subnormal_assist_ns * 1e-9
+    kernels = {k.op_types[0]: k for k in form_kernels(g, costs, cpu)}
+    soft_s = 12 * 49 * 24 * cpu.softmax_subnormal_assists * ns
+    prod_s = 12 * 49 * 24 * -(-32 // lanes) * ns
+    assert subnormal_s(kernels["Softmax"], cpu, 1.0) == pytest.approx(soft_s)
+    assert subnormal_s(kernels["MatMul"], cpu, 1.0) == pytest.approx(prod_s)
+    assert subnormal_s(kernels["MatMul"], cpu, 2.0) == pytest.approx(2 * prod_s)  # a batch of two: twice
+    ms = lambda g, p: LatencyModel(g).estimate(p).latency_ms  # noqa: E731
+    # the assists split over the threads as the kernel's work does: between all of them and one
+    added = (ms(g, cpu) - ms(g, off)) * 1e-3
+    assert (soft_s + prod_s) / cpu.units * 0.999 <= added <= (soft_s + prod_s) * 1.001
+    assert ms(_masked_attention(mask), cpu) == pytest.approx(ms(g, cpu))  # an initializer mask alike
+
+    mask[0, :, 25:] = -np.inf
+    g_inf = _masked_attention(mask)
+    kernels = {k.op_types[0]: k for k in form_kernels(g_inf, LatencyModel(g_inf).costs, cpu)}
+    assert kernels["MatMul"].subnormal_reads == () and subnormal_s(kernels["MatMul"], cpu, 1.0) == 0
+    assert subnormal_s(kernels["Softmax"], cpu, 1.0) == pytest.approx(12 * 49 * 24 * cpu.softmax_underflow_assists * ns)
+    assert ms(g_inf, cpu) > ms(g_inf, off)
+    torch_cpu = load_profile("cpu-i9-10940x")  # PyTorch's softmax returns 0 below exp's range: no assist
+    assert torch_cpu.uses("subnormal_assists") and torch_cpu.softmax_underflow_assists == 0
+    assert sum(subnormal_s(k, torch_cpu, 1.0) for k in form_kernels(g_inf, LatencyModel(g_inf).costs, torch_cpu)) == 0
+
+    plain = _masked_attention(np.zeros((1, 49, 49), np.float32))
+    assert ms(plain, cpu) == pytest.approx(ms(plain, off))
+    assert not load_profile("rtx4090").uses("subnormal_assists")  # GPUs handle subnormals at full speed
+    slow = replace(torch_cpu, subnormal_assist_ns=torch_cpu.subnormal_assist_ns * 2)
+    assert torch_cpu.subnormal_assist_ns == pytest.approx(110 / 3.3)  # cpu-x86's cycles at the i9's 3.3 GHz
+    assert ms(g, slow) > ms(g, torch_cpu)
+
+
+def test_subnormal_assists_survive_fusion_into_one_attention_kernel():
+    """torch.compile's profiles fuse written-out attention (scores, one mask Add, softmax, product)
+    into one kernel: it keeps the product's subnormal reads with the product's own columns (d),
+    not the score GEMM's (the tokens)."""
+    from autovit.latmodel.kernels import form_kernels
+    from autovit.latmodel.timing import subnormal_s
+
+    q, k, v = (helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 3, 49, 32]) for x in "qkv")
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    mask = np.zeros((1, 1, 49, 49), np.float32)
+    mask[..., 25:] = -100.0
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]), helper.make_node("Mul", ["s", "c"], ["sc"]),
+             helper.make_node("Add", ["sc", "m"], ["a"]), helper.make_node("Softmax", ["a"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    g = build_graph(make_model(nodes, [q, k, v], [y], [_init("c", ()), numpy_helper.from_array(mask, "m")]))
+    cpu = load_profile("cpu-i9-10940x")
+    fused = [kk for kk in form_kernels(g, LatencyModel(g).costs, cpu) if kk.klass != "view"]
+    assert len(fused) == 1 and fused[0].op_types.count("MatMul") == 2
+    assert fused[0].subnormal_reads == ((3 * 49 * 24, 32),) and fused[0].exp_subnormal == 3 * 49 * 24
+    expected = 3 * 49 * 24 * (cpu.softmax_subnormal_assists + 32 // cpu.matrix_align["fp32"] + (32 % cpu.matrix_align["fp32"] > 0))
+    assert subnormal_s(fused[0], cpu, 1.0) == pytest.approx(expected * cpu.subnormal_assist_ns * 1e-9)
