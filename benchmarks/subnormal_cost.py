@@ -116,6 +116,44 @@ def torch_pattern_ms(mask: np.ndarray, width: int | None, runs: int, mode: str) 
     return best
 
 
+def network_check(name: str, threads: int, runs: int, hw: str) -> dict:
+    """Per Softmax of timm model `name`, and the MatMul reading it: onnxruntime's kernel ms (its
+    profiler, median per node) and the model's, with and without subnormal_assists."""
+    from dataclasses import replace
+
+    import onnx
+
+    import autovit.nas  # noqa: F401 - registers the autovit: source
+    from autovit.latmodel.convert import export_onnx_bytes
+    from autovit.latmodel.costs import price_graph
+    from autovit.latmodel.graph import build_graph
+    from autovit.latmodel.hardware import profile_at_threads
+    from autovit.latmodel.kernels import form_kernels
+    from autovit.latmodel.ort_profile import node_times
+    from autovit.latmodel.timing import kernel_time
+    from autovit.latmodel.validate import zoo_candidates
+
+    c = zoo_candidates([name])[0]
+    onnx_bytes = export_onnx_bytes(c.build().eval(), c.shape)
+    g = build_graph(onnx.load_from_string(onnx_bytes), source=c.name)
+    on = profile_at_threads(hw, threads)[0]
+    off = replace(on, mechanisms=tuple(m for m in on.mechanisms if m != "subnormal_assists"))
+    kernels = {k.name: k for k in form_kernels(g, price_graph(g), on)}
+    wanted = {k.name for k in kernels.values() if "Softmax" in k.op_types}
+    wanted |= {n for n in g.order for p in g.graph.predecessors(n) if p in wanted and g.op(n).op_type == "MatMul"}
+    measured = {r["name"]: r["ms"] for r in node_times(onnx_bytes, c.shape, threads, runs)}
+    rows = []
+    for n in g.order:
+        if n in wanted and n in kernels and n in measured:
+            k = kernels[n]
+            rows.append({"node": n, "op": g.op(n).op_type, "measured_ms": round(measured[n], 4),
+                         "model_ms": round(kernel_time(k, on, "fp32", 1.0).ms, 4),
+                         "model_ms_without": round(kernel_time(k, off, "fp32", 1.0).ms, 4),
+                         "masked": bool(k.exp_subnormal or k.exp_zero or k.subnormal_reads)})
+    totals = {key: round(sum(r[key] for r in rows if r["masked"]), 3) for key in ("measured_ms", "model_ms", "model_ms_without")}
+    return {"network": c.name, "threads": threads, "runs": runs, "hw": hw, "masked_kernels_total": totals, "kernels": rows}
+
+
 def _fma_units() -> int:
     """FMA units per core of the local-cpu profile (its [cpu] table, as it loads)."""
     from autovit.latmodel.hardware import _resolved_dict
@@ -132,9 +170,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="with --network: onnxruntime's intra-op threads")
     ap.add_argument("--hw", default="local-cpu", help="with --network: the profile to price its kernels with")
     ap.add_argument("--torch", choices=("eager", "compile"), help="time PyTorch's kernels instead of onnxruntime's")
-    ap.add_argument("--lanes", type=int, default=16, help="fp32 lanes of the machine's vectors (AVX-512: 16, AVX2: 8)")
+    ap.add_argument("--lanes", type=int, help="fp32 lanes of the machine's vectors (default: the detected local-cpu's; AVX-512: 16, AVX2: 8)")
     ap.add_argument("--widths", default="16,32,64", help="columns of v to fit the GEMM's cost per instruction over")
     args = ap.parse_args()
+    if args.lanes is None:
+        from autovit.latmodel.hardware import load_profile
+
+        args.lanes = load_profile("local-cpu").matrix_align["fp32"]
     if args.runs < 3 or args.lanes < 1:
         sys.exit("error: --runs must be at least 3 and --lanes at least 1")
     try:
@@ -142,7 +184,7 @@ def main() -> None:
     except ValueError:
         sys.exit(f"error: --widths '{args.widths}' is not a comma-separated list of integers")
     if not widths or min(widths) < 1:
-        sys.exit("error: --widths needs at least one positive width")
+        sys.exit(f"error: --widths '{args.widths}' needs one or more widths, each a positive integer")
     if args.network:
         from autovit.latmodel.errors import AutoVitError
 

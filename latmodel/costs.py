@@ -123,6 +123,10 @@ def softmax_exp_bands(g: OpGraph, op: OpNode) -> tuple[int, int]:
     x = t.get(op.inputs[0]) if op.inputs else None
     if x is None or not x.shape or len(x.shape) < 2 or x.elem_type != TensorProto.FLOAT:
         return (0, 0)
+    # Without the attribute the default depends on the opset (-1 from 13, before it 1 over the input
+    # flattened to 2-D): only a 2-D input reads the same under both.
+    if "axis" not in op.attrs and len(x.shape) != 2:
+        return (0, 0)
     axis = int(op.attrs.get("axis", -1))
     if axis not in (-1, len(x.shape) - 1):
         return (0, 0)
@@ -230,8 +234,11 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
     if ot in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
         cost = _matmul_cost(op, t, mk)
         reads = _subnormal_reads(g, op) if ot == "MatMul" and cost.klass == "matrix" and cost.gemm else 0
-        if reads:
-            cost.subnormal_reads = ((reads, cost.gemm[2]),)
+        left = t.get(op.inputs[0])
+        if reads and left is not None and left.numel:
+            # each element of the left operand is read once per GEMM of the batch it broadcasts over
+            count, m, n, k = cost.gemm
+            cost.subnormal_reads = ((reads * count * m * k // left.numel, n),)
         return cost
     if ot in RECURRENT:
         return _recurrent_cost(op, t, mk)

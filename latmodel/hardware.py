@@ -7,6 +7,7 @@ key by key), so a concrete CPU can reuse the generic x86 one and change its core
 from __future__ import annotations
 
 import math
+import platform
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -829,6 +830,10 @@ def os_caches() -> list[dict[str, str | None]]:
     return out
 
 
+def _is_x86(machine: str) -> bool:
+    return machine.lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
 def detect_local_cpu() -> dict[str, Any]:
     """This machine's [cpu] table and cache size, read from the OS (Linux; else what os tells)."""
     from autovit.latmodel.measure import physical_cores
@@ -860,6 +865,9 @@ def detect_local_cpu() -> dict[str, Any]:
         if per_core:
             private += _size_mib(c["size"])
     out: dict[str, Any] = {"cpu": {"cores": cores, "ghz": round(ghz, 3), "simd_bits": simd}}
+    if not _is_x86(platform.machine()):
+        # Microcode assists for subnormal floats are x86's; Arm cores handle them in hardware.
+        out["compute"] = {"subnormal_assist_cycles": 0.0}
     if cache > 0:
         out["memory"] = {"cache_mib": round(cache, 2)}
         if 0 < private < cache:

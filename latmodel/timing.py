@@ -511,6 +511,9 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     t_memory = _memory_s(k, profile, act_bytes, w_bytes, weight_hit, units_share, scale)
     cls_eff = class_efficiency(k, profile)
     t_compute, t_memory = t_compute / cls_eff, t_memory / cls_eff
+    if profile.uses("subnormal_assists") and dtype == "fp32":
+        # a measured cost per assist, not a share of a peak: no class efficiency scales it
+        t_compute += subnormal_s(k, profile, scale) / max(profile.units * units_share, 1.0)
 
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
     if profile.uses("fork_join"):
@@ -591,8 +594,6 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
     # A row of a last-axis reduction ends in a horizontal sum and a scalar tail (mean, rsqrt or
     # 1/sum) that vector width cannot hide: short rows (48-channel tokens) cost per row.
     t_compute += k.rows * scale * row_ns(k, profile) * 1e-9 / max(profile.units * units_share, 1.0)
-    if profile.uses("subnormal_assists") and dtype == "fp32":
-        t_compute += subnormal_s(k, profile, scale) / max(profile.units * units_share, 1.0)
     return t_compute, units_share
 
 

@@ -562,3 +562,39 @@ def test_subnormal_assists_survive_fusion_into_one_attention_kernel():
     assert fused[0].subnormal_reads == ((3 * 49 * 24, 32),) and fused[0].exp_subnormal == 3 * 49 * 24
     expected = 3 * 49 * 24 * (cpu.softmax_subnormal_assists + 32 // cpu.matrix_align["fp32"] + (32 % cpu.matrix_align["fp32"] > 0))
     assert subnormal_s(fused[0], cpu, 1.0) == pytest.approx(expected * cpu.subnormal_assist_ns * 1e-9)
+
+
+def test_subnormal_reads_follow_the_product_and_the_softmax_definition(monkeypatch):
+    """Probabilities broadcast over the product's batch are read once per GEMM; a Softmax without
+    its axis attribute on a 3-D input (opset-dependent meaning) is left unpriced; the class
+    efficiency a fit may set does not scale the measured assists; off x86 the assists cost nothing."""
+    import autovit.latmodel.hardware as hardware
+    from autovit.latmodel.kernels import form_kernels
+
+    mask = numpy_helper.from_array(np.where(np.arange(49) >= 25, -100.0, 0.0).astype(np.float32).reshape(1, 1, 49), "m")
+    s = helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 49, 49])
+    v = helper.make_tensor_value_info("v", TensorProto.FLOAT, [12, 49, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+
+    def graph(**softmax_attrs):
+        nodes = [helper.make_node("Add", ["s", "m"], ["a"]), helper.make_node("Softmax", ["a"], ["p"], **softmax_attrs),
+                 helper.make_node("MatMul", ["p", "v"], ["y"])]
+        return build_graph(make_model(nodes, [s, v], [y], [mask]))
+
+    costs = LatencyModel(graph(axis=-1)).costs
+    assert next(c for c in costs.values() if c.op_type == "MatMul").subnormal_reads == ((12 * 49 * 24, 32),)
+    costs = LatencyModel(graph()).costs
+    assert all(c.exp_subnormal == 0 and not c.subnormal_reads for c in costs.values())
+
+    g = graph(axis=-1)
+    cpu = load_profile("local-cpu")
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "subnormal_assists"))
+    ms = lambda p: LatencyModel(g).estimate(p).latency_ms  # noqa: E731
+    added = ms(cpu) - ms(off)
+    assert added > 0
+    assert ms(replace(cpu, eff_attention=2.0)) - ms(replace(off, eff_attention=2.0)) == pytest.approx(added, rel=1e-6)
+
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+    assert hardware.detect_local_cpu()["compute"]["subnormal_assist_cycles"] == 0
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    assert "compute" not in hardware.detect_local_cpu()
