@@ -99,6 +99,11 @@ class OpCost:
     # (graph batch).
     exp_subnormal: int = 0
     exp_zero: int = 0
+    # A transpose's runs where only a permutation moving one axis as written, size-1 axes included,
+    # is copied at bandwidth: onnxruntime's Transpose (transpose.cc: IsTransposeMovingSingleAxis
+    # on the permutation it is given) runs any other by its generic loop, run by run (mechanism
+    # ort_transpose). Equal to `runs` unless a size-1 axis moves too.
+    raw_runs: int = 0
     # A MatMul whose left operand is such a softmax's output: (its subnormal elements at the graph's
     # batch, the columns of the product each is multiplied over).
     subnormal_reads: tuple[tuple[int, int], ...] = ()
@@ -166,18 +171,21 @@ def _shape(t: TensorInfo | None) -> tuple[int, ...] | None:
     return t.shape if t is not None else None
 
 
-def _transpose_runs(shape: tuple[int, ...] | None, perm) -> int:
+def _transpose_runs(shape: tuple[int, ...] | None, perm, raw: bool = False) -> int:
     """Contiguous runs a transpose copies: elements / the longest input suffix that stays the
     output's suffix in order. A copy's cost per run is what makes a permute of short inner axes
-    (MobileViT's unfold moves 2-element runs) many times slower than its bytes."""
+    (MobileViT's unfold moves 2-element runs) many times slower than its bytes. `raw`: whether
+    one axis moved is judged on the permutation as written, size-1 axes included, as
+    onnxruntime's Transpose judges it (OpCost.raw_runs)."""
     if not shape:
         return 0
     rank = len(shape)
     perm = list(perm) if perm is not None else list(range(rank))[::-1]
     # Size-1 axes do not break a run.
     kept = [a for a in perm if shape[a] != 1]
-    for i in range(len(kept)):
-        rest = kept[:i] + kept[i + 1:]
+    moved = perm if raw else kept
+    for i in range(len(moved)):
+        rest = moved[:i] + moved[i + 1:]
         if rest == sorted(rest):
             # One axis moved (a batched 2-D transpose, e.g. K^T in attention): runtimes copy it
             # in cache-blocked tiles (ORT/MLAS MlasTranspose), at bandwidth, not run by run.
@@ -271,7 +279,8 @@ def op_cost(g: OpGraph, op: OpNode) -> OpCost:
         return mk("layout", "view", 0)
     if ot == "Transpose":
         shape, perm = (acts[0].shape if acts else None), op.attrs.get("perm")
-        return mk("layout", "layout", 0, runs=_transpose_runs(shape, perm), moves_last_axis=_moves_last_axis(shape, perm))
+        return mk("layout", "layout", 0, runs=_transpose_runs(shape, perm), raw_runs=_transpose_runs(shape, perm, raw=True),
+                  moves_last_axis=_moves_last_axis(shape, perm))
     if ot in LAYOUT:
         return mk("layout", "layout", 0)
     if ot in OTHER_COMPUTE:

@@ -98,10 +98,13 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # a oneDNN convolution and its weight reorder each start and join the whole thread team (onednn_team);
 # an x86 vector instruction that reads or writes a subnormal float runs a microcode assist: a softmax
 # whose scores carry a constant mask far below the rest, and the product that reads its probabilities,
-# pay per assisted instruction (subnormal_assists).
+# pay per assisted instruction (subnormal_assists); onnxruntime copies a transpose at bandwidth only
+# when its permutation as written, size-1 axes included, moves one axis, and any other run by run
+# (ort_transpose).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
-                       "conv_channel_block", "onednn_team", "nchwc_broadcast", "subnormal_assists")
+                       "conv_channel_block", "onednn_team", "nchwc_broadcast", "subnormal_assists",
+                       "ort_transpose")
 
 
 @dataclass(frozen=True)
@@ -677,14 +680,16 @@ def write_calibrated_profile(base: str, params: dict[str, float], calibration: d
     # The written file lives elsewhere, and a base path is read relative to the file that names it.
     if _is_path(base):
         base = str(Path(base).resolve())
-    # `fixed`: keys the fit was made under (e.g. [cpu] cores = the LUT's threads), not fitted.
-    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (fixed or {}).items()}
+    # `fixed`: keys the fit was made under (e.g. [cpu] cores = the LUT's threads, or top-level
+    # `mechanisms` for a variant with one switched off), not fitted.
+    sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (fixed or {}).items() if isinstance(v, dict)}
+    top = [f"{k} = {_toml_value(v)}" for k, v in (fixed or {}).items() if not isinstance(v, dict)]
     for param, value in params.items():
         section, key = PARAMETER_FIELDS[param]
         sections.setdefault(section, {})[key] = value
     lines = [CALIBRATION_HEADER,
              f"name = {_toml_value(name)}", f"base = {_toml_value(base)}",
-             f"description = {_toml_value('calibrated from ' + str(calibration.get('lut', '?')))}", ""]
+             f"description = {_toml_value('calibrated from ' + str(calibration.get('lut', '?')))}", *top, ""]
     for section, values in sections.items():
         lines.append(f"[{section}]")
         lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]

@@ -37,6 +37,7 @@ class Kernel:
     unsupported: bool = False  # needs the profile's fallback engine
     transcendentals: int = 0
     runs: int = 0  # contiguous runs of strided copies (see costs.OpCost.runs)
+    raw_runs: int = 0  # ... as onnxruntime's Transpose copies them (see costs.OpCost.raw_runs)
     rows: int = 0  # rows of last-axis reductions (see costs.OpCost.rows)
     moves_last_axis: bool = False  # contains a transpose that puts another axis last (see costs.OpCost)
     winograd_3x3: bool = False  # its main op is a Winograd-eligible convolution (see costs.OpCost)
@@ -271,7 +272,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         c = cs[0]
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
-                      c.op_type in unsupported, c.transcendentals, c.runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
+                      c.op_type in unsupported, c.transcendentals, c.runs, c.raw_runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
                       c.filter_shape, c.conv_in_elems, c.im2col_free, c.exp_subnormal, c.exp_zero,
                       c.subnormal_reads)
     inside = set(ops)
@@ -306,6 +307,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         w_elems=sum(c.w_elems for c in cs), work_elems=max(c.work_elems for c in cs), gemm=main.gemm,
         batch_in=main.batch_in, act_shapes=shapes, unsupported=any(c.op_type in unsupported for c in cs),
         transcendentals=sum(c.transcendentals for c in cs), runs=sum(c.runs for c in cs),
+        raw_runs=sum(c.raw_runs for c in cs),
         rows=sum(c.rows for c in cs), moves_last_axis=any(c.moves_last_axis for c in cs), winograd_3x3=main.winograd_3x3,
         conv=main.conv, filter_shape=main.filter_shape, conv_in_elems=main.conv_in_elems, im2col_free=main.im2col_free,
         exp_subnormal=sum(c.exp_subnormal for c in cs), exp_zero=sum(c.exp_zero for c in cs),

@@ -643,7 +643,8 @@ def _memory_s(k: Kernel, profile: HardwareProfile, act_bytes: float, w_bytes: fl
         t_memory *= profile.layout_penalty
         # A strided copy pays per contiguous run (address arithmetic, a short load and store);
         # runtimes run these loops on one thread, so the runs do not split over the units.
-        t_memory += k.runs * scale * profile.layout_run_ns * 1e-9
+        runs = k.raw_runs if profile.uses("ort_transpose") else k.runs
+        t_memory += runs * scale * profile.layout_run_ns * 1e-9
     return t_memory
 
 

@@ -598,3 +598,28 @@ def test_subnormal_reads_follow_the_product_and_the_softmax_definition(monkeypat
     assert hardware.detect_local_cpu()["compute"]["subnormal_assist_cycles"] == 0
     monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
     assert "compute" not in hardware.detect_local_cpu()
+
+
+def test_onnxruntime_copies_a_transpose_run_by_run_unless_its_written_permutation_moves_one_axis():
+    """ort_transpose: onnxruntime judges the single-axis fast path on the permutation as written,
+    size-1 axes included (transpose.cc: IsTransposeMovingSingleAxis), so XCiT's qkv permute runs
+    element by element while the same move without its size-1 axes, and ViT's qkv permute (whose
+    last axis stays), do not; PyTorch's profiles keep judging without the size-1 axes."""
+    from autovit.latmodel.costs import _transpose_runs
+
+    assert _transpose_runs((1, 196, 1, 4, 32), (2, 0, 3, 4, 1)) == 0
+    assert _transpose_runs((1, 196, 1, 4, 32), (2, 0, 3, 4, 1), raw=True) == 196 * 4 * 32
+    assert _transpose_runs((1, 196, 1, 4, 32), (0, 2, 3, 4, 1), raw=True) == 0  # one axis moved, as written
+    assert _transpose_runs((1, 197, 3, 3, 64), (2, 0, 3, 1, 4), raw=True) == 197 * 3 * 3  # 64-float runs
+    assert _transpose_runs((1, 196, 1, 4, 32), (2, 0, 1, 3, 4), raw=True) == 0  # only size-1 axes move: a copy
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 196, 3, 4, 32])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = build_graph(make_model([helper.make_node("Transpose", ["x"], ["y"], perm=[2, 0, 3, 4, 1])], [x], [y]))
+    cpu = load_profile("local-cpu")
+    assert cpu.uses("ort_transpose")
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "ort_transpose"))
+    ms = lambda p: LatencyModel(g).estimate(p).latency_ms  # noqa: E731
+    assert ms(cpu) - ms(off) == pytest.approx(196 * 3 * 4 * 32 * cpu.layout_run_ns * 1e-6, rel=1e-6)
+    torch_cpu = load_profile("cpu-x86")
+    assert not torch_cpu.uses("ort_transpose")
