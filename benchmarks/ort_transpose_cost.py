@@ -19,10 +19,7 @@ import argparse
 import json
 import math
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,18 +47,9 @@ def transpose_model(shape: tuple[int, ...], perm: tuple[int, ...]) -> bytes:
 
 
 def median_us(shape: tuple[int, ...], perm: tuple[int, ...], runs: int) -> float:
-    from autovit.latmodel.ort_profile import session
+    from autovit.latmodel.ort_profile import median_run_ms, session
 
-    sess = session(transpose_model(shape, perm), 2)
-    feed = {"x": np.random.default_rng(0).random(shape, dtype=np.float32)}
-    for _ in range(20):
-        sess.run(None, feed)
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        t.append(time.perf_counter() - t0)
-    return float(np.median(t)) * 1e6
+    return median_run_ms(session(transpose_model(shape, perm), 2), shape, runs, warmup=20) * 1e3
 
 
 def main() -> None:

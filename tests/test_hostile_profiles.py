@@ -199,6 +199,11 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     assert written.name == "mine@calibrated.toml" and p.eff_matrix == 0.4 and "nan" not in written.read_text()
     with pytest.raises(AutoVitError, match="non-finite"):
         write_calibrated_profile("mine.toml", {"eff_matrix": math.nan}, {})
+    # keys the fit was made under: a table's and a top-level switch list (an ablation's variant)
+    fixed = {"mechanisms": ["fork_join"], "compute": {"subnormal_assist_cycles": 0.0}}
+    variant = write_calibrated_profile("local-cpu", {"eff_matrix": 0.5}, {"lut": "l.json"}, tmp_path / "v.toml", fixed)
+    p = load_profile(str(variant))
+    assert p.mechanisms == ("fork_join",) and p.subnormal_assist_ns == 0 and p.eff_matrix == 0.5
 
 
 # ---- cases of the fresh break-it pass -------------------------------------------------------
