@@ -15,7 +15,8 @@ Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the sam
 - no-subnormal_assists: no microcode assists for subnormal floats (mechanism subnormal_assists;
   written as subnormal_assist_cycles = 0; calib50 holds no masked softmax, so the fit is default's);
 - no-ort_transpose: a transpose's single-axis fast path judged without size-1 axes, as for
-  PyTorch (mechanism ort_transpose; written as the profile's mechanisms without it);
+  PyTorch (mechanism ort_transpose; written as the profile's whole mechanism list without it, so
+  the file will not take up mechanisms added to local-cpu later);
 - blocks-only: no whole network (`calibrate --no-network`);
 - reference-only: the drift monitor's reference network instead of the LUT's networks (what
   `calibrate` did before the LUT held networks);

@@ -191,12 +191,20 @@ def _transpose_runs(shape: tuple[int, ...] | None, perm, raw: bool = False) -> i
             # in cache-blocked tiles (ORT/MLAS MlasTranspose), at bandwidth, not run by run.
             return 0
     run = 1
-    expect = max((a for a in range(rank) if shape[a] != 1), default=-1)
-    for a in reversed(kept):
-        if a != expect:
-            break
-        run *= shape[a]
-        expect = max((b for b in range(a) if shape[b] != 1), default=-1)
+    if raw:
+        # onnxruntime's generic loop copies the trailing axes that stay in place, size-1 ones
+        # included: a size-1 axis that moves ends the block (DoUntypedTranspose)
+        for i in reversed(range(rank)):
+            if perm[i] != i:
+                break
+            run *= shape[i]
+    else:
+        expect = max((a for a in range(rank) if shape[a] != 1), default=-1)
+        for a in reversed(kept):
+            if a != expect:
+                break
+            run *= shape[a]
+            expect = max((b for b in range(a) if shape[b] != 1), default=-1)
     n = math.prod(shape)
     return n // run if run < n else 0
 

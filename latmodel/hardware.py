@@ -663,7 +663,7 @@ CALIBRATION_HEADER = "# Written by `autovit-lat calibrate`: the fitted free para
 
 
 def write_calibrated_profile(base: str, params: dict[str, float], calibration: dict[str, Any],
-                             path: str | Path | None = None, fixed: dict[str, dict[str, Any]] | None = None) -> Path:
+                             path: str | Path | None = None, fixed: dict[str, Any] | None = None) -> Path:
     """A profile that starts from `base` and overrides the fitted free parameters (atomic write).
     A fit with a non-finite value is refused: it would replace a working profile with one that
     cannot load."""
@@ -682,7 +682,13 @@ def write_calibrated_profile(base: str, params: dict[str, float], calibration: d
         base = str(Path(base).resolve())
     # `fixed`: keys the fit was made under (e.g. [cpu] cores = the LUT's threads, or top-level
     # `mechanisms` for a variant with one switched off), not fitted.
+    reserved = {"name", "base", "description", "calibration"} & set(fixed or {})
+    if reserved:
+        raise AutoVitError(f"a calibrated profile writes {', '.join(sorted(reserved))} itself; "
+                           "it cannot be given as a fixed key")
     sections: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (fixed or {}).items() if isinstance(v, dict)}
+    if any(v is None for v in (fixed or {}).values()):
+        raise AutoVitError("a fixed key of a calibrated profile has no value (None)")
     top = [f"{k} = {_toml_value(v)}" for k, v in (fixed or {}).items() if not isinstance(v, dict)]
     for param, value in params.items():
         section, key = PARAMETER_FIELDS[param]
@@ -697,7 +703,10 @@ def write_calibrated_profile(base: str, params: dict[str, float], calibration: d
     lines.append("[calibration]")
     lines += [f"{k} = {_toml_value(v)}" for k, v in _toml_safe(calibration).items()]
     out = Path(path) if path else user_profile_dir() / f"{name}.toml"
-    atomic_write_text(out, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    # what is written must load: a bad fixed key fails here, before a working profile is replaced
+    check_profile_dict(tomllib.loads(text), f"calibrated profile {out.name}")
+    atomic_write_text(out, text)
     return out
 
 

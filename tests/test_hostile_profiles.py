@@ -204,6 +204,12 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     variant = write_calibrated_profile("local-cpu", {"eff_matrix": 0.5}, {"lut": "l.json"}, tmp_path / "v.toml", fixed)
     p = load_profile(str(variant))
     assert p.mechanisms == ("fork_join",) and p.subnormal_assist_ns == 0 and p.eff_matrix == 0.5
+    # a fixed key that would not load is refused before anything is written
+    for bad, needle in (({"name": "x"}, "writes name"), ({"mechanisms": ["bogus"]}, "bogus"),
+                        ({"mechanisms": "fork_join"}, "mechanisms"), ({"bogus": 1}, "bogus"), ({"mechanisms": None}, "None")):
+        with pytest.raises(AutoVitError, match=needle):
+            write_calibrated_profile("local-cpu", {"eff_matrix": 0.5}, {}, tmp_path / "v.toml", bad)
+    assert load_profile(str(variant)).mechanisms == ("fork_join",)  # the earlier file stands
 
 
 # ---- cases of the fresh break-it pass -------------------------------------------------------

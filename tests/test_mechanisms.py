@@ -612,6 +612,9 @@ def test_onnxruntime_copies_a_transpose_run_by_run_unless_its_written_permutatio
     assert _transpose_runs((1, 196, 1, 4, 32), (0, 2, 3, 4, 1), raw=True) == 0  # one axis moved, as written
     assert _transpose_runs((1, 197, 3, 3, 64), (2, 0, 3, 1, 4), raw=True) == 197 * 3 * 3  # 64-float runs
     assert _transpose_runs((1, 196, 1, 4, 32), (2, 0, 1, 3, 4), raw=True) == 0  # only size-1 axes move: a copy
+    # onnxruntime's generic loop copies the trailing axes left in place, a moved size-1 axis ending the block
+    assert _transpose_runs((4, 196, 32, 1), (1, 0, 3, 2), raw=True) == 4 * 196 * 32
+    assert _transpose_runs((4, 196, 32, 1), (1, 0, 3, 2)) == 0  # PyTorch coalesces the size-1 axis: one axis moved
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 196, 3, 4, 32])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
