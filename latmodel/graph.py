@@ -340,6 +340,13 @@ def exp_bands(value: np.ndarray) -> tuple[float, float]:
     having left the normal range on the way. (0, 0) when every probability stays normal."""
     if value.ndim == 0 or value.shape[-1] < 2 or value.size == 0:
         return (0.0, 0.0)
+    # No probability of a row can fall below exp(-(its spread)) / (its length): a constant whose
+    # whole spread keeps that normal (a bias, an embedding) needs no float64 pass (NaN and inf
+    # spreads fail the test and take the full one)
+    with np.errstate(invalid="ignore", over="ignore"):
+        spread = float(np.ptp(value))
+    if spread + math.log(value.shape[-1]) < -LOG_SMALLEST_NORMAL:
+        return (0.0, 0.0)
     rows = value.reshape(-1, value.shape[-1]).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         shifted = rows - rows.max(axis=1, keepdims=True)
