@@ -12,6 +12,12 @@ token axis without the leading size-1 and qkv axes is one blocked transpose. Pri
 object: per case, the median us of `--runs` calls on 2 threads, ns per element beyond an empty
 call's, and the model's runs with and without the raw-permutation rule (costs.OpCost.runs,
 raw_runs: mechanism ort_transpose).
+
+    python benchmarks/ort_transpose_cost.py --network xcit_nano_12_p16_224 [--runs 20]
+
+profiles a timm model instead (2 threads): its median run ms, and its Transpose nodes as
+onnxruntime's profiler times them (median per node), those its optimiser created
+(`Transpose_token_*`, the permutes it pushed through other ops) apart.
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -52,14 +60,43 @@ def median_us(shape: tuple[int, ...], perm: tuple[int, ...], runs: int) -> float
     return median_run_ms(session(transpose_model(shape, perm), 2), shape, runs, warmup=20) * 1e3
 
 
+def network_transposes(name: str, runs: int) -> dict:
+    """A timm model's run ms and its Transpose nodes' kernel ms on 2 threads (onnxruntime's profiler)."""
+    import autovit.nas  # noqa: F401 - registers the autovit: source
+    from autovit.latmodel.convert import export_onnx_bytes
+    from autovit.latmodel.ort_profile import median_run_ms, node_times, session
+    from autovit.latmodel.validate import zoo_candidates
+
+    c = zoo_candidates([name])[0]
+    onnx_bytes = export_onnx_bytes(c.build().eval(), c.shape)
+    nodes = node_times(onnx_bytes, c.shape, 2, runs)
+    moved = [n["ms"] for n in nodes if n["op"] == "Transpose" and n["name"].startswith("Transpose_token")]
+    other = [n["ms"] for n in nodes if n["op"] == "Transpose" and not n["name"].startswith("Transpose_token")]
+    return {"network": c.name, "threads": 2, "runs": runs,
+            "run_ms": round(median_run_ms(session(onnx_bytes, 2), c.shape, runs), 3),
+            "all_nodes_ms": round(sum(n["ms"] for n in nodes), 3),
+            "transposes": {"count": len(moved) + len(other), "ms": round(sum(moved) + sum(other), 3)},
+            "optimiser_transposes": {"count": len(moved), "ms": round(sum(moved), 3),
+                                     "median_us": round(1e3 * float(np.median(moved)), 1) if moved else None}}
+
+
 def main() -> None:
     from autovit.latmodel.costs import _transpose_runs
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--network", help="a timm model: profile its Transpose nodes instead of timing the cases")
     args = ap.parse_args()
     if args.runs < 3:
         sys.exit("error: --runs must be at least 3")
+    if args.network:
+        from autovit.latmodel.errors import AutoVitError
+
+        try:
+            print(json.dumps(network_transposes(args.network, args.runs), indent=1))
+        except AutoVitError as e:
+            sys.exit(f"error: {e}")
+        return
     empty = min(median_us((1, 16), (1, 0), args.runs) for _ in range(2))
     out: dict = {"threads": 2, "runs": args.runs, "empty_call_us": round(empty, 2), "cases": []}
     for shape, perm in CASES:
