@@ -12,8 +12,10 @@ predictor against two statistics of the saved rounds: `measured_ms` as saved (th
 scaled once per run) and `per_round_scaled` (each round scaled by the reference burst before it,
 the median over rounds: validate's statistic before issue 12's third pass); where validate
 priced a set block by block, `block_sum_as_saved`: its saved block-sum predictions against
-`measured_ms`, as saved (not re-priced), and `block_sum`: the block sum re-priced with --hw
-(validate's analytical_blocks predictor) against `measured_ms`; `pooled_timm`: over the timm models
+`measured_ms`, as saved (not re-priced), `block_sum`: the block sum re-priced with --hw as the
+search's oracle composes it (validate's analytical_blocks predictor since §3.16: each block inside
+its network), and `block_sum_isolated`: the paper's sum of blocks each priced alone (validate's
+before §3.16), both against `measured_ms`; `pooled_timm`: over the timm models
 of all the files together, the median abs log error of the ONNX-graph predictor and its share
 within 10 %.
 """
@@ -47,6 +49,7 @@ def main() -> None:
     from benchmarks.cpu_whole_network import candidates, cached_graph, ratio_metrics
     from autovit.latmodel.oracle import AnalyticalOracle
     from autovit.nas.blocks import DECOMPOSITION
+    from autovit.nas.latency import IN_NETWORK
     from benchmarks.fast_state import run_speed
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,7 +70,8 @@ def main() -> None:
     if not args.hw:
         ap.error("--hw is required (but with --pool)")
     profile = load_profile(args.hw)
-    block_oracle = AnalyticalOracle(profile, **DECOMPOSITION)
+    block_oracles = {"block_sum": AnalyticalOracle(profile, **DECOMPOSITION, **IN_NETWORK),
+                     "block_sum_isolated": AnalyticalOracle(profile, **DECOMPOSITION)}
     graphs = Path(args.graphs)
     graphs.mkdir(parents=True, exist_ok=True)
     out: dict = {"hw": args.hw, "files": {}}
@@ -87,9 +91,9 @@ def main() -> None:
                 pr, me = sets.setdefault(r["group"], {}).setdefault(stat, ([], []))
                 pr.append(pred)
                 me.append(meas)
-            if c.blocks:
-                pr, me = sets[r["group"]].setdefault("block_sum", ([], []))
-                pr.append(block_oracle.blocks_ms(c.blocks))
+            for stat, oracle in block_oracles.items() if c.blocks else ():
+                pr, me = sets[r["group"]].setdefault(stat, ([], []))
+                pr.append(oracle.blocks_ms(c.blocks))
                 me.append(r["measured_ms"])
         out["files"][f] = {g: {s: ratio_metrics(pr, me) for s, (pr, me) in st.items()} for g, st in sets.items()}
         # validate's own block-sum predictions, as it saved them (not re-priced with --hw)

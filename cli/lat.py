@@ -627,7 +627,7 @@ def validate(hw: str, backend: str, models_spec: str, spaces: str, zoo: str, lut
     t0 = time.time()
     failed = _price_and_measure(cands, profile, oracle, factors, backend, threads, rounds, reference, ref_ms)
     result = {"hw": profile.name, "backend": backend, "threads": threads, "lut": str(lut_path), "lut_mode": mode,
-              "calibration_lut": profile.calibration.get("lut"),
+              "block_construction": oracle.fallback.construction, "calibration_lut": profile.calibration.get("lut"),
               "seed": seed, "rounds": rounds, "spaces": space_names, "baseline_factors": factors,
               "lut_coverage": sum(1 for c in cands if c.predicted.get("lut") is not None),
               **v.report(cands), "failed": [{"model": n, "error": e} for n, e in failed],
@@ -652,6 +652,7 @@ def _validation_luts(profile, lut_path: str | None, lut_mode: str | None):
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.oracle import LutOracle
     from autovit.nas.blocks import DECOMPOSITION
+    from autovit.nas.latency import IN_NETWORK
 
     calib_lut = profile.calibration.get("lut")
     lut_path = lut_path or calib_lut
@@ -659,7 +660,7 @@ def _validation_luts(profile, lut_path: str | None, lut_mode: str | None):
         raise AutoVitError(f"no LUT: pass --lut PATH (profile '{profile.name}' is not calibrated, so it names none)")
     lut = load_lut(lut_path, profile.name)
     mode = lut_mode or profile.calibration.get("mode", "isolated")
-    oracle = LutOracle(lut, profile, mode=mode, **DECOMPOSITION)
+    oracle = LutOracle(lut, profile, mode=mode, **DECOMPOSITION, **IN_NETWORK)
     ref_lut = load_lut(calib_lut, profile.name) if calib_lut else lut
     # Scale to the LUT's speed only with the network it was measured with (the drift monitor's).
     from autovit.nas.latency import REFERENCE_MODEL

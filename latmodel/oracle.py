@@ -11,13 +11,18 @@ C, so a search prices ~10^5 architectures per second.
 - AnalyticalOracle: each block priced by the analytical model, for any profile, data-sheet or
   calibrated. Two constructions: "blocks" (default) prices every block as the LUT measures it,
   alone, with its own call overhead and layout conversions, and sums them: the paper's
-  assumption that a network costs the sum of its measured blocks, which holds here (LUT sums of
-  measured blocks: 6.2 % MAPE on 100 subnets, docs/BENCHMARKS.md), and the one that keeps LUT
-  entries and analytical fill-ins on one scale inside LutOracle. "network" prices each block
+  assumption that a network costs the sum of its measured blocks. "network" prices each block
   as a part of the exported network (edges from its neighbours, one call overhead), which
-  equals the model of the whole graph (tests/test_oracle_validate.py).
+  equals the model of the whole graph (tests/test_oracle_validate.py). The two differ by what a
+  block pays only when timed alone: on a CPU that runs convolutions in a blocked layout, the
+  reorders into and out of it at every block's ends, which a network pays once per run of
+  convolutional blocks (4-14 % of a random AutoViT subnet on this project's VM,
+  docs/BENCHMARKS.md §3.16). A search should use "network": it is what the exported model runs.
 - LutOracle: the paper's method, the sum of measured LUT entries when every block of the
-  architecture is in the LUT; the analytical oracle for the rest. `coverage` counts both.
+  architecture is in the LUT; the analytical oracle for the rest. `coverage` counts both. In the
+  "network" construction an isolated entry is moved into its network by the model's difference
+  between the block in its network and the block alone (lut_sum), so that measured entries and
+  analytical fill-ins stay on one scale.
 - ProxyOracle: FLOPs or parameters times a constant, the proxies latency-aware search replaces.
   The constant (ms per FLOP, ms per parameter) is fitted on architectures of the searched
   space priced by the device's profile, so a proxy answers in ms and takes the same budget.
@@ -119,11 +124,12 @@ class AnalyticalOracle:
 class LutOracle:
     """The sum of LUT entries (mode `mode`) for architectures whose blocks are all measured,
     the analytical oracle on `profile` (best: the profile calibrated on this LUT) otherwise.
-    `decompose` and `block_of` as AnalyticalOracle's; an item matches the LUT entry of its
-    Block's key."""
+    `decompose`, `block_of`, `construction`, `ends_conv` and `starts_conv` as AnalyticalOracle's
+    (the fallback's); an item matches the LUT entry of its Block's key."""
 
     def __init__(self, lut: Lut, profile: HardwareProfile, decompose: Decompose, mode: str = "isolated", *,
-                 block_of: BlockOf = _identity):
+                 block_of: BlockOf = _identity, construction: str = "blocks", ends_conv: Iterable[str] = (),
+                 starts_conv: Iterable[str] = ()):
         if not same_device(lut.device, profile.name):
             raise AutoVitError(f"LUT was measured on '{lut.device}', the profile is '{profile.name}'; "
                                "use the LUT of the device you search for")
@@ -131,7 +137,12 @@ class LutOracle:
         self.mode = mode
         self.decompose, self.block_of = decompose, block_of
         self.name = f"lut:{lut.device}"
-        self.fallback = AnalyticalOracle(profile, decompose, block_of=block_of)
+        self.fallback = AnalyticalOracle(profile, decompose, construction, block_of=block_of,
+                                         ends_conv=ends_conv, starts_conv=starts_conv)
+        # An isolated entry carries its block's own call overhead and end reorders; an ablation
+        # entry (a difference of two networks) already sits inside a network and is summed as it is.
+        self._alone = (AnalyticalOracle(profile, decompose, block_of=block_of)
+                       if construction == "network" and mode == "isolated" else None)
         # Entry keys are "mode|block key" (lut.py), checked against their blocks when read.
         self._by_key = {k.split("|", 1)[1]: float(e["median_ms"]) for k, e in lut.entries.items()
                         if e.get("mode") == mode}
@@ -141,7 +152,10 @@ class LutOracle:
         self.coverage = {"lut": 0, "analytical": 0}
 
     def lut_sum(self, items: Sequence[Hashable]) -> float | None:
-        """The paper's estimate, or None when a block is not in the LUT."""
+        """The paper's estimate (ms), or None when a block is not in the LUT. In the "network"
+        construction, with isolated entries: the entries' sum plus the model's (network -
+        blocks alone) for these items, i.e. the measured blocks without the call overheads and
+        end reorders a network does not pay."""
         total = 0.0
         for b in items:
             ms = self._item_ms.get(b, _UNSEEN)
@@ -150,6 +164,8 @@ class LutOracle:
             if ms is None:
                 return None
             total += ms
+        if self._alone is not None:
+            total += self.fallback.blocks_ms(items) - self._alone.blocks_ms(items)
         return total
 
     def latency_ms(self, archs: Iterable) -> np.ndarray:
@@ -196,10 +212,12 @@ class ProxyOracle:
     scale over `reference` architectures (a sample of the searched space) priced by the
     analytical model of `profile`: a proxy budget then means the same ms on average as a
     latency budget, and the two disagree only where the proxy misranks architectures.
-    `decompose` and `block_of` as AnalyticalOracle's."""
+    `decompose`, `block_of`, `construction`, `ends_conv` and `starts_conv` as AnalyticalOracle's
+    (the reference pricing's)."""
 
     def __init__(self, kind: str, profile: HardwareProfile, reference: Sequence, decompose: Decompose, *,
-                 block_of: BlockOf = _identity):
+                 block_of: BlockOf = _identity, construction: str = "blocks", ends_conv: Iterable[str] = (),
+                 starts_conv: Iterable[str] = ()):
         if kind not in ("flops", "params"):
             raise AutoVitError(f"unknown proxy '{kind}': use flops or params")
         from autovit.latmodel.metrics import proportional_factor
@@ -207,7 +225,8 @@ class ProxyOracle:
         self.kind, self.profile, self.name = kind, profile, f"{kind}:{profile.name}"
         self.counts = BlockCounts(decompose, block_of=block_of)
         reference = list(reference)
-        analytical = AnalyticalOracle(profile, decompose, block_of=block_of)
+        analytical = AnalyticalOracle(profile, decompose, construction, block_of=block_of,
+                                      ends_conv=ends_conv, starts_conv=starts_conv)
         self.factor = proportional_factor(self.units(reference), analytical.latency_ms(reference))
 
     def units(self, archs: Sequence) -> np.ndarray:

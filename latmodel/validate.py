@@ -6,8 +6,10 @@ zoo of timm architectures none of which is in any LUT. Four predictors priced on
 - analytical: the latency model with the given profile (best: NAME@calibrated) on the
   exported network;
 - analytical_blocks: for candidates with a block decomposition, the same model summed block
-  by block as the search's oracle does (oracle.AnalyticalOracle, the LUT's construction);
-- lut: the paper's LUT sum (candidates whose blocks are all in the LUT);
+  by block as the search's oracle does (oracle.AnalyticalOracle in the construction of the LUT
+  oracle given: AutoViT's is "network", each block inside its network);
+- lut: the LUT oracle's sum (candidates whose blocks are all in the LUT): the paper's sum of
+  isolated entries, moved into the network in the "network" construction;
 - flops / params: latency proportional to FLOPs or parameters, the factor fitted on the LUT's
   blocks (the calibration data), never on the validation models.
 

@@ -40,6 +40,35 @@ def test_block_sum_equals_the_whole_network():
         AnalyticalOracle(CPU, construction="guess", **DECOMPOSITION)
 
 
+def test_search_oracles_price_blocks_inside_their_network(tmp_path):
+    """The search's oracles (make_oracle) compose blocks as the exported network runs them; the
+    isolated sum, which pays every block's own layout reorders, runs above it on local-cpu."""
+    from autovit.nas.latency import IN_NETWORK, make_oracle
+
+    arch = load_space("xxs").sample(3)
+    whole = LatencyModel(arch_graph(arch)).estimate(CPU).latency_ms
+    alone = AnalyticalOracle(CPU, **DECOMPOSITION).latency_ms([arch])[0]
+    assert make_oracle("analytical", "local-cpu").latency_ms([arch])[0] == pytest.approx(whole, rel=0.02)
+    assert alone > 1.02 * whole
+    # A LUT entry measured alone is moved into the network by the model's own difference: entries
+    # equal to the model's isolated prices plus 0.1 ms each give the network plus 0.1 ms each.
+    blocks = arch_blocks(arch)
+    lut = Lut("local-cpu", "onnxruntime", {}, {})
+    for b in blocks:
+        lut.add("isolated", b, {"median_ms": block_pricer(b)(CPU) + 0.1})
+    network = AnalyticalOracle(CPU, **DECOMPOSITION, **IN_NETWORK).latency_ms([arch])[0]
+    inside = LutOracle(lut, CPU, **DECOMPOSITION, **IN_NETWORK)
+    assert inside.latency_ms([arch])[0] == pytest.approx(network + 0.1 * len(blocks))
+    assert LutOracle(lut, CPU, **DECOMPOSITION).latency_ms([arch])[0] == pytest.approx(alone + 0.1 * len(blocks))
+    path = tmp_path / "lut.json"
+    lut.save(path)
+    assert make_oracle(f"lut:{path}", "local-cpu").latency_ms([arch])[0] == pytest.approx(network + 0.1 * len(blocks))
+    # Ablation entries are differences of two networks, already inside one: summed as they are.
+    lut.add("ablation", blocks[0], {"median_ms": 0.5})
+    ablation = LutOracle(lut, CPU, mode="ablation", **DECOMPOSITION, **IN_NETWORK)
+    assert ablation.lut_sum(blocks[:1]) == pytest.approx(0.5)
+
+
 def test_transformer_blocks_are_priced_at_their_own_batch():
     # A transformer block's input is (patches, tokens, C): all patches are one image's work.
     b = BlockSpec("transformer", 8, 64, 64, heads=4, mlp_ratio=2.0, head_dim=16, patch=2)
