@@ -8,8 +8,7 @@ zoo of timm architectures none of which is in any LUT. Four predictors priced on
 - analytical_blocks: for candidates with a block decomposition, the same model summed block
   by block as the search's oracle does (oracle.AnalyticalOracle in the construction of the LUT
   oracle given: AutoViT's is "network", each block inside its network);
-- lut: the LUT oracle's sum (candidates whose blocks are all in the LUT): the paper's sum of
-  isolated entries, moved into the network in the "network" construction;
+- lut: the paper's LUT sum (candidates whose blocks are all in the LUT);
 - flops / params: latency proportional to FLOPs or parameters, the factor fitted on the LUT's
   blocks (the calibration data), never on the validation models.
 

@@ -26,9 +26,9 @@ REFERENCE_MODEL = "autovit:xxs"
 # Blocks that end with a convolution hand the runtime's blocked layout on; blocks that start
 # with one take it (AnalyticalOracle's "network" construction).
 CONV_EDGES = {"ends_conv": ("conv", "mbconv", "mvit_convs"), "starts_conv": ("mbconv", "mvit_convs", "head")}
-# How the search's oracles compose blocks: each block as a part of the exported network, which is
-# what a budget is about (latmodel/oracle.py; isolated blocks summed run 4-14 % above the network
-# on a CPU that reorders into its blocked layout at every block's ends, docs/BENCHMARKS.md §3.16).
+# How the search's analytical pricing composes blocks: each block as a part of the exported
+# network, which is what a budget is about (latmodel/oracle.py; the model's blocks alone summed to
+# 4-14 % above its network price on this project's VM, docs/BENCHMARKS.md §3.16).
 IN_NETWORK = {"construction": "network", **CONV_EDGES}
 
 
