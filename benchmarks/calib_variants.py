@@ -17,6 +17,8 @@ Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the sam
 - no-ort_transpose: a transpose's single-axis fast path judged without size-1 axes, as for
   PyTorch (mechanism ort_transpose; written as the profile's whole mechanism list without it, so
   the file will not take up mechanisms added to local-cpu later);
+- no-mlas_conv_tiles: every direct convolution at the GEMM tile's share of the peak (mechanism
+  mlas_conv_tiles; written as no-ort_transpose is);
 - blocks-only: no whole network (`calibrate --no-network`);
 - reference-only: the drift monitor's reference network instead of the LUT's networks (what
   `calibrate` did before the LUT held networks);
@@ -38,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists", "no-ort_transpose", "blocks-only", "reference-only", "equal-total",
+VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists", "no-ort_transpose", "no-mlas_conv_tiles", "blocks-only", "reference-only", "equal-total",
             "networks-x4")
 
 
@@ -93,12 +95,12 @@ def main() -> None:
         nets = networks_for(variant, lut, len(blocks))
         if variant == "no-softmax-rows":
             profile = replace(profile, softmax_row_ns=None)
-        if variant in ("no-fork_join", "no-subnormal_assists", "no-ort_transpose"):
+        if variant in ("no-fork_join", "no-subnormal_assists", "no-ort_transpose", "no-mlas_conv_tiles"):
             mechanism = variant[len("no-"):]
             profile = replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != mechanism))
         if variant == "no-subnormal_assists":  # not a fitted parameter: written beside the fixed keys
             fixed = {**fixed, "compute": {**fixed.get("compute", {}), "subnormal_assist_cycles": 0.0}}
-        if variant == "no-ort_transpose":  # a switch, not a figure: the written profile lists the others
+        if variant in ("no-ort_transpose", "no-mlas_conv_tiles"):  # a switch, not a figure: the written profile lists the others
             fixed = {**fixed, "mechanisms": list(profile.mechanisms)}
         c = ProfileCalibrator(profile).fit(blocks, measured, nets, op_ms)
         if variant == "no-softmax-rows":  # written as the row cost it fell back on

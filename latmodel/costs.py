@@ -94,6 +94,10 @@ class OpCost:
     filter_shape: tuple[int, ...] = ()
     conv_in_elems: int = 0
     im2col_free: bool = False
+    # How a direct convolution walks its output (timing.mlas_conv_share): (output rows, output
+    # columns per row, columns per row whose window crosses the padding); a pointwise convolution
+    # (1x1, unit strides, unpadded) as one row of all its pixels per image.
+    conv_cols: tuple[int, int, int] = ()
     # A last-axis Softmax whose scores carry a constant mask (graph.exp_bands): its probabilities
     # that are subnormal floats, and that round to 0 on the way through exp's subnormal range
     # (graph batch).
@@ -324,10 +328,34 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
         return mk("dwconv", "vector", 2.0 * macs + bias, conv=conv)
     unit = all(v == 1 for v in list(op.attrs.get("strides", [1])) + list(op.attrs.get("dilations", [1])))
     unpadded = not any(op.attrs.get("pads", [0])) and op.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    im2col_free = kernel == 1 and unit and unpadded
     return mk("conv", "matrix", 2.0 * macs + bias, gemm=(group, n * spatial, cout // group, cin_g * kernel),
               winograd_3x3=group == 1 and tuple(w.shape[2:]) == (3, 3) and unit, conv=conv,
-              filter_shape=tuple(w.shape[2:]), conv_in_elems=math.prod(x.shape),
-              im2col_free=kernel == 1 and unit and unpadded)
+              filter_shape=tuple(w.shape[2:]), conv_in_elems=math.prod(x.shape), im2col_free=im2col_free,
+              conv_cols=_conv_cols(op, x.shape, w.shape, y.shape, im2col_free))
+
+
+def _conv_cols(op: OpNode, x: tuple[int, ...], w: tuple[int, ...], y: tuple[int, ...], pointwise: bool) -> tuple[int, int, int]:
+    """(output rows, columns per row, columns per row whose window crosses the padding) of a 2-D
+    convolution (OpCost.conv_cols); () for other ranks."""
+    if len(y) != 4 or len(x) != 4 or len(w) != 4:
+        return ()
+    n, _, ho, wo = y
+    if pointwise:
+        return (n, ho * wo, 0)
+    kw, wi = w[3], x[3]
+    stride = int((list(op.attrs.get("strides", [1, 1])) + [1, 1])[1])
+    dil = int((list(op.attrs.get("dilations", [1, 1])) + [1, 1])[1])
+    pads = list(op.attrs.get("pads", [])) or [0, 0, 0, 0]
+    if op.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        total = max(0, (wo - 1) * stride + (kw - 1) * dil + 1 - wi)
+        left = total // 2 if op.attrs.get("auto_pad") == "SAME_UPPER" else total - total // 2
+    else:
+        left = int(pads[1]) if len(pads) >= 4 else 0
+    span = (kw - 1) * dil + 1
+    # a column is clear of the padding where its window starts at or after 0 and ends inside the input
+    clear = sum(1 for c in range(wo) if c * stride - left >= 0 and c * stride - left + span <= wi)
+    return (n * ho, wo, wo - clear)
 
 
 def _matmul_cost(op: OpNode, t: dict[str, TensorInfo], mk) -> OpCost:

@@ -100,11 +100,13 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # whose scores carry a constant mask far below the rest, and the product that reads its probabilities,
 # pay per assisted instruction (subnormal_assists); onnxruntime copies a transpose at bandwidth only
 # when its permutation as written, size-1 axes included, moves one axis, and any other run by run
-# (ort_transpose).
+# (ort_transpose); MLAS's direct convolution computes a few output columns of a row for a few
+# blocks of output channels at a time, and few channel blocks, short rows and the columns at the
+# padding leave the FMA pipeline part empty (mlas_conv_tiles).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
                        "conv_channel_block", "onednn_team", "nchwc_broadcast", "subnormal_assists",
-                       "ort_transpose")
+                       "ort_transpose", "mlas_conv_tiles")
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,12 @@ class HardwareProfile:
     # Channel counts the rewrite pads up to whole blocks are multiples of this (0: only whole blocks).
     nchwc_pad_multiple: int = 0
     gemm_thread_macs: float = 0.0  # multiply-adds per thread before MLAS splits a GEMM over one more (0: no limit)
+    # A direct convolution kernel's register blocking and the core's FMA pipeline (mechanism mlas_conv_tiles):
+    conv_filter_set: int = 0  # blocks of output channels (one vector each) a kernel call computes together
+    conv_output_block: int = 0  # output columns of a row it computes together (then 3, 2, and single ones)
+    fma_latency_cycles: float = 0.0  # cycles before an FMA's result can feed the next FMA of its accumulator
+    fma_ports: int = 0  # vector FMAs a core issues per cycle
+    load_ports: int = 0  # vector loads a core issues per cycle
     mechanisms: tuple[str, ...] = ()  # roofline mechanisms switched on (ROOFLINE_MECHANISMS)
     clock_ghz: float = 0.0  # boost clock of the units (GPU SMs): with l1_loads_per_clock, the L1 load rate
     l1_loads_per_clock: int = 0  # 32-bit loads one unit's L1 serves per clock (0: no L1 figure, no dw_taps)
@@ -344,6 +352,9 @@ PROFILE_KEYS: dict[str, Key] = {
     "layout.elided": _OPS, "layout.strided_readers": _OPS, "layout.chain_reorder": Key("bool", default=False),
     "layout.nchwc_channels": Key("bool", default=False), "layout.nchwc_pad_multiple": Key("int", 0, 1024, default=0),
     "compute.gemm_thread_macs": Key("number", 0, 1e15, default=0.0),
+    "compute.conv_filter_set": Key("int", 0, 64, default=0), "compute.conv_output_block": Key("int", 0, 64, default=0),
+    "compute.fma_latency_cycles": Key("number", 0, 100, default=0.0), "compute.fma_ports": Key("int", 0, 16, default=0),
+    "compute.load_ports": Key("int", 0, 16, default=0),
     "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
     "layout.relayout_categories": Key("strs", 0, len(_CATEGORIES), default=("conv",), choices=_CATEGORIES),
     "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
@@ -570,6 +581,9 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         fallback=_fallback(d, where), source=where, calibration=dict(_val(d, "calibration", where)), ane=_neural_engine(d, where),
         nchwc_channels=f["layout.nchwc_channels"], nchwc_pad_multiple=f["layout.nchwc_pad_multiple"],
         gemm_thread_macs=num["compute.gemm_thread_macs"],
+        conv_filter_set=f["compute.conv_filter_set"], conv_output_block=f["compute.conv_output_block"],
+        fma_latency_cycles=num["compute.fma_latency_cycles"], fma_ports=f["compute.fma_ports"],
+        load_ports=f["compute.load_ports"],
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
         l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
         thnn_max_input=f["compute.thnn_max_input"],

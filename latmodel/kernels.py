@@ -45,6 +45,7 @@ class Kernel:
     filter_shape: tuple[int, ...] = ()  # its main op's filter, input elements, im2col-free (see costs.OpCost)
     conv_in_elems: int = 0
     im2col_free: bool = False
+    conv_cols: tuple[int, int, int] = ()  # its main op's output walk (see costs.OpCost)
     exp_subnormal: int = 0  # a masked softmax's subnormal probabilities (see costs.OpCost)
     exp_zero: int = 0  # ... and those rounding to 0 through exp's subnormal range
     subnormal_reads: tuple[tuple[int, int], ...] = ()  # its GEMMs' subnormal left-operand elements (see costs.OpCost)
@@ -273,7 +274,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
                       c.op_type in unsupported, c.transcendentals, c.runs, c.raw_runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
-                      c.filter_shape, c.conv_in_elems, c.im2col_free, c.exp_subnormal, c.exp_zero,
+                      c.filter_shape, c.conv_in_elems, c.im2col_free, c.conv_cols, c.exp_subnormal, c.exp_zero,
                       c.subnormal_reads)
     inside = set(ops)
     produced = {o for n in ops for o in g.op(n).outputs}
@@ -310,6 +311,6 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         raw_runs=sum(c.raw_runs for c in cs),
         rows=sum(c.rows for c in cs), moves_last_axis=any(c.moves_last_axis for c in cs), winograd_3x3=main.winograd_3x3,
         conv=main.conv, filter_shape=main.filter_shape, conv_in_elems=main.conv_in_elems, im2col_free=main.im2col_free,
-        exp_subnormal=sum(c.exp_subnormal for c in cs), exp_zero=sum(c.exp_zero for c in cs),
+        conv_cols=main.conv_cols, exp_subnormal=sum(c.exp_subnormal for c in cs), exp_zero=sum(c.exp_zero for c in cs),
         subnormal_reads=tuple(r for c in cs for r in c.subnormal_reads),
     )

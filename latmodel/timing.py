@@ -117,6 +117,40 @@ def runs_blocked(k: Kernel, profile: HardwareProfile, nchw: NchwConv | None) -> 
     return profile.chain_reorder and k.category in ("conv", "dwconv") and k.conv is not None and nchw is None
 
 
+def mlas_conv_share(k: Kernel, profile: HardwareProfile) -> float:
+    """Share of the FMA peak MLAS's direct convolution in the blocked layout keeps (mechanism
+    mlas_conv_tiles; 1 without the profile's figures). Its kernel (SconvKernelAvx512F.S /
+    SconvKernelFma3.S, ProcessFilterCountN; snchwc.cpp) computes, for up to `conv_filter_set`
+    blocks of output channels at once, a row's columns in runs of `conv_output_block`, then one
+    run of 3 and one of 2, and the column left over and those whose window crosses the padding one
+    at a time. Per input channel and filter tap a run of o columns for f channel blocks issues o x f
+    FMAs (one per accumulator), o broadcast loads and f filter loads; it takes the longest of
+    o x f / fma_ports, (o + f) / load_ports and the FMA latency (each accumulator's next FMA waits
+    for its last), against o x f / fma_ports at the peak."""
+    if not (k.conv_cols and k.conv and profile.conv_filter_set and profile.conv_output_block
+            and profile.fma_ports and profile.load_ports):
+        return 1.0
+    _, cols, edge = k.conv_cols
+    width = max(nchwc_block(profile, "fp32"), 1)
+    blocks = math.ceil(k.conv[2] / width)
+    fs = profile.conv_filter_set
+    sets = [fs] * (blocks // fs) + ([blocks % fs] if blocks % fs else [])
+    rest = max(cols - edge, 0)
+    runs = [profile.conv_output_block] * (rest // profile.conv_output_block)
+    rest %= profile.conv_output_block
+    for o in (3, 2):
+        if rest >= o and o < profile.conv_output_block:
+            runs.append(o)
+            rest -= o
+    runs += [1] * (rest + min(edge, cols))
+    peak = actual = 0.0
+    for f in sets:
+        for o in runs:
+            peak += o * f / profile.fma_ports
+            actual += max(o * f / profile.fma_ports, (o + f) / profile.load_ports, profile.fma_latency_cycles)
+    return peak / actual if actual > 0 else 1.0
+
+
 def blocked_rows_share(k: Kernel, profile: HardwareProfile, scale: float) -> float:
     """Share of the units a depthwise convolution in the blocked layout keeps busy: MLAS splits
     its output rows of every block of channels evenly over all the pool's threads, however small
@@ -566,6 +600,8 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         gemm = _scaled_gemm(k, scale)
         tile = kernel_tile(k, profile, dtype, scale)
         util = matrix_utilization(gemm, profile, dtype, tile, round(gemm[3] * k_pad) if k_pad > 1 else 0)
+        if profile.uses("mlas_conv_tiles") and k.category == "conv" and runs_blocked(k, profile, nchw):
+            util *= mlas_conv_share(k, profile)
         # BLAS GEMMs (linear layers, attention) and implicit-GEMM convolutions reach different
         # shares of the tensor-core peak: two efficiencies.
         eff = profile.eff_gemm if k.category in ("linear", "attention") else profile.eff_matrix

@@ -626,3 +626,42 @@ def test_onnxruntime_copies_a_transpose_run_by_run_unless_its_written_permutatio
     assert ms(cpu) - ms(off) == pytest.approx(196 * 3 * 4 * 32 * cpu.layout_run_ns * 1e-6, rel=1e-6)
     torch_cpu = load_profile("cpu-x86")
     assert not torch_cpu.uses("ort_transpose")
+
+
+def _conv(cin: int, cout: int, hw: int, k: int = 3, stride: int = 1):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    pad = k // 2
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[pad] * 4, strides=[stride] * 2)]
+    return build_graph(make_model(nodes, [x], [y], [_init("w", (cout, cin, k, k))]))
+
+
+def test_mlas_convolution_fills_its_fma_pipeline_only_with_enough_channel_blocks_and_columns():
+    """mlas_conv_tiles: MLAS's direct convolution computes runs of 6 columns for up to 4 blocks of
+    16 output channels; an FMA pipeline of latency 4 on 2 ports needs 8 accumulators."""
+    from autovit.latmodel.timing import mlas_conv_share
+
+    base = load_profile("local-cpu")
+    assert not base.uses("mlas_conv_tiles") and base.fma_ports == 2  # off unless a profile lists it
+    cpu = replace(base, mechanisms=base.mechanisms + ("mlas_conv_tiles",))
+
+    def kernel(cin, cout, hw, k=3, stride=1):
+        return next(k_ for k_ in LatencyModel(_conv(cin, cout, hw, k, stride)).kernels(cpu) if k_.category == "conv")
+
+    # the columns whose window crosses the padding: one each side at stride 1, the left one at stride 2
+    assert kernel(64, 64, 56).conv_cols == (56, 56, 2)
+    assert kernel(64, 64, 56, stride=2).conv_cols == (28, 28, 1)
+    assert kernel(64, 64, 56, k=1).conv_cols == (1, 56 * 56, 0)  # pointwise: one run of all pixels
+    # 16 channels (one block): a 6-column run is latency-bound (6 accumulators < 8), 4 cycles for 3 at the peak.
+    narrow = kernel(64, 16, 56, k=1)
+    assert mlas_conv_share(narrow, cpu) == pytest.approx(3 / 4, rel=0.01)
+    # 64 channels: nine 6-column runs x 4 blocks fill it (12 cycles each); a 56-column row loses only
+    # its two padded columns, one at a time (4 FMAs: 2 cycles at the peak, 4 by latency).
+    wide = kernel(64, 64, 56)
+    assert mlas_conv_share(wide, cpu) == pytest.approx((9 * 12 + 2 * 2) / (9 * 12 + 2 * 4), rel=1e-9)
+    # a 7-column map (3 + 2 inner columns, 2 padded): far below a 56-column one
+    assert mlas_conv_share(kernel(256, 256, 7), cpu) < 0.8 < mlas_conv_share(wide, cpu)
+    # switched off, the share drops out of the estimate
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "mlas_conv_tiles"))
+    ms = lambda p: LatencyModel(_conv(64, 16, 56, k=1)).estimate(p).latency_ms  # noqa: E731
+    assert ms(cpu) > ms(off)

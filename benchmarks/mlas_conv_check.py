@@ -1,0 +1,89 @@
+"""MLAS's direct convolution against onnxruntime's profiler (nothing timed; issue 12, §3.17).
+
+    python benchmarks/mlas_conv_check.py [--data benchmarks/results/per_op_s27] [--threads 2]
+
+Reads the per-node times `cpu_per_op.py --collect` saved (DIR/per_op_t{threads}.json) and, for every
+dense convolution the model's kernels name (matched by output tensor, as cpu_per_op's row_costs),
+the share of the FMA peak the mechanism mlas_conv_tiles gives it (timing.mlas_conv_share, local-cpu's
+figures). Prints one JSON object:
+- `resnets`: ResNet-18's and -50's convolutions grouped by filter size and output width: how many,
+  the median measured GFLOP/s (kernel time as profiled) and the median share;
+- `fit`: over every dense convolution, measured ms = c0 + FLOPs / rate, and the same with FLOPs /
+  share, each fitted by least squares on relative error: c0 (ms), rate (GFLOP/s), and the spread
+  of log(fitted / measured) (std, median of its absolute value).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+
+def conv_nodes(res: dict, builders: dict, profile, cache: Path) -> list[dict]:
+    """Per dense convolution node: its network, FLOPs, measured ms, filter elements, output width, share."""
+    from autovit.latmodel.estimate import LatencyModel
+    from autovit.latmodel.timing import mlas_conv_share
+    from benchmarks.cpu_per_op import graph_of
+
+    out = []
+    for name, r in res.items():
+        if name not in builders:
+            continue
+        g = graph_of(name, *builders[name], cache)
+        kernels = LatencyModel(g).kernels(profile)
+        by_out = {t: k for k in kernels for o in k.ops for t in [o, *g.op(o).outputs]}
+        for n in r["nodes"]:
+            k = by_out.get(n["name"].removesuffix("_nchwc"))
+            if n["op"] != "Conv" or k is None or k.category != "conv" or not k.conv or k.conv[3] != 1 or not k.conv_cols:
+                continue
+            out.append({"network": name, "flops": k.flops, "ms": n["ms"], "filter": k.conv[4], "width": k.conv_cols[1],
+                        "share": mlas_conv_share(k, profile)})
+    return out
+
+
+def fit(nodes: list[dict], shares: bool) -> dict:
+    y = np.array([n["ms"] for n in nodes])
+    x = np.array([n["flops"] / (n["share"] if shares else 1.0) for n in nodes]) / 1e9
+    a = np.c_[np.ones(len(x)), x]
+    w = 1.0 / y  # relative error
+    (c0, c1), *_ = np.linalg.lstsq(a * w[:, None], y * w, rcond=None)
+    r = np.log((a @ np.array([c0, c1])) / y)
+    return {"c0_ms": float(c0), "rate_gflops": float(1e3 / c1) if c1 > 0 else None,
+            "log_std": float(r.std()), "median_abs_log": float(np.median(np.abs(r))), "n": len(y)}
+
+
+def main() -> None:
+    from autovit.latmodel.hardware import load_profile
+    from benchmarks.cpu_per_op import networks
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(HERE / "results" / "per_op_s27"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--graphs", default=str(HERE / ".cache" / "per_op"))
+    args = ap.parse_args()
+    res = json.loads((Path(args.data) / f"per_op_t{args.threads}.json").read_text())
+    base = load_profile("local-cpu")
+    profile = replace(base, mechanisms=tuple(m for m in base.mechanisms if m != "mlas_conv_tiles") + ("mlas_conv_tiles",))
+    nodes = conv_nodes(res, networks(10), profile, Path(args.graphs))
+    groups: dict = defaultdict(list)
+    for n in nodes:
+        if n["network"] in ("timm:resnet18", "timm:resnet50"):
+            groups[f"{n['network'][5:]} k{n['filter']} w{n['width']}"].append(n)
+    print(json.dumps({
+        "data": args.data, "threads": args.threads,
+        "resnets": {k: {"n": len(v), "gflops_median": float(np.median([n["flops"] / n["ms"] / 1e6 for n in v])),
+                        "share_median": round(float(np.median([n["share"] for n in v])), 3)}
+                    for k, v in sorted(groups.items())},
+        "fit": {"flops": fit(nodes, False), "flops_over_share": fit(nodes, True)}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
