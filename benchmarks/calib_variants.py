@@ -19,6 +19,8 @@ Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the sam
   the file will not take up mechanisms added to local-cpu later);
 - no-mlas_conv_tiles: every direct convolution at the GEMM tile's share of the peak (mechanism
   mlas_conv_tiles; written as no-ort_transpose is);
+- fit-dwconv: the depthwise convolutions' class factor (`efficiency.dwconv`, which divides their
+  time) fitted with the other parameters;
 - blocks-only: no whole network (`calibrate --no-network`);
 - reference-only: the drift monitor's reference network instead of the LUT's networks (what
   `calibrate` did before the LUT held networks);
@@ -40,7 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists", "no-ort_transpose", "no-mlas_conv_tiles", "blocks-only", "reference-only", "equal-total",
+VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists", "no-ort_transpose", "no-mlas_conv_tiles", "fit-dwconv", "blocks-only", "reference-only", "equal-total",
             "networks-x4")
 
 
@@ -66,7 +68,7 @@ def main() -> None:
     from autovit.latmodel.blocks import block_from_dict
     from autovit.latmodel.checks import dumps
     from autovit.latmodel.fit import ProfileCalibrator, network_pricer
-    from autovit.latmodel.hardware import load_profile, profile_at_threads, write_calibrated_profile
+    from autovit.latmodel.hardware import HardwareProfile, load_profile, profile_at_threads, write_calibrated_profile
     from autovit.latmodel.lut import load_lut
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,7 +104,9 @@ def main() -> None:
             fixed = {**fixed, "compute": {**fixed.get("compute", {}), "subnormal_assist_cycles": 0.0}}
         if variant in ("no-ort_transpose", "no-mlas_conv_tiles"):  # a switch, not a figure: the written profile lists the others
             fixed = {**fixed, "mechanisms": list(profile.mechanisms)}
-        c = ProfileCalibrator(profile).fit(blocks, measured, nets, op_ms)
+        # fit-dwconv: the depthwise class factor free beside the profile's parameters
+        free = HardwareProfile.FREE_PARAMETERS + ("eff_dwconv",) if variant == "fit-dwconv" else None
+        c = ProfileCalibrator(profile, free).fit(blocks, measured, nets, op_ms)
         if variant == "no-softmax-rows":  # written as the row cost it fell back on
             c.params["softmax_row_ns"] = c.params.get("reduce_row_ns", profile.reduce_row_ns)
         if variant == "no-fork_join":  # written as no cost, which prices as the mechanism off

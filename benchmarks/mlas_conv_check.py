@@ -1,6 +1,6 @@
 """MLAS's direct convolution against onnxruntime's profiler (nothing timed; issue 12, §3.17).
 
-    python benchmarks/mlas_conv_check.py [--data benchmarks/results/per_op_s27] [--threads 2]
+    python benchmarks/mlas_conv_check.py [--data benchmarks/results/per_op_s27] [--threads 2] [--hw PROFILE]
 
 Reads the per-node times `cpu_per_op.py --collect` saved (DIR/per_op_t{threads}.json) and, for every
 dense convolution the model's kernels name (matched by output tensor, as cpu_per_op's row_costs),
@@ -10,7 +10,10 @@ figures). Prints one JSON object:
   the median measured GFLOP/s (kernel time as profiled) and the median share;
 - `fit`: over every dense convolution, measured ms = c0 + FLOPs / rate, and the same with FLOPs /
   share, each fitted by least squares on relative error: c0 (ms), rate (GFLOP/s), and the spread
-  of log(fitted / measured) (std, median of its absolute value).
+  of log(fitted / measured) (std, median of its absolute value);
+- with --hw (a calibrated local-cpu profile), `depthwise`: every depthwise convolution node's
+  model ms (that profile's) over its measured kernel ms, the median over all, over those above
+  30 us, and per output width.
 """
 from __future__ import annotations
 
@@ -49,6 +52,30 @@ def conv_nodes(res: dict, builders: dict, profile, cache: Path) -> list[dict]:
     return out
 
 
+def depthwise(res: dict, builders: dict, profile, cache: Path) -> dict:
+    """Model ms / measured ms of the depthwise convolution nodes (see the module doc)."""
+    from autovit.latmodel.estimate import estimate
+    from benchmarks.cpu_per_op import graph_of
+
+    pts = []
+    for name, r in res.items():
+        if name not in builders:
+            continue
+        g = graph_of(name, *builders[name], cache)
+        times = estimate(g, profile).kernels
+        by_out = {t: kt for kt in times for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
+        for n in r["nodes"]:
+            kt = by_out.get(n["name"].removesuffix("_nchwc"))
+            if kt is not None and kt.kernel.category == "dwconv" and kt.kernel.act_shapes and n["ms"] > 0:
+                pts.append((kt.ms / n["ms"], n["ms"], kt.kernel.act_shapes[-1][-1]))
+    widths: dict = defaultdict(list)
+    for ratio, _, w in pts:
+        widths[w].append(ratio)
+    return {"n": len(pts), "median": float(np.median([p[0] for p in pts])),
+            "median_above_30us": float(np.median([p[0] for p in pts if p[1] > 0.03])),
+            "by_width": {str(w): {"n": len(v), "median": float(np.median(v))} for w, v in sorted(widths.items())}}
+
+
 def fit(nodes: list[dict], shares: bool) -> dict:
     y = np.array([n["ms"] for n in nodes])
     x = np.array([n["flops"] / (n["share"] if shares else 1.0) for n in nodes]) / 1e9
@@ -68,17 +95,20 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE / "results" / "per_op_s27"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--graphs", default=str(HERE / ".cache" / "per_op"))
+    ap.add_argument("--hw", help="a calibrated local-cpu profile: adds the depthwise comparison")
     args = ap.parse_args()
     res = json.loads((Path(args.data) / f"per_op_t{args.threads}.json").read_text())
     base = load_profile("local-cpu")
     profile = replace(base, mechanisms=tuple(m for m in base.mechanisms if m != "mlas_conv_tiles") + ("mlas_conv_tiles",))
-    nodes = conv_nodes(res, networks(10), profile, Path(args.graphs))
+    builders = networks(10)
+    nodes = conv_nodes(res, builders, profile, Path(args.graphs))
     groups: dict = defaultdict(list)
     for n in nodes:
         if n["network"] in ("timm:resnet18", "timm:resnet50"):
             groups[f"{n['network'][5:]} k{n['filter']} w{n['width']}"].append(n)
+    dw = depthwise(res, builders, load_profile(args.hw), Path(args.graphs)) if args.hw else None
     print(json.dumps({
-        "data": args.data, "threads": args.threads,
+        "data": args.data, "threads": args.threads, "hw": args.hw, "depthwise": dw,
         "resnets": {k: {"n": len(v), "gflops_median": float(np.median([n["flops"] / n["ms"] / 1e6 for n in v])),
                         "share_median": round(float(np.median([n["share"] for n in v])), 3)}
                     for k, v in sorted(groups.items())},
