@@ -6,6 +6,7 @@ Over the random subnets of a saved `validate --out` file, each measured as a who
 - `model_alone`: the analytical model's blocks, each priced alone (AnalyticalOracle "blocks",
   the paper's construction), summed;
 - `model_in_network`: the same blocks priced inside their network ("network", the search's);
+- `model_alone_over_in_network`: the first over the second per subnet (min, median, max);
 - with --lut, over the subnets whose blocks are all in it: `lut_alone`, the measured entries
   summed (the paper's LUT sum); `lut_moved_into_network`, that sum plus the model's (inside the
   network - alone), the correction the LUT oracle does not make; and
@@ -47,9 +48,11 @@ def main() -> None:
     measured = [r["measured_ms"] for r in rows]
     alone = AnalyticalOracle(profile, **DECOMPOSITION)
     inside = AnalyticalOracle(profile, **DECOMPOSITION, **IN_NETWORK)
+    a_ms, n_ms = [alone.blocks_ms(i) for i in items], [inside.blocks_ms(i) for i in items]
+    over = [a / n for a, n in zip(a_ms, n_ms)]
     out: dict = {"hw": args.hw, "validation": args.validation,
-                 "model_alone": ratio_metrics([alone.blocks_ms(i) for i in items], measured),
-                 "model_in_network": ratio_metrics([inside.blocks_ms(i) for i in items], measured)}
+                 "model_alone": ratio_metrics(a_ms, measured), "model_in_network": ratio_metrics(n_ms, measured),
+                 "model_alone_over_in_network": {"min": min(over), "median": statistics.median(over), "max": max(over)}}
     if args.lut:
         lut = LutOracle(load_lut(args.lut, profile.name), profile, **DECOMPOSITION)
         covered = [(lut.lut_sum(i), alone.blocks_ms(i), inside.blocks_ms(i), m)

@@ -248,8 +248,10 @@ def fit_variant(base, lut, lut_its, spec: dict, ref: Reference):
 
 
 def price_sets(profile, items: list[Item], statistic: str, ref: Reference) -> dict[str, dict]:
-    """Metrics per set (random, zoo, extra) and predictor (analytical, analytical_blocks), and the
-    predicted/measured ratio of every timm model (`ratios`)."""
+    """Metrics per set (random, zoo, extra) and predictor (analytical, analytical_blocks: the blocks
+    each priced alone, validate's block sum before docs/BENCHMARKS.md §3.16, which the figures of
+    §3.6-§3.11 made with this script report), and the predicted/measured ratio of every timm model
+    (`ratios`)."""
     from autovit.latmodel.oracle import AnalyticalOracle
     from autovit.nas.blocks import DECOMPOSITION
 

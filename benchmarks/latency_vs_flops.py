@@ -148,7 +148,7 @@ def main() -> None:
     from autovit.nas.blocks import DECOMPOSITION
     from autovit.nas.builder import build_model
     from autovit.nas.evaluate import supernet_from_checkpoint
-    from autovit.nas.latency import PROXY_REFERENCE
+    from autovit.nas.latency import IN_NETWORK, PROXY_REFERENCE
     from autovit.nas.search import parse_latency
 
     profile = load_profile(args.hw)
@@ -156,8 +156,10 @@ def main() -> None:
     space = net.space
     rng = random.Random(0)
     reference = [space.sample(rng) for _ in range(PROXY_REFERENCE)]
-    analytical = AtResolution(AnalyticalOracle(profile, **DECOMPOSITION), args.deploy_resolution)
-    flops = AtResolution(ProxyOracle("flops", profile, analytical.deployed(reference), **DECOMPOSITION), args.deploy_resolution)
+    # the search's construction (make_oracle): blocks priced inside their network (docs/BENCHMARKS.md §3.16)
+    analytical = AtResolution(AnalyticalOracle(profile, **DECOMPOSITION, **IN_NETWORK), args.deploy_resolution)
+    flops = AtResolution(ProxyOracle("flops", profile, analytical.deployed(reference), **DECOMPOSITION, **IN_NETWORK),
+                         args.deploy_resolution)
     if args.budget == "auto":
         rng = random.Random(12345)
         budget = float(np.percentile(analytical.latency_ms([space.sample(rng) for _ in range(2000)]), args.percentile))

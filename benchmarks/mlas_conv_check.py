@@ -76,6 +76,12 @@ def depthwise(res: dict, builders: dict, profile, cache: Path) -> dict:
             "by_width": {str(w): {"n": len(v), "median": float(np.median(v))} for w, v in sorted(widths.items())}}
 
 
+def _in_repo(path: str) -> str:
+    """`path` relative to the repository when it lies inside it (saved outputs name no machine's folders)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(HERE.parent)) if p.is_relative_to(HERE.parent) else path
+
+
 def fit(nodes: list[dict], shares: bool) -> dict:
     y = np.array([n["ms"] for n in nodes])
     x = np.array([n["flops"] / (n["share"] if shares else 1.0) for n in nodes]) / 1e9
@@ -108,7 +114,7 @@ def main() -> None:
             groups[f"{n['network'][5:]} k{n['filter']} w{n['width']}"].append(n)
     dw = depthwise(res, builders, load_profile(args.hw), Path(args.graphs)) if args.hw else None
     print(json.dumps({
-        "data": args.data, "threads": args.threads, "hw": args.hw, "depthwise": dw,
+        "data": _in_repo(args.data), "threads": args.threads, "hw": args.hw, "depthwise": dw,
         "resnets": {k: {"n": len(v), "gflops_median": float(np.median([n["flops"] / n["ms"] / 1e6 for n in v])),
                         "share_median": round(float(np.median([n["share"] for n in v])), 3)}
                     for k, v in sorted(groups.items())},

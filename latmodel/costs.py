@@ -97,7 +97,7 @@ class OpCost:
     # How a direct convolution walks its output (timing.mlas_conv_share): (output rows, output
     # columns per row, columns per row whose window crosses the padding); a pointwise convolution
     # (1x1, unit strides, unpadded) as one row of all its pixels per image.
-    conv_cols: tuple[int, int, int] = ()
+    conv_cols: tuple[int, ...] = ()
     # A last-axis Softmax whose scores carry a constant mask (graph.exp_bands): its probabilities
     # that are subnormal floats, and that round to 0 on the way through exp's subnormal range
     # (graph batch).
@@ -327,7 +327,7 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
     if group > 1 and cin_g == 1:  # depthwise: no reduction over channels, runs on vector units
         return mk("dwconv", "vector", 2.0 * macs + bias, conv=conv)
     unit = all(v == 1 for v in list(op.attrs.get("strides", [1])) + list(op.attrs.get("dilations", [1])))
-    unpadded = not any(op.attrs.get("pads", [0])) and op.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+    unpadded = not any(op.attrs.get("pads", [0])) and _auto_pad(op) in ("NOTSET", "VALID")
     im2col_free = kernel == 1 and unit and unpadded
     return mk("conv", "matrix", 2.0 * macs + bias, gemm=(group, n * spatial, cout // group, cin_g * kernel),
               winograd_3x3=group == 1 and tuple(w.shape[2:]) == (3, 3) and unit, conv=conv,
@@ -335,7 +335,13 @@ def _conv_cost(op: OpNode, t: dict[str, TensorInfo], mk, in_elems: int, out_elem
               conv_cols=_conv_cols(op, x.shape, w.shape, y.shape, im2col_free))
 
 
-def _conv_cols(op: OpNode, x: tuple[int, ...], w: tuple[int, ...], y: tuple[int, ...], pointwise: bool) -> tuple[int, int, int]:
+def _auto_pad(op: OpNode) -> str:
+    """A convolution's auto_pad attribute as text (the graph keeps ONNX strings as bytes)."""
+    v = op.attrs.get("auto_pad", "NOTSET")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _conv_cols(op: OpNode, x: tuple[int, ...], w: tuple[int, ...], y: tuple[int, ...], pointwise: bool) -> tuple[int, ...]:
     """(output rows, columns per row, columns per row whose window crosses the padding) of a 2-D
     convolution (OpCost.conv_cols); () for other ranks."""
     if len(y) != 4 or len(x) != 4 or len(w) != 4:
@@ -347,9 +353,9 @@ def _conv_cols(op: OpNode, x: tuple[int, ...], w: tuple[int, ...], y: tuple[int,
     stride = int((list(op.attrs.get("strides", [1, 1])) + [1, 1])[1])
     dil = int((list(op.attrs.get("dilations", [1, 1])) + [1, 1])[1])
     pads = list(op.attrs.get("pads", [])) or [0, 0, 0, 0]
-    if op.attrs.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+    if _auto_pad(op) in ("SAME_UPPER", "SAME_LOWER"):
         total = max(0, (wo - 1) * stride + (kw - 1) * dil + 1 - wi)
-        left = total // 2 if op.attrs.get("auto_pad") == "SAME_UPPER" else total - total // 2
+        left = total // 2 if _auto_pad(op) == "SAME_UPPER" else total - total // 2
     else:
         left = int(pads[1]) if len(pads) >= 4 else 0
     span = (kw - 1) * dil + 1

@@ -204,7 +204,7 @@ class HardwareProfile:
     conv_filter_set: int = 0  # blocks of output channels (one vector each) a kernel call computes together
     conv_output_block: int = 0  # output columns of a row it computes together (then 3, 2, and single ones)
     fma_latency_cycles: float = 0.0  # cycles before an FMA's result can feed the next FMA of its accumulator
-    fma_ports: int = 0  # vector FMAs a core issues per cycle
+    fma_ports: int = 0  # vector FMAs a core issues per cycle ([cpu] fma_units where the profile has a [cpu] table)
     load_ports: int = 0  # vector loads a core issues per cycle
     mechanisms: tuple[str, ...] = ()  # roofline mechanisms switched on (ROOFLINE_MECHANISMS)
     clock_ghz: float = 0.0  # boost clock of the units (GPU SMs): with l1_loads_per_clock, the L1 load rate
@@ -492,6 +492,7 @@ def _derive_cpu(d: dict[str, Any], where: str) -> dict[str, Any]:
     dtypes = d.get("dtypes", ["fp32"])
     peaks = {dt: ghz * flops_per_clock(cores, simd, fma, dt) / 1e3 for dt in dtypes}
     compute.setdefault("units", cores)
+    compute.setdefault("fma_ports", fma)
     compute.setdefault("matrix_tflops", peaks)
     compute.setdefault("vector_tflops", peaks)
     # oneDNN blocks channels by the SIMD width (nChw16c on AVX-512, nChw8c on AVX2).

@@ -45,7 +45,7 @@ class Kernel:
     filter_shape: tuple[int, ...] = ()  # its main op's filter, input elements, im2col-free (see costs.OpCost)
     conv_in_elems: int = 0
     im2col_free: bool = False
-    conv_cols: tuple[int, int, int] = ()  # its main op's output walk (see costs.OpCost)
+    conv_cols: tuple[int, ...] = ()  # its main op's output walk (see costs.OpCost)
     exp_subnormal: int = 0  # a masked softmax's subnormal probabilities (see costs.OpCost)
     exp_zero: int = 0  # ... and those rounding to 0 through exp's subnormal range
     subnormal_reads: tuple[tuple[int, int], ...] = ()  # its GEMMs' subnormal left-operand elements (see costs.OpCost)

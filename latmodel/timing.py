@@ -119,11 +119,12 @@ def runs_blocked(k: Kernel, profile: HardwareProfile, nchw: NchwConv | None) -> 
 
 def mlas_conv_share(k: Kernel, profile: HardwareProfile) -> float:
     """Share of the FMA peak MLAS's direct convolution in the blocked layout keeps (mechanism
-    mlas_conv_tiles; 1 without the profile's figures). Its kernel (SconvKernelAvx512F.S /
-    SconvKernelFma3.S, ProcessFilterCountN; snchwc.cpp) computes, for up to `conv_filter_set`
-    blocks of output channels at once, a row's columns in runs of `conv_output_block`, then one
-    run of 3 and one of 2, and the column left over and those whose window crosses the padding one
-    at a time. Per input channel and filter tap a run of o columns for f channel blocks issues o x f
+    mlas_conv_tiles; 1 without the profile's figures). Its AVX-512 kernel (SconvKernelAvx512F.S,
+    ProcessFilterCountN; snchwc.cpp) computes, for up to `conv_filter_set` blocks of output
+    channels of one group at once, a row's columns in runs of `conv_output_block`, then one run of
+    3 and one of 2, and the column left over and those whose window crosses the padding one at a
+    time (the figures and the 3-2 tail are the AVX-512 kernel's; its FMA3 kernel works in runs of
+    3 and single columns). Per input channel and filter tap a run of o columns for f channel blocks issues o x f
     FMAs (one per accumulator), o broadcast loads and f filter loads; it takes the longest of
     o x f / fma_ports, (o + f) / load_ports and the FMA latency (each accumulator's next FMA waits
     for its last), against o x f / fma_ports at the peak."""
@@ -132,7 +133,8 @@ def mlas_conv_share(k: Kernel, profile: HardwareProfile) -> float:
         return 1.0
     _, cols, edge = k.conv_cols
     width = max(nchwc_block(profile, "fp32"), 1)
-    blocks = math.ceil(k.conv[2] / width)
+    # MLAS convolves group by group (snchwc.cpp: the work block's output channels over the groups)
+    blocks = math.ceil(k.conv[2] // max(k.conv[3], 1) / width)
     fs = profile.conv_filter_set
     sets = [fs] * (blocks // fs) + ([blocks % fs] if blocks % fs else [])
     rest = max(cols - edge, 0)

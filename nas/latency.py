@@ -28,7 +28,7 @@ REFERENCE_MODEL = "autovit:xxs"
 CONV_EDGES = {"ends_conv": ("conv", "mbconv", "mvit_convs"), "starts_conv": ("mbconv", "mvit_convs", "head")}
 # How the search's analytical pricing composes blocks: each block as a part of the exported
 # network, which is what a budget is about (latmodel/oracle.py; the model's blocks alone summed to
-# 4-14 % above its network price on this project's VM, docs/BENCHMARKS.md §3.16).
+# 3-14 % above its network price on this project's VM, docs/BENCHMARKS.md §3.16).
 IN_NETWORK = {"construction": "network", **CONV_EDGES}
 
 

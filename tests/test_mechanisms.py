@@ -665,3 +665,33 @@ def test_mlas_convolution_fills_its_fma_pipeline_only_with_enough_channel_blocks
     off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "mlas_conv_tiles"))
     ms = lambda p: LatencyModel(_conv(64, 16, 56, k=1)).estimate(p).latency_ms  # noqa: E731
     assert ms(cpu) > ms(off)
+
+
+def test_conv_walk_reads_auto_pad_and_groups():
+    """conv_cols reads auto_pad as ONNX stores it (bytes) and MLAS's blocks count per group."""
+    from autovit.latmodel.timing import mlas_conv_share
+
+    base = load_profile("local-cpu")
+    cpu = replace(base, mechanisms=base.mechanisms + ("mlas_conv_tiles",))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 7, 7])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+
+    def conv(**attrs):
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2], **attrs)
+        g = build_graph(make_model([node], [x], [y], [_init("w", (16, 16, 3, 3))]))
+        return next(k for k in LatencyModel(g).kernels(cpu) if k.category == "conv")
+
+    assert conv(auto_pad="SAME_UPPER").conv_cols == conv(pads=[1, 1, 1, 1]).conv_cols == (4, 4, 2)
+    # one 16-channel block per group: the same share as a 16-channel dense convolution of that walk
+    grouped = next(k for k in LatencyModel(_grouped(128, 8)).kernels(cpu) if k.category == "conv")
+    dense = next(k for k in LatencyModel(_conv(16, 16, 14)).kernels(cpu) if k.category == "conv")
+    assert grouped.conv_cols == dense.conv_cols
+    assert mlas_conv_share(grouped, cpu) == pytest.approx(mlas_conv_share(dense, cpu))
+    assert mlas_conv_share(grouped, cpu) < 0.5
+
+
+def _grouped(c: int, groups: int, hw: int = 14):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, hw, hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1] * 4, group=groups)
+    return build_graph(make_model([node], [x], [y], [_init("w", (c, c // groups, 3, 3))]))
