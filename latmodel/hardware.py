@@ -102,11 +102,12 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # when its permutation as written, size-1 axes included, moves one axis, and any other run by run
 # (ort_transpose); MLAS's direct convolution computes a few output columns of a row for a few
 # blocks of output channels at a time, and few channel blocks, short rows and the columns at the
-# padding leave the FMA pipeline part empty (mlas_conv_tiles).
+# padding leave the FMA pipeline part empty (mlas_conv_tiles); onnxruntime splits its NCHW <-> NCHWc
+# reorders over its threads (reorder_threads).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
                        "conv_channel_block", "onednn_team", "nchwc_broadcast", "subnormal_assists",
-                       "ort_transpose", "mlas_conv_tiles")
+                       "ort_transpose", "mlas_conv_tiles", "reorder_threads")
 
 
 @dataclass(frozen=True)

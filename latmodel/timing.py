@@ -696,7 +696,12 @@ _NCHWC_MIN_BLOCK = 8
 def _reorder_ms(elems: float, profile: HardwareProfile, dtype: str) -> float:
     """One reorder between NCHW and the blocked layout: a copy priced as a layout kernel, plus its dispatch (ms)."""
     b = 2 * elems * profile.dtype_bytes(dtype)
-    return (b / (profile.cache_gbps * 1e9) * profile.layout_penalty + profile.dispatch_us * 1e-6) * 1e3
+    copy_s = b / (profile.cache_gbps * 1e9) * profile.layout_penalty
+    if profile.uses("reorder_threads"):
+        # onnxruntime splits a reorder over its pool's threads (benchmarks/nchwc_reorder_cost.py:
+        # 1.7-2.4x faster on 2 threads than on 1 for maps of 28 x 28 and more)
+        copy_s /= max(profile.units, 1)
+    return (copy_s + profile.dispatch_us * 1e-6) * 1e3
 
 
 def _add_reorder(t: KernelTime, elems: float, profile: HardwareProfile, dtype: str, dispatch: bool = True) -> None:

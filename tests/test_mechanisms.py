@@ -695,3 +695,13 @@ def _grouped(c: int, groups: int, hw: int = 14):
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1] * 4, group=groups)
     return build_graph(make_model([node], [x], [y], [_init("w", (c, c // groups, 3, 3))]))
+
+
+def test_reorder_threads_split_the_blocked_layout_reorders_over_the_pool():
+    """reorder_threads: onnxruntime's NCHW <-> NCHWc reorders run on every thread of the pool."""
+    from autovit.latmodel.timing import _reorder_ms
+
+    base = replace(load_profile("local-cpu"), units=2, dispatch_us=0.0)
+    on = replace(base, mechanisms=base.mechanisms + ("reorder_threads",))
+    assert not base.uses("reorder_threads")
+    assert _reorder_ms(1e6, on, "fp32") == pytest.approx(_reorder_ms(1e6, base, "fp32") / 2)
