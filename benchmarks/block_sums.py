@@ -55,8 +55,8 @@ def main() -> None:
                  "model_alone_over_in_network": {"min": min(over), "median": statistics.median(over), "max": max(over)}}
     if args.lut:
         lut = LutOracle(load_lut(args.lut, profile.name), profile, **DECOMPOSITION)
-        covered = [(lut.lut_sum(i), alone.blocks_ms(i), inside.blocks_ms(i), m)
-                   for i, m in zip(items, measured) if lut.lut_sum(i) is not None]
+        sums = [lut.lut_sum(i) for i in items]
+        covered = [(x, a, n, m) for x, a, n, m in zip(sums, a_ms, n_ms, measured) if x is not None]
         if covered:
             s, a, n, m = map(list, zip(*covered))
             out.update({"lut": args.lut, "lut_alone": ratio_metrics(s, m),

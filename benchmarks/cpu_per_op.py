@@ -125,24 +125,35 @@ def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
 ROW_OPS = ("Softmax", "LayerNormalization")
 
 
+def matched_nodes(res: dict, builders: dict, profile, cache: Path):
+    """Yields (network name, its collected record, a profiled node, the model's KernelTime of that
+    node) for every node the model's kernels on `profile` name, matched by output tensor; networks
+    `builders` does not know are skipped."""
+    from autovit.latmodel.estimate import estimate
+
+    for name, r in res.items():
+        if name not in builders:
+            continue
+        g = graph_of(name, *builders[name], cache)
+        kernels = estimate(g, profile).kernels
+        # onnxruntime names a node it rewrote by its output, one it kept by the ONNX node's name
+        by_out = {t: kt for kt in kernels for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
+        for n in r["nodes"]:
+            kt = by_out.get(n["name"].removesuffix("_nchwc"))
+            if kt is not None:
+                yield name, r, n, kt
+
+
 def row_costs(res: dict, builders: dict, profile, cache: Path) -> dict:
     """Per row-reducing op type (ROW_OPS): a least-squares fit of onnxruntime's kernel time, less
     the profiler's own cost per node of its network, as const + ns x rows + ns x elements, over
     every such node the model's kernels name (matched by output tensor); with the median model
     ms / measured ms. Tells a per-row cost from a per-element one (docs/COST_MODEL.md, "Softmax rows")."""
-    from autovit.latmodel.estimate import estimate
-
     pts: dict = defaultdict(list)
-    for name, r in res.items():
-        g = graph_of(name, *builders[name], cache)
-        kernels = estimate(g, profile).kernels
-        # onnxruntime names a node it rewrote by its output, one it kept by the ONNX node's name
-        by_out = {t: kt for kt in kernels for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
-        over = profiler_ms_per_node(r)
-        for n in r["nodes"]:
-            kt = by_out.get(n["name"].removesuffix("_nchwc"))
-            if n["op"] in ROW_OPS and kt is not None and kt.kernel.rows:
-                pts[n["op"]].append((kt.kernel.rows, kt.kernel.out_elems, (n["ms"] - over) * 1e6, kt.ms * 1e6))
+    for _, r, n, kt in matched_nodes(res, builders, profile, cache):
+        if n["op"] in ROW_OPS and kt.kernel.rows:
+            over = profiler_ms_per_node(r)
+            pts[n["op"]].append((kt.kernel.rows, kt.kernel.out_elems, (n["ms"] - over) * 1e6, kt.ms * 1e6))
     out = {}
     for op, rows in pts.items():
         a = np.array(rows, float)

@@ -32,42 +32,26 @@ sys.path.insert(0, str(HERE.parent))
 
 def conv_nodes(res: dict, builders: dict, profile, cache: Path) -> list[dict]:
     """Per dense convolution node: its network, FLOPs, measured ms, filter elements, output width, share."""
-    from autovit.latmodel.estimate import LatencyModel
     from autovit.latmodel.timing import mlas_conv_share
-    from benchmarks.cpu_per_op import graph_of
+    from benchmarks.cpu_per_op import matched_nodes
 
     out = []
-    for name, r in res.items():
-        if name not in builders:
+    for name, _, n, kt in matched_nodes(res, builders, profile, cache):
+        k = kt.kernel
+        if n["op"] != "Conv" or k.category != "conv" or not k.conv or k.conv[3] != 1 or not k.conv_cols:
             continue
-        g = graph_of(name, *builders[name], cache)
-        kernels = LatencyModel(g).kernels(profile)
-        by_out = {t: k for k in kernels for o in k.ops for t in [o, *g.op(o).outputs]}
-        for n in r["nodes"]:
-            k = by_out.get(n["name"].removesuffix("_nchwc"))
-            if n["op"] != "Conv" or k is None or k.category != "conv" or not k.conv or k.conv[3] != 1 or not k.conv_cols:
-                continue
-            out.append({"network": name, "flops": k.flops, "ms": n["ms"], "filter": k.conv[4], "width": k.conv_cols[1],
-                        "share": mlas_conv_share(k, profile)})
+        out.append({"network": name, "flops": k.flops, "ms": n["ms"], "filter": k.conv[4], "width": k.conv_cols[1],
+                    "share": mlas_conv_share(k, profile)})
     return out
 
 
 def depthwise(res: dict, builders: dict, profile, cache: Path) -> dict:
     """Model ms / measured ms of the depthwise convolution nodes (see the module doc)."""
-    from autovit.latmodel.estimate import estimate
-    from benchmarks.cpu_per_op import graph_of
+    from benchmarks.cpu_per_op import matched_nodes
 
-    pts = []
-    for name, r in res.items():
-        if name not in builders:
-            continue
-        g = graph_of(name, *builders[name], cache)
-        times = estimate(g, profile).kernels
-        by_out = {t: kt for kt in times for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
-        for n in r["nodes"]:
-            kt = by_out.get(n["name"].removesuffix("_nchwc"))
-            if kt is not None and kt.kernel.category == "dwconv" and kt.kernel.act_shapes and n["ms"] > 0:
-                pts.append((kt.ms / n["ms"], n["ms"], kt.kernel.act_shapes[-1][-1]))
+    pts = [(kt.ms / n["ms"], n["ms"], kt.kernel.act_shapes[-1][-1])
+           for _, _, n, kt in matched_nodes(res, builders, profile, cache)
+           if kt.kernel.category == "dwconv" and kt.kernel.act_shapes and n["ms"] > 0]
     widths: dict = defaultdict(list)
     for ratio, _, w in pts:
         widths[w].append(ratio)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 from autovit.latmodel.costs import SOFTMAX as SOFTMAX_OPS
@@ -124,8 +125,8 @@ def mlas_conv_share(k: Kernel, profile: HardwareProfile) -> float:
     channels of one group at once, a row's columns in runs of `conv_output_block`, then one run of
     3 and one of 2, and the column left over and those whose window crosses the padding one at a
     time (the figures and the 3-2 tail are the AVX-512 kernel's; its FMA3 kernel works in runs of
-    3 and single columns). Per input channel and filter tap a run of o columns for f channel blocks issues o x f
-    FMAs (one per accumulator), o broadcast loads and f filter loads; it takes the longest of
+    3 and single columns). Per input channel and filter tap a run of o columns for f channel
+    blocks issues o x f FMAs (one per accumulator), o broadcast loads and f filter loads; it takes the longest of
     o x f / fma_ports, (o + f) / load_ports and the FMA latency (each accumulator's next FMA waits
     for its last), against o x f / fma_ports at the peak."""
     if not (k.conv_cols and k.conv and profile.conv_filter_set and profile.conv_output_block
@@ -135,21 +136,26 @@ def mlas_conv_share(k: Kernel, profile: HardwareProfile) -> float:
     width = max(nchwc_block(profile, "fp32"), 1)
     # MLAS convolves group by group (snchwc.cpp: the work block's output channels over the groups)
     blocks = math.ceil(k.conv[2] // max(k.conv[3], 1) / width)
-    fs = profile.conv_filter_set
-    sets = [fs] * (blocks // fs) + ([blocks % fs] if blocks % fs else [])
+    # kernel calls per channel-block count, and runs per column count: counted, not listed (a
+    # pointwise convolution's row is all its pixels)
+    fs, ob = profile.conv_filter_set, profile.conv_output_block
+    sets = Counter({fs: blocks // fs})
+    sets[blocks % fs] += 1
     rest = max(cols - edge, 0)
-    runs = [profile.conv_output_block] * (rest // profile.conv_output_block)
-    rest %= profile.conv_output_block
+    runs = Counter({ob: rest // ob})
+    rest %= ob
     for o in (3, 2):
-        if rest >= o and o < profile.conv_output_block:
-            runs.append(o)
+        if rest >= o and o < ob:
+            runs[o] += 1
             rest -= o
-    runs += [1] * (rest + min(edge, cols))
+    runs[1] += rest + min(edge, cols)
     peak = actual = 0.0
-    for f in sets:
-        for o in runs:
-            peak += o * f / profile.fma_ports
-            actual += max(o * f / profile.fma_ports, (o + f) / profile.load_ports, profile.fma_latency_cycles)
+    for f, calls in sets.items():
+        for o, n in runs.items():
+            if f and calls and n:
+                peak += calls * n * o * f / profile.fma_ports
+                actual += calls * n * max(o * f / profile.fma_ports, (o + f) / profile.load_ports,
+                                          profile.fma_latency_cycles)
     return peak / actual if actual > 0 else 1.0
 
 
