@@ -16,7 +16,6 @@ Each against `measured_ms`: within 10 % (%), Kendall tau, the median ratio. Prin
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +25,8 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:
-    from autovit.latmodel.checks import dumps
+    from autovit.latmodel.checks import dumps, read_json
+    from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.hardware import load_profile
     from autovit.latmodel.lut import load_lut
     from autovit.latmodel.oracle import AnalyticalOracle, LutOracle
@@ -42,8 +42,11 @@ def main() -> None:
     args = ap.parse_args()
 
     profile = load_profile(args.hw)
-    rows = [r for r in json.loads(Path(args.validation).read_text())["rows"]
-            if r["group"] == "random" and r.get("measured_ms") and r.get("arch")]
+    saved = read_json(args.validation, "validation file", "pass the --out file of `autovit-lat validate`")
+    rows = saved.get("rows") if isinstance(saved, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise AutoVitError(f"{args.validation}: no list of rows; pass the --out file of `autovit-lat validate`")
+    rows = [r for r in rows if r.get("group") == "random" and r.get("measured_ms") and r.get("arch")]
     items = [DECOMPOSITION["decompose"](ArchConfig.from_dict(r["arch"])) for r in rows]
     measured = [r["measured_ms"] for r in rows]
     alone = AnalyticalOracle(profile, **DECOMPOSITION)
@@ -69,4 +72,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from autovit.latmodel.errors import AutoVitError
+
+    try:
+        main()
+    except AutoVitError as e:  # a missing or broken input file, an unknown profile: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

@@ -78,6 +78,7 @@ def fit(nodes: list[dict], shares: bool) -> dict:
 
 
 def main() -> None:
+    from autovit.latmodel.checks import read_json
     from autovit.latmodel.hardware import load_profile
     from benchmarks.cpu_per_op import networks
 
@@ -87,7 +88,8 @@ def main() -> None:
     ap.add_argument("--graphs", default=str(HERE / ".cache" / "per_op"))
     ap.add_argument("--hw", help="a calibrated local-cpu profile: adds the depthwise comparison")
     args = ap.parse_args()
-    res = json.loads((Path(args.data) / f"per_op_t{args.threads}.json").read_text())
+    res = read_json(Path(args.data) / f"per_op_t{args.threads}.json", "per-op timings",
+                    "collect them with `python benchmarks/cpu_per_op.py --collect --data DIR`")
     base = load_profile("local-cpu")
     profile = replace(base, mechanisms=tuple(m for m in base.mechanisms if m != "mlas_conv_tiles") + ("mlas_conv_tiles",))
     builders = networks(10)
@@ -106,4 +108,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from autovit.latmodel.errors import AutoVitError
+
+    try:
+        main()
+    except AutoVitError as e:  # a missing or broken input file, an unknown profile: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

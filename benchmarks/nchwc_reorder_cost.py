@@ -66,4 +66,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from autovit.latmodel.errors import AutoVitError
+
+    try:
+        main()
+    except AutoVitError as e:  # a missing or broken input file, an unknown profile: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

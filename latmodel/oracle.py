@@ -14,7 +14,7 @@ C, so a search prices ~10^5 architectures per second.
   assumption that a network costs the sum of its measured blocks. "network" prices each block
   as a part of the exported network (edges from its neighbours, one call overhead), which on
   the CPU profiles equals the model of the whole graph to 2 % (tests/test_oracle_validate.py;
-  on the CUDA profiles both constructions run 3-5 % above it). A search should use "network":
+  on the CUDA profiles the two constructions agree, both a few % above it). A search should use "network":
   it prices what the exported model runs. On this project's VM the model's blocks alone summed
   to 3-14 % (run medians 5-7 %) above its network price, and that price is the one measured
   networks bear out (docs/BENCHMARKS.md §3.16).

@@ -99,3 +99,23 @@ def test_calib_variants_change_one_thing_each():
     assert run("calib_variants.py", "missing.json", "--out-dir", "x", "--variants", "nope").returncode != 0
     r = run("calib_variants.py", str(BENCH / "missing_lut.json"), "--out-dir", "x", "--variants", "default")
     assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("script, args", [
+    ("block_sums.py", ["--hw", "nope", "--validation", "missing.json"]),
+    ("block_sums.py", ["--hw", "local-cpu", "--validation", "missing.json"]),
+    ("block_sums.py", ["--hw", "local-cpu", "--validation", "BROKEN"]),
+    ("block_sums.py", ["--hw", "local-cpu", "--validation", "NOROWS"]),
+    ("mlas_conv_check.py", ["--data", "no-such-folder"]),
+    ("nchwc_reorder_cost.py", ["--hw", "nope"]),
+])
+def test_issue12_probes_refuse_bad_input_in_one_line(tmp_path, script, args):
+    """The offline checks of docs/BENCHMARKS.md §3.16-§3.17: a missing or broken input, an unknown
+    profile: one line, no traceback (and no timing started)."""
+    (tmp_path / "broken.json").write_text('{"rows": [')
+    (tmp_path / "norows.json").write_text('{"rows": 5}')
+    args = [str(tmp_path / "broken.json") if a == "BROKEN" else str(tmp_path / "norows.json") if a == "NOROWS"
+            else str(tmp_path / a) if a.endswith((".json", "folder")) else a for a in args]
+    r = run(script, *args)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error: "), r.stderr

@@ -223,6 +223,13 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     # a denormal share priced blocked depthwise convolutions at inf ms (review of issue 12's third pass)
     (BASE + "[efficiency]\nnchwc_dwconv = 5e-324\n", ["efficiency.nchwc_dwconv", "use 0 (off)"]),
     (BASE + "[efficiency]\nnchwc_dwconv = 1.5\n", ["efficiency.nchwc_dwconv", "<= 1"]),
+    # mlas_conv_tiles' figures: a zero one switches the share off, a bad one is refused
+    ('base = "local-cpu"\nname = "x"\n[compute]\nconv_filter_set = -1\n', ["compute.conv_filter_set"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nconv_output_block = 6.5\n', ["compute.conv_output_block"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nfma_latency_cycles = nan\n', ["compute.fma_latency_cycles"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nfma_ports = "2"\n', ["compute.fma_ports"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nload_ports = 1000\n', ["compute.load_ports"]),
+    ('base = "local-cpu"\nname = "x"\nmechanisms = ["mlas_conv_tile"]\n', ["mlas_conv_tile"]),
 ])
 def test_more_bad_profiles(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)
