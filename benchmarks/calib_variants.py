@@ -19,6 +19,9 @@ Writes one calibrated profile per variant, `DIR/VARIANT.toml`, fitted on the sam
   the file will not take up mechanisms added to local-cpu later);
 - no-mlas_conv_tiles: every direct convolution at the GEMM tile's share of the peak (mechanism
   mlas_conv_tiles; written as no-ort_transpose is);
+- no-ort_parallel_for: element-wise ops, BatchNormalization and copies on the threads of the
+  `vector_block` rule instead of onnxruntime's own (mechanism ort_parallel_for; written so too);
+- no-core_handoff: no tensor priced across cores' private caches (mechanism core_handoff; so too);
 - fit-dwconv: the depthwise convolutions' class factor (`efficiency.dwconv`, which divides their
   time) fitted with the other parameters;
 - blocks-only: no whole network (`calibrate --no-network`);
@@ -42,8 +45,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists", "no-ort_transpose", "no-mlas_conv_tiles", "fit-dwconv", "blocks-only", "reference-only", "equal-total",
-            "networks-x4")
+# Mechanisms a variant switches off, written as the profile's list without them (a switch, not a figure).
+SWITCHES = ("ort_transpose", "mlas_conv_tiles", "ort_parallel_for", "core_handoff")
+VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists",
+            *(f"no-{m}" for m in SWITCHES), "fit-dwconv", "blocks-only", "reference-only", "equal-total", "networks-x4")
 
 
 def networks_for(variant: str, lut, n_blocks: int) -> list:
@@ -69,6 +74,7 @@ def main() -> None:
     from autovit.latmodel.checks import dumps
     from autovit.latmodel.fit import ProfileCalibrator, network_pricer
     from autovit.latmodel.hardware import HardwareProfile, load_profile, profile_at_threads, write_calibrated_profile
+    from autovit.cli.lat_device import lut_cross_core_gbps
     from autovit.latmodel.lut import load_lut
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,16 +99,16 @@ def main() -> None:
     for variant in chosen:
         probe = None if variant == "no-probe" else lut.environment.get("sgemm_gflops")
         stream = None if variant == "no-stream" else lut.environment.get("stream_gbps")
-        profile, fixed = profile_at_threads(args.hw, threads, probe, stream)
+        profile, fixed = profile_at_threads(args.hw, threads, probe, stream, lut_cross_core_gbps(lut))
         nets = networks_for(variant, lut, len(blocks))
         if variant == "no-softmax-rows":
             profile = replace(profile, softmax_row_ns=None)
-        if variant in ("no-fork_join", "no-subnormal_assists", "no-ort_transpose", "no-mlas_conv_tiles"):
+        if variant in ("no-fork_join", "no-subnormal_assists", *(f"no-{m}" for m in SWITCHES)):
             mechanism = variant[len("no-"):]
             profile = replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != mechanism))
         if variant == "no-subnormal_assists":  # not a fitted parameter: written beside the fixed keys
             fixed = {**fixed, "compute": {**fixed.get("compute", {}), "subnormal_assist_cycles": 0.0}}
-        if variant in ("no-ort_transpose", "no-mlas_conv_tiles"):  # a switch, not a figure: the written profile lists the others
+        if variant in tuple(f"no-{m}" for m in SWITCHES):  # a switch, not a figure: the written profile lists the others
             fixed = {**fixed, "mechanisms": list(profile.mechanisms)}
         # fit-dwconv: the depthwise class factor free beside the profile's parameters
         free = HardwareProfile.FREE_PARAMETERS + ("eff_dwconv",) if variant == "fit-dwconv" else None
@@ -112,7 +118,9 @@ def main() -> None:
         if variant == "no-fork_join":  # written as no cost, which prices as the mechanism off
             c.params["fork_join_us"] = 0.0
         path = write_calibrated_profile(args.hw, c.params, {"lut": str(Path(args.lut).resolve()), "threads": threads,
-                                                            "sgemm_gflops": probe, "stream_gbps": stream}, out_dir / f"{variant}.toml", fixed)
+                                                            "sgemm_gflops": probe, "stream_gbps": stream,
+                                                            "mechanisms": list(profile.mechanisms)},
+                                        out_dir / f"{variant}.toml", fixed)
         fitted = replace(profile, **c.params)
         result["variants"][variant] = {
             "profile": str(path), "params": {k: round(v, 4) for k, v in c.params.items()}, "at_bound": c.at_bound,

@@ -20,7 +20,9 @@ With --lut and --validation, the fit experiment: `calibrate`'s fit (the LUT's bl
 reference network) against the same fit with each block's large per-class kernel times
 (>= --min-ms, scaled to the block's LUT time) as extra points, each scored on the measured rows of
 a `validate --json` output (the random subnets and the zoo it rebuilds). Prints one JSON object;
-`row_costs` splits Softmax's and LayerNorm's kernel time into per-row and per-element parts.
+`row_costs` splits Softmax's and LayerNorm's kernel time into per-row and per-element parts;
+`op_types` compares the model with each onnxruntime op type's kernels (less the profiler's own
+`--node-us` per node), scaled by their network's predicted / measured run.
 """
 from __future__ import annotations
 
@@ -139,9 +141,21 @@ def matched_nodes(res: dict, builders: dict, profile, cache: Path):
         # onnxruntime names a node it rewrote by its output, one it kept by the ONNX node's name
         by_out = {t: kt for kt in kernels for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
         for n in r["nodes"]:
-            kt = by_out.get(n["name"].removesuffix("_nchwc"))
+            kt = by_out.get(n["name"]) or by_out.get(ort_node_source(n["name"]))
             if kt is not None:
                 yield name, r, n, kt
+
+
+def ort_node_source(name: str) -> str:
+    """The ONNX node or tensor an onnxruntime node name comes from: a node its NCHWc transformer
+    moved to the blocked layout is named by its output + "_nchwc"; one a fusion made is named by
+    the first fused node + "/<Name>Fusion" (MatMulAddFusion, QuickGeluFusion/)."""
+    name = name.removesuffix("_nchwc")
+    parts = name.rstrip("/").split("/")
+    kept = list(parts)
+    while len(kept) > 1 and "Fusion" in kept[-1]:
+        kept.pop()
+    return "/".join(kept) if len(kept) < len(parts) else name
 
 
 def row_costs(res: dict, builders: dict, profile, cache: Path) -> dict:
@@ -163,6 +177,31 @@ def row_costs(res: dict, builders: dict, profile, cache: Path) -> dict:
                    "model_over_measured_median": float(np.median(big[:, 3] / big[:, 2])) if len(big) else None,
                    "nodes_over_20us": len(big)}
     return out
+
+
+def op_type_residuals(res: dict, builders: dict, profile, cache: Path, node_us: float) -> dict:
+    """Per set and (onnxruntime op type, model category): the model's ms of the kernels those nodes
+    name (matched_nodes, each kernel once) beside the nodes' kernel ms less `node_us` each (what
+    onnxruntime's profiler adds inside a kernel's event: benchmarks/ort_core_handoff.py), the
+    latter times its network's predicted / measured run time: in a network priced right overall,
+    a ratio above 1 is an op type priced too slow against the rest, below 1 too fast."""
+    from autovit.latmodel.estimate import estimate
+
+    level = {name: estimate(graph_of(name, *builders[name], cache), profile).latency_ms / r["run_ms"]
+             for name, r in res.items() if name in builders}
+    acc: dict = defaultdict(lambda: defaultdict(lambda: {"pred_ms": 0.0, "measured_ms": 0.0, "nodes": 0}))
+    seen: set = set()
+    for name, _, n, kt in matched_nodes(res, builders, profile, cache):
+        a = acc[group_of(name)][f"{n['op']}:{kt.kernel.category}"]
+        a["measured_ms"] += (n["ms"] - node_us * 1e-3) * level[name]
+        a["nodes"] += 1
+        if (name, id(kt)) not in seen:
+            seen.add((name, id(kt)))
+            a["pred_ms"] += kt.ms
+    return {g: {"median_level": float(np.median([v for k, v in level.items() if group_of(k) == g])),
+                "op_types": {t: {**a, "ratio": a["pred_ms"] / a["measured_ms"] if a["measured_ms"] > 0 else None}
+                             for t, a in sorted(cats.items(), key=lambda kv: -kv[1]["measured_ms"])}}
+            for g, cats in acc.items()}
 
 
 def block_op_ms(res: dict, blocks) -> list[dict | None]:
@@ -220,6 +259,8 @@ def main() -> None:
     ap.add_argument("--validation", help="`validate --json` output measured at --threads (fit experiment)")
     ap.add_argument("--min-ms", type=float, default=0.1, help="smallest per-class kernel time used as a fit point")
     ap.add_argument("--graphs", default=str(HERE / ".cache" / "per_op"), help="cache of exported graphs")
+    ap.add_argument("--node-us", type=float, default=2.8,
+                    help="us onnxruntime's profiler adds inside every kernel's event (op_types; ort_core_handoff.py)")
     args = ap.parse_args()
     Path(args.data).mkdir(parents=True, exist_ok=True)
     from autovit.latmodel.errors import AutoVitError
@@ -236,7 +277,8 @@ def main() -> None:
     cache = Path(args.graphs)
     cache.mkdir(parents=True, exist_ok=True)
     out = {"threads": args.threads, "hw": args.hw,
-           "residuals": residuals(res, builders, profile, cache), "row_costs": row_costs(res, builders, profile, cache)}
+           "residuals": residuals(res, builders, profile, cache), "row_costs": row_costs(res, builders, profile, cache),
+           "op_types": op_type_residuals(res, builders, profile, cache, args.node_us)}
     if args.lut and args.validation:
         out["fit_experiment"] = fit_experiment(args, res, builders, cache)
     print(json.dumps(out, indent=1, default=float))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 
+import math
+
 import click
 from rich.markup import escape
 from rich.table import Table
@@ -352,12 +354,16 @@ def _peak_probe(lut, out, backend: str, threads: int):
     fastest rate of every round of every run that filled the LUT in its environment
     (`sgemm_gflops`, saved at once): calibrate raises a profile's clock to it. None where the
     backend does not run on this CPU."""
-    from autovit.latmodel.runner import sgemm_probe
+    from autovit.latmodel.runner import handoff_probe, sgemm_probe
 
     probe = sgemm_probe(backend, threads)
     if probe is None:
         return None
     streams = _stream_probes(backend, threads)
+    try:
+        handoff = handoff_probe(backend, threads)
+    except Exception:  # noqa: BLE001 - optional like the others: without it the profile keeps its cross-core rate
+        handoff = None
 
     def after_round(_round: int) -> None:
         changed = False
@@ -371,6 +377,13 @@ def _peak_probe(lut, out, backend: str, threads: int):
                 if gbps > kept.get(level, 0.0):
                     lut.environment["stream_gbps"] = {**kept, level: round(gbps, 1)}
                     changed = True
+            if handoff is not None:  # each chain's fastest burst, as for the other probes
+                kept = dict(lut.environment.get("handoff_ms") or {})
+                for chain, ms in handoff().items():
+                    if ms < kept.get(chain, math.inf):
+                        kept[chain] = round(ms, 5)
+                        changed = True
+                lut.environment["handoff_ms"] = kept
         except Exception:  # noqa: BLE001 - the probes are optional: a LUT without them keeps the profile's figures
             pass
         if changed and (lut.entries or lut.networks):  # a run where everything failed leaves no LUT behind
@@ -555,7 +568,8 @@ def calibrate(hw: str, lut_path: str | None, networks: str | None, mode: str, wi
     record = {"lut": str(Path(lut_path).resolve()), "date": date.today().isoformat(), "mode": mode, "n_points": cal.n_points,
               "rms_log_error": cal.rms_log_error, "mape_by_kind": cal.mape_by_kind, "stderr": cal.stderr,
               "at_bound": cal.at_bound, "network": described, "threads": threads, "sgemm_gflops": probe,
-              "stream_gbps": lut.environment.get("stream_gbps")}
+              "stream_gbps": lut.environment.get("stream_gbps"), "cross_core_gbps": (fixed.get("memory") or {}).get("cross_core_gbps"),
+              "mechanisms": list(profile.mechanisms)}
     written = write_calibrated_profile(hw, cal.params, record, out_file, fixed)
     if as_json:
         print_json({"profile": str(written), **cal.to_dict(), "network": record["network"],

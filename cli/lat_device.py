@@ -84,6 +84,15 @@ def _print_validation(r: dict) -> None:
 
 
 # ---- calibrate --networks ----------------------------------------------------------------
+def lut_cross_core_gbps(lut) -> float | None:
+    """The rate a LUT's handoff probe measured a tensor crossing between cores at (GB/s;
+    runner.handoff_gbps), None without the probe or where nothing measurable crossed."""
+    from autovit.latmodel.runner import handoff_gbps
+
+    ms = lut.environment.get("handoff_ms")  # checked by load_lut: None or the three chains' ms
+    return handoff_gbps(ms, lut.environment.get("threads") or 2) if ms else None
+
+
 def lut_profile(hw: str, lut, lut_path: str):
     """(profile, fixed keys) of `hw` as a LUT's blocks ran: on its threads, at a clock no lower
     than its GEMM probe implies (hardware.profile_at_threads); a probe that implies a clock no
@@ -93,7 +102,7 @@ def lut_profile(hw: str, lut, lut_path: str):
     threads = lut.environment.get("threads")  # checked by load_lut: None or 1..4096
     probe = lut.environment.get("sgemm_gflops")  # checked by load_lut: None or a rate
     try:
-        return profile_at_threads(hw, threads, probe, lut.environment.get("stream_gbps"))
+        return profile_at_threads(hw, threads, probe, lut.environment.get("stream_gbps"), lut_cross_core_gbps(lut))
     except AutoVitError as e:
         if not probe:
             raise

@@ -103,11 +103,14 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 # (ort_transpose); MLAS's direct convolution computes a few output columns of a row for a few
 # blocks of output channels at a time, and few channel blocks, short rows and the columns at the
 # padding leave the FMA pipeline part empty (mlas_conv_tiles); onnxruntime splits its NCHW <-> NCHWc
-# reorders over its threads (reorder_threads).
+# reorders over its threads (reorder_threads); onnxruntime sizes an element-wise op's thread team
+# with Eigen's cost model and runs BatchNormalization and copies of a few hundred KiB on one
+# thread (ort_parallel_for); a tensor written by other cores than the ones that read it crosses
+# between their private caches (core_handoff).
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
                        "conv_channel_block", "onednn_team", "nchwc_broadcast", "subnormal_assists",
-                       "ort_transpose", "mlas_conv_tiles", "reorder_threads")
+                       "ort_transpose", "mlas_conv_tiles", "reorder_threads", "ort_parallel_for", "core_handoff")
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,16 @@ class HardwareProfile:
     fma_latency_cycles: float = 0.0  # cycles before an FMA's result can feed the next FMA of its accumulator
     fma_ports: int = 0  # vector FMAs a core issues per cycle ([cpu] fma_units where the profile has a [cpu] table)
     load_ports: int = 0  # vector loads a core issues per cycle
+    # Mechanism ort_parallel_for: Eigen's TensorCostModel as onnxruntime's ThreadPool::TryParallelFor
+    # asks it (cycles before a second thread pays off, cycles per further thread, cycles per byte
+    # loaded or stored) and the cycles per element an op's functor declares (an op it lacks keeps
+    # the vector_block rule).
+    parallel_startup_cycles: float = 0.0
+    parallel_thread_cycles: float = 0.0
+    parallel_byte_cycles: float = 0.0
+    op_cycles: dict[str, float] = field(default_factory=dict)
+    # Mechanism core_handoff: GB/s at which one core reads what another core's private cache holds.
+    cross_core_gbps: float = 0.0
     mechanisms: tuple[str, ...] = ()  # roofline mechanisms switched on (ROOFLINE_MECHANISMS)
     clock_ghz: float = 0.0  # boost clock of the units (GPU SMs): with l1_loads_per_clock, the L1 load rate
     l1_loads_per_clock: int = 0  # 32-bit loads one unit's L1 serves per clock (0: no L1 figure, no dw_taps)
@@ -307,6 +320,9 @@ CALIBRATION_KEYS: dict[str, Key] = {
     "threads": Key("int", 1, 4096, default=None),  # the LUT's runtime threads: the [cpu] cores the fit modelled
     "sgemm_gflops": Key("number", 0, 1e9, default=None),  # the LUT's GEMM probe: [cpu] ghz raised to it (clock_override)
     "stream_gbps": Key("numbers", 0, 1e9, default=None),  # the LUT's streaming probes: [memory] rates set to them (stream_override)
+    "cross_core_gbps": Key("number", 0, 1e9, default=None),  # the LUT's handoff probe: [memory] cross_core_gbps set to it
+    # the mechanisms the fit priced with: the file keeps them when its base profile gains one
+    "mechanisms": Key("strs", 0, len(ROOFLINE_MECHANISMS), default=None, choices=ROOFLINE_MECHANISMS),
 }
 # Every key a profile may hold, its type, the range a real device can have, and its default
 # (REQUIRED: no default). Adding a key to the profile format is one line here.
@@ -356,6 +372,11 @@ PROFILE_KEYS: dict[str, Key] = {
     "compute.conv_filter_set": Key("int", 0, 64, default=0), "compute.conv_output_block": Key("int", 0, 64, default=0),
     "compute.fma_latency_cycles": Key("number", 0, 100, default=0.0), "compute.fma_ports": Key("int", 0, 16, default=0),
     "compute.load_ports": Key("int", 0, 16, default=0),
+    "compute.parallel_startup_cycles": Key("number", 0, 1e9, default=0.0),
+    "compute.parallel_thread_cycles": Key("number", 0, 1e9, default=0.0),
+    "compute.parallel_byte_cycles": Key("number", 0, 1e4, default=0.0),
+    "compute.op_cycles": Key("numbers", 0, 1e6, default={}),
+    "memory.cross_core_gbps": Key("number", 0, 1e6, default=0.0),
     "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
     "layout.relayout_categories": Key("strs", 0, len(_CATEGORIES), default=("conv",), choices=_CATEGORIES),
     "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
@@ -403,7 +424,7 @@ def _check_value(v: Any, key: Key, where: str, name: str) -> None:
         _check_strs(v, key, what)
     elif kind in ("numbers", "ints"):
         if not isinstance(v, dict):
-            raise AutoVitError(f"{what} must be a table like {{ fp32 = 1.0 }}, got {v!r:.40}")
+            raise AutoVitError(f"{what} must be a table of names and numbers, like {{ fp32 = 1.0 }} or {{ Relu = 1 }}, got {v!r:.40}")
         if key.choices:
             check_keys(v, key.choices, what)
         for k, x in v.items():
@@ -586,6 +607,10 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         conv_filter_set=f["compute.conv_filter_set"], conv_output_block=f["compute.conv_output_block"],
         fma_latency_cycles=num["compute.fma_latency_cycles"], fma_ports=f["compute.fma_ports"],
         load_ports=f["compute.load_ports"],
+        parallel_startup_cycles=num["compute.parallel_startup_cycles"],
+        parallel_thread_cycles=_mechanism_figure(num, "compute.parallel_thread_cycles", "ort_parallel_for", d, where, 1.0),
+        parallel_byte_cycles=num["compute.parallel_byte_cycles"], op_cycles=_op_cycles(f, where),
+        cross_core_gbps=_mechanism_figure(num, "memory.cross_core_gbps", "core_handoff", d, where, 1e-3),
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
         l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
         thnn_max_input=f["compute.thnn_max_input"],
@@ -600,6 +625,25 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         amp_fp32_ops=tuple(_val(d, "amp.fp32_ops", where)), fork_join_us=num["overhead.fork_join_us"],
         host_us=_host_table(f, _val(d, "mechanisms", where), where), host_reference=f["overhead.host_reference"] or "",
     )
+
+
+def _op_cycles(f: dict[str, Any], where: str) -> dict[str, float]:
+    """The checked [compute.op_cycles] table (mechanism ort_parallel_for): keys are op types."""
+    table = dict(f["compute.op_cycles"])
+    for key in table:
+        if key not in KNOWN_OP_TYPES:
+            raise AutoVitError(f"hardware profile {where}: [compute.op_cycles] key {key!r} is no ONNX op type the cost "
+                               f"model prices{_op_type_hint(key)}; keys are op types (Relu, Sigmoid)")
+    return {k: float(v) for k, v in table.items()}
+
+
+def _mechanism_figure(num: dict[str, float], path: str, mechanism: str, d: dict[str, Any], where: str,
+                      lo: float) -> float:
+    """A figure a mechanism cannot run without: at least `lo` where the profile lists the mechanism."""
+    if mechanism in _val(d, "mechanisms", where) and not num[path] >= lo:
+        raise AutoVitError(f"hardware profile {where}: mechanism '{mechanism}' needs '{path}' of at least {lo:g}, "
+                           f"got {num[path]:g}")
+    return num[path]
 
 
 def _op_type_hint(name: str) -> str:
@@ -798,10 +842,28 @@ def _calibrated_before_fork_join(d: dict[str, Any]) -> bool:
     """A calibrated profile file whose fit had per-kernel costs but no fork_join_us, and which
     sets no fork_join_us itself: a local-cpu profile calibrated before the mechanism was
     switched on there. It keeps fork_join_us at 0 so that its estimates stay as its fit made them."""
-    cal, over = d.get("calibration"), d.get("overhead")
-    stderr = cal.get("stderr") if isinstance(cal, dict) else None
+    over, stderr = d.get("overhead"), _fitted_stderr(d)
     own = isinstance(over, dict) and "fork_join_us" in over
-    return isinstance(stderr, dict) and "dispatch_us" in stderr and "fork_join_us" not in stderr and not own
+    return stderr is not None and "fork_join_us" not in stderr and not own
+
+
+# Mechanisms switched on in local-cpu after calibrated files were written without a record of theirs.
+_LATER_MECHANISMS = ("ort_parallel_for", "core_handoff")
+
+
+def _fitted_stderr(d: dict[str, Any]) -> dict | None:
+    """A calibrated profile file's standard errors (its fit's parameters), None for another file."""
+    cal = d.get("calibration")
+    stderr = cal.get("stderr") if isinstance(cal, dict) else None
+    return stderr if isinstance(stderr, dict) and "dispatch_us" in stderr else None
+
+
+def _fitted_mechanisms(d: dict[str, Any], inherited: list[str]) -> list[str]:
+    """The mechanisms a calibrated profile file that does not list its own was fitted with: its
+    [calibration] record's, or, for a file written before calibrate recorded them, the base's
+    (`inherited`) less _LATER_MECHANISMS, whose costs its fit priced in its other terms."""
+    recorded = d["calibration"].get("mechanisms")
+    return list(recorded) if recorded is not None else [m for m in inherited if m not in _LATER_MECHANISMS]
 
 
 def _resolved_dict(ref: str, folder: Path | None = None, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
@@ -824,7 +886,11 @@ def _resolved_dict(ref: str, folder: Path | None = None, chain: tuple[str, ...] 
     if base is None:
         return d, where
     parent, _ = _resolved_dict(base, src.parent if isinstance(src, Path) else None, chain + (ident,))
-    return _merge(parent, {k: v for k, v in d.items() if k != "base"}), where
+    merged = _merge(parent, {k: v for k, v in d.items() if k != "base"})
+    if _fitted_stderr(d) is not None and "mechanisms" not in d:
+        # A calibrated file keeps the mechanisms its fit priced with, whatever its base gained since.
+        merged["mechanisms"] = _fitted_mechanisms(d, merged.get("mechanisms", []))
+    return merged, where
 
 
 def _read_first_line(path: str) -> str | None:
@@ -912,14 +978,18 @@ def load_profile(name_or_path: str) -> HardwareProfile:
 
 
 def profile_at_threads(name_or_path: str, threads: int | None, sgemm_gflops: float | None = None,
-                       stream_gbps: dict[str, float] | None = None) -> tuple[HardwareProfile, dict[str, Any]]:
+                       stream_gbps: dict[str, float] | None = None,
+                       cross_core_gbps: float | None = None) -> tuple[HardwareProfile, dict[str, Any]]:
     """The profile run on `threads` threads, and the keys that changed to model it (to be written
     into a profile calibrated that way); see `threads_override`, `clock_override` for a
     measured GEMM rate (GFLOP/s) above the profile's peak, and `stream_override` for measured
-    streaming rates of the two cache levels."""
+    streaming rates of the two cache levels; `cross_core_gbps`, a measured rate of tensors
+    crossing between cores (runner.handoff_gbps), becomes [memory] cross_core_gbps."""
     d, where = _resolved_dict(name_or_path)
     over = _merge(_merge(threads_override(d, threads), clock_override(d, threads, sgemm_gflops)),
                   stream_override(d, stream_gbps))
+    if cross_core_gbps is not None and math.isfinite(cross_core_gbps) and cross_core_gbps > 0:
+        over = _merge(over, {"memory": {"cross_core_gbps": round(float(cross_core_gbps), 1)}})
     return profile_from_dict(_merge(d, over), where), over
 
 

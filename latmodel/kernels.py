@@ -49,6 +49,10 @@ class Kernel:
     exp_subnormal: int = 0  # a masked softmax's subnormal probabilities (see costs.OpCost)
     exp_zero: int = 0  # ... and those rounding to 0 through exp's subnormal range
     subnormal_reads: tuple[tuple[int, int], ...] = ()  # its GEMMs' subnormal left-operand elements (see costs.OpCost)
+    # The activations it reads from outside itself (tensor name, elements at the graph's batch) and
+    # the tensors it writes: which kernel wrote what another reads (timing's core_handoff).
+    inputs: tuple[tuple[str, int], ...] = ()
+    outputs: tuple[str, ...] = ()
 
 
 def _selects(selector: str, cost: OpCost) -> bool:
@@ -269,15 +273,17 @@ def _klass_on(c: OpCost, former: "_Former") -> str:
 def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRule | None,
            former: _Former, unsupported: set[str]) -> Kernel:
     cs = [costs[o] for o in ops]
+    inside = set(ops)
+    produced = {o for n in ops for o in g.op(n).outputs}
     if len(ops) == 1:
         c = cs[0]
+        acts = {i: g.tensors[i].numel for i in g.op(c.name).inputs
+                if g.tensors.get(i) is not None and g.tensors[i].kind in ("activation", "input")}
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
                       c.op_type in unsupported, c.transcendentals, c.runs, c.raw_runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
                       c.filter_shape, c.conv_in_elems, c.im2col_free, c.conv_cols, c.exp_subnormal, c.exp_zero,
-                      c.subnormal_reads)
-    inside = set(ops)
-    produced = {o for n in ops for o in g.op(n).outputs}
+                      c.subnormal_reads, tuple(acts.items()), tuple(g.op(c.name).outputs))
     ext_in: dict[str, int] = {}
     ext_out: dict[str, int] = {}
     shapes = []
@@ -313,4 +319,5 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         conv=main.conv, filter_shape=main.filter_shape, conv_in_elems=main.conv_in_elems, im2col_free=main.im2col_free,
         conv_cols=main.conv_cols, exp_subnormal=sum(c.exp_subnormal for c in cs), exp_zero=sum(c.exp_zero for c in cs),
         subnormal_reads=tuple(r for c in cs for r in c.subnormal_reads),
+        inputs=tuple(ext_in.items()), outputs=tuple(ext_out),
     )

@@ -122,6 +122,13 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
                                f"got {streams!r:.60}; {_FIX}")
         for level, v in streams.items():
             number(v, f"{p}: LUT field 'environment.stream_gbps.{level}' (GB/s)", 0.1, 1e6)
+    handoff = (d.get("environment") or {}).get("handoff_ms")
+    if handoff is not None:  # calibrate sets the profile's cross-core rate from them (runner.handoff_gbps)
+        if not isinstance(handoff, dict) or sorted(handoff) != ["alternating", "relu", "sigmoid"]:
+            raise AutoVitError(f"{p}: LUT field 'environment.handoff_ms' must be {{\"alternating\": ms, \"sigmoid\": ms, "
+                               f"\"relu\": ms}}, got {handoff!r:.60}; {_FIX}")
+        for chain, v in handoff.items():
+            number(v, f"{p}: LUT field 'environment.handoff_ms.{chain}' (ms)", 1e-6, 1e6)
     for k in ("created", "updated"):
         if not isinstance(d.get(k, ""), str):
             raise AutoVitError(f"{p}: LUT field '{k}' must be a date string, got {d[k]!r:.40}")

@@ -117,6 +117,51 @@ def stream_probe(backend: str, threads: int, mib: float) -> Callable[[], float] 
     return lambda: moved / (time_callable(run, policy).median_ms * 1e6)
 
 
+# The handoff probe: chains of HANDOFF_PAIRS Sigmoid-ReLU pairs on HANDOFF_ELEMS floats. onnxruntime
+# runs such a Sigmoid on every thread and such a ReLU on the calling one (Eigen's cost model: the
+# mechanism ort_parallel_for), so on t threads the share 1 - 1/t of each Sigmoid's output crosses
+# to the ReLU's core and as much of each ReLU's output back to the next Sigmoid's threads: 21
+# crossings in the alternating chain (the last ReLU's output leaves the graph), and half of one
+# more where it reads the graph's input against the two chains alone (the Sigmoids alone read it
+# so too, the ReLUs alone do not).
+HANDOFF_ELEMS = 65536
+HANDOFF_PAIRS = 11
+_HANDOFF_CROSSINGS = 2 * HANDOFF_PAIRS - 0.5
+
+
+def handoff_probe(backend: str, threads: int) -> Callable[[], dict[str, float]] | None:
+    """A ready-to-time cross-core probe: each call times a short burst of three chains of
+    2 x HANDOFF_PAIRS ops on (1, HANDOFF_ELEMS / 64, 64) floats (Sigmoids and ReLUs alternating,
+    Sigmoids alone, ReLUs alone) and returns each burst's median ms, {"alternating", "sigmoid",
+    "relu"}: handoff_gbps turns them into the rate a tensor crosses between cores' private caches
+    (the mechanism core_handoff). None for a backend other than onnxruntime (whose thread rule the
+    chain relies on) or a single thread (nothing crosses)."""
+    if backend != "onnxruntime" or threads < 2:
+        return None
+    from torch import nn
+
+    n = 2 * HANDOFF_PAIRS
+    chains = {"alternating": [nn.Sigmoid() if i % 2 == 0 else nn.ReLU() for i in range(n)],
+              "sigmoid": [nn.Sigmoid() for _ in range(n)], "relu": [nn.ReLU() for _ in range(n)]}
+    shape = (1, HANDOFF_ELEMS // 64, 64)
+    runs = {k: prepare(nn.Sequential(*mods).eval(), shape, backend, threads)[0] for k, mods in chains.items()}
+    policy = TimingPolicy(warmup=3, min_repeats=10, max_repeats=40, ci_pct=2.0, max_seconds=2.0)
+    return lambda: {k: time_callable(run, policy).median_ms for k, run in runs.items()}
+
+
+def handoff_gbps(ms: dict[str, float], threads: int = 2) -> float | None:
+    """GB/s a tensor crossed between cores at in handoff_probe's chain times (ms) on `threads`
+    threads: the alternating chain's time over the mean of the two others' against the bytes
+    that crossed (_HANDOFF_CROSSINGS x the share 1 - 1/threads of HANDOFF_ELEMS floats). None where
+    the difference is within the bursts' 2 % noise (nothing measurable crossed) or implies less
+    than 0.1 GB/s (no cache hands data over that slowly): the profile keeps its figure."""
+    extra_ms = ms["alternating"] - (ms["sigmoid"] + ms["relu"]) / 2
+    if threads < 2 or extra_ms <= 0.02 * ms["alternating"]:
+        return None
+    gbps = _HANDOFF_CROSSINGS * HANDOFF_ELEMS * 4 * (1 - 1 / threads) / (extra_ms * 1e6)
+    return gbps if gbps >= 0.1 else None
+
+
 def failure_line(e: Exception) -> str:
     """One line for an exception a backend or exporter raised."""
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"

@@ -50,6 +50,7 @@ class KernelTime:
     bytes: float
     engine: str
     launches: int = 1  # kernels the op runs as (an autocast fp32 op: cast in, op, cast out), each dispatched
+    threads: int = 1  # CPU threads it runs on (kernel_threads), where a mechanism asks (fork_join, core_handoff)
 
 
 def _ceil_to(x: int, m: int) -> int:
@@ -380,16 +381,50 @@ def compiled_threads(k: Kernel, profile: HardwareProfile, scale: float) -> int:
     return profile.units
 
 
-def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> float:
-    """Seconds a CPU kernel spends starting and joining its threads (s): `fork_join_us` per thread
-    it wakes. A kernel splits into blocks of `vector_block` elements (ATen's grain size) or GEMM
-    tiles, one thread per block up to the cores, so a small op runs on one thread and pays
-    nothing while a large one pays for every core: small kernels do not speed up with cores. A
-    oneDNN convolution pays the whole team once per region it opens (onednn_regions). A
-    convolution in ONNX Runtime's blocked layout (chain_reorder) runs on every thread of the pool
-    whatever its size: MLAS splits its output rows over all of them (snchwc.cpp, MlasNchwcConv:
-    `tids = GetMaximumThreadCount()`), a depthwise one included; one the layout left out runs
-    on the threads its NCHW GEMM takes (nchw_conv)."""
+# onnxruntime's LayerNorm kernels hand every row to the pool (layer_norm_impl.cc: TryBatchParallelFor
+# over norm_count), whatever the row's cost.
+_ORT_ROW_PARALLEL = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization")
+
+
+def ort_threads(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> int | None:
+    """Threads onnxruntime runs kernel `k` on where its own rule decides (mechanism
+    ort_parallel_for), None where another rule does. An op of the profile's `op_cycles` table (the
+    element-wise kernels that call ThreadPool::TryParallelFor with their functor's cost per element:
+    element_wise_ranged_transform.h, element_wise_ops.h) stays on the calling thread where Eigen's
+    TensorCostModel::numThreads grants one thread, (elements x cost - startup) / per-thread cycles
+    + 0.9 < 2, the cost being the bytes loaded and stored at `parallel_byte_cycles` each plus the
+    op's cycles, and otherwise runs on every thread of the pool (ThreadPool::ParallelFor splits
+    the loop in blocks over all of them). BatchNormalization (batch_norm.h: an Eigen loop per
+    (sample, channel), no thread pool) and a copy (a layout kernel: Transpose, Split, Concat, ...)
+    run on the calling thread (measured up to 196,608 floats: benchmarks/ort_core_handoff.py); a
+    LayerNorm of more than one row on every thread."""
+    if not profile.uses("ort_parallel_for") or k.klass == "view":
+        return None
+    if any(t in _ORT_ROW_PARALLEL for t in k.op_types):
+        return profile.units if k.rows * scale > 1 else 1
+    if len(k.op_types) != 1:
+        return None
+    op = k.op_types[0]
+    if op == "BatchNormalization" or k.klass == "layout":
+        return 1
+    if op not in profile.op_cycles:
+        return None
+    eb = profile.dtype_bytes(dtype)
+    cost = k.out_elems * scale * (2 * eb * profile.parallel_byte_cycles + profile.op_cycles[op])
+    threads = (cost - profile.parallel_startup_cycles) / profile.parallel_thread_cycles + 0.9
+    return 1 if threads < 2 else profile.units
+
+
+def kernel_threads(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -> int:
+    """Threads a CPU kernel runs on: onnxruntime's own rule where it has one (ort_threads); a
+    compiled loop's chunks; a convolution in ONNX Runtime's blocked layout on every thread of the
+    pool whatever its size (MLAS splits its output rows over all of them: snchwc.cpp,
+    MlasNchwcConv, `tids = GetMaximumThreadCount()`), one the layout left out on the threads its
+    NCHW GEMM takes (nchw_conv); a GEMM one thread per output tile; another kernel one per block
+    of `vector_block` elements (ATen's grain size); at most the cores."""
+    ort = ort_threads(k, profile, dtype, scale)
+    if ort is not None:
+        return ort
     nchw = nchw_conv(k, profile, dtype, scale)
     if compiled_loop(k, profile):
         blocks = compiled_threads(k, profile, scale)
@@ -403,7 +438,16 @@ def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float) -
         blocks = gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile)
     else:
         blocks = math.ceil(k.work_elems * scale / profile.vector_block)
-    threads = min(profile.units, max(blocks, 1))
+    return min(profile.units, max(blocks, 1))
+
+
+def fork_join_s(k: Kernel, profile: HardwareProfile, dtype: str, scale: float, threads: int | None = None) -> float:
+    """Seconds a CPU kernel spends starting and joining its threads (s): `fork_join_us` per thread
+    it wakes (its `threads`: kernel_threads, computed here where not given), so a small op on one
+    thread pays nothing while a large one pays for every core: small kernels do not speed up with
+    cores. A oneDNN convolution pays the whole team once per region it opens (onednn_regions)."""
+    if threads is None:
+        threads = kernel_threads(k, profile, dtype, scale)
     regions = onednn_regions(k, profile, dtype, scale)
     if regions:
         return profile.fork_join_us * 1e-6 * profile.units * regions
@@ -558,8 +602,11 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         t_compute += subnormal_s(k, profile, scale) / max(profile.units * units_share, 1.0)
 
     launch = (fb.launch_us if fb else profile.launch_us) * 1e-6 * (1 + 2 * casts)
+    threads = 1
+    if profile.uses("fork_join") or profile.uses("core_handoff"):
+        threads = kernel_threads(k, profile, "fp32" if casts else dtype, scale)
     if profile.uses("fork_join"):
-        launch += fork_join_s(k, profile, "fp32" if casts else dtype, scale)
+        launch += fork_join_s(k, profile, "fp32" if casts else dtype, scale, threads)
     if thnn:
         launch += im2col_s(k, profile, dtype, scale)  # serial, before the GEMM: not overlapped
     t_device = launch + max(t_compute, t_memory)
@@ -569,7 +616,7 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
     else:
         bound = "compute" if t_compute >= t_memory else "memory"
     return KernelTime(k, t_device * 1e3, t_device * 1e3, t_compute * 1e3, t_memory * 1e3, overhead * 1e3,
-                      bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts)
+                      bound, flops, act_bytes + w_bytes, engine, 1 + 2 * casts, threads)
 
 
 def _activation_elems(k: Kernel, profile: HardwareProfile, dtype: str, eb: int, casts: bool = False,
@@ -616,7 +663,10 @@ def _compute_s(k: Kernel, profile: HardwareProfile, dtype: str, fb, flops: float
         peak = (fb.matrix_tflops if fb else profile.matrix_tflops)[dtype] * 1e12 * eff
         units_share = min(1.0, gemm_tiles(gemm, profile, tile) * split_k(gemm, profile, tile) / profile.units)
     else:
-        if compiled_loop(k, profile):
+        ort = ort_threads(k, profile, dtype, scale)
+        if ort is not None:  # the order of kernel_threads
+            units_share = ort / profile.units
+        elif compiled_loop(k, profile):
             units_share = compiled_threads(k, profile, scale) / profile.units
         elif k.category == "dwconv" and runs_blocked(k, profile, nchw):
             units_share = blocked_rows_share(k, profile, scale)
@@ -763,6 +813,40 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
                      dispatch=False)
 
 
+def _add_core_handoffs(times: list[KernelTime], profile: HardwareProfile, dtype: str, scale: float) -> None:
+    """Mechanism core_handoff: a kernel on one thread reading a tensor kernels on several threads
+    wrote, or several threads reading what one wrote, finds the other cores' share of it in their
+    private caches and pulls it across at `cross_core_gbps` (benchmarks/ort_core_handoff.py: a
+    chain alternating a 2-thread and a 1-thread op). Kernels are in execution order; a graph
+    input was written by the calling thread, a view hands its input's placement on, and a tensor
+    larger than its writers' private caches is left to the shared level's rate (_memory_s). Two
+    kernels that both run on several threads are taken to split a tensor alike, and a tensor
+    that crossed once is in every reader's cache after it (0 in `held`: no further crossing)."""
+    eb = profile.dtype_bytes(dtype)
+    rate = profile.cross_core_gbps * 1e9
+    private = profile.private_mib * 2**20
+    held: dict[str, int] = {}  # tensor -> threads of the kernel that wrote it (0: every core has it)
+    for t in times:
+        k = t.kernel
+        if k.klass == "view":
+            threads = held.get(k.inputs[0][0], 1) if k.inputs else 1
+        else:
+            threads = t.threads
+            crossed = 0.0
+            for name, elems in k.inputs:
+                writers = held.get(name, 1)
+                size = elems * scale * eb
+                if writers and (writers > 1) != (threads > 1) and (private <= 0 or size <= private * writers):
+                    crossed += size * (1 - 1 / max(writers, threads))
+                    held[name] = 0
+            if crossed:
+                extra = crossed / rate * 1e3
+                t.device_ms += extra
+                t.ms += extra
+        for o in k.outputs:
+            held[o] = threads
+
+
 def broadcast_product(k: Kernel) -> bool:
     """A product of two activations of different shapes (a squeeze-excitation's (N, C, H, W) x
     (N, C, 1, 1) gate)."""
@@ -827,6 +911,8 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
     times = [timer.time(k) for k in kernels]
     if profile.chain_reorder:
         _add_chain_reorders(times, profile, dtype, scale, edges)
+    if profile.uses("core_handoff"):
+        _add_core_handoffs(times, profile, dtype, scale)
     fb = profile.fallback
     prev_engine = profile.name
     if profile.async_dispatch:

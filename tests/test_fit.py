@@ -294,6 +294,13 @@ def test_calibrate_raises_the_clock_to_the_luts_gemm_probe(tmp_path, monkeypatch
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(AutoVitError, match="stream_gbps"):
             load_lut(tmp_path / "bad.json")
+    bad["environment"].pop("stream_gbps")
+    for value in ("fast", {"alternating": 1.0, "sigmoid": 1.0}, {"alternating": 1.0, "sigmoid": 1.0, "relu": -1.0},
+                  {"alternating": 1.0, "sigmoid": True, "relu": 1.0}, {"alternating": 1e9, "sigmoid": 1.0, "relu": 1.0}):
+        bad["environment"]["handoff_ms"] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(AutoVitError, match="handoff_ms"):
+            load_lut(tmp_path / "bad.json")
 
 
 def test_calibrate_sets_two_cache_rates_from_the_luts_streaming_probes(tmp_path, monkeypatch, capsys):
@@ -308,10 +315,17 @@ def test_calibrate_sets_two_cache_rates_from_the_luts_streaming_probes(tmp_path,
         "cpu": {"cores": 2, "ghz": 2.6, "simd_bits": 512}, "memory": {"cache_mib": 36.0, "private_mib": 2.0}})
     lut, _ = _lut_priced_by_a_known_profile()
     lut.device = "local-cpu"
-    lut.environment = {"threads": 2, "stream_gbps": {"private": 180.0, "shared": 100.0}}
+    lut.environment = {"threads": 2, "stream_gbps": {"private": 180.0, "shared": 100.0},
+                       "handoff_ms": {"alternating": 0.25, "sigmoid": 0.3, "relu": 0.1}}
     lut.save(tmp_path / "lut.json")
     code, _, err = run_cli(lat, ["calibrate", "--hw", "local-cpu", "--lut", str(tmp_path / "lut.json")], capsys)
     assert code == 0, err
     calibrated = load_profile("local-cpu@calibrated")
     assert (calibrated.cache_gbps, calibrated.shared_gbps, calibrated.private_mib) == (180.0, 100.0, 2.0)
     assert calibrated.calibration["stream_gbps"] == {"private": 180.0, "shared": 100.0}
+    # the handoff probe: 0.05 ms more than the chains alone for 21.5 crossings of half of 256 KiB
+    assert calibrated.cross_core_gbps == pytest.approx(21.5 * 65536 * 4 / 2 / (0.05 * 1e6), abs=0.05)
+    assert calibrated.calibration["cross_core_gbps"] == calibrated.cross_core_gbps
+    # the mechanisms the fit priced with are recorded, and the file keeps them
+    assert calibrated.calibration["mechanisms"] == list(load_profile("local-cpu").mechanisms)
+    assert calibrated.mechanisms == load_profile("local-cpu").mechanisms

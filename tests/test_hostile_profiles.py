@@ -230,6 +230,15 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     ('base = "local-cpu"\nname = "x"\n[compute]\nfma_ports = "2"\n', ["compute.fma_ports"]),
     ('base = "local-cpu"\nname = "x"\n[compute]\nload_ports = 1000\n', ["compute.load_ports"]),
     ('base = "local-cpu"\nname = "x"\nmechanisms = ["mlas_conv_tile"]\n', ["mlas_conv_tile"]),
+    # ort_parallel_for's and core_handoff's figures: refused when bad, required by their switch
+    ('base = "local-cpu"\nname = "x"\n[compute]\nop_cycles = { Rleu = 1 }\n', ["op_cycles", "Rleu", "Relu"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nop_cycles = { Relu = -1 }\n', ["compute.op_cycles.Relu"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nparallel_byte_cycles = inf\n', ["compute.parallel_byte_cycles"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nparallel_thread_cycles = 0\n', ["ort_parallel_for", "parallel_thread_cycles"]),
+    ('base = "local-cpu"\nname = "x"\n[memory]\ncross_core_gbps = 0\n', ["core_handoff", "cross_core_gbps"]),
+    ('base = "local-cpu"\nname = "x"\n[memory]\ncross_core_gbps = 1e-320\n', ["core_handoff", "cross_core_gbps"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nparallel_thread_cycles = 1e-320\n', ["ort_parallel_for", "parallel_thread_cycles"]),
+    ('base = "local-cpu"\nname = "x"\n[calibration]\nmechanisms = ["core_hand_off"]\n', ["core_hand_off"]),
 ])
 def test_more_bad_profiles(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)

@@ -705,3 +705,130 @@ def test_reorder_threads_split_the_blocked_layout_reorders_over_the_pool():
     on = replace(base, mechanisms=base.mechanisms + ("reorder_threads",))
     assert not base.uses("reorder_threads")
     assert _reorder_ms(1e6, on, "fp32") == pytest.approx(_reorder_ms(1e6, base, "fp32") / 2)
+
+
+def _chain(ops: list[str], elems: int):
+    """x (1, elems / 64, 64) through `ops` one after another (a binary op adds x, BatchNormalization
+    reads the tokens as (batch, channels, length))."""
+    shape = [1, elems // 64, 64]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes, prev = [], "x"
+    for i, op in enumerate(ops):
+        out = "y" if i == len(ops) - 1 else f"t{i}"
+        inputs = {"Add": [prev, "x"], "BatchNormalization": [prev, "g", "b", "m", "v"],
+                  "LayerNormalization": [prev, "lg", "lb"]}.get(op, [prev])
+        nodes.append(helper.make_node(op, inputs, [out], **({"axis": -1} if op == "LayerNormalization" else {})))
+        prev = out
+    inits = [_init(k, (elems // 64,)) for k in "gbmv"] if "BatchNormalization" in ops else []
+    inits += [_init(k, (64,)) for k in ("lg", "lb")] if "LayerNormalization" in ops else []
+    return build_graph(make_model(nodes, [x], [y], inits))
+
+
+def test_onnxruntime_sizes_element_wise_thread_teams_with_eigens_cost_model():
+    """ThreadPool::TryParallelFor asks Eigen's TensorCostModel: (elements x (8 bytes x 11/64 +
+    the functor's cycles) - 100,000) / 100,000 + 0.9 threads. Relu and Add (1 cycle) stay on one
+    thread up to 88,421 floats, Sigmoid (2) up to 62,222: what benchmarks/ort_core_handoff.py
+    measured (one thread at 65,536 for Relu and Add, two at 98,304; Sigmoid two at 65,536).
+    BatchNormalization never starts the pool; a copy costs its bytes alone; an op without such a
+    rule (Softmax) keeps the vector_block rule, as does everything with the mechanism off."""
+    from autovit.latmodel.timing import fork_join_s, kernel_threads, ort_threads
+
+    cpu = replace(load_profile("local-cpu"), units=2, fork_join_us=1.0)
+    assert "ort_parallel_for" in cpu.mechanisms
+
+    def kernel(op, elems, profile=cpu):
+        return next(k for k in LatencyModel(_chain([op], elems)).kernels(profile) if k.op_types == [op])
+
+    def threads(op, elems):
+        return ort_threads(kernel(op, elems), cpu, "fp32", 1.0)
+
+    assert [threads("Relu", n) for n in (65536, 88320, 88576, 98304)] == [1, 1, 2, 2]
+    assert [threads("Add", n) for n in (65536, 98304)] == [1, 2]
+    assert [threads("Sigmoid", n) for n in (16384, 65536)] == [1, 2]
+    assert threads("BatchNormalization", 1 << 20) == 1
+    assert threads("LayerNormalization", 128) == 2 and threads("LayerNormalization", 64) == 1  # rows of 64: 2, then 1
+    copy = next(k for k in LatencyModel(_transpose_graph("Reshape")).kernels(cpu) if k.op_types == ["Transpose"])
+    assert ort_threads(copy, cpu, "fp32", 1.0) == 1 and ort_threads(copy, cpu, "fp32", 64.0) == 1  # copies: one thread
+    assert threads("Softmax", 1 << 20) is None
+    # the batch scales the elements: 4 x 16,384 floats of Relu take a second thread
+    assert ort_threads(kernel("Relu", 16384), cpu, "fp32", 4.0) == 1 and ort_threads(kernel("Relu", 32768), cpu, "fp32", 4.0) == 2
+    # a one-thread kernel pays no fork-join and is priced on one core
+    add = kernel("Add", 65536)
+    assert kernel_threads(add, cpu, "fp32", 1.0) == 1 and fork_join_s(add, cpu, "fp32", 1.0) == 0.0
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "ort_parallel_for"))
+    assert ort_threads(add, off, "fp32", 1.0) is None and kernel_threads(add, off, "fp32", 1.0) == 2  # 2 blocks of 32,768
+    t_on = next(t for t in LatencyModel(_chain(["Add"], 65536)).estimate(cpu).kernels if t.kernel.op_types == ["Add"])
+    t_off = next(t for t in LatencyModel(_chain(["Add"], 65536)).estimate(off).kernels if t.kernel.op_types == ["Add"])
+    assert t_on.memory_ms == pytest.approx(2 * t_off.memory_ms)  # one core's share of the caches' rate, not two
+
+
+def test_a_tensor_crosses_cores_where_one_thread_reads_what_two_wrote():
+    """Mechanism core_handoff: Sigmoid (two threads at 65,536 floats) -> Relu (one) -> Sigmoid
+    (two). The Relu reads the half of its 256 KiB input the other core wrote, the second Sigmoid
+    the half of the Relu's output its second thread needs, the first Sigmoid half the graph input
+    the calling thread wrote: each 128 KiB at cross_core_gbps. Two kernels on one thread, or
+    two on two, hand nothing across; a tensor that crossed once crosses no more; one beyond its
+    writers' private caches is left to the shared level."""
+    from autovit.latmodel.timing import kernel_threads
+
+    cpu = replace(load_profile("local-cpu"), units=2, private_mib=2.0, cross_core_gbps=10.0)
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "core_handoff"))
+
+    def extra_ms(ops, elems=65536, profile=cpu):
+        g = _chain(ops, elems)
+        on = LatencyModel(g).estimate(profile)
+        base = LatencyModel(g).estimate(replace(profile, mechanisms=off.mechanisms))
+        return [a.device_ms - b.device_ms for a, b in zip(on.kernels, base.kernels)], on
+
+    half = 65536 * 4 / 2 / 10e9 * 1e3  # ms: 128 KiB at 10 GB/s
+    extra, est = extra_ms(["Sigmoid", "Relu", "Sigmoid"])
+    assert [kernel_threads(t.kernel, cpu, "fp32", 1.0) for t in est.kernels] == [2, 1, 2]
+    assert extra == pytest.approx([half, half, half])
+    assert extra_ms(["Relu", "Relu"])[0] == pytest.approx([0.0, 0.0])  # one thread reads what it wrote
+    assert extra_ms(["Sigmoid", "Sigmoid"])[0] == pytest.approx([half, 0.0])  # two alike
+    # Add reads x again at every step: x crosses to the Add's second thread once (98,304 floats: 2 threads)
+    adds, _ = extra_ms(["Add", "Add", "Add"], 98304)
+    assert adds == pytest.approx([98304 * 4 / 2 / 10e9 * 1e3, 0.0, 0.0])
+    # beyond the writers' private caches: nothing crosses that the shared level does not price
+    small = replace(cpu, private_mib=0.1)
+    assert extra_ms(["Sigmoid", "Relu"], profile=small)[0] == pytest.approx([0.0, 0.0])
+
+
+def test_a_calibrated_profile_keeps_the_mechanisms_its_fit_priced_with(tmp_path):
+    """A calibrated file prices with the mechanisms its [calibration] record lists, whatever its
+    base gained since; one written before calibrate recorded them leaves out the mechanisms added
+    after it (its fit priced those costs in its other terms); a file's own list always stands."""
+    def calibrated(extra: str, top: str = ""):
+        p = tmp_path / f"cal{abs(hash(extra + top))}.toml"
+        p.write_text(f'name = "local-cpu@calibrated"\nbase = "local-cpu"\n{top}[overhead]\ndispatch_us = 1.5\n'
+                     f'[calibration]\nstderr = {{ "dispatch_us" = 0.1 }}\n{extra}')
+        return load_profile(str(p))
+
+    base = load_profile("local-cpu").mechanisms
+    assert {"ort_parallel_for", "core_handoff"} <= set(base)
+    assert calibrated("").mechanisms == tuple(m for m in base if m not in ("ort_parallel_for", "core_handoff"))
+    assert calibrated('mechanisms = ["fork_join"]\n').mechanisms == ("fork_join",)
+    assert calibrated('mechanisms = ["fork_join"]\n', 'mechanisms = ["dw_taps"]\n').mechanisms == ("dw_taps",)
+    p = tmp_path / "hand.toml"  # not a fit's file: the base's list
+    p.write_text('name = "mine"\nbase = "local-cpu"\n')
+    assert load_profile(str(p)).mechanisms == base
+
+
+def test_the_handoff_probe_gives_a_rate_only_where_the_alternating_chain_is_slower():
+    """runner.handoff_gbps: the alternating chain's time over the mean of the two chains alone,
+    against what crossed: 21 crossings and half of one more (the graph's input), each of the share
+    1 - 1/threads of 256 KiB; no rate where the difference is within the bursts' 2 % noise or
+    implies less than 0.1 GB/s (the profile keeps its figure), and no probe where onnxruntime's
+    thread rule cannot make it cross."""
+    from autovit.latmodel.runner import HANDOFF_ELEMS, HANDOFF_PAIRS, handoff_gbps, handoff_probe
+
+    ms = {"alternating": 0.3, "sigmoid": 0.3, "relu": 0.1}
+    half = (2 * HANDOFF_PAIRS - 0.5) * HANDOFF_ELEMS * 4 / 2
+    assert handoff_gbps(ms) == pytest.approx(half / (0.1 * 1e6))
+    assert handoff_gbps(ms, 4) == pytest.approx(1.5 * half / (0.1 * 1e6))  # three quarters cross on 4 threads
+    assert handoff_gbps({**ms, "alternating": 0.2}) is None and handoff_gbps({**ms, "alternating": 0.1}) is None
+    assert handoff_gbps({**ms, "alternating": 0.2 + 1e-7}) is None  # within the noise: not a huge rate
+    assert handoff_gbps({**ms, "alternating": 1000.0}) is None  # 0.003 GB/s: no cache is that slow
+    assert handoff_gbps(ms, 1) is None
+    assert handoff_probe("onnxruntime", 1) is None and handoff_probe("torch", 2) is None
