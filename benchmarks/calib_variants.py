@@ -46,9 +46,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 # Mechanisms a variant switches off, written as the profile's list without them (a switch, not a figure).
-SWITCHES = ("ort_transpose", "mlas_conv_tiles", "ort_parallel_for", "core_handoff")
+SWITCH_VARIANTS = tuple(f"no-{m}" for m in ("ort_transpose", "mlas_conv_tiles", "ort_parallel_for", "core_handoff"))
 VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists",
-            *(f"no-{m}" for m in SWITCHES), "fit-dwconv", "blocks-only", "reference-only", "equal-total", "networks-x4")
+            *SWITCH_VARIANTS, "fit-dwconv", "blocks-only", "reference-only", "equal-total", "networks-x4")
 
 
 def networks_for(variant: str, lut, n_blocks: int) -> list:
@@ -103,12 +103,12 @@ def main() -> None:
         nets = networks_for(variant, lut, len(blocks))
         if variant == "no-softmax-rows":
             profile = replace(profile, softmax_row_ns=None)
-        if variant in ("no-fork_join", "no-subnormal_assists", *(f"no-{m}" for m in SWITCHES)):
+        if variant in ("no-fork_join", "no-subnormal_assists", *SWITCH_VARIANTS):
             mechanism = variant[len("no-"):]
             profile = replace(profile, mechanisms=tuple(m for m in profile.mechanisms if m != mechanism))
         if variant == "no-subnormal_assists":  # not a fitted parameter: written beside the fixed keys
             fixed = {**fixed, "compute": {**fixed.get("compute", {}), "subnormal_assist_cycles": 0.0}}
-        if variant in tuple(f"no-{m}" for m in SWITCHES):  # a switch, not a figure: the written profile lists the others
+        if variant in SWITCH_VARIANTS:  # a switch, not a figure: the written profile lists the others
             fixed = {**fixed, "mechanisms": list(profile.mechanisms)}
         # fit-dwconv: the depthwise class factor free beside the profile's parameters
         free = HardwareProfile.FREE_PARAMETERS + ("eff_dwconv",) if variant == "fit-dwconv" else None

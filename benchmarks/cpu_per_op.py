@@ -262,6 +262,8 @@ def main() -> None:
     ap.add_argument("--node-us", type=float, default=2.8,
                     help="us onnxruntime's profiler adds inside every kernel's event (op_types; ort_core_handoff.py)")
     args = ap.parse_args()
+    if not 0 <= args.node_us < 1000:
+        raise SystemExit(f"error: --node-us must be from 0 to 1000 (us the profiler adds per node), got {args.node_us:g}")
     Path(args.data).mkdir(parents=True, exist_ok=True)
     from autovit.latmodel.errors import AutoVitError
     from autovit.latmodel.hardware import load_profile

@@ -631,9 +631,7 @@ def _op_cycles(f: dict[str, Any], where: str) -> dict[str, float]:
     """The checked [compute.op_cycles] table (mechanism ort_parallel_for): keys are op types."""
     table = dict(f["compute.op_cycles"])
     for key in table:
-        if key not in KNOWN_OP_TYPES:
-            raise AutoVitError(f"hardware profile {where}: [compute.op_cycles] key {key!r} is no ONNX op type the cost "
-                               f"model prices{_op_type_hint(key)}; keys are op types (Relu, Sigmoid)")
+        _check_op_type_key(key, "compute.op_cycles", "op types (Relu, Sigmoid)", where)
     return {k: float(v) for k, v in table.items()}
 
 
@@ -644,6 +642,14 @@ def _mechanism_figure(num: dict[str, float], path: str, mechanism: str, d: dict[
         raise AutoVitError(f"hardware profile {where}: mechanism '{mechanism}' needs '{path}' of at least {lo:g}, "
                            f"got {num[path]:g}")
     return num[path]
+
+
+def _check_op_type_key(key: str, table: str, keys: str, where: str) -> None:
+    """A table keyed by op type: a misspelt one ('Convv', 'add') would match no kernel and silently
+    leave the figure it was meant to give unused; `keys` says what the table's keys are."""
+    if key not in KNOWN_OP_TYPES:
+        raise AutoVitError(f"hardware profile {where}: [{table}] key {key!r} is no ONNX op type the cost model "
+                           f"prices{_op_type_hint(key)}; keys are {keys}")
 
 
 def _op_type_hint(name: str) -> str:
@@ -662,11 +668,8 @@ def _host_table(f: dict[str, Any], mechanisms: list[str], where: str) -> dict[st
         if key.startswith("@") and key[1:] not in _CATEGORIES:
             raise AutoVitError(f"hardware profile {where}: [overhead.host_us] key '{key}' names no op category"
                                f"{did_you_mean(key[1:], _CATEGORIES)}; categories: {', '.join(_CATEGORIES)}")
-        # A misspelt op type ('Convv', 'add') would match no kernel and silently price it at the
-        # unlisted-class rate instead of the figure it was meant to give.
-        if not key.startswith("@") and key not in KNOWN_OP_TYPES:
-            raise AutoVitError(f"hardware profile {where}: [overhead.host_us] key {key!r} is no ONNX op type the cost model "
-                               f"prices{_op_type_hint(key)}; keys are op types (Add, BatchNormalization) or '@category'")
+        if not key.startswith("@"):  # unlisted, a kernel would be priced at the table's median rate
+            _check_op_type_key(key, "overhead.host_us", "op types (Add, BatchNormalization) or '@category'", where)
     if table and (ref is None or ref not in table or not table[ref] > 0):
         raise AutoVitError(f"hardware profile {where}: [overhead.host_us] needs 'overhead.host_reference' naming one of "
                            f"its entries with a cost above 0 (the class whose cost dispatch_us stands for), got {ref!r}")

@@ -55,6 +55,12 @@ class Kernel:
     outputs: tuple[str, ...] = ()
 
 
+def _is_activation(g: OpGraph, name: str) -> bool:
+    """Whether tensor `name` of `g` is an activation or a graph input (not a weight or a constant)."""
+    t = g.tensors.get(name)
+    return t is not None and t.kind in ("activation", "input")
+
+
 def _selects(selector: str, cost: OpCost) -> bool:
     if selector.startswith("@"):
         return cost.category == selector[1:]
@@ -119,8 +125,7 @@ class _Former:
             n = queue.pop(0)
             if n in inside:
                 continue
-            acts = [i for i in self.g.op(n).inputs if self.g.tensors.get(i) is not None
-                    and self.g.tensors[i].kind in ("activation", "input")]
+            acts = [i for i in self.g.op(n).inputs if _is_activation(self.g, i)]
             if (n in self.assigned or n in taken or not _any(rule.unary, self.costs[n])
                     or not all(i in known for i in acts)):
                 continue
@@ -273,24 +278,23 @@ def _klass_on(c: OpCost, former: "_Former") -> str:
 def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRule | None,
            former: _Former, unsupported: set[str]) -> Kernel:
     cs = [costs[o] for o in ops]
-    inside = set(ops)
-    produced = {o for n in ops for o in g.op(n).outputs}
     if len(ops) == 1:
         c = cs[0]
-        acts = {i: g.tensors[i].numel for i in g.op(c.name).inputs
-                if g.tensors.get(i) is not None and g.tensors[i].kind in ("activation", "input")}
+        acts = {i: g.tensors[i].numel for i in g.op(c.name).inputs if _is_activation(g, i)}
         return Kernel(c.name, [c.name], [c.op_type], c.category, _klass_on(c, former), c.flops,
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
                       c.op_type in unsupported, c.transcendentals, c.runs, c.raw_runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
                       c.filter_shape, c.conv_in_elems, c.im2col_free, c.conv_cols, c.exp_subnormal, c.exp_zero,
                       c.subnormal_reads, tuple(acts.items()), tuple(g.op(c.name).outputs))
+    inside = set(ops)
+    produced = {o for n in ops for o in g.op(n).outputs}
     ext_in: dict[str, int] = {}
     ext_out: dict[str, int] = {}
     shapes = []
     for n in ops:
         for i in g.op(n).inputs:
-            t = g.tensors.get(i)
-            if t is not None and t.kind in ("activation", "input") and i not in produced:
+            if _is_activation(g, i) and i not in produced:
+                t = g.tensors[i]
                 ext_in[i] = t.numel
                 if t.shape:
                     shapes.append(t.shape)

@@ -86,6 +86,19 @@ NETWORK_KEY = re.compile(r"[a-z][a-z0-9-]{0,31}:[A-Za-z0-9_.-]{1,160}")
 _FIX = "re-run `autovit-lat profile`"
 
 
+def _probe_table(env: dict, field: str, keys: tuple[str, ...], unit: str, lo: float, p) -> None:
+    """A LUT environment's probe table `field`, if present: exactly `keys`, each a number in `unit`
+    from `lo` to 1e6."""
+    table = env.get(field)
+    if table is None:
+        return
+    if not isinstance(table, dict) or sorted(table) != sorted(keys):
+        shape = ", ".join(f'"{k}": {unit}' for k in keys)
+        raise AutoVitError(f"{p}: LUT field 'environment.{field}' must be {{{shape}}}, got {table!r:.60}; {_FIX}")
+    for k, v in table.items():
+        number(v, f"{p}: LUT field 'environment.{field}.{k}' ({unit})", lo, 1e6)
+
+
 def load_lut(path: str | Path, device: str | None = None) -> Lut:
     """Read and check a LUT; `device` (a profile name) must match the one it was measured on."""
     p = Path(path)
@@ -115,20 +128,11 @@ def load_lut(path: str | Path, device: str | None = None) -> Lut:
     probe = (d.get("environment") or {}).get("sgemm_gflops")
     if probe is not None:  # calibrate raises the profile's clock to it (hardware.clock_override)
         number(probe, f"{p}: LUT field 'environment.sgemm_gflops' (GFLOP/s)", 1e-3, 1e9)
-    streams = (d.get("environment") or {}).get("stream_gbps")
-    if streams is not None:  # calibrate sets the profile's cache rates to them (hardware.stream_override)
-        if not isinstance(streams, dict) or sorted(streams) != ["private", "shared"]:
-            raise AutoVitError(f"{p}: LUT field 'environment.stream_gbps' must be {{\"private\": GB/s, \"shared\": GB/s}}, "
-                               f"got {streams!r:.60}; {_FIX}")
-        for level, v in streams.items():
-            number(v, f"{p}: LUT field 'environment.stream_gbps.{level}' (GB/s)", 0.1, 1e6)
-    handoff = (d.get("environment") or {}).get("handoff_ms")
-    if handoff is not None:  # calibrate sets the profile's cross-core rate from them (runner.handoff_gbps)
-        if not isinstance(handoff, dict) or sorted(handoff) != ["alternating", "relu", "sigmoid"]:
-            raise AutoVitError(f"{p}: LUT field 'environment.handoff_ms' must be {{\"alternating\": ms, \"sigmoid\": ms, "
-                               f"\"relu\": ms}}, got {handoff!r:.60}; {_FIX}")
-        for chain, v in handoff.items():
-            number(v, f"{p}: LUT field 'environment.handoff_ms.{chain}' (ms)", 1e-6, 1e6)
+    env = d.get("environment") or {}
+    # calibrate sets the profile's cache rates to the streaming probes (hardware.stream_override)
+    # and its cross-core rate from the handoff probe's chains (runner.handoff_gbps)
+    _probe_table(env, "stream_gbps", ("private", "shared"), "GB/s", 0.1, p)
+    _probe_table(env, "handoff_ms", ("alternating", "sigmoid", "relu"), "ms", 1e-6, p)
     for k in ("created", "updated"):
         if not isinstance(d.get(k, ""), str):
             raise AutoVitError(f"{p}: LUT field '{k}' must be a date string, got {d[k]!r:.40}")

@@ -108,6 +108,9 @@ def test_calib_variants_change_one_thing_each():
     ("block_sums.py", ["--hw", "local-cpu", "--validation", "NOROWS"]),
     ("mlas_conv_check.py", ["--data", "no-such-folder"]),
     ("nchwc_reorder_cost.py", ["--hw", "nope"]),
+    ("ort_core_handoff.py", ["--reps", "1"]),
+    ("cpu_per_op.py", ["--data", "no-such-folder", "--node-us", "-1"]),
+    ("cpu_per_op.py", ["--data", "no-such-folder", "--node-us", "nan"]),
 ])
 def test_issue12_probes_refuse_bad_input_in_one_line(tmp_path, script, args):
     """The offline checks of docs/BENCHMARKS.md §3.16-§3.17: a missing or broken input, an unknown

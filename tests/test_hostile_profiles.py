@@ -234,6 +234,8 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     ('base = "local-cpu"\nname = "x"\n[compute]\nop_cycles = { Rleu = 1 }\n', ["op_cycles", "Rleu", "Relu"]),
     ('base = "local-cpu"\nname = "x"\n[compute]\nop_cycles = { Relu = -1 }\n', ["compute.op_cycles.Relu"]),
     ('base = "local-cpu"\nname = "x"\n[compute]\nparallel_byte_cycles = inf\n', ["compute.parallel_byte_cycles"]),
+    ('base = "local-cpu"\nname = "x"\n[compute]\nparallel_startup_cycles = -1\n', ["compute.parallel_startup_cycles"]),
+    ('base = "local-cpu"\nname = "x"\n[calibration]\ncross_core_gbps = "fast"\n', ["cross_core_gbps"]),
     ('base = "local-cpu"\nname = "x"\n[compute]\nparallel_thread_cycles = 0\n', ["ort_parallel_for", "parallel_thread_cycles"]),
     ('base = "local-cpu"\nname = "x"\n[memory]\ncross_core_gbps = 0\n', ["core_handoff", "cross_core_gbps"]),
     ('base = "local-cpu"\nname = "x"\n[memory]\ncross_core_gbps = 1e-320\n', ["core_handoff", "cross_core_gbps"]),
