@@ -46,7 +46,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 # Mechanisms a variant switches off, written as the profile's list without them (a switch, not a figure).
-SWITCH_VARIANTS = tuple(f"no-{m}" for m in ("ort_transpose", "mlas_conv_tiles", "ort_parallel_for", "core_handoff"))
+SWITCH_VARIANTS = tuple(f"no-{m}" for m in ("ort_transpose", "mlas_conv_tiles", "ort_parallel_for", "core_handoff",
+                                              "nchwc_tensors"))
 VARIANTS = ("default", "no-probe", "no-stream", "no-softmax-rows", "no-fork_join", "no-subnormal_assists",
             *SWITCH_VARIANTS, "fit-dwconv", "blocks-only", "reference-only", "equal-total", "networks-x4")
 

@@ -22,7 +22,10 @@ reference network) against the same fit with each block's large per-class kernel
 a `validate --json` output (the random subnets and the zoo it rebuilds). Prints one JSON object;
 `row_costs` splits Softmax's and LayerNorm's kernel time into per-row and per-element parts;
 `op_types` compares the model with each onnxruntime op type's kernels (less the profiler's own
-`--node-us` per node), scaled by their network's predicted / measured run.
+`--node-us` per node), scaled by their network's predicted / measured run; `reorders` counts the
+NCHW <-> blocked reorders the model prices against the ReorderInput / ReorderOutput nodes
+onnxruntime ran, per set, with the networks whose counts differ; `depthwise` fits the depthwise
+kernels' us against their outputs, measured and modelled, per filter size.
 """
 from __future__ import annotations
 
@@ -204,6 +207,60 @@ def op_type_residuals(res: dict, builders: dict, profile, cache: Path, node_us: 
             for g, cats in acc.items()}
 
 
+REORDER_OPS = ("ReorderInput", "ReorderOutput")
+
+
+def reorder_residuals(res: dict, builders: dict, profile, cache: Path, node_us: float) -> dict:
+    """Per set: the NCHW <-> blocked reorders the model prices (KernelTime.reorders, their ms) beside
+    the ReorderInput / ReorderOutput nodes onnxruntime ran (their kernel ms less `node_us` each),
+    with the networks whose counts differ: whether the model inserts the reorders onnxruntime's
+    NCHWc rewrite does (mechanism nchwc_tensors), and what it charges for them."""
+    from autovit.latmodel.estimate import estimate
+
+    acc: dict = defaultdict(lambda: {"model_reorders": 0, "model_ms": 0.0, "ort_reorders": 0, "ort_ms": 0.0,
+                                     "networks": 0, "count_differs": {}})
+    for name, r in res.items():
+        if name not in builders:
+            continue
+        kernels = estimate(graph_of(name, *builders[name], cache), profile).kernels
+        ours = sum(kt.reorders for kt in kernels)
+        theirs = [n["ms"] - node_us * 1e-3 for n in r["nodes"] if n["op"] in REORDER_OPS]
+        a = acc[group_of(name)]
+        a["model_reorders"] += ours
+        a["model_ms"] += sum(kt.reorder_ms for kt in kernels)
+        a["ort_reorders"] += len(theirs)
+        a["ort_ms"] += sum(theirs)
+        a["networks"] += 1
+        if ours != len(theirs):
+            a["count_differs"][name] = [ours, len(theirs)]
+    return {g: {**a, "ms_ratio": a["model_ms"] / a["ort_ms"] if a["ort_ms"] > 0 else None} for g, a in acc.items()}
+
+
+def depthwise_slopes(res: dict, builders: dict, profile, cache: Path, node_us: float) -> dict:
+    """Per filter size of the depthwise convolutions onnxruntime ran blocked: least-squares lines
+    of its kernel us (less `node_us`) and of the model's against the outputs (us + us per 1,000
+    outputs), over every such node the model's kernels name; the per-output slopes' ratio times
+    the profile's efficiency.nchwc_dwconv is the share of the FMA peak MLAS's kernel reached."""
+    pts: dict = defaultdict(list)
+    seen: set = set()
+    for _, _, n, kt in matched_nodes(res, builders, profile, cache):
+        k = kt.kernel
+        if n["op"] == "Conv" and k.category == "dwconv" and k.conv is not None and id(kt) not in seen:
+            seen.add(id(kt))
+            pts[k.conv[4]].append((k.out_elems / 1e3, (n["ms"] - node_us * 1e-3) * 1e3, kt.ms * 1e3))
+    out = {}
+    for taps, rows in sorted(pts.items()):
+        if len(rows) < 5:
+            continue
+        a = np.array(rows, float)
+        x = np.c_[np.ones(len(a)), a[:, 0]]
+        (m0, m1), (p0, p1) = (np.linalg.lstsq(x, a[:, i], rcond=None)[0] for i in (1, 2))
+        out[f"{taps}_taps"] = {"nodes": len(a), "measured_us": [round(m0, 2), round(m1, 4)],
+                               "model_us": [round(p0, 2), round(p1, 4)],
+                               "implied_nchwc_dwconv": round(profile.eff_nchwc_dw * p1 / m1, 3) if m1 > 0 else None}
+    return out
+
+
 def block_op_ms(res: dict, blocks) -> list[dict | None]:
     """Per block: its collected kernel ms per op class (None where not collected)."""
     out = []
@@ -280,7 +337,9 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     out = {"threads": args.threads, "hw": args.hw,
            "residuals": residuals(res, builders, profile, cache), "row_costs": row_costs(res, builders, profile, cache),
-           "op_types": op_type_residuals(res, builders, profile, cache, args.node_us)}
+           "op_types": op_type_residuals(res, builders, profile, cache, args.node_us),
+           "reorders": reorder_residuals(res, builders, profile, cache, args.node_us),
+           "depthwise": depthwise_slopes(res, builders, profile, cache, args.node_us)}
     if args.lut and args.validation:
         out["fit_experiment"] = fit_experiment(args, res, builders, cache)
     print(json.dumps(out, indent=1, default=float))

@@ -110,7 +110,8 @@ ANE_MECHANISMS = ("epilogue", "l2", "slc", "layer", "heads", "winograd", "align"
 ROOFLINE_MECHANISMS = ("sdpa_call", "dw_taps", "autocast", "fork_join", "inductor_threads", "weight_relayout",
                        "dw_loop", "dw_index", "cudnn_dw", "host_classes", "thnn_conv", "inductor_reductions",
                        "conv_channel_block", "onednn_team", "nchwc_broadcast", "subnormal_assists",
-                       "ort_transpose", "mlas_conv_tiles", "reorder_threads", "ort_parallel_for", "core_handoff")
+                       "ort_transpose", "mlas_conv_tiles", "reorder_threads", "ort_parallel_for", "core_handoff",
+                       "gemm_bias_pass", "nchwc_tensors", "reorder_handoff")
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,10 @@ class HardwareProfile:
     op_cycles: dict[str, float] = field(default_factory=dict)
     # Mechanism core_handoff: GB/s at which one core reads what another core's private cache holds.
     cross_core_gbps: float = 0.0
+    # Mechanism gemm_bias_pass: bytes per second of a matrix product's output that the runtime's
+    # bias pass costs (onnxruntime's Gemm broadcasts C into the output on the calling thread, then
+    # its SGEMM reads it back with beta = 1), at the profile's threads.
+    gemm_bias_gbps: float = 0.0
     mechanisms: tuple[str, ...] = ()  # roofline mechanisms switched on (ROOFLINE_MECHANISMS)
     clock_ghz: float = 0.0  # boost clock of the units (GPU SMs): with l1_loads_per_clock, the L1 load rate
     l1_loads_per_clock: int = 0  # 32-bit loads one unit's L1 serves per clock (0: no L1 figure, no dw_taps)
@@ -377,6 +382,7 @@ PROFILE_KEYS: dict[str, Key] = {
     "compute.parallel_byte_cycles": Key("number", 0, 1e4, default=0.0),
     "compute.op_cycles": Key("numbers", 0, 1e6, default={}),
     "memory.cross_core_gbps": Key("number", 0, 1e6, default=0.0),
+    "memory.gemm_bias_gbps": Key("number", 0, 1e6, default=0.0),
     "layout.nchw_conv_relayout": Key("strs", 0, len(_DTYPES), default=(), choices=_DTYPES),
     "layout.relayout_categories": Key("strs", 0, len(_CATEGORIES), default=("conv",), choices=_CATEGORIES),
     "fallback.name": Key("str", 1, 200), "fallback.unsupported_ops": Key("strs", 0, 10_000),
@@ -611,6 +617,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         parallel_thread_cycles=_mechanism_figure(num, "compute.parallel_thread_cycles", "ort_parallel_for", d, where, 1.0),
         parallel_byte_cycles=num["compute.parallel_byte_cycles"], op_cycles=_op_cycles(f, where),
         cross_core_gbps=_mechanism_figure(num, "memory.cross_core_gbps", "core_handoff", d, where, 1e-3),
+        gemm_bias_gbps=_mechanism_figure(num, "memory.gemm_bias_gbps", "gemm_bias_pass", d, where, 1e-3),
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
         l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
         thnn_max_input=f["compute.thnn_max_input"],
@@ -851,7 +858,7 @@ def _calibrated_before_fork_join(d: dict[str, Any]) -> bool:
 
 
 # Mechanisms switched on in local-cpu after calibrated files were written without a record of theirs.
-_LATER_MECHANISMS = ("ort_parallel_for", "core_handoff")
+_LATER_MECHANISMS = ("ort_parallel_for", "core_handoff", "nchwc_tensors")
 
 
 def _fitted_stderr(d: dict[str, Any]) -> dict | None:

@@ -53,6 +53,9 @@ class Kernel:
     # the tensors it writes: which kernel wrote what another reads (timing's core_handoff).
     inputs: tuple[tuple[str, int], ...] = ()
     outputs: tuple[str, ...] = ()
+    # Elements of a matrix product's output that a constant bias is added to (a Gemm with a C
+    # input, or a MatMul and the Add of a constant fused with it): timing's gemm_bias_pass.
+    bias_elems: int = 0
 
 
 def _is_activation(g: OpGraph, name: str) -> bool:
@@ -285,7 +288,7 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
                       c.in_elems, c.out_elems, c.w_elems, c.work_elems, c.gemm, c.batch_in, c.act_shapes,
                       c.op_type in unsupported, c.transcendentals, c.runs, c.raw_runs, c.rows, c.moves_last_axis, c.winograd_3x3, c.conv,
                       c.filter_shape, c.conv_in_elems, c.im2col_free, c.conv_cols, c.exp_subnormal, c.exp_zero,
-                      c.subnormal_reads, tuple(acts.items()), tuple(g.op(c.name).outputs))
+                      c.subnormal_reads, tuple(acts.items()), tuple(g.op(c.name).outputs), _bias_elems(g, cs))
     inside = set(ops)
     produced = {o for n in ops for o in g.op(n).outputs}
     ext_in: dict[str, int] = {}
@@ -323,5 +326,22 @@ def _merge(g: OpGraph, costs: dict[str, OpCost], ops: list[str], rule: FusionRul
         conv=main.conv, filter_shape=main.filter_shape, conv_in_elems=main.conv_in_elems, im2col_free=main.im2col_free,
         conv_cols=main.conv_cols, exp_subnormal=sum(c.exp_subnormal for c in cs), exp_zero=sum(c.exp_zero for c in cs),
         subnormal_reads=tuple(r for c in cs for r in c.subnormal_reads),
-        inputs=tuple(ext_in.items()), outputs=tuple(ext_out),
+        inputs=tuple(ext_in.items()), outputs=tuple(ext_out), bias_elems=_bias_elems(g, cs),
     )
+
+
+def _bias_elems(g: OpGraph, cs: list[OpCost]) -> int:
+    """Output elements of the kernel's matrix product that a constant bias is added to: a Gemm's
+    C input, or an Add of a constant (a weight, not an activation) after a MatMul or Gemm in the
+    same kernel, where the product's right operand is a weight (a layer, not attention's product
+    of two activations); 0 where there is none."""
+    product = next((c for c in cs if c.op_type in ("Gemm", "MatMul") and c.w_elems > 0), None)
+    if product is None:
+        return 0
+    for c in cs:
+        op = g.op(c.name)
+        if c.op_type == "Gemm" and len(op.inputs) > 2 and op.inputs[2] and not _is_activation(g, op.inputs[2]):
+            return c.out_elems
+        if c.op_type == "Add" and any(not _is_activation(g, i) for i in op.inputs):
+            return product.out_elems
+    return 0

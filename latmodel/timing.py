@@ -51,6 +51,8 @@ class KernelTime:
     engine: str
     launches: int = 1  # kernels the op runs as (an autocast fp32 op: cast in, op, cast out), each dispatched
     threads: int = 1  # CPU threads it runs on (kernel_threads), where a mechanism asks (fork_join, core_handoff)
+    reorders: int = 0  # NCHW <-> blocked reorders priced on it (chain_reorder), and their ms
+    reorder_ms: float = 0.0
 
 
 def _ceil_to(x: int, m: int) -> int:
@@ -609,6 +611,10 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         launch += fork_join_s(k, profile, "fp32" if casts else dtype, scale, threads)
     if thnn:
         launch += im2col_s(k, profile, dtype, scale)  # serial, before the GEMM: not overlapped
+    if k.bias_elems and profile.uses("gemm_bias_pass"):
+        # onnxruntime's Gemm fills its output with the bias before the product (gemm_helper.h,
+        # GemmBroadcastBias), and the product reads it back: serial, not overlapped
+        launch += k.bias_elems * scale * eb / (profile.gemm_bias_gbps * 1e9)
     t_device = launch + max(t_compute, t_memory)
     overhead = launch + host_us(k.op_types, k.category, profile) * 1e-6
     if max(t_compute, t_memory) < overhead:
@@ -757,6 +763,10 @@ def _reorder_ms(elems: float, profile: HardwareProfile, dtype: str) -> float:
         # onnxruntime splits a reorder over its pool's threads (benchmarks/nchwc_reorder_cost.py:
         # 1.7-2.4x faster on 2 threads than on 1 for maps of 28 x 28 and more)
         copy_s /= max(profile.units, 1)
+    if profile.uses("reorder_handoff") and profile.units > 1 and profile.cross_core_gbps > 0:
+        # it splits its work by blocks of channels, the kernels around it by rows: each thread
+        # reads and writes the other cores' share of both tensors across (core_handoff's rate)
+        copy_s += b * (1 - 1 / profile.units) / (profile.cross_core_gbps * 1e9)
     return (copy_s + profile.dispatch_us * 1e-6) * 1e3
 
 
@@ -764,6 +774,8 @@ def _add_reorder(t: KernelTime, elems: float, profile: HardwareProfile, dtype: s
     extra = _reorder_ms(elems, profile, dtype)
     t.device_ms += extra
     t.ms += extra
+    t.reorders += 1
+    t.reorder_ms += extra
     if dispatch:
         t.overhead_ms += profile.dispatch_us * 1e-3
 
@@ -812,6 +824,119 @@ def _add_chain_reorders(times: list[KernelTime], profile: HardwareProfile, dtype
         _add_reorder(last, last.kernel.out_elems * scale * _reorder_padding(chain_channels, block), profile, dtype,
                      dispatch=False)
 
+
+# What onnxruntime's NCHWc rewrite (nchwc_transformer.cc, NchwcTransformerImpl::Transform) runs in the
+# blocked layout besides convolutions: these pools whatever the layout of their input (TransformPool,
+# reordering an NCHW input), and, only where every activation input already is blocked, global pools,
+# the element-wise ops of TransformBinary and TransformActivation, BatchNormalization (as a 1x1
+# depthwise convolution) and a channel Concat of whole blocks.
+_NCHWC_POOLS = ("MaxPool", "AveragePool")
+_NCHWC_GLOBAL_POOLS = ("GlobalAveragePool", "GlobalMaxPool")
+_NCHWC_FOLLOWERS = ("activation", "elementwise")
+
+
+def nchwc_blocked_kernel(k: Kernel, profile: HardwareProfile, block: int, blocked_inputs: bool) -> bool:
+    """Whether onnxruntime runs kernel `k` in its blocked layout (mechanism nchwc_tensors), given
+    whether all its activation inputs exist blocked (`blocked_inputs`): a convolution its channel
+    rule takes; a MaxPool or AveragePool over whole blocks of channels; and where the inputs are
+    blocked, a global pool, an activation, an element-wise op but a broadcast product, Div or
+    Sub (nchwc_unblocked_binary), a BatchNormalization, or a Concat of whole blocks along the
+    channels."""
+    if k.klass == "view" or not k.act_shapes or len(k.act_shapes[0]) != 4:
+        return False
+    if k.category in ("conv", "dwconv"):
+        return k.conv is not None and nchwc_runs(k.conv, block, profile.nchwc_pad_multiple)
+    channels = k.act_shapes[0][1]
+    if len(k.op_types) == 1 and k.op_types[0] in _NCHWC_POOLS:
+        return channels % block == 0
+    if not blocked_inputs:
+        return False
+    if len(k.op_types) == 1 and k.op_types[0] in _NCHWC_GLOBAL_POOLS + ("BatchNormalization",):
+        return True
+    if len(k.op_types) == 1 and k.op_types[0] == "Concat":
+        return all(len(s) == 4 and s[1] % block == 0 for s in k.act_shapes)
+    return k.category in _NCHWC_FOLLOWERS and not nchwc_unblocked_binary(k)
+
+
+def _producers_first(times: list[KernelTime]) -> list[KernelTime]:
+    """`times` with every kernel after the kernels that write its inputs (a fused kernel stands at
+    its first op, which can come before the producer of a later op's input: a convolution whose
+    epilogue adds another branch's result), otherwise in their order."""
+    produced = {o for t in times for o in t.kernel.outputs}
+    written: set[str] = set()
+    waiting: dict[str, list[KernelTime]] = {}
+    out: list[KernelTime] = []
+
+    def release(t: KernelTime) -> None:
+        missing = next((n for n, _ in t.kernel.inputs if n in produced and n not in written), None)
+        if missing is not None:
+            waiting.setdefault(missing, []).append(t)
+            return
+        out.append(t)
+        for o in t.kernel.outputs:
+            written.add(o)
+            for w in waiting.pop(o, []):
+                release(w)
+
+    for t in times:
+        release(t)
+    done = {id(t) for t in out}
+    return out + [t for t in times if id(t) not in done]  # a cycle (none in a DAG): as they were
+
+
+def _add_tensor_reorders(times: list[KernelTime], profile: HardwareProfile, dtype: str, scale: float,
+                         edges: tuple[bool, bool] = (False, False)) -> None:
+    """Mechanism nchwc_tensors: onnxruntime's NCHWc rewrite follows each tensor, not a chain
+    (nchwc_transformer.cc). A kernel it runs blocked (nchwc_blocked_kernel) reads its activation
+    inputs blocked: a convolution or pool reorders an input that only exists in NCHW once
+    (ReorderInput, shared by later convolutions and pools: `reorder_inputs_`; a dense
+    convolution of fewer input channels than a block reads NCHW instead), while the other blocked kernels need inputs a blocked
+    kernel wrote (`nchwc_args_`). A kernel it runs in NCHW reads every input in NCHW: one that
+    only exists blocked is reordered out once (ReorderOutput, Finalize), and so is a blocked
+    graph output. Each reorder is priced on the kernel that needs it. `edges`: the graph's input
+    arrives blocked / its output may stay blocked (a block inside a network)."""
+    block = nchwc_block(profile, dtype)
+    if block <= 1:
+        return
+    produced = {o for t in times for o in t.kernel.outputs}
+    blocked: dict[str, int] = {}  # tensor -> channels: tensors a blocked kernel wrote
+    reordered: set[str] = set()  # NCHW tensors a ReorderInput has made blocked copies of
+    nchw: set[str] = set()  # tensors that exist in NCHW
+    for t in _producers_first(times):
+        k = t.kernel
+        for name, _ in k.inputs:
+            if name not in produced and name not in blocked and name not in nchw:
+                if edges[0]:
+                    blocked[name] = k.conv[1] if k.conv is not None else k.act_shapes[0][1] if k.act_shapes else 0
+                else:
+                    nchw.add(name)
+        if nchwc_blocked_kernel(k, profile, block, all(n in blocked for n, _ in k.inputs)):
+            image = k.conv is not None and not nchwc_reorders_input(k.conv, block)
+            channels = k.conv[1] if k.conv is not None else k.act_shapes[0][1]
+            for name, elems in k.inputs:
+                if image and name not in nchw:  # it reads NCHW: a blocked input is reordered out
+                    _add_reorder(t, elems * scale * _reorder_padding(blocked.get(name, 0), block), profile, dtype)
+                    nchw.add(name)
+                elif not image and name not in blocked and name not in reordered:
+                    _add_reorder(t, elems * scale * _reorder_padding(channels, block), profile, dtype)
+                    reordered.add(name)
+            out_channels = (k.conv[2] if k.conv is not None
+                            else sum(s[1] for s in k.act_shapes[:-1]) if k.op_types == ["Concat"] else channels)
+            for o in k.outputs:
+                blocked[o] = out_channels
+        else:
+            for name, elems in k.inputs:
+                if name not in nchw:
+                    _add_reorder(t, elems * scale * _reorder_padding(blocked.get(name, 0), block), profile, dtype)
+                    nchw.add(name)
+            nchw.update(k.outputs)
+    if not edges[1] and times:
+        consumed = {name for t in times for name, _ in t.kernel.inputs}
+        last = times[-1]
+        for o in sorted(produced - consumed):
+            if o in blocked and o not in nchw:
+                _add_reorder(last, last.kernel.out_elems * scale * _reorder_padding(blocked[o], block), profile,
+                             dtype, dispatch=False)
 
 def _add_core_handoffs(times: list[KernelTime], profile: HardwareProfile, dtype: str, scale: float) -> None:
     """Mechanism core_handoff: a kernel on one thread reading a tensor kernels on several threads
@@ -909,7 +1034,9 @@ def network_time(kernels: list[Kernel], profile: HardwareProfile, dtype: str, sc
         weight_hit = min(1.0, profile.cache_mib * 2**20 / w_total) if w_total else 1.0
     timer = timer_for(profile, dtype, scale, weight_hit)
     times = [timer.time(k) for k in kernels]
-    if profile.chain_reorder:
+    if profile.chain_reorder and profile.uses("nchwc_tensors"):
+        _add_tensor_reorders(times, profile, dtype, scale, edges)
+    elif profile.chain_reorder:
         _add_chain_reorders(times, profile, dtype, scale, edges)
     if profile.uses("core_handoff"):
         _add_core_handoffs(times, profile, dtype, scale)

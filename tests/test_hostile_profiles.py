@@ -241,6 +241,11 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     ('base = "local-cpu"\nname = "x"\n[memory]\ncross_core_gbps = 1e-320\n', ["core_handoff", "cross_core_gbps"]),
     ('base = "local-cpu"\nname = "x"\n[compute]\nparallel_thread_cycles = 1e-320\n', ["ort_parallel_for", "parallel_thread_cycles"]),
     ('base = "local-cpu"\nname = "x"\n[calibration]\nmechanisms = ["core_hand_off"]\n', ["core_hand_off"]),
+    # gemm_bias_pass's rate: refused when bad, required by its switch
+    ('base = "local-cpu"\nname = "x"\n[memory]\ngemm_bias_gbps = -2\n', ["memory.gemm_bias_gbps"]),
+    ('base = "local-cpu"\nname = "x"\nmechanisms = ["gemm_bias_pass"]\n[memory]\ngemm_bias_gbps = 0\n',
+     ["gemm_bias_pass", "gemm_bias_gbps"]),
+    ('base = "local-cpu"\nname = "x"\nmechanisms = ["nchwc_tensor"]\n', ["nchwc_tensor"]),
 ])
 def test_more_bad_profiles(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)

@@ -304,7 +304,12 @@ def test_blocked_convolutions_pay_for_their_padded_channels_and_depthwise_ones_r
 
     # depthwise: the NCHW side read as it is (8 channels), the blocked side written padded (16)
     assert start_reorder_ms(8, 8) == pytest.approx(_reorder_ms(8 * 32 * 32 * (8 + 16) / 2 / 8, cpu, "fp32"))
-    assert start_reorder_ms(32, 1) == 0  # dense, fewer input channels than a block
+    # dense, fewer input channels than a block: it reads NCHW, so a blocked input (nchwc_tensors) is
+    # reordered out for it; the chain rule charged neither way
+    assert start_reorder_ms(32, 1) == pytest.approx(-_reorder_ms(8 * 32 * 32 * (8 + 16) / 2 / 8, cpu, "fp32"))
+    cpu = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "nchwc_tensors"))
+    assert start_reorder_ms(8, 8) == pytest.approx(_reorder_ms(8 * 32 * 32 * (8 + 16) / 2 / 8, cpu, "fp32"))
+    assert start_reorder_ms(32, 1) == 0
 
 
 # (input channels, output channels, groups): each side of every branch of nchwc_runs.
@@ -805,9 +810,10 @@ def test_a_calibrated_profile_keeps_the_mechanisms_its_fit_priced_with(tmp_path)
                      f'[calibration]\nstderr = {{ "dispatch_us" = 0.1 }}\n{extra}')
         return load_profile(str(p))
 
+    later = ("ort_parallel_for", "core_handoff", "nchwc_tensors")
     base = load_profile("local-cpu").mechanisms
-    assert {"ort_parallel_for", "core_handoff"} <= set(base)
-    assert calibrated("").mechanisms == tuple(m for m in base if m not in ("ort_parallel_for", "core_handoff"))
+    assert set(later) <= set(base)
+    assert calibrated("").mechanisms == tuple(m for m in base if m not in later)
     assert calibrated('mechanisms = ["fork_join"]\n').mechanisms == ("fork_join",)
     assert calibrated('mechanisms = ["fork_join"]\n', 'mechanisms = ["dw_taps"]\n').mechanisms == ("dw_taps",)
     p = tmp_path / "hand.toml"  # not a fit's file: the base's list
@@ -832,3 +838,142 @@ def test_the_handoff_probe_gives_a_rate_only_where_the_alternating_chain_is_slow
     assert handoff_gbps({**ms, "alternating": 1000.0}) is None  # 0.003 GB/s: no cache is that slow
     assert handoff_gbps(ms, 1) is None
     assert handoff_probe("onnxruntime", 1) is None and handoff_probe("torch", 2) is None
+
+
+def _nchwc_conv(x: str, y: str, w: str, pads: int = 1, k: int = 3, group: int = 1):
+    return helper.make_node("Conv", [x, w], [y], kernel_shape=[k, k], pads=[pads] * 4, group=group)
+
+
+def _nchwc_cases(c: int = 32, hw: int = 8):
+    """Small graphs around onnxruntime's NCHWc rewrite: (name, nodes, initializers)."""
+    w = _init("w", (c, c, 3, 3))
+    w2 = _init("w2", (c, c, 3, 3))
+    wr, we = _init("wr", (4, c, 1, 1)), _init("we", (c, 4, 1, 1))
+    wc = _init("wc", (c, 2 * c, 1, 1))
+    pool = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+    return [
+        # PoolFormer's token mixer: a pool over whole blocks runs blocked, the Sub in NCHW
+        ("pool_sub", [_nchwc_conv("x", "a", "w"), helper.make_node("AveragePool", ["a"], ["p"], **pool),
+                      helper.make_node("Sub", ["p", "a"], ["s"]), _nchwc_conv("s", "y", "w2")], [w, w2]),
+        # a pool reading an NCHW tensor is reordered in, and its output out for the Add
+        ("pool_nchw", [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("MaxPool", ["r"], ["p"], **pool),
+                       helper.make_node("Add", ["p", "r"], ["y"])], []),
+        # a channel Concat of two blocked tensors stays blocked ...
+        ("concat_blocked", [_nchwc_conv("x", "a", "w"), _nchwc_conv("a", "b", "w2"),
+                            helper.make_node("Concat", ["a", "b"], ["k"], axis=1), _nchwc_conv("k", "y", "wc", 0, 1)], [w, w2, wc]),
+        # ... but a ReorderInput's copy of an NCHW input is no blocked tensor for it
+        ("concat_input", [_nchwc_conv("x", "a", "w"), helper.make_node("Concat", ["x", "a"], ["k"], axis=1),
+                          _nchwc_conv("k", "y", "wc", 0, 1)], [w, wc]),
+        # squeeze-excitation: the global pool and ReLU follow the blocked tensor, the 4-channel
+        # expand convolution reads NCHW, the broadcast product runs in NCHW
+        ("squeeze_excite", [_nchwc_conv("x", "a", "w"), helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+                            _nchwc_conv("g", "r", "wr", 0, 1), helper.make_node("Relu", ["r"], ["q"]),
+                            _nchwc_conv("q", "e", "we", 0, 1), helper.make_node("Sigmoid", ["e"], ["s"]),
+                            helper.make_node("Mul", ["a", "s"], ["y"])], [w, wr, we]),
+        # two convolutions reading one NCHW tensor share its ReorderInput
+        ("shared_input", [helper.make_node("Relu", ["x"], ["r"]), _nchwc_conv("r", "a", "w"), _nchwc_conv("r", "b", "w2"),
+                          helper.make_node("Add", ["a", "b"], ["y"])], [w, w2]),
+    ]
+
+
+def test_nchwc_tensors_inserts_the_reorders_the_installed_onnxruntime_does(tmp_path):
+    """Mechanism nchwc_tensors against this machine's onnxruntime: per graph, as many reorders as
+    its optimized model holds (ReorderInput and ReorderOutput nodes); the chain rule it replaces
+    misses some of them."""
+    import onnx
+    import onnxruntime as ort
+
+    import autovit.latmodel.timing as timing
+
+    cpu = load_profile("local-cpu")
+    if timing.nchwc_block(cpu, "fp32") not in (8, 16):
+        pytest.skip("no NCHWc layout on this CPU")
+    tensors = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "nchwc_tensors") + ("nchwc_tensors",))
+    chain = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "nchwc_tensors"))
+
+    def ours(model, profile) -> int:
+        return sum(t.reorders for t in LatencyModel(build_graph(model)).estimate(profile).kernels)
+
+    theirs, mine, chained = {}, {}, {}
+    for name, nodes, inits in _nchwc_cases():
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        model = make_model(nodes, [x], [y], inits)
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{name}.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        opt = onnx.load(options.optimized_model_filepath).graph.node
+        theirs[name] = sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in opt)
+        mine[name], chained[name] = ours(model, tensors), ours(model, chain)
+    assert mine == theirs
+    assert chained != theirs
+
+
+def test_a_bias_is_found_on_a_gemm_or_a_fused_constant_add_only():
+    """Kernel.bias_elems: the output elements a product's constant bias is added to."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 49, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["a"]),
+             helper.make_node("Transpose", ["a"], ["at"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["a", "at"], ["s"]),          # two activations: no layer
+             helper.make_node("MatMul", ["s", "w2"], ["m"]),          # a layer without a bias
+             helper.make_node("Add", ["m", "a"], ["y"])]              # a residual, not a bias
+    g = build_graph(make_model(nodes, [x], [y], [_init("w1", (64, 96)), _init("b1", (96,)), _init("w2", (49, 96))]))
+    cpu = load_profile("local-cpu")
+    bias = [(k.op_types, k.bias_elems) for k in LatencyModel(g).kernels(cpu)]
+    assert bias == [(["MatMul", "Add"], 49 * 96), (["Transpose", "MatMul"], 0), (["MatMul", "Add"], 0)]
+    gx = helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])
+    gemm = build_graph(make_model([helper.make_node("Gemm", ["x", "w", "c"], ["y"])], [gx], [y],
+                                  [_init("w", (64, 32)), _init("c", (32,))]))
+    assert [k.bias_elems for k in LatencyModel(gemm).kernels(cpu)] == [8 * 32]
+
+
+def test_gemm_bias_pass_prices_the_output_written_once_more_at_its_rate():
+    """Mechanism gemm_bias_pass: onnxruntime's Gemm fills its output with the bias, then its
+    SGEMM reads it back: bias_elems x 4 bytes at memory.gemm_bias_gbps, serial, on top of the
+    product; off, or without a bias, nothing changes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [_init("w", (64, 384)), _init("c", (384,))]
+    with_bias = build_graph(make_model([helper.make_node("Gemm", ["x", "w", "c"], ["y"])], [x], [y], inits))
+    plain = build_graph(make_model([helper.make_node("Gemm", ["x", "w"], ["y"])], [x], [y], inits[:1]))
+    cpu = load_profile("local-cpu")
+    on = replace(cpu, mechanisms=cpu.mechanisms + ("gemm_bias_pass",), gemm_bias_gbps=11.2)
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "gemm_bias_pass"))
+
+    def ms(g, profile):
+        return LatencyModel(g).estimate(profile).latency_ms
+
+    assert ms(with_bias, on) - ms(with_bias, off) == pytest.approx(1024 * 384 * 4 / 11.2e9 * 1e3, rel=1e-6)
+    assert ms(plain, on) == pytest.approx(ms(plain, off), rel=1e-12)
+
+
+def test_reorder_handoff_moves_the_other_cores_share_of_a_reorder_across():
+    """Mechanism reorder_handoff: a reorder splits its work by channel blocks, the kernels around
+    it by rows, so the other cores' share of the bytes it reads and writes crosses at
+    cross_core_gbps: on 2 threads half of 2 x elements x 4 bytes; on 1 thread nothing."""
+    from autovit.latmodel.timing import _reorder_ms
+
+    cpu = replace(load_profile("local-cpu"), units=2, cross_core_gbps=10.0)
+    on = replace(cpu, mechanisms=cpu.mechanisms + ("reorder_handoff",))
+    off = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "reorder_handoff"))
+    elems = 37632
+    assert _reorder_ms(elems, on, "fp32") - _reorder_ms(elems, off, "fp32") == pytest.approx(
+        2 * elems * 4 * 0.5 / 10e9 * 1e3, rel=1e-9)
+    one = replace(on, units=1)
+    assert _reorder_ms(elems, one, "fp32") == pytest.approx(_reorder_ms(elems, replace(off, units=1), "fp32"))
+
+
+def test_nchwc_tensors_lets_a_block_inside_a_network_keep_its_blocked_edges():
+    """`edges` with nchwc_tensors: a convolution block whose input arrives blocked and whose output
+    may stay blocked pays no reorder; alone in a graph it pays one in and one out."""
+    cpu = load_profile("local-cpu")
+    tensors = replace(cpu, mechanisms=tuple(m for m in cpu.mechanisms if m != "nchwc_tensors") + ("nchwc_tensors",))
+    g = conv_bn_relu(32)
+    from autovit.latmodel.timing import network_time
+
+    kernels = LatencyModel(g).kernels(tensors)
+    _, alone = network_time(kernels, tensors, "fp32", 1.0)
+    _, inside = network_time(kernels, tensors, "fp32", 1.0, edges=(True, True))
+    assert sum(t.reorders for t in alone) == 2 and sum(t.reorders for t in inside) == 0
