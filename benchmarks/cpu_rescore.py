@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_rescore.py --hw PROFILE VALIDATE.json [VALIDATE2.json ...] [--graphs DIR] [--rows]
     python benchmarks/cpu_rescore.py --pool RESCORED.json [...]     # pooled_timm of saved --rows outputs
+    python benchmarks/cpu_rescore.py --summary RESCORED.json [...]  # means over runs, per variant (file name)
 
 For the ablation of a cost-model mechanism or a measurement statistic on the same measurements:
 calibrate a variant profile on the same LUT (`autovit-lat calibrate --hw VARIANT.toml --lut LUT
@@ -62,7 +63,12 @@ def main() -> None:
     ap.add_argument("--rows", action="store_true", help="also list every network's prediction and measurement")
     ap.add_argument("--pool", action="store_true",
                     help="FILES are outputs of this script with --rows (of any version): print only their pooled_timm")
+    ap.add_argument("--summary", action="store_true",
+                    help="FILES are outputs of this script (RUN/VARIANT.json): per variant, the means over its runs")
     args = ap.parse_args()
+    if args.summary:
+        print(dumps(summary(args.files), indent=1))
+        return
     if args.pool:
         print(dumps({f: pooled_timm(r for s in json.loads(Path(f).read_text())["files"].values() for r in s["rows"])
                      for f in args.files}, indent=1))
@@ -107,6 +113,36 @@ def main() -> None:
         every += listed
     out["pooled_timm"] = pooled_timm(every)
     print(dumps(out, indent=1))
+
+
+# (label, the validate output's file stem, set, statistic) of summary's columns
+SUMMARY_COLUMNS = (("random", "validate_main", "random", "measured_ms"), ("block_sum", "validate_main", "random", "block_sum"),
+                   ("zoo", "validate_main", "zoo", "measured_ms"), ("20_more", "validate_extra", "zoo", "measured_ms"),
+                   ("7_sealed", "validate_sealed", "zoo", "measured_ms"))
+
+
+def summary(files: list[str]) -> dict:
+    """Per variant (an output's file name, RUN/VARIANT.json): over its runs, the mean share within
+    10 % (and the zoo's mean tau and how many runs reach 80 %) per set of SUMMARY_COLUMNS, and the
+    mean of the timm models' pooled median abs log error and share within 10 %."""
+    acc: dict = {}
+    for f in files:
+        d = json.loads(Path(f).read_text())
+        a = acc.setdefault(Path(f).stem, {"runs": 0, "zoo_runs_at_80": 0, "zoo_tau": [], "timm_error": [], "timm_within_10": [],
+                                          **{c[0]: [] for c in SUMMARY_COLUMNS}})
+        a["runs"] += 1
+        for label, stem, group, stat in SUMMARY_COLUMNS:
+            m = next((sets[group][stat] for name, sets in d["files"].items()
+                      if Path(name).name.startswith(stem) and stat in sets.get(group, {})), None)
+            if m is not None:
+                a[label].append(m["within_10"])
+                if label == "zoo":
+                    a["zoo_tau"].append(m["kendall_tau"])
+                    a["zoo_runs_at_80"] += m["within_10"] >= 80
+        a["timm_error"].append(d["pooled_timm"]["median_abs_log_error"])
+        a["timm_within_10"].append(d["pooled_timm"]["within_10"])
+    return {v: {k: (round(statistics.mean(x), 4) if x else None) if isinstance(x, list) else x for k, x in a.items()}
+            for v, a in acc.items()}
 
 
 def pooled_timm(rows) -> dict:
