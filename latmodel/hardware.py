@@ -616,7 +616,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> HardwareProfile:
         parallel_startup_cycles=num["compute.parallel_startup_cycles"],
         parallel_thread_cycles=_mechanism_figure(num, "compute.parallel_thread_cycles", "ort_parallel_for", d, where, 1.0),
         parallel_byte_cycles=num["compute.parallel_byte_cycles"], op_cycles=_op_cycles(f, where),
-        cross_core_gbps=_mechanism_figure(num, "memory.cross_core_gbps", "core_handoff", d, where, 1e-3),
+        cross_core_gbps=_mechanism_figure(num, "memory.cross_core_gbps", ("core_handoff", "reorder_handoff"), d, where, 1e-3),
         gemm_bias_gbps=_mechanism_figure(num, "memory.gemm_bias_gbps", "gemm_bias_pass", d, where, 1e-3),
         mechanisms=tuple(_val(d, "mechanisms", where)), clock_ghz=num["compute.clock_ghz"],
         l1_loads_per_clock=f["compute.l1_loads_per_clock"], min_chunk=f["compute.min_chunk"],
@@ -642,12 +642,13 @@ def _op_cycles(f: dict[str, Any], where: str) -> dict[str, float]:
     return {k: float(v) for k, v in table.items()}
 
 
-def _mechanism_figure(num: dict[str, float], path: str, mechanism: str, d: dict[str, Any], where: str,
-                      lo: float) -> float:
-    """A figure a mechanism cannot run without: at least `lo` where the profile lists the mechanism."""
-    if mechanism in _val(d, "mechanisms", where) and not num[path] >= lo:
-        raise AutoVitError(f"hardware profile {where}: mechanism '{mechanism}' needs '{path}' of at least {lo:g}, "
-                           f"got {num[path]:g}")
+def _mechanism_figure(num: dict[str, float], path: str, mechanisms: str | tuple[str, ...], d: dict[str, Any],
+                      where: str, lo: float) -> float:
+    """A figure a mechanism cannot run without: at least `lo` where the profile lists one of `mechanisms`."""
+    for mechanism in (mechanisms,) if isinstance(mechanisms, str) else mechanisms:
+        if mechanism in _val(d, "mechanisms", where) and not num[path] >= lo:
+            raise AutoVitError(f"hardware profile {where}: mechanism '{mechanism}' needs '{path}' of at least {lo:g}, "
+                               f"got {num[path]:g}")
     return num[path]
 
 

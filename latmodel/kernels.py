@@ -342,6 +342,6 @@ def _bias_elems(g: OpGraph, cs: list[OpCost]) -> int:
         op = g.op(c.name)
         if c.op_type == "Gemm" and len(op.inputs) > 2 and op.inputs[2] and not _is_activation(g, op.inputs[2]):
             return c.out_elems
-        if c.op_type == "Add" and any(not _is_activation(g, i) for i in op.inputs):
+        if c.op_type == "Add" and any(i in g.tensors and not _is_activation(g, i) for i in op.inputs):
             return product.out_elems
     return 0

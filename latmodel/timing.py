@@ -611,9 +611,10 @@ def kernel_time(k: Kernel, profile: HardwareProfile, dtype: str, scale: float,
         launch += fork_join_s(k, profile, "fp32" if casts else dtype, scale, threads)
     if thnn:
         launch += im2col_s(k, profile, dtype, scale)  # serial, before the GEMM: not overlapped
-    if k.bias_elems and profile.uses("gemm_bias_pass"):
+    if k.bias_elems and profile.uses("gemm_bias_pass") and profile.gemm_bias_gbps > 0:
         # onnxruntime's Gemm fills its output with the bias before the product (gemm_helper.h,
-        # GemmBroadcastBias), and the product reads it back: serial, not overlapped
+        # GemmBroadcastBias), and the product reads it back: serial, not overlapped, so (like
+        # im2col_s) it is charged with the launch
         launch += k.bias_elems * scale * eb / (profile.gemm_bias_gbps * 1e9)
     t_device = launch + max(t_compute, t_memory)
     overhead = launch + host_us(k.op_types, k.category, profile) * 1e-6
@@ -837,24 +838,29 @@ _NCHWC_FOLLOWERS = ("activation", "elementwise")
 
 def nchwc_blocked_kernel(k: Kernel, profile: HardwareProfile, block: int, blocked_inputs: bool) -> bool:
     """Whether onnxruntime runs kernel `k` in its blocked layout (mechanism nchwc_tensors), given
-    whether all its activation inputs exist blocked (`blocked_inputs`): a convolution its channel
-    rule takes; a MaxPool or AveragePool over whole blocks of channels; and where the inputs are
-    blocked, a global pool, an activation, an element-wise op but a broadcast product, Div or
-    Sub (nchwc_unblocked_binary), a BatchNormalization, or a Concat of whole blocks along the
-    channels."""
+    whether it has activation inputs and all of them exist blocked (`blocked_inputs`): a
+    convolution its channel rule takes; a MaxPool or AveragePool over whole blocks of channels
+    (without the optional indices output); and where the inputs are blocked, a global pool, an
+    activation, an element-wise op of activations alone (a constant operand is no blocked
+    tensor) but a broadcast product, Div or Sub (nchwc_unblocked_binary), a BatchNormalization,
+    or a Concat of whole blocks along the channels."""
     if k.klass == "view" or not k.act_shapes or len(k.act_shapes[0]) != 4:
         return False
     if k.category in ("conv", "dwconv"):
         return k.conv is not None and nchwc_runs(k.conv, block, profile.nchwc_pad_multiple)
     channels = k.act_shapes[0][1]
     if len(k.op_types) == 1 and k.op_types[0] in _NCHWC_POOLS:
-        return channels % block == 0
+        return channels % block == 0 and len(k.outputs) == 1
     if not blocked_inputs:
         return False
     if len(k.op_types) == 1 and k.op_types[0] in _NCHWC_GLOBAL_POOLS + ("BatchNormalization",):
         return True
     if len(k.op_types) == 1 and k.op_types[0] == "Concat":
-        return all(len(s) == 4 and s[1] % block == 0 for s in k.act_shapes)
+        *ins, out = k.act_shapes
+        return (all(len(x) == 4 and x[1] % block == 0 and x[2:] == out[2:] for x in ins) and len(out) == 4
+                and sum(x[1] for x in ins) == out[1])
+    if k.category == "elementwise" and k.w_elems:
+        return False
     return k.category in _NCHWC_FOLLOWERS and not nchwc_unblocked_binary(k)
 
 
@@ -866,22 +872,24 @@ def _producers_first(times: list[KernelTime]) -> list[KernelTime]:
     written: set[str] = set()
     waiting: dict[str, list[KernelTime]] = {}
     out: list[KernelTime] = []
-
-    def release(t: KernelTime) -> None:
-        missing = next((n for n, _ in t.kernel.inputs if n in produced and n not in written), None)
-        if missing is not None:
-            waiting.setdefault(missing, []).append(t)
-            return
-        out.append(t)
-        for o in t.kernel.outputs:
-            written.add(o)
-            for w in waiting.pop(o, []):
-                release(w)
-
-    for t in times:
-        release(t)
+    for first in times:
+        ready = [first]  # a worklist, not recursion: a long deferred chain stays flat
+        while ready:
+            t = ready.pop()
+            missing = next((n for n, _ in t.kernel.inputs if n in produced and n not in written), None)
+            if missing is not None:
+                waiting.setdefault(missing, []).append(t)
+                continue
+            out.append(t)
+            for o in t.kernel.outputs:
+                written.add(o)
+                ready.extend(reversed(waiting.pop(o, [])))
     done = {id(t) for t in out}
     return out + [t for t in times if id(t) not in done]  # a cycle (none in a DAG): as they were
+
+
+# Views onnxruntime removes before its NCHWc rewrite: the tensor keeps its layout through them.
+_NCHWC_PASS_VIEWS = ("Identity", "Dropout")
 
 
 def _add_tensor_reorders(times: list[KernelTime], profile: HardwareProfile, dtype: str, scale: float,
@@ -890,53 +898,81 @@ def _add_tensor_reorders(times: list[KernelTime], profile: HardwareProfile, dtyp
     (nchwc_transformer.cc). A kernel it runs blocked (nchwc_blocked_kernel) reads its activation
     inputs blocked: a convolution or pool reorders an input that only exists in NCHW once
     (ReorderInput, shared by later convolutions and pools: `reorder_inputs_`; a dense
-    convolution of fewer input channels than a block reads NCHW instead), while the other blocked kernels need inputs a blocked
-    kernel wrote (`nchwc_args_`). A kernel it runs in NCHW reads every input in NCHW: one that
-    only exists blocked is reordered out once (ReorderOutput, Finalize), and so is a blocked
-    graph output. Each reorder is priced on the kernel that needs it. `edges`: the graph's input
-    arrives blocked / its output may stay blocked (a block inside a network)."""
+    convolution of fewer input channels than a block reads NCHW instead), while the other blocked
+    kernels need inputs a blocked kernel wrote (`nchwc_args_`); a convolution whose fused Add
+    reads an NCHW tensor runs the Add in NCHW (its output reordered out). A kernel it runs in NCHW
+    reads every input in NCHW: one that only exists blocked is reordered out once (ReorderOutput,
+    Finalize), and so is a blocked graph output, on the kernel that wrote it. `edges`: the
+    graph's input arrives blocked / its output may stay blocked (a block inside a network)."""
     block = nchwc_block(profile, dtype)
     if block <= 1:
         return
-    produced = {o for t in times for o in t.kernel.outputs}
+    produced = {o: t for t in times for o in t.kernel.outputs}
     blocked: dict[str, int] = {}  # tensor -> channels: tensors a blocked kernel wrote
     reordered: set[str] = set()  # NCHW tensors a ReorderInput has made blocked copies of
     nchw: set[str] = set()  # tensors that exist in NCHW
+
+    def reorder(t: KernelTime, elems: float, channels: int, **kw) -> None:
+        _add_reorder(t, elems * scale * _reorder_padding(channels, block), profile, dtype, **kw)
+
     for t in _producers_first(times):
         k = t.kernel
         for name, _ in k.inputs:
             if name not in produced and name not in blocked and name not in nchw:
+                shape = k.act_shapes[0] if k.act_shapes else ()
                 if edges[0]:
-                    blocked[name] = k.conv[1] if k.conv is not None else k.act_shapes[0][1] if k.act_shapes else 0
+                    blocked[name] = k.conv[1] if k.conv is not None else shape[1] if len(shape) == 4 else 0
                 else:
                     nchw.add(name)
-        if nchwc_blocked_kernel(k, profile, block, all(n in blocked for n, _ in k.inputs)):
+        if k.klass == "view" and k.op_types[0] in _NCHWC_PASS_VIEWS and k.inputs:
+            src = k.inputs[0][0]
+            for o in k.outputs:
+                if src in blocked:
+                    blocked[o] = blocked[src]
+                if src in nchw:
+                    nchw.add(o)
+            continue
+        if nchwc_blocked_kernel(k, profile, block, bool(k.inputs) and all(n in blocked for n, _ in k.inputs)):
             image = k.conv is not None and not nchwc_reorders_input(k.conv, block)
             channels = k.conv[1] if k.conv is not None else k.act_shapes[0][1]
-            for name, elems in k.inputs:
+            data, *rest = k.inputs if k.conv is not None else (None, *k.inputs)
+            if data is not None:  # a convolution's own input
+                name, elems = data
                 if image and name not in nchw:  # it reads NCHW: a blocked input is reordered out
-                    _add_reorder(t, elems * scale * _reorder_padding(blocked.get(name, 0), block), profile, dtype)
+                    reorder(t, elems, blocked.get(name, 0))
                     nchw.add(name)
                 elif not image and name not in blocked and name not in reordered:
-                    _add_reorder(t, elems * scale * _reorder_padding(channels, block), profile, dtype)
+                    reorder(t, elems, channels)
                     reordered.add(name)
             out_channels = (k.conv[2] if k.conv is not None
-                            else sum(s[1] for s in k.act_shapes[:-1]) if k.op_types == ["Concat"] else channels)
+                            else sum(x[1] for x in k.act_shapes[:-1]) if k.op_types == ["Concat"] else channels)
+            # a fused Add's other operand: another tensor, or the convolution's own input again
+            residual = rest if rest or "Add" not in k.op_types[1:] else [data]
+            unblocked = [(n, e) for n, e in residual if n not in blocked]
+            if k.conv is not None and unblocked:
+                # the fused Add reads NCHW: the convolution's result is reordered out before it
+                reorder(t, unblocked[0][1], out_channels)
+                nchw.update(k.outputs)
+                continue
+            for name, elems in rest:  # a pool's NCHW input; the other kernels were chosen with blocked ones
+                if name not in blocked and name not in reordered:
+                    reorder(t, elems, channels)
+                    reordered.add(name)
             for o in k.outputs:
                 blocked[o] = out_channels
         else:
             for name, elems in k.inputs:
                 if name not in nchw:
-                    _add_reorder(t, elems * scale * _reorder_padding(blocked.get(name, 0), block), profile, dtype)
+                    reorder(t, elems, blocked.get(name, 0))
                     nchw.add(name)
             nchw.update(k.outputs)
-    if not edges[1] and times:
+    if not edges[1]:
         consumed = {name for t in times for name, _ in t.kernel.inputs}
-        last = times[-1]
-        for o in sorted(produced - consumed):
+        for o in sorted(set(produced) - consumed):
             if o in blocked and o not in nchw:
-                _add_reorder(last, last.kernel.out_elems * scale * _reorder_padding(blocked[o], block), profile,
-                             dtype, dispatch=False)
+                w = produced[o]
+                reorder(w, w.kernel.out_elems / max(len(w.kernel.outputs), 1), blocked[o], dispatch=False)
+
 
 def _add_core_handoffs(times: list[KernelTime], profile: HardwareProfile, dtype: str, scale: float) -> None:
     """Mechanism core_handoff: a kernel on one thread reading a tensor kernels on several threads

@@ -246,6 +246,8 @@ def test_calibrating_from_a_profile_path_writes_an_absolute_base(tmp_path, monke
     ('base = "local-cpu"\nname = "x"\nmechanisms = ["gemm_bias_pass"]\n[memory]\ngemm_bias_gbps = 0\n',
      ["gemm_bias_pass", "gemm_bias_gbps"]),
     ('base = "local-cpu"\nname = "x"\nmechanisms = ["nchwc_tensor"]\n', ["nchwc_tensor"]),
+    ('base = "local-cpu"\nname = "x"\nmechanisms = ["reorder_handoff"]\n[memory]\ncross_core_gbps = 0\n',
+     ["reorder_handoff", "cross_core_gbps"]),
 ])
 def test_more_bad_profiles(tmp_path, capsys, text, needles):
     code, _, err = run_cli(lat, ["hw", "show", str(_profile(tmp_path, text))], capsys)
