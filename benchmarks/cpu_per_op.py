@@ -95,6 +95,21 @@ def graph_of(name: str, build, shape, cache: Path):
     return cached_graph(cache, name.replace("|", "_").replace("/", "_")[:150], build, tuple(shape))
 
 
+_PRICED: dict = {}
+
+
+def priced(name: str, builders: dict, profile, cache: Path):
+    """(graph, the model's estimate on `profile`) of collected network `name`, each priced once per
+    profile: every view of this script reads the same estimate."""
+    from autovit.latmodel.estimate import estimate
+
+    hit = _PRICED.get((name, id(profile)))
+    if hit is None or hit[0] is not profile:  # the profile kept beside it: an id is not reused while cached
+        g = graph_of(name, *builders[name], cache)
+        hit = _PRICED[(name, id(profile))] = (profile, g, estimate(g, profile))
+    return hit[1], hit[2]
+
+
 def profiler_ms_per_node(r: dict) -> float:
     """The profiler's own cost per node of one collected network: (profiled run - run) / nodes, ms."""
     return (r["profiled_run_ms"] - r["run_ms"]) / max(len(r["nodes"]), 1)
@@ -102,13 +117,11 @@ def profiler_ms_per_node(r: dict) -> float:
 
 def residuals(res: dict, builders: dict, profile, cache: Path) -> dict:
     """Per set and class: predicted ms, measured kernel ms, kernel and node counts."""
-    from autovit.latmodel.estimate import estimate
-
     acc: dict = defaultdict(lambda: defaultdict(lambda: {"pred_ms": 0.0, "ort_ms": 0.0, "kernels": 0, "nodes": 0}))
     overhead: dict = defaultdict(list)
     for name, r in res.items():
         g = group_of(name)
-        for k in estimate(graph_of(name, *builders[name], cache), profile).kernels:
+        for k in priced(name, builders, profile, cache)[1].kernels:
             if k.ms > 0:
                 a = acc[g][k.kernel.category]
                 a["pred_ms"] += k.ms
@@ -134,13 +147,11 @@ def matched_nodes(res: dict, builders: dict, profile, cache: Path):
     """Yields (network name, its collected record, a profiled node, the model's KernelTime of that
     node) for every node the model's kernels on `profile` name, matched by output tensor; networks
     `builders` does not know are skipped."""
-    from autovit.latmodel.estimate import estimate
-
     for name, r in res.items():
         if name not in builders:
             continue
-        g = graph_of(name, *builders[name], cache)
-        kernels = estimate(g, profile).kernels
+        g, est = priced(name, builders, profile, cache)
+        kernels = est.kernels
         # onnxruntime names a node it rewrote by its output, one it kept by the ONNX node's name
         by_out = {t: kt for kt in kernels for o in kt.kernel.ops for t in [o, *g.op(o).outputs]}
         for n in r["nodes"]:
@@ -188,9 +199,7 @@ def op_type_residuals(res: dict, builders: dict, profile, cache: Path, node_us: 
     onnxruntime's profiler adds inside a kernel's event: benchmarks/ort_core_handoff.py), the
     latter times its network's predicted / measured run time: in a network priced right overall,
     a ratio above 1 is an op type priced too slow against the rest, below 1 too fast."""
-    from autovit.latmodel.estimate import estimate
-
-    level = {name: estimate(graph_of(name, *builders[name], cache), profile).latency_ms / r["run_ms"]
+    level = {name: priced(name, builders, profile, cache)[1].latency_ms / r["run_ms"]
              for name, r in res.items() if name in builders}
     acc: dict = defaultdict(lambda: defaultdict(lambda: {"pred_ms": 0.0, "measured_ms": 0.0, "nodes": 0}))
     seen: set = set()
@@ -215,14 +224,12 @@ def reorder_residuals(res: dict, builders: dict, profile, cache: Path, node_us: 
     the ReorderInput / ReorderOutput nodes onnxruntime ran (their kernel ms less `node_us` each),
     with the networks whose counts differ: whether the model inserts the reorders onnxruntime's
     NCHWc rewrite does (mechanism nchwc_tensors), and what it charges for them."""
-    from autovit.latmodel.estimate import estimate
-
     acc: dict = defaultdict(lambda: {"model_reorders": 0, "model_ms": 0.0, "ort_reorders": 0, "ort_ms": 0.0,
                                      "networks": 0, "count_differs": {}})
     for name, r in res.items():
         if name not in builders:
             continue
-        kernels = estimate(graph_of(name, *builders[name], cache), profile).kernels
+        kernels = priced(name, builders, profile, cache)[1].kernels
         ours = sum(kt.reorders for kt in kernels)
         theirs = [n["ms"] - node_us * 1e-3 for n in r["nodes"] if n["op"] in REORDER_OPS]
         a = acc[group_of(name)]
@@ -243,10 +250,10 @@ def depthwise_slopes(res: dict, builders: dict, profile, cache: Path, node_us: f
     the profile's efficiency.nchwc_dwconv is the share of the FMA peak MLAS's kernel reached."""
     pts: dict = defaultdict(list)
     seen: set = set()
-    for _, _, n, kt in matched_nodes(res, builders, profile, cache):
+    for name, _, n, kt in matched_nodes(res, builders, profile, cache):
         k = kt.kernel
-        if n["op"] == "Conv" and k.category == "dwconv" and k.conv is not None and id(kt) not in seen:
-            seen.add(id(kt))
+        if n["op"] == "Conv" and k.category == "dwconv" and k.conv is not None and (name, id(kt)) not in seen:
+            seen.add((name, id(kt)))
             pts[k.conv[4]].append((k.out_elems / 1e3, (n["ms"] - node_us * 1e-3) * 1e3, kt.ms * 1e3))
     out = {}
     for taps, rows in sorted(pts.items()):

@@ -67,7 +67,12 @@ def main() -> None:
                     help="FILES are outputs of this script (RUN/VARIANT.json): per variant, the means over its runs")
     args = ap.parse_args()
     if args.summary:
-        print(dumps(summary(args.files), indent=1))
+        from autovit.latmodel.errors import AutoVitError
+
+        try:
+            print(dumps(summary(args.files), indent=1))
+        except AutoVitError as e:  # a missing or broken output file: one line
+            raise SystemExit(f"error: {e}") from None
         return
     if args.pool:
         print(dumps({f: pooled_timm(r for s in json.loads(Path(f).read_text())["files"].values() for r in s["rows"])
@@ -125,9 +130,16 @@ def summary(files: list[str]) -> dict:
     """Per variant (an output's file name, RUN/VARIANT.json): over its runs, the mean share within
     10 % (and the zoo's mean tau and how many runs reach 80 %) per set of SUMMARY_COLUMNS, and the
     mean of the timm models' pooled median abs log error and share within 10 %."""
+    from autovit.latmodel.checks import read_json
+    from autovit.latmodel.errors import AutoVitError
+
+    fix = "pass outputs of this script (RUN/VARIANT.json)"
     acc: dict = {}
     for f in files:
-        d = json.loads(Path(f).read_text())
+        d = read_json(f, "rescored file", fix)
+        if not (isinstance(d, dict) and isinstance(d.get("files"), dict) and isinstance(d.get("pooled_timm"), dict)
+                and "median_abs_log_error" in d["pooled_timm"]):
+            raise AutoVitError(f"{f}: no 'files' and 'pooled_timm' of a rescore; {fix}")
         a = acc.setdefault(Path(f).stem, {"runs": 0, "zoo_runs_at_80": 0, "zoo_tau": [], "timm_error": [], "timm_within_10": [],
                                           **{c[0]: [] for c in SUMMARY_COLUMNS}})
         a["runs"] += 1

@@ -946,14 +946,14 @@ def _add_tensor_reorders(times: list[KernelTime], profile: HardwareProfile, dtyp
                     reordered.add(name)
             out_channels = (k.conv[2] if k.conv is not None
                             else sum(x[1] for x in k.act_shapes[:-1]) if k.op_types == ["Concat"] else channels)
-            # a fused Add's other operand: another tensor, or the convolution's own input again
-            residual = rest if rest or "Add" not in k.op_types[1:] else [data]
-            unblocked = [(n, e) for n, e in residual if n not in blocked]
-            if k.conv is not None and unblocked:
-                # the fused Add reads NCHW: the convolution's result is reordered out before it
-                reorder(t, unblocked[0][1], out_channels)
-                nchw.update(k.outputs)
-                continue
+            if k.conv is not None:
+                # a fused Add's other operand: another tensor, or the convolution's own input again
+                residual = rest or ([data] if "Add" in k.op_types[1:] else [])
+                unblocked = [(n, e) for n, e in residual if n not in blocked]
+                if unblocked:  # the Add reads NCHW: the convolution's result is reordered out before it
+                    reorder(t, unblocked[0][1], out_channels)
+                    nchw.update(k.outputs)
+                    continue
             for name, elems in rest:  # a pool's NCHW input; the other kernels were chosen with blocked ones
                 if name not in blocked and name not in reordered:
                     reorder(t, elems, channels)

@@ -111,6 +111,10 @@ def test_calib_variants_change_one_thing_each():
     ("ort_core_handoff.py", ["--reps", "1"]),
     ("cpu_per_op.py", ["--data", "no-such-folder", "--node-us", "-1"]),
     ("cpu_per_op.py", ["--data", "no-such-folder", "--node-us", "nan"]),
+    ("ort_gemm_bias.py", ["--reps", "1"]),
+    ("cpu_rescore.py", ["--summary", "missing.json"]),
+    ("cpu_rescore.py", ["--summary", "BROKEN"]),
+    ("cpu_rescore.py", ["--summary", "NOROWS"]),
 ])
 def test_issue12_probes_refuse_bad_input_in_one_line(tmp_path, script, args):
     """The offline checks of docs/BENCHMARKS.md §3.16-§3.17: a missing or broken input, an unknown
